@@ -1,0 +1,142 @@
+//! `tenpak quantize`: encode with TenPak codecs, write the decoded model and a report.
+
+use std::io::Write;
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use tenpak::codec::CodecSpec;
+use tenpak::dtype::DType;
+use tenpak::plan::{Selection, Target};
+use tenpak::quantize::{quantize, Options, Report};
+use tenpak::source::DEFAULT_MAX_SHARD_BYTES;
+
+/// Arguments of `tenpak quantize`.
+///
+/// Exactly one of --target, --codec, --bits-per-weight chooses the codecs (default:
+/// --target balanced). The blocks' linear layers are quantized; embeddings and the LM head
+/// only with --quantize-embeddings; norms, biases and small tensors stay as they are.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The model: an HF directory (config.json + safetensors) or a .gguf file.
+    pub model: PathBuf,
+    /// Output directory for the dequantized model (same dtype as the source).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    /// Preset: quality (attn g32, MLP g64), balanced (g64/g128), size (g128/g256).
+    #[arg(long, value_enum, conflicts_with_all = ["codec", "bits_per_weight"])]
+    pub target: Option<Target>,
+    /// One codec for all quantized tensors: int4, int4_residual, int4_g8_fp16, int4_opt_llama.
+    #[arg(long, conflicts_with = "bits_per_weight")]
+    pub codec: Option<String>,
+    /// Group size for --codec (8..=4096; default per codec: int4 128, int4_residual 16).
+    #[arg(long, requires = "codec")]
+    pub group_size: Option<usize>,
+    /// Symmetric INT4 (fp16 scale only, no offset) for --codec int4.
+    #[arg(long, requires = "codec")]
+    pub symmetric: bool,
+    /// Scale-refinement iterations (0 = plain round-to-nearest).
+    #[arg(long, default_value_t = tenpak::codec::DEFAULT_REFINE_ITERS)]
+    pub refine_iters: u32,
+    /// Average bits per weight over the blocks' linear layers; the planner picks a codec per
+    /// tensor to meet it with the least weighted error.
+    #[arg(long)]
+    pub bits_per_weight: Option<f64>,
+    /// Keep this percentage of weights (largest magnitude) exactly, as fp16 outliers.
+    #[arg(long, default_value_t = 0.0)]
+    pub outliers: f64,
+    /// Quantize token embeddings and the LM head too.
+    #[arg(long)]
+    pub quantize_embeddings: bool,
+    /// Dtype used when the model is a GGUF file (its weights are imported first).
+    #[arg(long, default_value = "bf16", value_parser = super::import::parse_dtype)]
+    pub gguf_dtype: DType,
+    /// Largest shard in bytes.
+    #[arg(long, default_value_t = DEFAULT_MAX_SHARD_BYTES)]
+    pub max_shard_size: u64,
+    /// Print one JSON object (totals and a `tensors` list) instead of the table.
+    #[arg(long)]
+    pub json: bool,
+    /// Print every tensor in the table, not only the quantized ones.
+    #[arg(long)]
+    pub all: bool,
+}
+
+/// Runs the command.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let mut selection = match (&a.target, &a.codec, a.bits_per_weight) {
+        (_, Some(c), _) => {
+            let mut spec = CodecSpec::from_name(c, a.group_size)?;
+            spec.symmetric = a.symmetric;
+            if a.symmetric && spec.kind != tenpak::codec::CodecKind::Int4 {
+                bail!("--symmetric applies to int4 codecs only");
+            }
+            Selection::Codec(spec)
+        }
+        (_, None, Some(b)) => {
+            if !(b.is_finite() && b > 0.0) {
+                bail!("--bits-per-weight must be a positive number");
+            }
+            Selection::BitsPerWeight(b)
+        }
+        (Some(t), None, None) => Selection::Target(*t),
+        (None, None, None) => Selection::Target(Target::Balanced),
+    };
+    if let Selection::Codec(spec) = &mut selection {
+        spec.refine_iters = a.refine_iters;
+    }
+    if !(0.0..=50.0).contains(&a.outliers) {
+        bail!("--outliers is a percentage between 0 and 50");
+    }
+    let src = tenpak::source::open(&a.model, a.gguf_dtype).with_context(|| format!("opening {}", a.model.display()))?;
+    let opts = Options {
+        selection,
+        quantize_embeddings: a.quantize_embeddings,
+        outlier_fraction: a.outliers / 100.0,
+        max_shard_bytes: a.max_shard_size,
+    };
+    let pb = super::progress::bar(src.tensors().len() as u64, "quantize");
+    let report = quantize(src.as_ref(), &a.output, &opts, &|t| {
+        pb.set_message(t.name.clone());
+        pb.inc(1);
+    })?;
+    pb.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+    } else {
+        print_table(&mut out, &report, a.all)?;
+        writeln!(out, "wrote {}", a.output.display())?;
+    }
+    Ok(())
+}
+
+fn print_table(out: &mut impl Write, r: &Report, all: bool) -> std::io::Result<()> {
+    writeln!(out, "{:<52} {:>14} {:>8} {:<22} {:>7} {:>9}", "tensor", "shape", "source", "codec", "bpw", "rel.err")?;
+    for t in r.tensors.iter().filter(|t| all || !t.codec.starts_with("keep")) {
+        writeln!(
+            out,
+            "{:<52} {:>14} {:>8} {:<22} {:>7.3} {:>9.5}",
+            t.name,
+            format!("{:?}", t.shape),
+            t.source,
+            t.codec,
+            t.bits_per_weight,
+            t.rel_error
+        )?;
+    }
+    let kept = r.tensors.iter().filter(|t| t.codec.starts_with("keep")).count();
+    if !all && kept > 0 {
+        writeln!(out, "({kept} tensors kept in their source dtype; --all lists them)")?;
+    }
+    writeln!(out)?;
+    writeln!(out, "quantized weights         {:>14} of {}", r.quantized_weights, r.total_weights)?;
+    writeln!(out, "bits/weight (quantized)   {:>14.4}   blocks' linear layers, all overhead counted", r.bits_per_weight_quantized)?;
+    writeln!(out, "bits/weight (whole file)  {:>14.4}   every tensor", r.bits_per_weight_file)?;
+    writeln!(
+        out,
+        "size                      {:>14}   vs {} bytes at the source's {:.0} bits/weight: {:.2}x smaller",
+        r.compressed_bytes, r.source_bytes, r.source_bits_per_weight, r.ratio_vs_source
+    )?;
+    writeln!(out, "mean relative error       {:>14.5}   ||W-Q(W)|| / ||W||, over quantized tensors", r.mean_rel_error)
+}

@@ -1,0 +1,175 @@
+//! `int4`: grouped 4-bit quantization with fp16 scale (and offset, asymmetric), with
+//! iterative scale refinement (see [`super::group`]).
+//!
+//! Layout after the header: `scales f16[G] | offsets f16[G] (asymmetric only) | codes`,
+//! `G = rows · ceil(cols / group)`; codes packed two per byte, low nibble first, each
+//! group starting on a byte boundary.
+
+use rayon::prelude::*;
+
+use super::group::{Stage, StageData};
+use super::{check_finite, check_shape, f16_bytes, Codec, CodecId, Header, HEADER_LEN};
+use crate::{Error, Result};
+
+/// Rows per parallel work item.
+pub(crate) const ROWS_PER_TASK: usize = 16;
+
+/// The `int4` codec.
+#[derive(Debug, Clone)]
+pub struct Int4 {
+    stage: Stage,
+}
+
+impl Int4 {
+    /// Creates the codec; `group` within [`super::MIN_GROUP`]..=[`super::MAX_GROUP`].
+    pub fn new(group: usize, symmetric: bool, refine_iters: u32) -> Result<Self> {
+        if !(super::MIN_GROUP..=super::MAX_GROUP).contains(&group) {
+            return Err(Error::InvalidCodec(format!("group size {group}")));
+        }
+        Ok(Self {
+            stage: Stage {
+                bits: 4,
+                group,
+                symmetric,
+                refine_iters,
+            },
+        })
+    }
+}
+
+/// Encodes `w` with `stage` using all cores; rows are independent.
+pub(crate) fn encode_stage(stage: &Stage, w: &[f32], h: Option<&[f32]>, cols: usize) -> StageData {
+    if cols == 0 || w.is_empty() {
+        return StageData::default();
+    }
+    let parts: Vec<StageData> = w
+        .par_chunks(cols * ROWS_PER_TASK)
+        .enumerate()
+        .map(|(i, chunk)| {
+            let hc = h.map(|h| &h[i * cols * ROWS_PER_TASK..i * cols * ROWS_PER_TASK + chunk.len()]);
+            stage.encode_rows(chunk, hc, cols)
+        })
+        .collect();
+    let mut out = StageData::default();
+    for p in parts {
+        out.scales.extend(p.scales);
+        out.offsets.extend(p.offsets);
+        out.codes.extend(p.codes);
+    }
+    out
+}
+
+/// Appends a stage's arrays to `buf`.
+pub(crate) fn push_stage(buf: &mut Vec<u8>, d: &StageData) {
+    buf.extend(f16_bytes(&d.scales));
+    buf.extend(f16_bytes(&d.offsets));
+    buf.extend_from_slice(&d.codes);
+}
+
+/// Decodes a stage whose arrays start at `bytes[0]`, in parallel over row blocks.
+/// Returns the number of bytes it consumed.
+pub(crate) fn decode_stage(stage: &Stage, bytes: &[u8], rows: usize, cols: usize, out: &mut [f32], acc: bool) -> Result<usize> {
+    let need = stage.encoded_len(rows, cols);
+    if bytes.len() < need {
+        return Err(Error::CorruptEncoding(format!("stage needs {need} bytes, {} left", bytes.len())));
+    }
+    if rows == 0 || cols == 0 {
+        return Ok(need);
+    }
+    let gpr = stage.groups_per_row(cols);
+    let groups = rows * gpr;
+    let scales = &bytes[..2 * groups];
+    let (offsets, codes) = if stage.symmetric {
+        (&bytes[0..0], &bytes[2 * groups..need])
+    } else {
+        (&bytes[2 * groups..4 * groups], &bytes[4 * groups..need])
+    };
+    let cbr = stage.code_bytes_per_row(cols);
+    out.par_chunks_mut(cols * ROWS_PER_TASK).enumerate().for_each(|(i, o)| {
+        let r0 = i * ROWS_PER_TASK;
+        let n = o.len() / cols;
+        let g = r0 * gpr..(r0 + n) * gpr;
+        let off = if stage.symmetric { &offsets[0..0] } else { &offsets[2 * g.start..2 * g.end] };
+        stage.decode_rows(
+            &scales[2 * g.start..2 * g.end],
+            off,
+            &codes[r0 * cbr..(r0 + n) * cbr],
+            cols,
+            o,
+            acc,
+        );
+    });
+    Ok(need)
+}
+
+impl Codec for Int4 {
+    fn describe(&self) -> String {
+        format!(
+            "int4 g{} {} refine{}",
+            self.stage.group,
+            if self.stage.symmetric { "sym" } else { "asym" },
+            self.stage.refine_iters
+        )
+    }
+
+    fn encode(&self, w: &[f32], rows: usize, cols: usize, importance: Option<&[f32]>) -> Result<Vec<u8>> {
+        check_shape(w, rows, cols)?;
+        check_finite(w)?;
+        let d = encode_stage(&self.stage, w, importance, cols);
+        let mut buf = Vec::with_capacity(self.encoded_len(rows, cols));
+        buf.extend_from_slice(
+            &Header {
+                id: CodecId::Int4,
+                symmetric: self.stage.symmetric,
+                group: self.stage.group as u16,
+                rows: rows as u32,
+                cols: cols as u32,
+                group2: 0,
+                refine: self.stage.refine_iters as u8,
+            }
+            .to_bytes(),
+        );
+        push_stage(&mut buf, &d);
+        debug_assert_eq!(buf.len(), self.encoded_len(rows, cols));
+        check_scales_finite(&d)?;
+        Ok(buf)
+    }
+
+    fn encoded_len(&self, rows: usize, cols: usize) -> usize {
+        HEADER_LEN + self.stage.encoded_len(rows, cols)
+    }
+}
+
+/// fp16 scales overflow for weight ranges beyond ±65504: refuse rather than store inf.
+pub(crate) fn check_scales_finite(d: &StageData) -> Result<()> {
+    if let Some(i) = d.scales.iter().chain(&d.offsets).position(|x| !x.is_finite()) {
+        return Err(Error::InvalidCodec(format!(
+            "group {i}: weight range exceeds what an fp16 scale can hold; keep such weights as outliers"
+        )));
+    }
+    Ok(())
+}
+
+pub(crate) fn stage_from_header(h: &Header, group: u16) -> Result<Stage> {
+    let group = group as usize;
+    if !(super::MIN_GROUP..=super::MAX_GROUP).contains(&group) {
+        return Err(Error::CorruptEncoding(format!("group size {group}")));
+    }
+    Ok(Stage {
+        bits: 4,
+        group,
+        symmetric: h.symmetric,
+        refine_iters: h.refine as u32,
+    })
+}
+
+/// Decodes an `int4` encoding (header already parsed and checked against `out`).
+pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    let stage = stage_from_header(h, h.group)?;
+    let body = &bytes[HEADER_LEN..];
+    let used = decode_stage(&stage, body, h.rows as usize, h.cols as usize, out, false)?;
+    if used != body.len() {
+        return Err(Error::CorruptEncoding(format!("{} trailing bytes", body.len() - used)));
+    }
+    Ok(())
+}

@@ -1,0 +1,106 @@
+//! `int4_residual`: INT4 (group g, default 16) then INT2 on what INT4 left over
+//! (group g₂, default 16), both asymmetric with fp16 scale and offset and refined.
+//! 6 bits of codes per weight; with g = g₂ = 16 the scales and offsets add 4 more.
+//!
+//! Layout after the header: the INT4 stage arrays, then the INT2 stage arrays
+//! (each `scales | offsets | codes`, as in [`super::int4`]).
+
+use super::group::Stage;
+use super::int4::{check_scales_finite, decode_stage, encode_stage, push_stage, stage_from_header};
+use super::{check_finite, check_shape, Codec, CodecId, Header, HEADER_LEN};
+use crate::{Error, Result};
+
+/// The `int4_residual` codec.
+#[derive(Debug, Clone)]
+pub struct Int4Residual {
+    first: Stage,
+    second: Stage,
+}
+
+impl Int4Residual {
+    /// Creates the codec.
+    pub fn new(group: usize, residual_group: usize, refine_iters: u32) -> Result<Self> {
+        for g in [group, residual_group] {
+            if !(super::MIN_GROUP..=super::MAX_GROUP).contains(&g) {
+                return Err(Error::InvalidCodec(format!("group size {g}")));
+            }
+        }
+        Ok(Self {
+            first: Stage {
+                bits: 4,
+                group,
+                symmetric: false,
+                refine_iters,
+            },
+            second: Stage {
+                bits: 2,
+                group: residual_group,
+                symmetric: false,
+                refine_iters,
+            },
+        })
+    }
+}
+
+impl Codec for Int4Residual {
+    fn describe(&self) -> String {
+        format!(
+            "int4_residual g{}/{} refine{}",
+            self.first.group, self.second.group, self.first.refine_iters
+        )
+    }
+
+    fn encode(&self, w: &[f32], rows: usize, cols: usize, importance: Option<&[f32]>) -> Result<Vec<u8>> {
+        check_shape(w, rows, cols)?;
+        check_finite(w)?;
+        let d1 = encode_stage(&self.first, w, importance, cols);
+        check_scales_finite(&d1)?;
+        let mut buf = Vec::with_capacity(self.encoded_len(rows, cols));
+        buf.extend_from_slice(
+            &Header {
+                id: CodecId::Int4Residual,
+                symmetric: false,
+                group: self.first.group as u16,
+                rows: rows as u32,
+                cols: cols as u32,
+                group2: self.second.group as u16,
+                refine: self.first.refine_iters as u8,
+            }
+            .to_bytes(),
+        );
+        push_stage(&mut buf, &d1);
+        // Residual of what the first stage will decode to, exactly.
+        let mut approx = vec![0f32; w.len()];
+        decode_stage(&self.first, &buf[HEADER_LEN..], rows, cols, &mut approx, false)?;
+        for (a, x) in approx.iter_mut().zip(w) {
+            *a = x - *a;
+        }
+        let d2 = encode_stage(&self.second, &approx, importance, cols);
+        check_scales_finite(&d2)?;
+        push_stage(&mut buf, &d2);
+        debug_assert_eq!(buf.len(), self.encoded_len(rows, cols));
+        Ok(buf)
+    }
+
+    fn encoded_len(&self, rows: usize, cols: usize) -> usize {
+        HEADER_LEN + self.first.encoded_len(rows, cols) + self.second.encoded_len(rows, cols)
+    }
+}
+
+/// Decodes an `int4_residual` encoding.
+pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    if h.symmetric {
+        return Err(Error::CorruptEncoding("int4_residual is asymmetric".into()));
+    }
+    let first = stage_from_header(h, h.group)?;
+    let mut second = stage_from_header(h, h.group2)?;
+    second.bits = 2;
+    let (rows, cols) = (h.rows as usize, h.cols as usize);
+    let body = &bytes[HEADER_LEN..];
+    let n1 = decode_stage(&first, body, rows, cols, out, false)?;
+    let n2 = decode_stage(&second, &body[n1..], rows, cols, out, true)?;
+    if n1 + n2 != body.len() {
+        return Err(Error::CorruptEncoding(format!("{} trailing bytes", body.len() - n1 - n2)));
+    }
+    Ok(())
+}

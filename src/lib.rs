@@ -1,0 +1,15 @@
+//! TenPak: compressed LLM weights that stay honest about their size and quality.
+//!
+//! The library does everything a single machine does with a model: read it
+//! ([`source`]: HF directories, GGUF), decide how to compress each tensor ([`plan`]),
+//! encode and decode ([`codec`]), and run the whole pipeline ([`quantize`]).
+//! The `tenpak` binary is a thin CLI over these modules.
+
+pub mod codec;
+pub mod dtype;
+pub mod error;
+pub mod plan;
+pub mod quantize;
+pub mod source;
+
+pub use error::{Error, Result};

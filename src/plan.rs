@@ -1,0 +1,328 @@
+//! Planning: which codec, with which parameters, for each tensor.
+//!
+//! **What gets quantized.** The linear layers of the transformer blocks (attention
+//! `q/k/v/o_proj`, MLP `gate/up/down_proj`) always; the token embeddings and the LM head
+//! only with `quantize_embeddings`; norms, biases, and any tensor that is not a matrix or
+//! has fewer than [`MIN_QUANT_NUMEL`] weights stay in their source dtype.
+//!
+//! **Targets** (asymmetric INT4, fp16 scale and offset, 5 refinement iterations); attention
+//! projections get smaller groups than the MLP, as they are the more sensitive:
+//!
+//! | target | attention group | MLP group | bits/weight (attn / MLP) |
+//! |---|---|---|---|
+//! | `quality` | 32 | 64 | 5.0 / 4.5 |
+//! | `balanced` | 64 | 128 | 4.5 / 4.25 |
+//! | `size` | 128 | 256 | 4.25 / 4.125 |
+//!
+//! **Bit budget** (`--bits-per-weight B`): the average bits per weight over the blocks'
+//! linear layers (the GPTQ/AWQ convention; every byte of each encoding counted) must not
+//! exceed B. Each such tensor picks one candidate from [`budget_candidates`]; the planner
+//! minimises the total weighted error Σₜ nₜ · ‖Wₜ − Ŵₜ‖² / ‖Wₜ‖² (each tensor's relative
+//! squared error, weighted by its size) subject to the budget: a Lagrangian sweep picks,
+//! for a multiplier λ, the candidate minimising error + λ·bits per tensor, bisecting λ to
+//! the budget, then spends what is left on the upgrades with the best error drop per bit.
+//! Errors are measured by encoding up to [`SAMPLE_ROWS`] evenly spaced rows of each tensor.
+
+use serde::Serialize;
+
+use crate::codec::CodecSpec;
+use crate::source::{TensorMeta, TensorSource};
+use crate::{Error, Result};
+
+/// Tensors smaller than this stay in their source dtype.
+pub const MIN_QUANT_NUMEL: usize = 4096;
+/// Rows sampled per tensor when measuring candidate errors for a bit budget.
+pub const SAMPLE_ROWS: usize = 256;
+
+/// A tensor's role in the model, from its HF name.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Role {
+    /// Attention projection inside a block.
+    Attention,
+    /// MLP projection inside a block.
+    Mlp,
+    /// Token embeddings.
+    Embedding,
+    /// Output projection.
+    LmHead,
+    /// Anything else (norms, biases, ...).
+    Other,
+}
+
+impl Role {
+    /// Classifies a transformers tensor name.
+    pub fn of(name: &str) -> Role {
+        let in_block = name.contains(".layers.") || name.contains(".h.") || name.contains(".blocks.");
+        let is_weight = name.ends_with(".weight");
+        let has = |s: &[&str]| s.iter().any(|p| name.contains(p));
+        if in_block && is_weight && has(&["q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "c_attn", "attn.c_proj"]) {
+            Role::Attention
+        } else if in_block && is_weight && has(&["gate_proj", "up_proj", "down_proj", "c_fc", "mlp.c_proj", "fc1", "fc2"]) {
+            Role::Mlp
+        } else if has(&["embed_tokens", "wte", "word_embeddings"]) {
+            Role::Embedding
+        } else if name.starts_with("lm_head") {
+            Role::LmHead
+        } else {
+            Role::Other
+        }
+    }
+
+    /// Whether the bit budget counts this role (the blocks' linear layers).
+    pub fn in_budget(self) -> bool {
+        matches!(self, Role::Attention | Role::Mlp)
+    }
+}
+
+/// A preset quality/size trade-off.
+#[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum, Serialize)]
+#[serde(rename_all = "snake_case")]
+pub enum Target {
+    /// Smallest error: g32 attention, g64 MLP.
+    Quality,
+    /// The default: g64 attention, g128 MLP.
+    Balanced,
+    /// Smallest size: g128 attention, g256 MLP.
+    Size,
+}
+
+impl Target {
+    /// (attention group, MLP group).
+    pub fn groups(self) -> (usize, usize) {
+        match self {
+            Target::Quality => (32, 64),
+            Target::Balanced => (64, 128),
+            Target::Size => (128, 256),
+        }
+    }
+
+    /// The codec for a role under this target.
+    pub fn spec_for(self, role: Role) -> CodecSpec {
+        let (attn, mlp) = self.groups();
+        CodecSpec::int4(if role == Role::Attention { attn } else { mlp })
+    }
+}
+
+/// How the user asked to choose codecs.
+#[derive(Debug, Clone, PartialEq)]
+pub enum Selection {
+    /// A preset target.
+    Target(Target),
+    /// One codec for every quantized tensor.
+    Codec(CodecSpec),
+    /// A bit budget over the blocks' linear layers.
+    BitsPerWeight(f64),
+}
+
+/// What happens to one tensor.
+#[derive(Debug, Clone, PartialEq, Serialize)]
+#[serde(tag = "action", rename_all = "snake_case")]
+pub enum Action {
+    /// Kept in the source dtype.
+    Keep,
+    /// Encoded with this codec.
+    Quantize(CodecSpec),
+}
+
+/// The plan for one tensor.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorPlan {
+    /// HF name.
+    pub name: String,
+    /// Role.
+    pub role: Role,
+    /// Decision.
+    pub action: Action,
+}
+
+/// Whether a tensor is quantized at all, per the rules in the module docs.
+pub fn quantizable(meta: &TensorMeta, quantize_embeddings: bool) -> bool {
+    let role = Role::of(&meta.name);
+    let eligible = match role {
+        Role::Attention | Role::Mlp => true,
+        Role::Embedding | Role::LmHead => quantize_embeddings,
+        Role::Other => false,
+    };
+    eligible && meta.shape.len() == 2 && meta.numel() >= MIN_QUANT_NUMEL
+}
+
+/// Candidates for a bit budget, cheapest first.
+pub fn budget_candidates() -> Vec<CodecSpec> {
+    vec![
+        CodecSpec::int4(256),
+        CodecSpec::int4(128),
+        CodecSpec::int4(64),
+        CodecSpec::int4(32),
+        CodecSpec::int4(16),
+        CodecSpec::int4_residual(64, 64),
+        CodecSpec::int4_residual(32, 32),
+        CodecSpec::int4_residual(16, 16),
+    ]
+}
+
+/// Plans every tensor of `src`.
+pub fn plan(src: &dyn TensorSource, selection: &Selection, quantize_embeddings: bool, outlier_fraction: f64) -> Result<Vec<TensorPlan>> {
+    let with_outliers = |mut s: CodecSpec| {
+        s.outlier_fraction = outlier_fraction;
+        s
+    };
+    let mut plans: Vec<TensorPlan> = src
+        .tensors()
+        .iter()
+        .map(|m| {
+            let role = Role::of(&m.name);
+            let action = if !quantizable(m, quantize_embeddings) {
+                Action::Keep
+            } else {
+                match selection {
+                    Selection::Target(t) => Action::Quantize(with_outliers(t.spec_for(role))),
+                    Selection::Codec(c) => Action::Quantize(with_outliers(c.clone())),
+                    // Embeddings under a budget use the balanced MLP setting; they are
+                    // outside the budget's scope.
+                    Selection::BitsPerWeight(_) => Action::Quantize(with_outliers(Target::Balanced.spec_for(role))),
+                }
+            };
+            TensorPlan {
+                name: m.name.clone(),
+                role,
+                action,
+            }
+        })
+        .collect();
+    if let Selection::BitsPerWeight(budget) = selection {
+        allocate_budget(src, &mut plans, *budget, outlier_fraction)?;
+    }
+    for p in &plans {
+        if let Action::Quantize(s) = &p.action {
+            s.validate()?;
+        }
+    }
+    Ok(plans)
+}
+
+/// Candidate costs of one tensor: (bits, weighted error) per candidate.
+fn measure(src: &dyn TensorSource, meta: &TensorMeta, cands: &[CodecSpec]) -> Result<Vec<(f64, f64)>> {
+    let (rows, cols) = (meta.shape[0], meta.shape[1]);
+    let w = src.read_f32(&meta.name)?;
+    let take = rows.min(SAMPLE_ROWS);
+    let mut sample = Vec::with_capacity(take * cols);
+    for k in 0..take {
+        let r = k * rows / take;
+        sample.extend_from_slice(&w[r * cols..(r + 1) * cols]);
+    }
+    drop(w);
+    let norm: f64 = sample.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().max(f64::MIN_POSITIVE);
+    let n = (rows * cols) as f64;
+    cands
+        .iter()
+        .map(|c| {
+            let codec = c.build()?;
+            let enc = codec.encode(&sample, take, cols, None)?;
+            let dec = crate::codec::decode_vec(&enc)?;
+            let sse: f64 = dec.iter().zip(&sample).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+            Ok((codec.encoded_len(rows, cols) as f64 * 8.0, n * sse / norm))
+        })
+        .collect()
+}
+
+fn allocate_budget(src: &dyn TensorSource, plans: &mut [TensorPlan], budget: f64, outlier_fraction: f64) -> Result<()> {
+    let mut cands = budget_candidates();
+    for c in &mut cands {
+        c.outlier_fraction = outlier_fraction;
+    }
+    let idx: Vec<usize> = plans
+        .iter()
+        .enumerate()
+        .filter(|(_, p)| p.role.in_budget() && matches!(p.action, Action::Quantize(_)))
+        .map(|(i, _)| i)
+        .collect();
+    if idx.is_empty() {
+        return Err(Error::Plan("no linear layers in the transformer blocks to spend a bit budget on".into()));
+    }
+    let mut costs = Vec::with_capacity(idx.len());
+    let mut total_weights = 0f64;
+    for &i in &idx {
+        let meta = src.meta(&plans[i].name)?;
+        total_weights += meta.numel() as f64;
+        costs.push(measure(src, meta, &cands)?);
+    }
+    let limit = budget * total_weights;
+    let min_bits: f64 = costs.iter().map(|c| c.iter().map(|x| x.0).fold(f64::INFINITY, f64::min)).sum();
+    if min_bits > limit {
+        return Err(Error::Plan(format!(
+            "{budget} bits/weight is below the cheapest codec ({:.3} bits/weight over the blocks' linear layers)",
+            min_bits / total_weights
+        )));
+    }
+    let choose = |lambda: f64| -> Vec<usize> {
+        costs
+            .iter()
+            .map(|c| {
+                (0..c.len())
+                    .min_by(|&a, &b| (c[a].1 + lambda * c[a].0).total_cmp(&(c[b].1 + lambda * c[b].0)))
+                    .unwrap_or(0)
+            })
+            .collect()
+    };
+    let bits_of = |ch: &[usize]| -> f64 { ch.iter().zip(&costs).map(|(&k, c)| c[k].0).sum() };
+    let (mut lo, mut hi) = (0f64, 1f64);
+    while bits_of(&choose(hi)) > limit && hi < 1e30 {
+        hi *= 4.0;
+    }
+    let mut best = choose(hi);
+    if bits_of(&choose(lo)) <= limit {
+        best = choose(lo);
+    } else {
+        for _ in 0..100 {
+            let mid = 0.5 * (lo + hi);
+            let ch = choose(mid);
+            if bits_of(&ch) <= limit {
+                hi = mid;
+                best = ch;
+            } else {
+                lo = mid;
+            }
+        }
+    }
+    // Greedy: spend the remaining bits on the best error drop per extra bit.
+    let mut used = bits_of(&best);
+    loop {
+        let mut pick: Option<(usize, usize, f64)> = None;
+        for (t, c) in costs.iter().enumerate() {
+            let cur = c[best[t]];
+            for (k, cand) in c.iter().enumerate() {
+                let extra = cand.0 - cur.0;
+                let gain = cur.1 - cand.1;
+                if extra > 0.0 && gain > 0.0 && used + extra <= limit {
+                    let ratio = gain / extra;
+                    if pick.is_none_or(|p| ratio > p.2) {
+                        pick = Some((t, k, ratio));
+                    }
+                }
+            }
+        }
+        let Some((t, k, _)) = pick else { break };
+        used += costs[t][k].0 - costs[t][best[t]].0;
+        best[t] = k;
+    }
+    for (&i, &k) in idx.iter().zip(&best) {
+        plans[i].action = Action::Quantize(cands[k].clone());
+    }
+    Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn roles_from_names() {
+        assert_eq!(Role::of("model.layers.0.self_attn.q_proj.weight"), Role::Attention);
+        assert_eq!(Role::of("model.layers.11.mlp.down_proj.weight"), Role::Mlp);
+        assert_eq!(Role::of("model.embed_tokens.weight"), Role::Embedding);
+        assert_eq!(Role::of("lm_head.weight"), Role::LmHead);
+        assert_eq!(Role::of("model.layers.0.input_layernorm.weight"), Role::Other);
+        assert_eq!(Role::of("model.layers.0.self_attn.q_norm.weight"), Role::Other);
+    }
+}

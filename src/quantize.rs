@@ -1,0 +1,201 @@
+//! The quantize pipeline: source → plan → encode → decode → dense HF directory, with a
+//! report of what every tensor cost and how far it moved.
+//!
+//! One tensor is in memory at a time (its f32 weights, its encoding and its decode);
+//! the codecs parallelise inside a tensor, so memory stays bounded by the largest tensor
+//! while both cores work.
+
+use std::path::Path;
+
+use serde::Serialize;
+
+use crate::codec;
+use crate::plan::{self, Action, Role, Selection};
+use crate::source::{HfDirWriter, TensorMeta, TensorSource, DEFAULT_MAX_SHARD_BYTES};
+use crate::Result;
+
+/// Options of [`quantize`].
+#[derive(Debug, Clone)]
+pub struct Options {
+    /// How codecs are chosen.
+    pub selection: Selection,
+    /// Quantize token embeddings and the LM head too.
+    pub quantize_embeddings: bool,
+    /// Fraction of weights kept as fp16 outliers (0 = none).
+    pub outlier_fraction: f64,
+    /// Shard size for the written directory.
+    pub max_shard_bytes: u64,
+}
+
+impl Default for Options {
+    fn default() -> Self {
+        Self {
+            selection: Selection::Target(plan::Target::Balanced),
+            quantize_embeddings: false,
+            outlier_fraction: 0.0,
+            max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+        }
+    }
+}
+
+/// One row of the report.
+#[derive(Debug, Clone, Serialize)]
+pub struct TensorReport {
+    /// HF name.
+    pub name: String,
+    /// Shape.
+    pub shape: Vec<usize>,
+    /// Role.
+    pub role: Role,
+    /// What the source stored (`bf16`, `Q4_1`, ...).
+    pub source: String,
+    /// Codec label, or `keep (<dtype>)`.
+    pub codec: String,
+    /// Weights.
+    pub numel: usize,
+    /// Bits this tensor costs in compressed form (encoded bytes × 8, or dtype bits).
+    pub bits: u64,
+    /// `bits / numel`.
+    pub bits_per_weight: f64,
+    /// ‖W − Ŵ‖ / ‖W‖ (0 for kept tensors).
+    pub rel_error: f64,
+}
+
+/// The whole report.
+#[derive(Debug, Clone, Serialize)]
+pub struct Report {
+    /// Per-tensor rows, in write order.
+    pub tensors: Vec<TensorReport>,
+    /// Bits per weight over the blocks' linear layers, all overhead counted.
+    pub bits_per_weight_quantized: f64,
+    /// Bits per weight over every tensor of the model.
+    pub bits_per_weight_file: f64,
+    /// Bits per weight of the source checkpoint's dtype (16 for bf16/f16).
+    pub source_bits_per_weight: f64,
+    /// Source bytes / compressed bytes, whole model.
+    pub ratio_vs_source: f64,
+    /// Mean of `rel_error` over the quantized tensors.
+    pub mean_rel_error: f64,
+    /// Total weights.
+    pub total_weights: usize,
+    /// Quantized weights.
+    pub quantized_weights: usize,
+    /// Compressed size in bytes.
+    pub compressed_bytes: u64,
+    /// Source size in bytes.
+    pub source_bytes: u64,
+    /// Weight files written.
+    pub files: Vec<String>,
+}
+
+/// Relative Frobenius error ‖a − b‖ / ‖a‖ (0 when `a` is all zeros and `b` equals it).
+pub fn rel_error(a: &[f32], b: &[f32]) -> f64 {
+    let (mut num, mut den) = (0f64, 0f64);
+    for (x, y) in a.iter().zip(b) {
+        num += ((x - y) as f64).powi(2);
+        den += (*x as f64).powi(2);
+    }
+    if den == 0.0 {
+        if num == 0.0 {
+            0.0
+        } else {
+            f64::INFINITY
+        }
+    } else {
+        (num / den).sqrt()
+    }
+}
+
+/// Encodes one tensor with `spec`, returning its encoding and its decode.
+pub fn encode_decode(spec: &codec::CodecSpec, meta: &TensorMeta, w: &[f32]) -> Result<(Vec<u8>, Vec<f32>)> {
+    let codec = spec.build()?;
+    let (rows, cols) = (meta.shape[0], meta.numel() / meta.shape[0].max(1));
+    let enc = codec.encode(w, rows, cols, None).map_err(|e| match e {
+        crate::Error::ShapeMismatch { expected, got, .. } => crate::Error::ShapeMismatch {
+            tensor: meta.name.clone(),
+            expected,
+            got,
+        },
+        e => e,
+    })?;
+    let dec = codec::decode_vec(&enc)?;
+    Ok((enc, dec))
+}
+
+/// Quantizes `src` into a dense HF directory at `out`, calling `progress` after each tensor.
+pub fn quantize(src: &dyn TensorSource, out: &Path, opts: &Options, progress: &(dyn Fn(&TensorReport) + Sync)) -> Result<Report> {
+    let plans = plan::plan(src, &opts.selection, opts.quantize_embeddings, opts.outlier_fraction)?;
+    let metas: Vec<TensorMeta> = src.tensors().to_vec();
+    let mut writer = HfDirWriter::new(out, metas.clone(), opts.max_shard_bytes)?;
+    let mut rows = Vec::with_capacity(metas.len());
+    for (meta, p) in metas.iter().zip(&plans) {
+        let w = src.read_f32(&meta.name)?;
+        let row = match &p.action {
+            Action::Keep => {
+                writer.write(&meta.name, &w)?;
+                TensorReport {
+                    name: meta.name.clone(),
+                    shape: meta.shape.clone(),
+                    role: p.role,
+                    source: meta.stored_as.clone(),
+                    codec: format!("keep ({})", meta.dtype),
+                    numel: meta.numel(),
+                    bits: (meta.numel() * meta.dtype.size() * 8) as u64,
+                    bits_per_weight: (meta.dtype.size() * 8) as f64,
+                    rel_error: 0.0,
+                }
+            }
+            Action::Quantize(spec) => {
+                let (enc, dec) = encode_decode(spec, meta, &w)?;
+                let err = rel_error(&w, &dec);
+                drop(w);
+                writer.write(&meta.name, &dec)?;
+                TensorReport {
+                    name: meta.name.clone(),
+                    shape: meta.shape.clone(),
+                    role: p.role,
+                    source: meta.stored_as.clone(),
+                    codec: spec.label(),
+                    numel: meta.numel(),
+                    bits: enc.len() as u64 * 8,
+                    bits_per_weight: enc.len() as f64 * 8.0 / meta.numel() as f64,
+                    rel_error: err,
+                }
+            }
+        };
+        progress(&row);
+        rows.push(row);
+    }
+    let files = writer.finish()?;
+    src.write_side_files(out)?;
+    Ok(summarize(rows, &metas, files))
+}
+
+fn summarize(tensors: Vec<TensorReport>, metas: &[TensorMeta], files: Vec<String>) -> Report {
+    let total_weights: usize = tensors.iter().map(|t| t.numel).sum();
+    let total_bits: u64 = tensors.iter().map(|t| t.bits).sum();
+    let source_bits: u64 = metas.iter().map(|m| (m.numel() * m.dtype.size() * 8) as u64).sum();
+    let (qb, qn) = tensors
+        .iter()
+        .filter(|t| t.role.in_budget() && !t.codec.starts_with("keep"))
+        .fold((0u64, 0usize), |(b, n), t| (b + t.bits, n + t.numel));
+    let quantized: Vec<&TensorReport> = tensors.iter().filter(|t| !t.codec.starts_with("keep")).collect();
+    let mean_rel_error = if quantized.is_empty() {
+        0.0
+    } else {
+        quantized.iter().map(|t| t.rel_error).sum::<f64>() / quantized.len() as f64
+    };
+    Report {
+        bits_per_weight_quantized: if qn == 0 { 0.0 } else { qb as f64 / qn as f64 },
+        bits_per_weight_file: total_bits as f64 / total_weights.max(1) as f64,
+        source_bits_per_weight: source_bits as f64 / total_weights.max(1) as f64,
+        ratio_vs_source: source_bits as f64 / total_bits.max(1) as f64,
+        mean_rel_error,
+        total_weights,
+        quantized_weights: quantized.iter().map(|t| t.numel).sum(),
+        compressed_bytes: total_bits.div_ceil(8),
+        source_bytes: source_bits / 8,
+        files,
+        tensors,
+    }
+}

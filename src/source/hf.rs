@@ -1,0 +1,276 @@
+//! Hugging Face model directories: `config.json` plus `model.safetensors`, or shards
+//! listed in `model.safetensors.index.json`. Each shard is memory-mapped and its header
+//! validated as the safetensors spec requires (huggingface/safetensors `README.md`,
+//! "Format"): an 8-byte little-endian header length, a JSON header, then a byte buffer
+//! the tensors cover exactly, with no holes and no overlaps.
+
+use std::collections::{BTreeMap, HashMap};
+use std::path::{Path, PathBuf};
+
+use serde::Deserialize;
+
+use super::mmap::MappedFile;
+use super::{TensorMeta, TensorSource};
+use crate::dtype::DType;
+use crate::{Error, Result};
+
+/// Largest safetensors JSON header accepted (the reference implementation's cap).
+pub const MAX_HEADER_LEN: u64 = 100 << 20;
+
+/// Files copied verbatim when a directory is written back (those present).
+pub const SIDE_FILES: &[&str] = &[
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+    "tokenizer.model",
+    "chat_template.jinja",
+];
+
+#[derive(Deserialize)]
+struct RawEntry {
+    dtype: String,
+    shape: Vec<usize>,
+    data_offsets: (u64, u64),
+}
+
+struct Entry {
+    shard: usize,
+    start: u64,
+    end: u64,
+}
+
+/// An opened HF model directory.
+pub struct HfModelDir {
+    dir: PathBuf,
+    config: serde_json::Value,
+    shards: Vec<MappedFile>,
+    metas: Vec<TensorMeta>,
+    entries: HashMap<String, Entry>,
+}
+
+#[derive(Deserialize)]
+struct Index {
+    weight_map: BTreeMap<String, String>,
+}
+
+fn read_json<T: serde::de::DeserializeOwned>(path: &Path) -> Result<T> {
+    let text = std::fs::read_to_string(path).map_err(|e| Error::io("read", path, e))?;
+    serde_json::from_str(&text).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })
+}
+
+/// Parses and validates one safetensors header; returns entries in offset order and the
+/// absolute offset where data begins.
+fn parse_header(file: &MappedFile) -> Result<(Vec<(String, RawEntry)>, u64)> {
+    let path = file.path();
+    let n = u64::from_le_bytes(
+        file.range(0, 8, "header length")?
+            .try_into()
+            .map_err(|_| Error::malformed(path, "safetensors", "header length"))?,
+    );
+    if n > MAX_HEADER_LEN {
+        return Err(Error::LimitExceeded {
+            path: path.to_path_buf(),
+            what: "safetensors header length",
+            value: n,
+            limit: MAX_HEADER_LEN,
+        });
+    }
+    let header = file.range(8, n, "header")?;
+    let header: BTreeMap<String, serde_json::Value> =
+        serde_json::from_slice(header).map_err(|e| Error::malformed(path, "safetensors", e.to_string()))?;
+    let mut entries = Vec::with_capacity(header.len());
+    for (name, v) in header {
+        if name == "__metadata__" {
+            continue;
+        }
+        let e: RawEntry = serde_json::from_value(v)
+            .map_err(|e| Error::malformed(path, "safetensors", format!("tensor {name}: {e}")))?;
+        entries.push((name, e));
+    }
+    entries.sort_by_key(|(_, e)| e.data_offsets);
+    let data_start = 8 + n;
+    let buffer_len = file.bytes().len() as u64 - data_start;
+    let mut expected_start = 0u64;
+    for (name, e) in &entries {
+        let (s, t) = e.data_offsets;
+        if s != expected_start || t < s {
+            return Err(Error::malformed(
+                path,
+                "safetensors",
+                format!("tensor {name}: data_offsets {s}..{t} leave a hole or overlap (expected start {expected_start})"),
+            ));
+        }
+        let elem = DType::from_safetensors_name(&e.dtype).map(|d| d.size() as u64);
+        let numel = e
+            .shape
+            .iter()
+            .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
+            .ok_or_else(|| Error::malformed(path, "safetensors", format!("tensor {name}: shape overflows")))?;
+        if let Some(elem) = elem {
+            if numel.checked_mul(elem) != Some(t - s) {
+                return Err(Error::malformed(
+                    path,
+                    "safetensors",
+                    format!("tensor {name}: {} bytes for shape {:?} of {}", t - s, e.shape, e.dtype),
+                ));
+            }
+        }
+        expected_start = t;
+    }
+    if expected_start != buffer_len {
+        if expected_start > buffer_len {
+            return Err(Error::Truncated {
+                path: path.to_path_buf(),
+                what: "tensor data".into(),
+                offset: data_start,
+                needed: expected_start,
+                len: file.bytes().len() as u64,
+            });
+        }
+        return Err(Error::malformed(
+            path,
+            "safetensors",
+            format!("{} trailing bytes after the last tensor", buffer_len - expected_start),
+        ));
+    }
+    Ok((entries, data_start))
+}
+
+impl HfModelDir {
+    /// Opens a directory holding `config.json` and safetensors weights.
+    pub fn open(dir: &Path) -> Result<Self> {
+        let config: serde_json::Value = read_json(&dir.join("config.json"))?;
+        let single = dir.join("model.safetensors");
+        let index = dir.join("model.safetensors.index.json");
+        let (shard_names, weight_map): (Vec<String>, Option<BTreeMap<String, String>>) = if index.exists() {
+            let idx: Index = read_json(&index)?;
+            let mut names: Vec<String> = idx.weight_map.values().cloned().collect();
+            names.sort();
+            names.dedup();
+            for n in &names {
+                if n.contains('/') || n.contains('\\') || n.starts_with('.') {
+                    return Err(Error::malformed(&index, "safetensors index", format!("shard name {n:?} is not a plain file name")));
+                }
+            }
+            (names, Some(idx.weight_map))
+        } else if single.exists() {
+            (vec!["model.safetensors".into()], None)
+        } else {
+            return Err(Error::Missing {
+                path: dir.to_path_buf(),
+                what: "model.safetensors or model.safetensors.index.json".into(),
+            });
+        };
+        let mut shards = Vec::new();
+        let mut metas = Vec::new();
+        let mut entries = HashMap::new();
+        for (si, sname) in shard_names.iter().enumerate() {
+            let file = MappedFile::open(&dir.join(sname))?;
+            let (list, data_start) = parse_header(&file)?;
+            for (name, e) in list {
+                if let Some(wm) = &weight_map {
+                    if wm.get(&name) != Some(sname) {
+                        return Err(Error::malformed(
+                            &index,
+                            "safetensors index",
+                            format!("tensor {name} is in {sname} but the index says {:?}", wm.get(&name)),
+                        ));
+                    }
+                }
+                let dtype = DType::from_safetensors_name(&e.dtype).ok_or_else(|| Error::UnsupportedDtype {
+                    tensor: name.clone(),
+                    dtype: e.dtype.clone(),
+                })?;
+                metas.push(TensorMeta {
+                    name: name.clone(),
+                    shape: e.shape,
+                    dtype,
+                    stored_as: dtype.to_string(),
+                });
+                let entry = Entry {
+                    shard: si,
+                    start: data_start + e.data_offsets.0,
+                    end: data_start + e.data_offsets.1,
+                };
+                if entries.insert(name.clone(), entry).is_some() {
+                    return Err(Error::malformed(dir, "safetensors", format!("tensor {name} appears in two shards")));
+                }
+            }
+            shards.push(file);
+        }
+        if let Some(wm) = &weight_map {
+            if let Some(missing) = wm.keys().find(|k| !entries.contains_key(*k)) {
+                return Err(Error::Missing {
+                    path: index,
+                    what: format!("tensor {missing} listed in the index"),
+                });
+            }
+        }
+        metas.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            config,
+            shards,
+            metas,
+            entries,
+        })
+    }
+
+    /// The directory.
+    pub fn dir(&self) -> &Path {
+        &self.dir
+    }
+
+    /// The raw little-endian bytes of a tensor, straight from the map.
+    pub fn raw(&self, name: &str) -> Result<&[u8]> {
+        let e = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::TensorNotFound { name: name.to_string() })?;
+        self.shards[e.shard].range(e.start, e.end - e.start, name)
+    }
+}
+
+/// Sort key that orders `layers.10` after `layers.9`.
+pub fn natural_key(name: &str) -> Vec<(String, u64)> {
+    name.split('.')
+        .map(|p| match p.parse::<u64>() {
+            Ok(n) => (String::new(), n),
+            Err(_) => (p.to_string(), 0),
+        })
+        .collect()
+}
+
+impl TensorSource for HfModelDir {
+    fn tensors(&self) -> &[TensorMeta] {
+        &self.metas
+    }
+
+    fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        let meta = self.meta(name)?;
+        let raw = self.raw(name)?;
+        let mut out = vec![0f32; meta.numel()];
+        meta.dtype.decode_into(raw, &mut out);
+        Ok(out)
+    }
+
+    fn config(&self) -> &serde_json::Value {
+        &self.config
+    }
+
+    fn write_side_files(&self, dir: &Path) -> Result<()> {
+        for f in SIDE_FILES {
+            let src = self.dir.join(f);
+            if src.exists() {
+                let dst = dir.join(f);
+                std::fs::copy(&src, &dst).map_err(|e| Error::io("copy", &src, e))?;
+            }
+        }
+        Ok(())
+    }
+}

@@ -1,0 +1,290 @@
+//! Writing dense HF directories the way `save_pretrained` does: `model.safetensors`,
+//! or `model-0000i-of-0000n.safetensors` shards plus `model.safetensors.index.json`
+//! when the weights exceed the shard size.
+//!
+//! The header of each shard depends only on names, shapes and dtypes, all known before
+//! the first byte of data, so tensors stream to disk one at a time in declaration order.
+//! Shards are written to temporary names and renamed into place only by
+//! [`HfDirWriter::finish`]: an interrupted write never leaves a loadable half-model.
+
+use std::fs::File;
+use std::io::{BufWriter, Write};
+use std::path::{Path, PathBuf};
+
+use serde_json::json;
+
+use super::TensorMeta;
+use crate::{Error, Result};
+
+/// transformers' default `max_shard_size` ("5GB", decimal).
+pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
+
+struct Shard {
+    file_name: String,
+    tensors: Vec<usize>,
+    header: Vec<u8>,
+}
+
+/// Streams tensors into a sharded safetensors HF directory.
+pub struct HfDirWriter {
+    dir: PathBuf,
+    metas: Vec<TensorMeta>,
+    shard_of: Vec<usize>,
+    shards: Vec<Shard>,
+    next: usize,
+    open: Option<(usize, BufWriter<File>)>,
+    total_bytes: u64,
+}
+
+impl HfDirWriter {
+    /// Plans the shards for `metas` (written in this order) under `dir`, creating it.
+    pub fn new(dir: &Path, metas: Vec<TensorMeta>, max_shard_bytes: u64) -> Result<Self> {
+        std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
+        let mut groups: Vec<Vec<usize>> = vec![];
+        let mut size = 0u64;
+        let mut total = 0u64;
+        for (i, m) in metas.iter().enumerate() {
+            let bytes = (m.numel() * m.dtype.size()) as u64;
+            total += bytes;
+            match groups.last_mut() {
+                Some(g) if size + bytes <= max_shard_bytes => g.push(i),
+                _ => {
+                    groups.push(vec![i]);
+                    size = 0;
+                }
+            }
+            size += bytes;
+        }
+        let n = groups.len().max(1);
+        let mut shard_of = vec![0; metas.len()];
+        let mut shards = Vec::with_capacity(n);
+        for (si, g) in groups.into_iter().enumerate() {
+            let file_name = if n == 1 {
+                "model.safetensors".to_string()
+            } else {
+                format!("model-{:05}-of-{:05}.safetensors", si + 1, n)
+            };
+            let mut header = serde_json::Map::new();
+            header.insert("__metadata__".into(), json!({ "format": "pt" }));
+            let mut off = 0u64;
+            for &i in &g {
+                let m = &metas[i];
+                let len = (m.numel() * m.dtype.size()) as u64;
+                header.insert(
+                    m.name.clone(),
+                    json!({ "dtype": m.dtype.safetensors_name(), "shape": m.shape, "data_offsets": [off, off + len] }),
+                );
+                off += len;
+                shard_of[i] = si;
+            }
+            let mut hb = serde_json::to_vec(&header).map_err(|e| Error::Json {
+                path: dir.join(&file_name),
+                message: e.to_string(),
+            })?;
+            while hb.len() % 8 != 0 {
+                hb.push(b' ');
+            }
+            shards.push(Shard {
+                file_name,
+                tensors: g,
+                header: hb,
+            });
+        }
+        Ok(Self {
+            dir: dir.to_path_buf(),
+            metas,
+            shard_of,
+            shards,
+            next: 0,
+            open: None,
+            total_bytes: total,
+        })
+    }
+
+    fn tmp_path(&self, si: usize) -> PathBuf {
+        self.dir.join(format!("{}.tmp", self.shards[si].file_name))
+    }
+
+    /// The next tensor the writer expects, if any.
+    pub fn next_tensor(&self) -> Option<&TensorMeta> {
+        self.metas.get(self.next)
+    }
+
+    /// Writes the next tensor (must be `name`, in declaration order) from f32 values,
+    /// converting to its declared dtype.
+    pub fn write(&mut self, name: &str, values: &[f32]) -> Result<()> {
+        let Some(meta) = self.metas.get(self.next) else {
+            return Err(Error::Plan(format!("tensor {name} written after the last declared tensor")));
+        };
+        if meta.name != name {
+            return Err(Error::Plan(format!("tensor {name} written where {} was expected", meta.name)));
+        }
+        if values.len() != meta.numel() {
+            return Err(Error::ShapeMismatch {
+                tensor: name.to_string(),
+                expected: meta.shape.clone(),
+                got: vec![values.len()],
+            });
+        }
+        let bytes = meta.dtype.encode(values);
+        let si = self.shard_of[self.next];
+        if self.open.as_ref().map(|(s, _)| *s) != Some(si) {
+            self.close_current()?;
+            let p = self.tmp_path(si);
+            let f = File::create(&p).map_err(|e| Error::io("create", &p, e))?;
+            let mut w = BufWriter::with_capacity(1 << 20, f);
+            let h = &self.shards[si].header;
+            w.write_all(&(h.len() as u64).to_le_bytes())
+                .and_then(|_| w.write_all(h))
+                .map_err(|e| Error::io("write", &p, e))?;
+            self.open = Some((si, w));
+        }
+        let p = self.tmp_path(si);
+        if let Some((_, w)) = self.open.as_mut() {
+            w.write_all(&bytes).map_err(|e| Error::io("write", &p, e))?;
+        }
+        self.next += 1;
+        Ok(())
+    }
+
+    fn close_current(&mut self) -> Result<()> {
+        if let Some((si, w)) = self.open.take() {
+            let p = self.tmp_path(si);
+            let f = w.into_inner().map_err(|e| Error::io("flush", &p, e.into_error()))?;
+            f.sync_all().map_err(|e| Error::io("sync", &p, e))?;
+        }
+        Ok(())
+    }
+
+    /// Checks every tensor was written, renames the shards into place and writes the
+    /// index when sharded. Returns the weight file names.
+    pub fn finish(mut self) -> Result<Vec<String>> {
+        if let Some(m) = self.metas.get(self.next) {
+            return Err(Error::Plan(format!("tensor {} was never written", m.name)));
+        }
+        self.close_current()?;
+        if self.metas.is_empty() {
+            return Err(Error::Plan("no tensors to write".into()));
+        }
+        // Remove weights a previous run left here, so loaders see only this model.
+        if let Ok(rd) = std::fs::read_dir(&self.dir) {
+            for e in rd.flatten() {
+                let n = e.file_name().to_string_lossy().into_owned();
+                let ours = self.shards.iter().any(|s| s.file_name == n);
+                if !ours
+                    && (n == "model.safetensors.index.json"
+                        || (n.starts_with("model") && n.ends_with(".safetensors")))
+                {
+                    std::fs::remove_file(e.path()).map_err(|err| Error::io("remove", e.path(), err))?;
+                }
+            }
+        }
+        for si in 0..self.shards.len() {
+            let to = self.dir.join(&self.shards[si].file_name);
+            std::fs::rename(self.tmp_path(si), &to).map_err(|e| Error::io("rename", &to, e))?;
+        }
+        if self.shards.len() > 1 {
+            let mut wm = serde_json::Map::new();
+            for s in &self.shards {
+                for &i in &s.tensors {
+                    wm.insert(self.metas[i].name.clone(), json!(s.file_name));
+                }
+            }
+            super::write_json(
+                &self.dir.join("model.safetensors.index.json"),
+                &json!({ "metadata": { "total_size": self.total_bytes }, "weight_map": wm }),
+            )?;
+        }
+        Ok(self.shards.iter().map(|s| s.file_name.clone()).collect())
+    }
+}
+
+impl Drop for HfDirWriter {
+    fn drop(&mut self) {
+        // An unfinished writer removes its temporary shards.
+        self.open.take();
+        for si in 0..self.shards.len() {
+            let _ = std::fs::remove_file(self.tmp_path(si));
+        }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use crate::dtype::DType;
+    use crate::source::{HfModelDir, TensorSource};
+
+    fn meta(name: &str, shape: &[usize], dtype: DType) -> TensorMeta {
+        TensorMeta {
+            name: name.into(),
+            shape: shape.to_vec(),
+            dtype,
+            stored_as: dtype.to_string(),
+        }
+    }
+
+    #[test]
+    fn sharded_round_trip_and_index() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("config.json"), "{}").expect("config");
+        let metas = vec![
+            meta("a.weight", &[4, 8], DType::F32),
+            meta("b.weight", &[16], DType::BF16),
+            meta("c.weight", &[3, 5], DType::F16),
+        ];
+        let mut w = HfDirWriter::new(dir.path(), metas.clone(), 100).expect("writer");
+        let vals: Vec<Vec<f32>> = metas
+            .iter()
+            .map(|m| (0..m.numel()).map(|i| i as f32 * 0.5 - 3.0).collect())
+            .collect();
+        assert!(w.write("b.weight", &vals[1]).is_err(), "out of order");
+        for (m, v) in metas.iter().zip(&vals) {
+            w.write(&m.name, v).expect("write");
+        }
+        let files = w.finish().expect("finish");
+        assert_eq!(files.len(), 2, "128 bytes of f32 exceed a 100-byte shard");
+        assert!(dir.path().join("model.safetensors.index.json").exists());
+        let src = HfModelDir::open(dir.path()).expect("open");
+        for (m, v) in metas.iter().zip(&vals) {
+            assert_eq!(&src.meta(&m.name).expect("meta").shape, &m.shape);
+            assert_eq!(&src.read_f32(&m.name).expect("read"), v);
+        }
+    }
+
+    #[test]
+    fn unfinished_writer_leaves_nothing() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        let mut w = HfDirWriter::new(dir.path(), vec![meta("a", &[2], DType::F32), meta("b", &[2], DType::F32)], 1 << 20)
+            .expect("writer");
+        w.write("a", &[1.0, 2.0]).expect("write");
+        drop(w);
+        assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
+    }
+
+    #[test]
+    fn rejects_hostile_safetensors() {
+        let dir = tempfile::tempdir().expect("tempdir");
+        std::fs::write(dir.path().join("config.json"), "{}").expect("config");
+        let write = |header: &str, data: usize| {
+            let mut b = (header.len() as u64).to_le_bytes().to_vec();
+            b.extend_from_slice(header.as_bytes());
+            b.extend(std::iter::repeat_n(0u8, data));
+            std::fs::write(dir.path().join("model.safetensors"), b).expect("write");
+        };
+        write(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4);
+        assert!(matches!(HfModelDir::open(dir.path()), Err(Error::Truncated { .. })));
+        write(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8);
+        assert!(matches!(HfModelDir::open(dir.path()), Err(Error::Malformed { .. })));
+        write(r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8);
+        assert!(matches!(HfModelDir::open(dir.path()), Err(Error::Malformed { .. })));
+        write(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 12);
+        assert!(matches!(HfModelDir::open(dir.path()), Err(Error::Malformed { .. })));
+        write(r#"{"a":{"dtype":"I8","shape":[8],"data_offsets":[0,8]}}"#, 8);
+        assert!(matches!(HfModelDir::open(dir.path()), Err(Error::UnsupportedDtype { .. })));
+        let mut b = u64::MAX.to_le_bytes().to_vec();
+        b.extend_from_slice(b"{}");
+        std::fs::write(dir.path().join("model.safetensors"), b).expect("write");
+        assert!(matches!(HfModelDir::open(dir.path()), Err(Error::LimitExceeded { .. })));
+    }
+}
