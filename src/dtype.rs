@@ -93,7 +93,9 @@ impl DType {
     pub fn encode(self, values: &[f32]) -> Vec<u8> {
         let mut out = Vec::with_capacity(values.len() * self.size());
         match self {
-            DType::F32 => values.iter().for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
+            DType::F32 => values
+                .iter()
+                .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
             DType::F16 => values
                 .iter()
                 .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_bits().to_le_bytes())),

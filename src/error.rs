@@ -134,7 +134,11 @@ impl Error {
     }
 
     /// A malformed-file error.
-    pub fn malformed(path: impl Into<PathBuf>, format: &'static str, reason: impl Into<String>) -> Self {
+    pub fn malformed(
+        path: impl Into<PathBuf>,
+        format: &'static str,
+        reason: impl Into<String>,
+    ) -> Self {
         Error::Malformed {
             path: path.into(),
             format,

@@ -53,12 +53,35 @@ pub enum Role {
 impl Role {
     /// Classifies a transformers tensor name.
     pub fn of(name: &str) -> Role {
-        let in_block = name.contains(".layers.") || name.contains(".h.") || name.contains(".blocks.");
+        let in_block =
+            name.contains(".layers.") || name.contains(".h.") || name.contains(".blocks.");
         let is_weight = name.ends_with(".weight");
         let has = |s: &[&str]| s.iter().any(|p| name.contains(p));
-        if in_block && is_weight && has(&["q_proj", "k_proj", "v_proj", "o_proj", "qkv_proj", "c_attn", "attn.c_proj"]) {
+        if in_block
+            && is_weight
+            && has(&[
+                "q_proj",
+                "k_proj",
+                "v_proj",
+                "o_proj",
+                "qkv_proj",
+                "c_attn",
+                "attn.c_proj",
+            ])
+        {
             Role::Attention
-        } else if in_block && is_weight && has(&["gate_proj", "up_proj", "down_proj", "c_fc", "mlp.c_proj", "fc1", "fc2"]) {
+        } else if in_block
+            && is_weight
+            && has(&[
+                "gate_proj",
+                "up_proj",
+                "down_proj",
+                "c_fc",
+                "mlp.c_proj",
+                "fc1",
+                "fc2",
+            ])
+        {
             Role::Mlp
         } else if has(&["embed_tokens", "wte", "word_embeddings"]) {
             Role::Embedding
@@ -162,7 +185,12 @@ pub fn budget_candidates() -> Vec<CodecSpec> {
 }
 
 /// Plans every tensor of `src`.
-pub fn plan(src: &dyn TensorSource, selection: &Selection, quantize_embeddings: bool, outlier_fraction: f64) -> Result<Vec<TensorPlan>> {
+pub fn plan(
+    src: &dyn TensorSource,
+    selection: &Selection,
+    quantize_embeddings: bool,
+    outlier_fraction: f64,
+) -> Result<Vec<TensorPlan>> {
     let with_outliers = |mut s: CodecSpec| {
         s.outlier_fraction = outlier_fraction;
         s
@@ -180,7 +208,9 @@ pub fn plan(src: &dyn TensorSource, selection: &Selection, quantize_embeddings: 
                     Selection::Codec(c) => Action::Quantize(with_outliers(c.clone())),
                     // Embeddings under a budget use the balanced MLP setting; they are
                     // outside the budget's scope.
-                    Selection::BitsPerWeight(_) => Action::Quantize(with_outliers(Target::Balanced.spec_for(role))),
+                    Selection::BitsPerWeight(_) => {
+                        Action::Quantize(with_outliers(Target::Balanced.spec_for(role)))
+                    }
                 }
             };
             TensorPlan {
@@ -202,7 +232,11 @@ pub fn plan(src: &dyn TensorSource, selection: &Selection, quantize_embeddings: 
 }
 
 /// Candidate costs of one tensor: (bits, weighted error) per candidate.
-fn measure(src: &dyn TensorSource, meta: &TensorMeta, cands: &[CodecSpec]) -> Result<Vec<(f64, f64)>> {
+fn measure(
+    src: &dyn TensorSource,
+    meta: &TensorMeta,
+    cands: &[CodecSpec],
+) -> Result<Vec<(f64, f64)>> {
     let (rows, cols) = (meta.shape[0], meta.shape[1]);
     let w = src.read_f32(&meta.name)?;
     let take = rows.min(SAMPLE_ROWS);
@@ -212,7 +246,11 @@ fn measure(src: &dyn TensorSource, meta: &TensorMeta, cands: &[CodecSpec]) -> Re
         sample.extend_from_slice(&w[r * cols..(r + 1) * cols]);
     }
     drop(w);
-    let norm: f64 = sample.iter().map(|x| (*x as f64).powi(2)).sum::<f64>().max(f64::MIN_POSITIVE);
+    let norm: f64 = sample
+        .iter()
+        .map(|x| (*x as f64).powi(2))
+        .sum::<f64>()
+        .max(f64::MIN_POSITIVE);
     let n = (rows * cols) as f64;
     cands
         .iter()
@@ -220,13 +258,22 @@ fn measure(src: &dyn TensorSource, meta: &TensorMeta, cands: &[CodecSpec]) -> Re
             let codec = c.build()?;
             let enc = codec.encode(&sample, take, cols, None)?;
             let dec = crate::codec::decode_vec(&enc)?;
-            let sse: f64 = dec.iter().zip(&sample).map(|(a, b)| ((a - b) as f64).powi(2)).sum();
+            let sse: f64 = dec
+                .iter()
+                .zip(&sample)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum();
             Ok((codec.encoded_len(rows, cols) as f64 * 8.0, n * sse / norm))
         })
         .collect()
 }
 
-fn allocate_budget(src: &dyn TensorSource, plans: &mut [TensorPlan], budget: f64, outlier_fraction: f64) -> Result<()> {
+fn allocate_budget(
+    src: &dyn TensorSource,
+    plans: &mut [TensorPlan],
+    budget: f64,
+    outlier_fraction: f64,
+) -> Result<()> {
     let mut cands = budget_candidates();
     for c in &mut cands {
         c.outlier_fraction = outlier_fraction;
@@ -238,7 +285,9 @@ fn allocate_budget(src: &dyn TensorSource, plans: &mut [TensorPlan], budget: f64
         .map(|(i, _)| i)
         .collect();
     if idx.is_empty() {
-        return Err(Error::Plan("no linear layers in the transformer blocks to spend a bit budget on".into()));
+        return Err(Error::Plan(
+            "no linear layers in the transformer blocks to spend a bit budget on".into(),
+        ));
     }
     let mut costs = Vec::with_capacity(idx.len());
     let mut total_weights = 0f64;
@@ -248,7 +297,10 @@ fn allocate_budget(src: &dyn TensorSource, plans: &mut [TensorPlan], budget: f64
         costs.push(measure(src, meta, &cands)?);
     }
     let limit = budget * total_weights;
-    let min_bits: f64 = costs.iter().map(|c| c.iter().map(|x| x.0).fold(f64::INFINITY, f64::min)).sum();
+    let min_bits: f64 = costs
+        .iter()
+        .map(|c| c.iter().map(|x| x.0).fold(f64::INFINITY, f64::min))
+        .sum();
     if min_bits > limit {
         return Err(Error::Plan(format!(
             "{budget} bits/weight is below the cheapest codec ({:.3} bits/weight over the blocks' linear layers)",
@@ -260,7 +312,9 @@ fn allocate_budget(src: &dyn TensorSource, plans: &mut [TensorPlan], budget: f64
             .iter()
             .map(|c| {
                 (0..c.len())
-                    .min_by(|&a, &b| (c[a].1 + lambda * c[a].0).total_cmp(&(c[b].1 + lambda * c[b].0)))
+                    .min_by(|&a, &b| {
+                        (c[a].1 + lambda * c[a].0).total_cmp(&(c[b].1 + lambda * c[b].0))
+                    })
                     .unwrap_or(0)
             })
             .collect()
@@ -318,11 +372,20 @@ mod tests {
 
     #[test]
     fn roles_from_names() {
-        assert_eq!(Role::of("model.layers.0.self_attn.q_proj.weight"), Role::Attention);
+        assert_eq!(
+            Role::of("model.layers.0.self_attn.q_proj.weight"),
+            Role::Attention
+        );
         assert_eq!(Role::of("model.layers.11.mlp.down_proj.weight"), Role::Mlp);
         assert_eq!(Role::of("model.embed_tokens.weight"), Role::Embedding);
         assert_eq!(Role::of("lm_head.weight"), Role::LmHead);
-        assert_eq!(Role::of("model.layers.0.input_layernorm.weight"), Role::Other);
-        assert_eq!(Role::of("model.layers.0.self_attn.q_norm.weight"), Role::Other);
+        assert_eq!(
+            Role::of("model.layers.0.input_layernorm.weight"),
+            Role::Other
+        );
+        assert_eq!(
+            Role::of("model.layers.0.self_attn.q_norm.weight"),
+            Role::Other
+        );
     }
 }

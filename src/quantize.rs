@@ -107,7 +107,11 @@ pub fn rel_error(a: &[f32], b: &[f32]) -> f64 {
 }
 
 /// Encodes one tensor with `spec`, returning its encoding and its decode.
-pub fn encode_decode(spec: &codec::CodecSpec, meta: &TensorMeta, w: &[f32]) -> Result<(Vec<u8>, Vec<f32>)> {
+pub fn encode_decode(
+    spec: &codec::CodecSpec,
+    meta: &TensorMeta,
+    w: &[f32],
+) -> Result<(Vec<u8>, Vec<f32>)> {
     let codec = spec.build()?;
     let (rows, cols) = (meta.shape[0], meta.numel() / meta.shape[0].max(1));
     let enc = codec.encode(w, rows, cols, None).map_err(|e| match e {
@@ -123,8 +127,18 @@ pub fn encode_decode(spec: &codec::CodecSpec, meta: &TensorMeta, w: &[f32]) -> R
 }
 
 /// Quantizes `src` into a dense HF directory at `out`, calling `progress` after each tensor.
-pub fn quantize(src: &dyn TensorSource, out: &Path, opts: &Options, progress: &(dyn Fn(&TensorReport) + Sync)) -> Result<Report> {
-    let plans = plan::plan(src, &opts.selection, opts.quantize_embeddings, opts.outlier_fraction)?;
+pub fn quantize(
+    src: &dyn TensorSource,
+    out: &Path,
+    opts: &Options,
+    progress: &(dyn Fn(&TensorReport) + Sync),
+) -> Result<Report> {
+    let plans = plan::plan(
+        src,
+        &opts.selection,
+        opts.quantize_embeddings,
+        opts.outlier_fraction,
+    )?;
     let metas: Vec<TensorMeta> = src.tensors().to_vec();
     let mut writer = HfDirWriter::new(out, metas.clone(), opts.max_shard_bytes)?;
     let mut rows = Vec::with_capacity(metas.len());
@@ -174,12 +188,18 @@ pub fn quantize(src: &dyn TensorSource, out: &Path, opts: &Options, progress: &(
 fn summarize(tensors: Vec<TensorReport>, metas: &[TensorMeta], files: Vec<String>) -> Report {
     let total_weights: usize = tensors.iter().map(|t| t.numel).sum();
     let total_bits: u64 = tensors.iter().map(|t| t.bits).sum();
-    let source_bits: u64 = metas.iter().map(|m| (m.numel() * m.dtype.size() * 8) as u64).sum();
+    let source_bits: u64 = metas
+        .iter()
+        .map(|m| (m.numel() * m.dtype.size() * 8) as u64)
+        .sum();
     let (qb, qn) = tensors
         .iter()
         .filter(|t| t.role.in_budget() && !t.codec.starts_with("keep"))
         .fold((0u64, 0usize), |(b, n), t| (b + t.bits, n + t.numel));
-    let quantized: Vec<&TensorReport> = tensors.iter().filter(|t| !t.codec.starts_with("keep")).collect();
+    let quantized: Vec<&TensorReport> = tensors
+        .iter()
+        .filter(|t| !t.codec.starts_with("keep"))
+        .collect();
     let mean_rel_error = if quantized.is_empty() {
         0.0
     } else {

@@ -30,7 +30,8 @@ pub(crate) fn parse_dtype(s: &str) -> Result<DType, String> {
 
 /// Runs the import.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let src = GgufSource::open(&a.model, a.dtype).with_context(|| format!("opening {}", a.model.display()))?;
+    let src = GgufSource::open(&a.model, a.dtype)
+        .with_context(|| format!("opening {}", a.model.display()))?;
     let metas = src.tensors().to_vec();
     let pb = super::progress::bar(metas.len() as u64, "import");
     let mut w = HfDirWriter::new(&a.output, metas.clone(), a.max_shard_size)?;

@@ -87,7 +87,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if !(0.0..=50.0).contains(&a.outliers) {
         bail!("--outliers is a percentage between 0 and 50");
     }
-    let src = tenpak::source::open(&a.model, a.gguf_dtype).with_context(|| format!("opening {}", a.model.display()))?;
+    let src = tenpak::source::open(&a.model, a.gguf_dtype)
+        .with_context(|| format!("opening {}", a.model.display()))?;
     let opts = Options {
         selection,
         quantize_embeddings: a.quantize_embeddings,
@@ -112,8 +113,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 }
 
 fn print_table(out: &mut impl Write, r: &Report, all: bool) -> std::io::Result<()> {
-    writeln!(out, "{:<52} {:>14} {:>8} {:<22} {:>7} {:>9}", "tensor", "shape", "source", "codec", "bpw", "rel.err")?;
-    for t in r.tensors.iter().filter(|t| all || !t.codec.starts_with("keep")) {
+    writeln!(
+        out,
+        "{:<52} {:>14} {:>8} {:<22} {:>7} {:>9}",
+        "tensor", "shape", "source", "codec", "bpw", "rel.err"
+    )?;
+    for t in r
+        .tensors
+        .iter()
+        .filter(|t| all || !t.codec.starts_with("keep"))
+    {
         writeln!(
             out,
             "{:<52} {:>14} {:>8} {:<22} {:>7.3} {:>9.5}",
@@ -125,18 +134,41 @@ fn print_table(out: &mut impl Write, r: &Report, all: bool) -> std::io::Result<(
             t.rel_error
         )?;
     }
-    let kept = r.tensors.iter().filter(|t| t.codec.starts_with("keep")).count();
+    let kept = r
+        .tensors
+        .iter()
+        .filter(|t| t.codec.starts_with("keep"))
+        .count();
     if !all && kept > 0 {
-        writeln!(out, "({kept} tensors kept in their source dtype; --all lists them)")?;
+        writeln!(
+            out,
+            "({kept} tensors kept in their source dtype; --all lists them)"
+        )?;
     }
     writeln!(out)?;
-    writeln!(out, "quantized weights         {:>14} of {}", r.quantized_weights, r.total_weights)?;
-    writeln!(out, "bits/weight (quantized)   {:>14.4}   blocks' linear layers, all overhead counted", r.bits_per_weight_quantized)?;
-    writeln!(out, "bits/weight (whole file)  {:>14.4}   every tensor", r.bits_per_weight_file)?;
+    writeln!(
+        out,
+        "quantized weights         {:>14} of {}",
+        r.quantized_weights, r.total_weights
+    )?;
+    writeln!(
+        out,
+        "bits/weight (quantized)   {:>14.4}   blocks' linear layers, all overhead counted",
+        r.bits_per_weight_quantized
+    )?;
+    writeln!(
+        out,
+        "bits/weight (whole file)  {:>14.4}   every tensor",
+        r.bits_per_weight_file
+    )?;
     writeln!(
         out,
         "size                      {:>14}   vs {} bytes at the source's {:.0} bits/weight: {:.2}x smaller",
         r.compressed_bytes, r.source_bytes, r.source_bits_per_weight, r.ratio_vs_source
     )?;
-    writeln!(out, "mean relative error       {:>14.5}   ||W-Q(W)|| / ||W||, over quantized tensors", r.mean_rel_error)
+    writeln!(
+        out,
+        "mean relative error       {:>14.5}   ||W-Q(W)|| / ||W||, over quantized tensors",
+        r.mean_rel_error
+    )
 }

@@ -75,13 +75,10 @@ impl Stage {
     /// `h` holds per-weight importance (a zero excludes the weight from the fit).
     fn fit(&self, w: &[f32], h: Option<&[f32]>, q: &mut [f32]) -> (f16, f16) {
         let qmax = self.qmax();
-        let (mut lo, mut hi) = (f32::INFINITY, f32::NEG_INFINITY);
-        for (i, &x) in w.iter().enumerate() {
-            if h.is_none_or(|h| h[i] > 0.0) {
-                lo = lo.min(x);
-                hi = hi.max(x);
-            }
-        }
+        let Bounds { lo, hi, s0, t0 } = match h {
+            None => bounds::<false>(w, w),
+            Some(h) => bounds::<true>(w, h),
+        };
         if !lo.is_finite() {
             // Every weight is excluded: any parameters will do; decode gives zeros.
             q.fill(0.0);
@@ -97,36 +94,38 @@ impl Stage {
         } else {
             ((hi - lo) / qmax, lo)
         };
-        let round = |v: f32| f16::from_f32(v);
-        let mut best = (round(s), round(m), f32::INFINITY);
-        for it in 0..=self.refine_iters {
-            let (sf, mf) = (round(s), if self.symmetric { round(s) } else { round(m) });
-            let (s16, m16) = if self.symmetric {
-                (sf.to_f32(), -half_levels * sf.to_f32())
+        // The parameters as decode will see them: fp16, symmetric offset implied.
+        let quantized = |s: f32, m: f32| -> (f16, f16, f32, f32) {
+            let sf = f16::from_f32(s);
+            if self.symmetric {
+                (sf, sf, sf.to_f32(), -half_levels * sf.to_f32())
             } else {
-                (sf.to_f32(), mf.to_f32())
-            };
-            let inv = if s16 != 0.0 { 1.0 / s16 } else { 0.0 };
-            // One pass: codes, error, and the least-squares sums.
-            let (mut err, mut s0, mut s1, mut s2, mut t0, mut t1) = (0f32, 0f32, 0f32, 0f32, 0f32, 0f32);
-            for i in 0..w.len() {
-                let x = w[i];
-                let c = ((x - m16) * inv).clamp(0.0, qmax);
-                let c = (c + ROUND_MAGIC) - ROUND_MAGIC;
-                q[i] = c;
-                let d = x - (c * s16 + m16);
-                let hw = h.map_or(1.0, |h| h[i]);
-                err += hw * d * d;
-                s0 += hw;
-                s1 += hw * c;
-                s2 += hw * c * c;
-                t0 += hw * x;
-                t1 += hw * c * x;
+                let mf = f16::from_f32(m);
+                (sf, mf, sf.to_f32(), mf.to_f32())
             }
+        };
+        let (sf, mf, _, _) = quantized(s, m);
+        if !sf.is_finite() || !mf.is_finite() {
+            // The range does not fit fp16; the caller turns this into an error.
+            q.fill(0.0);
+            return (sf, mf);
+        }
+        let mut best = (sf, mf, f32::INFINITY);
+        let mut codes_are_best = false;
+        for it in 0..=self.refine_iters {
+            let (sf, mf, s16, m16) = quantized(s, m);
+            let [err, s1, s2, t1] = match h {
+                None => pass::<false>(w, w, s16, m16, qmax, q),
+                Some(h) => pass::<true>(w, h, s16, m16, qmax, q),
+            };
             if err < best.2 {
-                best = (sf, if self.symmetric { sf } else { mf }, err);
-            } else if it > 0 {
-                break;
+                best = (sf, mf, err);
+                codes_are_best = true;
+            } else {
+                codes_are_best = false;
+                if it > 0 {
+                    break;
+                }
             }
             if it == self.refine_iters || err == 0.0 {
                 break;
@@ -149,15 +148,14 @@ impl Stage {
                 m = (t0 - s * s1) / s0;
             }
         }
-        // Recompute codes for the best parameters (the last pass may have used others).
-        let (s16, m16) = if self.symmetric {
-            (best.0.to_f32(), -half_levels * best.0.to_f32())
-        } else {
-            (best.0.to_f32(), best.1.to_f32())
-        };
-        let inv = if s16 != 0.0 { 1.0 / s16 } else { 0.0 };
-        for (c, &x) in q.iter_mut().zip(w) {
-            *c = ((x - m16) * inv).clamp(0.0, qmax) + ROUND_MAGIC - ROUND_MAGIC;
+        if !codes_are_best {
+            // The last pass tried other parameters: recompute the codes for the best ones.
+            let (s16, m16) = if self.symmetric {
+                (best.0.to_f32(), -half_levels * best.0.to_f32())
+            } else {
+                (best.0.to_f32(), best.1.to_f32())
+            };
+            pass::<false>(w, w, s16, m16, qmax, q);
         }
         (best.0, best.1)
     }
@@ -165,7 +163,7 @@ impl Stage {
     /// Encodes rows `[row0, row0 + n)` of a row-major matrix with `cols` columns.
     /// `h`, when given, is the importance of each weight (same layout as `w`).
     pub fn encode_rows(&self, w: &[f32], h: Option<&[f32]>, cols: usize) -> StageData {
-        let rows = if cols == 0 { 0 } else { w.len() / cols };
+        let rows = w.len().checked_div(cols).unwrap_or(0);
         let gpr = self.groups_per_row(cols);
         let mut out = StageData {
             scales: Vec::with_capacity(rows * gpr),
@@ -184,13 +182,7 @@ impl Stage {
                 if !self.symmetric {
                     out.offsets.push(m);
                 }
-                for chunk in qg.chunks(pb) {
-                    let mut byte = 0u8;
-                    for (k, &c) in chunk.iter().enumerate() {
-                        byte |= (c as u8) << (k as u32 * self.bits);
-                    }
-                    out.codes.push(byte);
-                }
+                pack(qg, self.bits, pb, &mut out.codes);
             }
         }
         out
@@ -200,33 +192,186 @@ impl Stage {
     /// With `accumulate`, adds to `out` instead of overwriting (residual stages).
     ///
     /// Callers have checked the array lengths against [`Stage::encoded_len`].
-    pub fn decode_rows(&self, scales: &[u8], offsets: &[u8], codes: &[u8], cols: usize, out: &mut [f32], accumulate: bool) {
+    pub fn decode_rows(
+        &self,
+        scales: &[u8],
+        offsets: &[u8],
+        codes: &[u8],
+        cols: usize,
+        out: &mut [f32],
+        accumulate: bool,
+    ) {
         let gpr = self.groups_per_row(cols);
         let half = (1u32 << (self.bits - 1)) as f32;
+        // Convert the block's fp16 parameters in one go (vectorised where the CPU has F16C).
+        let mut sc = Vec::new();
+        f16s_to_f32(scales, &mut sc);
+        let mut of = Vec::new();
+        if self.symmetric {
+            of.extend(sc.iter().map(|s| -half * s));
+        } else {
+            f16s_to_f32(offsets, &mut of);
+        }
+        match (self.bits, accumulate) {
+            (4, false) => self.decode_groups(&sc, &of, codes, cols, out, decode4::<false>),
+            (4, true) => self.decode_groups(&sc, &of, codes, cols, out, decode4::<true>),
+            (_, false) => self.decode_groups(&sc, &of, codes, cols, out, decode2::<false>),
+            (_, true) => self.decode_groups(&sc, &of, codes, cols, out, decode2::<true>),
+        }
+        debug_assert_eq!(sc.len(), out.len() / cols.max(1) * gpr);
+    }
+
+    #[inline(always)]
+    fn decode_groups(
+        &self,
+        scales: &[f32],
+        offsets: &[f32],
+        codes: &[u8],
+        cols: usize,
+        out: &mut [f32],
+        kernel: impl Fn(&[u8], f32, f32, &mut [f32]),
+    ) {
         let per_byte = self.per_byte();
         let mut code_pos = 0;
-        let mut gi = 0;
+        let mut params = scales.iter().zip(offsets);
         for row in out.chunks_exact_mut(cols.max(1)) {
-            for grp in row.chunks_mut(self.group) {
-                let s = f16::from_bits(u16::from_le_bytes([scales[2 * gi], scales[2 * gi + 1]])).to_f32();
-                let m = if self.symmetric {
-                    -half * s
-                } else {
-                    f16::from_bits(u16::from_le_bytes([offsets[2 * gi], offsets[2 * gi + 1]])).to_f32()
-                };
+            for (grp, (&s, &m)) in row.chunks_mut(self.group).zip(&mut params) {
                 let nb = grp.len().div_ceil(per_byte);
-                let bytes = &codes[code_pos..code_pos + nb];
-                match (self.bits, accumulate) {
-                    (4, false) => decode4::<false>(bytes, s, m, grp),
-                    (4, true) => decode4::<true>(bytes, s, m, grp),
-                    (_, false) => decode2::<false>(bytes, s, m, grp),
-                    (_, true) => decode2::<true>(bytes, s, m, grp),
-                }
+                kernel(&codes[code_pos..code_pos + nb], s, m, grp);
                 code_pos += nb;
-                gi += 1;
             }
         }
-        debug_assert_eq!(gi, out.len() / cols.max(1) * gpr);
+    }
+}
+
+/// Little-endian fp16 bytes to f32.
+fn f16s_to_f32(bytes: &[u8], out: &mut Vec<f32>) {
+    use half::slice::HalfFloatSliceExt;
+    out.clear();
+    out.resize(bytes.len() / 2, 0.0);
+    match bytemuck::try_cast_slice::<u8, f16>(bytes) {
+        Ok(h) if cfg!(target_endian = "little") => h.convert_to_f32_slice(out),
+        _ => {
+            for (o, b) in out.iter_mut().zip(bytes.chunks_exact(2)) {
+                *o = f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32();
+            }
+        }
+    }
+}
+
+/// Lanes of the accumulators in [`pass`]: f32 sums are not reassociated by the compiler,
+/// so independent lanes are what lets the loop vectorise.
+const LANES: usize = 8;
+
+/// What one scan of a group gives before fitting: the range of the weights that count,
+/// and the sums that do not depend on the codes (Σh, Σh·w).
+struct Bounds {
+    lo: f32,
+    hi: f32,
+    s0: f32,
+    t0: f32,
+}
+
+#[inline(always)]
+fn bounds<const WEIGHTED: bool>(w: &[f32], h: &[f32]) -> Bounds {
+    let mut lo = [f32::INFINITY; LANES];
+    let mut hi = [f32::NEG_INFINITY; LANES];
+    let mut s0 = [0f32; LANES];
+    let mut t0 = [0f32; LANES];
+    let mut step = |x: f32, hw: f32, l: usize| {
+        if !WEIGHTED || hw > 0.0 {
+            lo[l] = if x < lo[l] { x } else { lo[l] };
+            hi[l] = if x > hi[l] { x } else { hi[l] };
+        }
+        s0[l] += hw;
+        t0[l] += hw * x;
+    };
+    let n = w.len() / LANES * LANES;
+    for (wc, hc) in w[..n].chunks_exact(LANES).zip(h[..n].chunks_exact(LANES)) {
+        for l in 0..LANES {
+            step(wc[l], if WEIGHTED { hc[l] } else { 1.0 }, l);
+        }
+    }
+    for i in n..w.len() {
+        step(w[i], if WEIGHTED { h[i] } else { 1.0 }, 0);
+    }
+    Bounds {
+        lo: lo.iter().copied().fold(f32::INFINITY, f32::min),
+        hi: hi.iter().copied().fold(f32::NEG_INFINITY, f32::max),
+        s0: s0.iter().sum(),
+        t0: t0.iter().sum(),
+    }
+}
+
+/// One pass over a group for parameters (s, m): writes the codes and returns the weighted
+/// squared error and the code-dependent least-squares sums `[err, Σh·c, Σh·c², Σh·c·w]`.
+/// With `WEIGHTED = false`, `h` is ignored (every weight counts 1).
+#[inline(always)]
+fn pass<const WEIGHTED: bool>(
+    w: &[f32],
+    h: &[f32],
+    s: f32,
+    m: f32,
+    qmax: f32,
+    q: &mut [f32],
+) -> [f32; 4] {
+    let inv = if s != 0.0 { 1.0 / s } else { 0.0 };
+    let mut acc = [[0f32; LANES]; 4];
+    let n = w.len() / LANES * LANES;
+    let step = |x: f32, hw: f32, c_out: &mut f32, acc: &mut [[f32; LANES]; 4], l: usize| {
+        let c = ((x - m) * inv).max(0.0).min(qmax);
+        let c = (c + ROUND_MAGIC) - ROUND_MAGIC;
+        *c_out = c;
+        let d = x - (c * s + m);
+        let hc = hw * c;
+        acc[0][l] += hw * d * d;
+        acc[1][l] += hc;
+        acc[2][l] += hc * c;
+        acc[3][l] += hc * x;
+    };
+    for ((wc, qc), hc) in w[..n]
+        .chunks_exact(LANES)
+        .zip(q[..n].chunks_exact_mut(LANES))
+        .zip(h[..n].chunks_exact(LANES))
+    {
+        for l in 0..LANES {
+            step(
+                wc[l],
+                if WEIGHTED { hc[l] } else { 1.0 },
+                &mut qc[l],
+                &mut acc,
+                l,
+            );
+        }
+    }
+    for i in n..w.len() {
+        step(
+            w[i],
+            if WEIGHTED { h[i] } else { 1.0 },
+            &mut q[i],
+            &mut acc,
+            0,
+        );
+    }
+    acc.map(|a| a.iter().sum())
+}
+
+/// Appends codes (small non-negative integers held in f32) packed `per_byte` to a byte,
+/// low bits first.
+fn pack(q: &[f32], bits: u32, per_byte: usize, out: &mut Vec<u8>) {
+    if bits == 4 {
+        let pairs = q.chunks_exact(2);
+        let tail = pairs.remainder();
+        out.extend(pairs.map(|p| p[0] as u8 | ((p[1] as u8) << 4)));
+        if let [last] = tail {
+            out.push(*last as u8);
+        }
+    } else {
+        out.extend(q.chunks(per_byte).map(|c| {
+            c.iter()
+                .enumerate()
+                .fold(0u8, |b, (k, &v)| b | ((v as u8) << (k as u32 * bits)))
+        }));
     }
 }
 
@@ -253,8 +398,17 @@ fn decode4<const ACC: bool>(bytes: &[u8], s: f32, m: f32, out: &mut [f32]) {
 
 #[inline(always)]
 fn decode2<const ACC: bool>(bytes: &[u8], s: f32, m: f32, out: &mut [f32]) {
-    for (o, &b) in out.chunks_mut(4).zip(bytes) {
-        for (k, v) in o.iter_mut().enumerate() {
+    let full = out.len() / 4;
+    let mut quads = out.chunks_exact_mut(4);
+    for (o, &b) in (&mut quads).zip(bytes) {
+        put::<ACC>(&mut o[0], (b & 3) as f32 * s + m);
+        put::<ACC>(&mut o[1], ((b >> 2) & 3) as f32 * s + m);
+        put::<ACC>(&mut o[2], ((b >> 4) & 3) as f32 * s + m);
+        put::<ACC>(&mut o[3], (b >> 6) as f32 * s + m);
+    }
+    let rest = quads.into_remainder();
+    if let Some(&b) = bytes.get(full) {
+        for (k, v) in rest.iter_mut().enumerate() {
             put::<ACC>(v, ((b >> (2 * k)) & 3) as f32 * s + m);
         }
     }
@@ -265,14 +419,30 @@ mod tests {
     use super::*;
 
     fn stage(bits: u32, group: usize, symmetric: bool, refine_iters: u32) -> Stage {
-        Stage { bits, group, symmetric, refine_iters }
+        Stage {
+            bits,
+            group,
+            symmetric,
+            refine_iters,
+        }
     }
 
     fn roundtrip(st: &Stage, w: &[f32], cols: usize) -> Vec<f32> {
         let d = st.encode_rows(w, None, cols);
-        let sc: Vec<u8> = d.scales.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
-        let of: Vec<u8> = d.offsets.iter().flat_map(|x| x.to_bits().to_le_bytes()).collect();
-        assert_eq!(sc.len() + of.len() + d.codes.len(), st.encoded_len(w.len() / cols, cols));
+        let sc: Vec<u8> = d
+            .scales
+            .iter()
+            .flat_map(|x| x.to_bits().to_le_bytes())
+            .collect();
+        let of: Vec<u8> = d
+            .offsets
+            .iter()
+            .flat_map(|x| x.to_bits().to_le_bytes())
+            .collect();
+        assert_eq!(
+            sc.len() + of.len() + d.codes.len(),
+            st.encoded_len(w.len() / cols, cols)
+        );
         let mut out = vec![0f32; w.len()];
         st.decode_rows(&sc, &of, &d.codes, cols, &mut out, false);
         out
@@ -289,7 +459,9 @@ mod tests {
 
     #[test]
     fn refinement_never_worse_than_rtn() {
-        let w: Vec<f32> = (0..4096).map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5).powi(3)).collect();
+        let w: Vec<f32> = (0..4096)
+            .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5).powi(3))
+            .collect();
         for (bits, sym) in [(4, false), (4, true), (2, false)] {
             let sse = |it| -> f32 {
                 roundtrip(&stage(bits, 64, sym, it), &w, 512)
@@ -300,7 +472,10 @@ mod tests {
             };
             let (rtn, refined) = (sse(0), sse(5));
             assert!(refined <= rtn, "bits {bits} sym {sym}: {refined} > {rtn}");
-            assert!(refined < rtn * 0.98, "refinement should help on skewed data: {refined} vs {rtn}");
+            assert!(
+                refined < rtn * 0.98,
+                "refinement should help on skewed data: {refined} vs {rtn}"
+            );
         }
     }
 
@@ -308,7 +483,11 @@ mod tests {
     fn ragged_rows_and_odd_groups() {
         let cols = 37; // 2 groups of 16 and a tail of 5, odd lengths included
         let w: Vec<f32> = (0..cols * 3).map(|i| (i as f32).sin()).collect();
-        for st in [stage(4, 16, false, 5), stage(4, 9, true, 5), stage(2, 7, false, 5)] {
+        for st in [
+            stage(4, 16, false, 5),
+            stage(4, 9, true, 5),
+            stage(2, 7, false, 5),
+        ] {
             let out = roundtrip(&st, &w, cols);
             let step = 2.0 / st.qmax();
             for (a, b) in out.iter().zip(&w) {

@@ -46,7 +46,8 @@ pub(crate) fn encode_stage(stage: &Stage, w: &[f32], h: Option<&[f32]>, cols: us
         .par_chunks(cols * ROWS_PER_TASK)
         .enumerate()
         .map(|(i, chunk)| {
-            let hc = h.map(|h| &h[i * cols * ROWS_PER_TASK..i * cols * ROWS_PER_TASK + chunk.len()]);
+            let hc =
+                h.map(|h| &h[i * cols * ROWS_PER_TASK..i * cols * ROWS_PER_TASK + chunk.len()]);
             stage.encode_rows(chunk, hc, cols)
         })
         .collect();
@@ -66,40 +67,89 @@ pub(crate) fn push_stage(buf: &mut Vec<u8>, d: &StageData) {
     buf.extend_from_slice(&d.codes);
 }
 
-/// Decodes a stage whose arrays start at `bytes[0]`, in parallel over row blocks.
-/// Returns the number of bytes it consumed.
-pub(crate) fn decode_stage(stage: &Stage, bytes: &[u8], rows: usize, cols: usize, out: &mut [f32], acc: bool) -> Result<usize> {
+/// One stage's arrays inside an encoding.
+pub(crate) struct StageView<'a> {
+    stage: Stage,
+    scales: &'a [u8],
+    offsets: &'a [u8],
+    codes: &'a [u8],
+}
+
+/// Locates a stage's arrays at the start of `bytes`; returns them and the bytes they span.
+pub(crate) fn split_stage(
+    stage: Stage,
+    bytes: &[u8],
+    rows: usize,
+    cols: usize,
+) -> Result<(StageView<'_>, usize)> {
     let need = stage.encoded_len(rows, cols);
     if bytes.len() < need {
-        return Err(Error::CorruptEncoding(format!("stage needs {need} bytes, {} left", bytes.len())));
+        return Err(Error::CorruptEncoding(format!(
+            "stage needs {need} bytes, {} left",
+            bytes.len()
+        )));
     }
-    if rows == 0 || cols == 0 {
-        return Ok(need);
-    }
-    let gpr = stage.groups_per_row(cols);
-    let groups = rows * gpr;
+    let groups = rows * stage.groups_per_row(cols);
     let scales = &bytes[..2 * groups];
     let (offsets, codes) = if stage.symmetric {
         (&bytes[0..0], &bytes[2 * groups..need])
     } else {
         (&bytes[2 * groups..4 * groups], &bytes[4 * groups..need])
     };
-    let cbr = stage.code_bytes_per_row(cols);
-    out.par_chunks_mut(cols * ROWS_PER_TASK).enumerate().for_each(|(i, o)| {
-        let r0 = i * ROWS_PER_TASK;
-        let n = o.len() / cols;
-        let g = r0 * gpr..(r0 + n) * gpr;
-        let off = if stage.symmetric { &offsets[0..0] } else { &offsets[2 * g.start..2 * g.end] };
-        stage.decode_rows(
-            &scales[2 * g.start..2 * g.end],
-            off,
-            &codes[r0 * cbr..(r0 + n) * cbr],
-            cols,
-            o,
-            acc,
-        );
-    });
-    Ok(need)
+    Ok((
+        StageView {
+            stage,
+            scales,
+            offsets,
+            codes,
+        },
+        need,
+    ))
+}
+
+/// Decodes stages into `out` in parallel over row blocks: the first stage writes, later
+/// stages add (residuals). A block stays in cache while all its stages are applied.
+pub(crate) fn decode_stages(views: &[StageView<'_>], cols: usize, out: &mut [f32]) {
+    if cols == 0 || out.is_empty() {
+        return;
+    }
+    out.par_chunks_mut(cols * ROWS_PER_TASK)
+        .enumerate()
+        .for_each(|(i, o)| {
+            let r0 = i * ROWS_PER_TASK;
+            let n = o.len() / cols;
+            for (k, v) in views.iter().enumerate() {
+                let gpr = v.stage.groups_per_row(cols);
+                let cbr = v.stage.code_bytes_per_row(cols);
+                let g = r0 * gpr..(r0 + n) * gpr;
+                let off = if v.stage.symmetric {
+                    &v.offsets[0..0]
+                } else {
+                    &v.offsets[2 * g.start..2 * g.end]
+                };
+                v.stage.decode_rows(
+                    &v.scales[2 * g.start..2 * g.end],
+                    off,
+                    &v.codes[r0 * cbr..(r0 + n) * cbr],
+                    cols,
+                    o,
+                    k > 0,
+                );
+            }
+        });
+}
+
+/// Decodes one stage into `out` (overwriting); returns the bytes it consumed.
+pub(crate) fn decode_stage(
+    stage: Stage,
+    bytes: &[u8],
+    rows: usize,
+    cols: usize,
+    out: &mut [f32],
+) -> Result<usize> {
+    let (v, used) = split_stage(stage, bytes, rows, cols)?;
+    decode_stages(&[v], cols, out);
+    Ok(used)
 }
 
 impl Codec for Int4 {
@@ -112,7 +162,13 @@ impl Codec for Int4 {
         )
     }
 
-    fn encode(&self, w: &[f32], rows: usize, cols: usize, importance: Option<&[f32]>) -> Result<Vec<u8>> {
+    fn encode(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<u8>> {
         check_shape(w, rows, cols)?;
         check_finite(w)?;
         let d = encode_stage(&self.stage, w, importance, cols);
@@ -142,7 +198,12 @@ impl Codec for Int4 {
 
 /// fp16 scales overflow for weight ranges beyond ±65504: refuse rather than store inf.
 pub(crate) fn check_scales_finite(d: &StageData) -> Result<()> {
-    if let Some(i) = d.scales.iter().chain(&d.offsets).position(|x| !x.is_finite()) {
+    if let Some(i) = d
+        .scales
+        .iter()
+        .chain(&d.offsets)
+        .position(|x| !x.is_finite())
+    {
         return Err(Error::InvalidCodec(format!(
             "group {i}: weight range exceeds what an fp16 scale can hold; keep such weights as outliers"
         )));
@@ -167,9 +228,12 @@ pub(crate) fn stage_from_header(h: &Header, group: u16) -> Result<Stage> {
 pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     let stage = stage_from_header(h, h.group)?;
     let body = &bytes[HEADER_LEN..];
-    let used = decode_stage(&stage, body, h.rows as usize, h.cols as usize, out, false)?;
+    let used = decode_stage(stage, body, h.rows as usize, h.cols as usize, out)?;
     if used != body.len() {
-        return Err(Error::CorruptEncoding(format!("{} trailing bytes", body.len() - used)));
+        return Err(Error::CorruptEncoding(format!(
+            "{} trailing bytes",
+            body.len() - used
+        )));
     }
     Ok(())
 }

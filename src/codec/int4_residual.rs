@@ -6,7 +6,10 @@
 //! (each `scales | offsets | codes`, as in [`super::int4`]).
 
 use super::group::Stage;
-use super::int4::{check_scales_finite, decode_stage, encode_stage, push_stage, stage_from_header};
+use super::int4::{
+    check_scales_finite, decode_stage, decode_stages, encode_stage, push_stage, split_stage,
+    stage_from_header,
+};
 use super::{check_finite, check_shape, Codec, CodecId, Header, HEADER_LEN};
 use crate::{Error, Result};
 
@@ -50,7 +53,13 @@ impl Codec for Int4Residual {
         )
     }
 
-    fn encode(&self, w: &[f32], rows: usize, cols: usize, importance: Option<&[f32]>) -> Result<Vec<u8>> {
+    fn encode(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<u8>> {
         check_shape(w, rows, cols)?;
         check_finite(w)?;
         let d1 = encode_stage(&self.first, w, importance, cols);
@@ -71,7 +80,7 @@ impl Codec for Int4Residual {
         push_stage(&mut buf, &d1);
         // Residual of what the first stage will decode to, exactly.
         let mut approx = vec![0f32; w.len()];
-        decode_stage(&self.first, &buf[HEADER_LEN..], rows, cols, &mut approx, false)?;
+        decode_stage(self.first, &buf[HEADER_LEN..], rows, cols, &mut approx)?;
         for (a, x) in approx.iter_mut().zip(w) {
             *a = x - *a;
         }
@@ -97,10 +106,14 @@ pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     second.bits = 2;
     let (rows, cols) = (h.rows as usize, h.cols as usize);
     let body = &bytes[HEADER_LEN..];
-    let n1 = decode_stage(&first, body, rows, cols, out, false)?;
-    let n2 = decode_stage(&second, &body[n1..], rows, cols, out, true)?;
+    let (v1, n1) = split_stage(first, body, rows, cols)?;
+    let (v2, n2) = split_stage(second, &body[n1..], rows, cols)?;
     if n1 + n2 != body.len() {
-        return Err(Error::CorruptEncoding(format!("{} trailing bytes", body.len() - n1 - n2)));
+        return Err(Error::CorruptEncoding(format!(
+            "{} trailing bytes",
+            body.len() - n1 - n2
+        )));
     }
+    decode_stages(&[v1, v2], cols, out);
     Ok(())
 }

@@ -86,7 +86,10 @@ impl Header {
     /// Parses and validates the first 16 bytes.
     pub fn parse(bytes: &[u8]) -> Result<Self> {
         let Some(b) = bytes.get(..HEADER_LEN) else {
-            return Err(Error::CorruptEncoding(format!("{} bytes, shorter than the header", bytes.len())));
+            return Err(Error::CorruptEncoding(format!(
+                "{} bytes, shorter than the header",
+                bytes.len()
+            )));
         };
         let id = match b[0] {
             1 => CodecId::Int4,
@@ -121,7 +124,13 @@ pub trait Codec: Send + Sync {
 
     /// Encodes `w` (`rows * cols` values). `importance`, when given, weights each
     /// element's squared error in the fit (0 excludes it). NaN or infinity is an error.
-    fn encode(&self, w: &[f32], rows: usize, cols: usize, importance: Option<&[f32]>) -> Result<Vec<u8>>;
+    fn encode(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<u8>>;
 
     /// Exact encoded size in bytes for a `[rows, cols]` matrix.
     fn encoded_len(&self, rows: usize, cols: usize) -> usize;
@@ -154,6 +163,16 @@ pub fn decode(bytes: &[u8], out: &mut [f32]) -> Result<()> {
 /// Decodes into a new vector.
 pub fn decode_vec(bytes: &[u8]) -> Result<Vec<f32>> {
     let h = Header::parse(bytes)?;
+    // Every codec spends at least 2 bits per weight, so a header claiming more weights
+    // than 4 per byte is corrupt; checked before allocating the output.
+    if h.numel() / 4 > bytes.len() {
+        return Err(Error::CorruptEncoding(format!(
+            "header claims {}x{} weights in {} bytes",
+            h.rows,
+            h.cols,
+            bytes.len()
+        )));
+    }
     let mut out = vec![0f32; h.numel()];
     decode(bytes, &mut out)?;
     Ok(out)
@@ -229,7 +248,11 @@ impl CodecSpec {
             "int4_residual" => Self::int4_residual(group.unwrap_or(16), group.unwrap_or(16)),
             "int4_g8_fp16" => Self::int4(group.unwrap_or(8)),
             "int4_opt_llama" => Self::int4(group.unwrap_or(128)),
-            other => return Err(Error::InvalidCodec(format!("unknown codec {other:?} (known: {CODEC_NAMES})"))),
+            other => {
+                return Err(Error::InvalidCodec(format!(
+                    "unknown codec {other:?} (known: {CODEC_NAMES})"
+                )))
+            }
         };
         spec.validate()?;
         Ok(spec)
@@ -241,7 +264,9 @@ impl CodecSpec {
             if (MIN_GROUP..=MAX_GROUP).contains(&g) {
                 Ok(())
             } else {
-                Err(Error::InvalidCodec(format!("{what} {g} outside {MIN_GROUP}..={MAX_GROUP}")))
+                Err(Error::InvalidCodec(format!(
+                    "{what} {g} outside {MIN_GROUP}..={MAX_GROUP}"
+                )))
             }
         };
         check(self.group, "group size")?;
@@ -255,7 +280,9 @@ impl CodecSpec {
             )));
         }
         if self.refine_iters > 255 {
-            return Err(Error::InvalidCodec("more than 255 refinement iterations".into()));
+            return Err(Error::InvalidCodec(
+                "more than 255 refinement iterations".into(),
+            ));
         }
         Ok(())
     }
@@ -265,7 +292,11 @@ impl CodecSpec {
         self.validate()?;
         let base: Box<dyn Codec> = match self.kind {
             CodecKind::Int4 => Box::new(Int4::new(self.group, self.symmetric, self.refine_iters)?),
-            CodecKind::Int4Residual => Box::new(Int4Residual::new(self.group, self.residual_group, self.refine_iters)?),
+            CodecKind::Int4Residual => Box::new(Int4Residual::new(
+                self.group,
+                self.residual_group,
+                self.refine_iters,
+            )?),
         };
         Ok(if self.outlier_fraction > 0.0 {
             Box::new(WithOutliers::new(base, self.outlier_fraction)?)
@@ -302,7 +333,9 @@ pub(crate) fn check_shape(w: &[f32], rows: usize, cols: usize) -> Result<()> {
         });
     }
     if rows > u32::MAX as usize || cols > u32::MAX as usize {
-        return Err(Error::InvalidCodec(format!("shape {rows}x{cols} exceeds u32")));
+        return Err(Error::InvalidCodec(format!(
+            "shape {rows}x{cols} exceeds u32"
+        )));
     }
     Ok(())
 }

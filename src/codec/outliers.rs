@@ -40,7 +40,9 @@ fn top_k(score: &[f32], k: usize) -> Vec<u32> {
         return vec![];
     }
     let mut idx: Vec<u32> = (0..score.len() as u32).collect();
-    idx.select_nth_unstable_by(k - 1, |&a, &b| score[b as usize].total_cmp(&score[a as usize]));
+    idx.select_nth_unstable_by(k - 1, |&a, &b| {
+        score[b as usize].total_cmp(&score[a as usize])
+    });
     idx.truncate(k);
     idx.sort_unstable();
     idx
@@ -48,10 +50,20 @@ fn top_k(score: &[f32], k: usize) -> Vec<u32> {
 
 impl Codec for WithOutliers {
     fn describe(&self) -> String {
-        format!("{} +{}% fp16 outliers", self.base.describe(), self.fraction * 100.0)
+        format!(
+            "{} +{}% fp16 outliers",
+            self.base.describe(),
+            self.fraction * 100.0
+        )
     }
 
-    fn encode(&self, w: &[f32], rows: usize, cols: usize, importance: Option<&[f32]>) -> Result<Vec<u8>> {
+    fn encode(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<u8>> {
         check_shape(w, rows, cols)?;
         check_finite(w)?;
         if let Some(h) = importance {
@@ -115,12 +127,18 @@ pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
         return Err(Error::CorruptEncoding("outlier header truncated".into()));
     };
     let count = u32::from_le_bytes([extra[0], extra[1], extra[2], extra[3]]) as usize;
-    let base_len = u64::from_le_bytes(extra[4..12].try_into().map_err(|_| Error::CorruptEncoding("len".into()))?);
+    let base_len = u64::from_le_bytes(
+        extra[4..12]
+            .try_into()
+            .map_err(|_| Error::CorruptEncoding("len".into()))?,
+    );
     let rest = &body[EXTRA..];
     let base_len = usize::try_from(base_len)
         .ok()
         .filter(|&l| l <= rest.len())
-        .ok_or_else(|| Error::CorruptEncoding(format!("base encoding length {base_len} exceeds the data")))?;
+        .ok_or_else(|| {
+            Error::CorruptEncoding(format!("base encoding length {base_len} exceeds the data"))
+        })?;
     let (base, tail) = rest.split_at(base_len);
     if Header::parse(base)?.id == CodecId::Outliers {
         return Err(Error::CorruptEncoding("nested outlier encodings".into()));

@@ -81,8 +81,8 @@ fn parse_header(file: &MappedFile) -> Result<(Vec<(String, RawEntry)>, u64)> {
         });
     }
     let header = file.range(8, n, "header")?;
-    let header: BTreeMap<String, serde_json::Value> =
-        serde_json::from_slice(header).map_err(|e| Error::malformed(path, "safetensors", e.to_string()))?;
+    let header: BTreeMap<String, serde_json::Value> = serde_json::from_slice(header)
+        .map_err(|e| Error::malformed(path, "safetensors", e.to_string()))?;
     let mut entries = Vec::with_capacity(header.len());
     for (name, v) in header {
         if name == "__metadata__" {
@@ -110,13 +110,24 @@ fn parse_header(file: &MappedFile) -> Result<(Vec<(String, RawEntry)>, u64)> {
             .shape
             .iter()
             .try_fold(1u64, |a, &d| a.checked_mul(d as u64))
-            .ok_or_else(|| Error::malformed(path, "safetensors", format!("tensor {name}: shape overflows")))?;
+            .ok_or_else(|| {
+                Error::malformed(
+                    path,
+                    "safetensors",
+                    format!("tensor {name}: shape overflows"),
+                )
+            })?;
         if let Some(elem) = elem {
             if numel.checked_mul(elem) != Some(t - s) {
                 return Err(Error::malformed(
                     path,
                     "safetensors",
-                    format!("tensor {name}: {} bytes for shape {:?} of {}", t - s, e.shape, e.dtype),
+                    format!(
+                        "tensor {name}: {} bytes for shape {:?} of {}",
+                        t - s,
+                        e.shape,
+                        e.dtype
+                    ),
                 ));
             }
         }
@@ -135,7 +146,10 @@ fn parse_header(file: &MappedFile) -> Result<(Vec<(String, RawEntry)>, u64)> {
         return Err(Error::malformed(
             path,
             "safetensors",
-            format!("{} trailing bytes after the last tensor", buffer_len - expected_start),
+            format!(
+                "{} trailing bytes after the last tensor",
+                buffer_len - expected_start
+            ),
         ));
     }
     Ok((entries, data_start))
@@ -147,25 +161,30 @@ impl HfModelDir {
         let config: serde_json::Value = read_json(&dir.join("config.json"))?;
         let single = dir.join("model.safetensors");
         let index = dir.join("model.safetensors.index.json");
-        let (shard_names, weight_map): (Vec<String>, Option<BTreeMap<String, String>>) = if index.exists() {
-            let idx: Index = read_json(&index)?;
-            let mut names: Vec<String> = idx.weight_map.values().cloned().collect();
-            names.sort();
-            names.dedup();
-            for n in &names {
-                if n.contains('/') || n.contains('\\') || n.starts_with('.') {
-                    return Err(Error::malformed(&index, "safetensors index", format!("shard name {n:?} is not a plain file name")));
+        let (shard_names, weight_map): (Vec<String>, Option<BTreeMap<String, String>>) =
+            if index.exists() {
+                let idx: Index = read_json(&index)?;
+                let mut names: Vec<String> = idx.weight_map.values().cloned().collect();
+                names.sort();
+                names.dedup();
+                for n in &names {
+                    if n.contains('/') || n.contains('\\') || n.starts_with('.') {
+                        return Err(Error::malformed(
+                            &index,
+                            "safetensors index",
+                            format!("shard name {n:?} is not a plain file name"),
+                        ));
+                    }
                 }
-            }
-            (names, Some(idx.weight_map))
-        } else if single.exists() {
-            (vec!["model.safetensors".into()], None)
-        } else {
-            return Err(Error::Missing {
-                path: dir.to_path_buf(),
-                what: "model.safetensors or model.safetensors.index.json".into(),
-            });
-        };
+                (names, Some(idx.weight_map))
+            } else if single.exists() {
+                (vec!["model.safetensors".into()], None)
+            } else {
+                return Err(Error::Missing {
+                    path: dir.to_path_buf(),
+                    what: "model.safetensors or model.safetensors.index.json".into(),
+                });
+            };
         let mut shards = Vec::new();
         let mut metas = Vec::new();
         let mut entries = HashMap::new();
@@ -178,13 +197,18 @@ impl HfModelDir {
                         return Err(Error::malformed(
                             &index,
                             "safetensors index",
-                            format!("tensor {name} is in {sname} but the index says {:?}", wm.get(&name)),
+                            format!(
+                                "tensor {name} is in {sname} but the index says {:?}",
+                                wm.get(&name)
+                            ),
                         ));
                     }
                 }
-                let dtype = DType::from_safetensors_name(&e.dtype).ok_or_else(|| Error::UnsupportedDtype {
-                    tensor: name.clone(),
-                    dtype: e.dtype.clone(),
+                let dtype = DType::from_safetensors_name(&e.dtype).ok_or_else(|| {
+                    Error::UnsupportedDtype {
+                        tensor: name.clone(),
+                        dtype: e.dtype.clone(),
+                    }
                 })?;
                 metas.push(TensorMeta {
                     name: name.clone(),
@@ -198,7 +222,11 @@ impl HfModelDir {
                     end: data_start + e.data_offsets.1,
                 };
                 if entries.insert(name.clone(), entry).is_some() {
-                    return Err(Error::malformed(dir, "safetensors", format!("tensor {name} appears in two shards")));
+                    return Err(Error::malformed(
+                        dir,
+                        "safetensors",
+                        format!("tensor {name} appears in two shards"),
+                    ));
                 }
             }
             shards.push(file);
@@ -211,7 +239,7 @@ impl HfModelDir {
                 });
             }
         }
-        metas.sort_by(|a, b| natural_key(&a.name).cmp(&natural_key(&b.name)));
+        metas.sort_by_cached_key(|m| natural_key(&m.name));
         Ok(Self {
             dir: dir.to_path_buf(),
             config,
@@ -231,7 +259,9 @@ impl HfModelDir {
         let e = self
             .entries
             .get(name)
-            .ok_or_else(|| Error::TensorNotFound { name: name.to_string() })?;
+            .ok_or_else(|| Error::TensorNotFound {
+                name: name.to_string(),
+            })?;
         self.shards[e.shard].range(e.start, e.end - e.start, name)
     }
 }

@@ -56,7 +56,9 @@ pub trait TensorSource: Send + Sync {
         self.tensors()
             .iter()
             .find(|t| t.name == name)
-            .ok_or_else(|| Error::TensorNotFound { name: name.to_string() })
+            .ok_or_else(|| Error::TensorNotFound {
+                name: name.to_string(),
+            })
     }
 }
 
@@ -64,7 +66,10 @@ pub trait TensorSource: Send + Sync {
 pub fn open(path: &Path, gguf_dtype: DType) -> Result<Box<dyn TensorSource>> {
     if path.is_dir() {
         Ok(Box::new(HfModelDir::open(path)?))
-    } else if path.extension().is_some_and(|e| e.eq_ignore_ascii_case("gguf")) {
+    } else if path
+        .extension()
+        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
+    {
         Ok(Box::new(gguf::GgufSource::open(path, gguf_dtype)?))
     } else if !path.exists() {
         Err(Error::Missing {

@@ -114,10 +114,15 @@ impl HfDirWriter {
     /// converting to its declared dtype.
     pub fn write(&mut self, name: &str, values: &[f32]) -> Result<()> {
         let Some(meta) = self.metas.get(self.next) else {
-            return Err(Error::Plan(format!("tensor {name} written after the last declared tensor")));
+            return Err(Error::Plan(format!(
+                "tensor {name} written after the last declared tensor"
+            )));
         };
         if meta.name != name {
-            return Err(Error::Plan(format!("tensor {name} written where {} was expected", meta.name)));
+            return Err(Error::Plan(format!(
+                "tensor {name} written where {} was expected",
+                meta.name
+            )));
         }
         if values.len() != meta.numel() {
             return Err(Error::ShapeMismatch {
@@ -150,7 +155,9 @@ impl HfDirWriter {
     fn close_current(&mut self) -> Result<()> {
         if let Some((si, w)) = self.open.take() {
             let p = self.tmp_path(si);
-            let f = w.into_inner().map_err(|e| Error::io("flush", &p, e.into_error()))?;
+            let f = w
+                .into_inner()
+                .map_err(|e| Error::io("flush", &p, e.into_error()))?;
             f.sync_all().map_err(|e| Error::io("sync", &p, e))?;
         }
         Ok(())
@@ -175,7 +182,8 @@ impl HfDirWriter {
                     && (n == "model.safetensors.index.json"
                         || (n.starts_with("model") && n.ends_with(".safetensors")))
                 {
-                    std::fs::remove_file(e.path()).map_err(|err| Error::io("remove", e.path(), err))?;
+                    std::fs::remove_file(e.path())
+                        .map_err(|err| Error::io("remove", e.path(), err))?;
                 }
             }
         }
@@ -255,8 +263,12 @@ mod tests {
     #[test]
     fn unfinished_writer_leaves_nothing() {
         let dir = tempfile::tempdir().expect("tempdir");
-        let mut w = HfDirWriter::new(dir.path(), vec![meta("a", &[2], DType::F32), meta("b", &[2], DType::F32)], 1 << 20)
-            .expect("writer");
+        let mut w = HfDirWriter::new(
+            dir.path(),
+            vec![meta("a", &[2], DType::F32), meta("b", &[2], DType::F32)],
+            1 << 20,
+        )
+        .expect("writer");
         w.write("a", &[1.0, 2.0]).expect("write");
         drop(w);
         assert_eq!(std::fs::read_dir(dir.path()).expect("ls").count(), 0);
@@ -272,19 +284,52 @@ mod tests {
             b.extend(std::iter::repeat_n(0u8, data));
             std::fs::write(dir.path().join("model.safetensors"), b).expect("write");
         };
-        write(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 4);
-        assert!(matches!(HfModelDir::open(dir.path()), Err(Error::Truncated { .. })));
-        write(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#, 8);
-        assert!(matches!(HfModelDir::open(dir.path()), Err(Error::Malformed { .. })));
-        write(r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#, 8);
-        assert!(matches!(HfModelDir::open(dir.path()), Err(Error::Malformed { .. })));
-        write(r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#, 12);
-        assert!(matches!(HfModelDir::open(dir.path()), Err(Error::Malformed { .. })));
-        write(r#"{"a":{"dtype":"I8","shape":[8],"data_offsets":[0,8]}}"#, 8);
-        assert!(matches!(HfModelDir::open(dir.path()), Err(Error::UnsupportedDtype { .. })));
+        write(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+            4,
+        );
+        assert!(matches!(
+            HfModelDir::open(dir.path()),
+            Err(Error::Truncated { .. })
+        ));
+        write(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]},"b":{"dtype":"F32","shape":[1],"data_offsets":[4,8]}}"#,
+            8,
+        );
+        assert!(matches!(
+            HfModelDir::open(dir.path()),
+            Err(Error::Malformed { .. })
+        ));
+        write(
+            r#"{"a":{"dtype":"F32","shape":[3],"data_offsets":[0,8]}}"#,
+            8,
+        );
+        assert!(matches!(
+            HfModelDir::open(dir.path()),
+            Err(Error::Malformed { .. })
+        ));
+        write(
+            r#"{"a":{"dtype":"F32","shape":[2],"data_offsets":[0,8]}}"#,
+            12,
+        );
+        assert!(matches!(
+            HfModelDir::open(dir.path()),
+            Err(Error::Malformed { .. })
+        ));
+        write(
+            r#"{"a":{"dtype":"I8","shape":[8],"data_offsets":[0,8]}}"#,
+            8,
+        );
+        assert!(matches!(
+            HfModelDir::open(dir.path()),
+            Err(Error::UnsupportedDtype { .. })
+        ));
         let mut b = u64::MAX.to_le_bytes().to_vec();
         b.extend_from_slice(b"{}");
         std::fs::write(dir.path().join("model.safetensors"), b).expect("write");
-        assert!(matches!(HfModelDir::open(dir.path()), Err(Error::LimitExceeded { .. })));
+        assert!(matches!(
+            HfModelDir::open(dir.path()),
+            Err(Error::LimitExceeded { .. })
+        ));
     }
 }

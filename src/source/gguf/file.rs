@@ -245,13 +245,19 @@ impl GgufFile {
 
     #[allow(clippy::type_complexity)]
     fn parse(bytes: &[u8], path: &Path) -> Result<(u32, BTreeMap<String, Value>, Vec<TensorInfo>)> {
-        let mut c = Cursor { bytes, pos: 0, path };
+        let mut c = Cursor {
+            bytes,
+            pos: 0,
+            path,
+        };
         if c.take(4, "magic")? != MAGIC {
             return Err(c.malformed("not a GGUF file (bad magic)".into()));
         }
         let version = c.u32("version")?;
         if !(2..=3).contains(&version) {
-            return Err(c.malformed(format!("unsupported GGUF version {version} (supported: 2, 3)")));
+            return Err(c.malformed(format!(
+                "unsupported GGUF version {version} (supported: 2, 3)"
+            )));
         }
         let n_tensors = c.u64("tensor count")?;
         let n_kv = c.u64("metadata count")?;
@@ -300,7 +306,11 @@ impl GgufFile {
             None => 32,
             Some(v) => match v.as_u64() {
                 Some(a) if a > 0 && a.is_power_of_two() && a <= 1 << 16 => a,
-                _ => return Err(c.malformed(format!("general.alignment {v:?} is not a power of two"))),
+                _ => {
+                    return Err(
+                        c.malformed(format!("general.alignment {v:?} is not a power of two"))
+                    )
+                }
             },
         };
         let data_start = (c.pos as u64).div_ceil(alignment) * alignment;
@@ -330,7 +340,9 @@ impl GgufFile {
                 .checked_mul(ty.block_bytes())
                 .ok_or_else(|| c.malformed(format!("tensor {name}: size overflows")))?;
             if rel % alignment != 0 {
-                return Err(c.malformed(format!("tensor {name}: offset {rel} not aligned to {alignment}")));
+                return Err(c.malformed(format!(
+                    "tensor {name}: offset {rel} not aligned to {alignment}"
+                )));
             }
             let offset = data_start
                 .checked_add(rel)
@@ -433,7 +445,10 @@ mod tests {
 
     #[test]
     fn rejects_bad_magic_and_version() {
-        assert!(matches!(parse(b"GGUX\x03\0\0\0"), Err(Error::Malformed { .. })));
+        assert!(matches!(
+            parse(b"GGUX\x03\0\0\0"),
+            Err(Error::Malformed { .. })
+        ));
         let mut b = b"GGUF".to_vec();
         b.extend_from_slice(&9u32.to_le_bytes());
         assert!(matches!(parse(&b), Err(Error::Malformed { .. })));
@@ -442,8 +457,14 @@ mod tests {
 
     #[test]
     fn huge_counts_fail_before_allocating() {
-        assert!(matches!(parse(&header(0, u64::MAX)), Err(Error::LimitExceeded { .. })));
-        assert!(matches!(parse(&header(u64::MAX, 0)), Err(Error::LimitExceeded { .. })));
+        assert!(matches!(
+            parse(&header(0, u64::MAX)),
+            Err(Error::LimitExceeded { .. })
+        ));
+        assert!(matches!(
+            parse(&header(u64::MAX, 0)),
+            Err(Error::LimitExceeded { .. })
+        ));
         let mut b = header(0, 1);
         push_str(&mut b, "k");
         b.extend_from_slice(&9u32.to_le_bytes()); // array
@@ -484,7 +505,10 @@ mod tests {
         assert_eq!(ts[0].shape(), vec![2, 4]);
         assert_eq!(ts[0].offset, data_start as u64);
         // Drop the last byte: the tensor no longer fits.
-        assert!(matches!(parse(&b[..b.len() - 1]), Err(Error::Truncated { .. })));
+        assert!(matches!(
+            parse(&b[..b.len() - 1]),
+            Err(Error::Truncated { .. })
+        ));
         // Every prefix errors cleanly (never panics).
         for n in 0..b.len() {
             assert!(parse(&b[..n]).is_err());

@@ -139,7 +139,10 @@ impl GgufSource {
                 return Err(Error::malformed(
                     file.path(),
                     "GGUF",
-                    format!("tensor {} has no transformers equivalent for {arch_name}", t.name),
+                    format!(
+                        "tensor {} has no transformers equivalent for {arch_name}",
+                        t.name
+                    ),
                 ));
             };
             let shape = t.shape();
@@ -154,7 +157,10 @@ impl GgufSource {
                     return Err(Error::malformed(
                         file.path(),
                         "GGUF",
-                        format!("tensor {}: shape {shape:?} does not split into {h} rotary heads", t.name),
+                        format!(
+                            "tensor {}: shape {shape:?} does not split into {h} rotary heads",
+                            t.name
+                        ),
                     ));
                 }
             }
@@ -166,7 +172,7 @@ impl GgufSource {
             });
             mapped.insert(name, Mapped { gguf: gi, fixup });
         }
-        metas.sort_by(|a, b| super::hf::natural_key(&a.name).cmp(&super::hf::natural_key(&b.name)));
+        metas.sort_by_cached_key(|m| super::hf::natural_key(&m.name));
         Ok(Self {
             file,
             metas,
@@ -192,10 +198,9 @@ impl TensorSource for GgufSource {
     }
 
     fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
-        let m = self
-            .mapped
-            .get(name)
-            .ok_or_else(|| Error::TensorNotFound { name: name.to_string() })?;
+        let m = self.mapped.get(name).ok_or_else(|| Error::TensorNotFound {
+            name: name.to_string(),
+        })?;
         let t = &self.file.tensors()[m.gguf];
         let mut w = self.file.dequantize(t)?;
         match m.fixup {
@@ -245,9 +250,16 @@ fn build_config(f: &GgufFile, arch: Arch) -> Result<Json> {
     let n_kv = u("attention.head_count_kv").unwrap_or(n_head);
     let layers = u("block_count")?;
     if n_head == 0 || n_kv == 0 || n_head % n_kv != 0 {
-        return Err(Error::malformed(f.path(), "GGUF", format!("{n_head} heads and {n_kv} KV heads")));
+        return Err(Error::malformed(
+            f.path(),
+            "GGUF",
+            format!("{n_head} heads and {n_kv} KV heads"),
+        ));
     }
-    let tok = |k: &str| f.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64);
+    let tok = |k: &str| {
+        f.get(&format!("tokenizer.ggml.{k}"))
+            .and_then(Value::as_u64)
+    };
     let vocab = f
         .get("tokenizer.ggml.tokens")
         .and_then(Value::as_array)
@@ -283,13 +295,21 @@ fn build_config(f: &GgufFile, arch: Arch) -> Result<Json> {
             // every sixth layer global; GGUF stores neither.
             let pattern = 6;
             let layer_types: Vec<&str> = (0..layers)
-                .map(|i| if (i + 1) % pattern == 0 { "full_attention" } else { "sliding_attention" })
+                .map(|i| {
+                    if (i + 1) % pattern == 0 {
+                        "full_attention"
+                    } else {
+                        "sliding_attention"
+                    }
+                })
                 .collect();
             let rope_scaling = match (
                 f.get("gemma3.rope.scaling.type").and_then(Value::as_str),
                 fl("rope.scaling.factor"),
             ) {
-                (Some("linear"), Some(factor)) => json!({ "rope_type": "linear", "factor": factor }),
+                (Some("linear"), Some(factor)) => {
+                    json!({ "rope_type": "linear", "factor": factor })
+                }
                 _ => Json::Null,
             };
             json!({
@@ -353,7 +373,8 @@ mod tests {
                 for i in 0..hd / 2 {
                     let src = h * hd + p * (hd / 2) + i; // [h, p, i]
                     let dst = h * hd + i * 2 + p; // [h, i, p]
-                    permuted[dst * cols..(dst + 1) * cols].copy_from_slice(&hf[src * cols..(src + 1) * cols]);
+                    permuted[dst * cols..(dst + 1) * cols]
+                        .copy_from_slice(&hf[src * cols..(src + 1) * cols]);
                 }
             }
         }

@@ -38,7 +38,13 @@ fn strings<'a>(f: &'a GgufFile, key: &str) -> Result<Vec<&'a str>> {
     f.require(key)?
         .as_array()
         .and_then(|a| a.iter().map(Value::as_str).collect::<Option<Vec<_>>>())
-        .ok_or_else(|| Error::malformed(f.path(), "GGUF", format!("{key} is not an array of strings")))
+        .ok_or_else(|| {
+            Error::malformed(
+                f.path(),
+                "GGUF",
+                format!("{key} is not an array of strings"),
+            )
+        })
 }
 
 /// Builds `tokenizer.json` and `tokenizer_config.json` for a GGUF model.
@@ -61,11 +67,24 @@ pub fn build(f: &GgufFile) -> Result<BuiltTokenizer> {
         None => vec![TOKEN_NORMAL; tokens.len()],
     };
     if types.len() != tokens.len() {
-        return Err(Error::malformed(f.path(), "GGUF", "token_type and tokens differ in length"));
+        return Err(Error::malformed(
+            f.path(),
+            "GGUF",
+            "token_type and tokens differ in length",
+        ));
     }
-    let id = |k: &str| f.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_u64);
-    let flag = |k: &str| f.get(&format!("tokenizer.ggml.{k}")).and_then(Value::as_bool);
-    let tok_at = |i: Option<u64>| i.and_then(|i| tokens.get(i as usize)).map(|s| s.to_string());
+    let id = |k: &str| {
+        f.get(&format!("tokenizer.ggml.{k}"))
+            .and_then(Value::as_u64)
+    };
+    let flag = |k: &str| {
+        f.get(&format!("tokenizer.ggml.{k}"))
+            .and_then(Value::as_bool)
+    };
+    let tok_at = |i: Option<u64>| {
+        i.and_then(|i| tokens.get(i as usize))
+            .map(|s| s.to_string())
+    };
     let bos = tok_at(id("bos_token_id"));
     let eos = tok_at(id("eos_token_id"));
     let unk = tok_at(id("unknown_token_id"));
@@ -80,14 +99,19 @@ pub fn build(f: &GgufFile) -> Result<BuiltTokenizer> {
         .map(|(i, t)| (t.to_string(), json!(i)))
         .collect();
     if vocab.len() != tokens.len() {
-        return Err(Error::malformed(f.path(), "GGUF", "duplicate tokens in the vocabulary"));
+        return Err(Error::malformed(
+            f.path(),
+            "GGUF",
+            "duplicate tokens in the vocabulary",
+        ));
     }
     let added: Vec<Json> = tokens
         .iter()
         .zip(&types)
         .enumerate()
         .filter(|(_, (t, ty))| {
-            **ty == TOKEN_CONTROL || (**ty == TOKEN_USER_DEFINED && !(spm && t.chars().all(|c| c == ' ')))
+            **ty == TOKEN_CONTROL
+                || (**ty == TOKEN_USER_DEFINED && !(spm && t.chars().all(|c| c == ' ')))
         })
         .map(|(i, (t, ty))| {
             json!({ "id": i, "content": t, "single_word": false, "lstrip": false, "rstrip": false,
@@ -103,7 +127,10 @@ pub fn build(f: &GgufFile) -> Result<BuiltTokenizer> {
             what: format!("tokenizer.ggml.{idk}"),
         })?;
         let i = id(idk).unwrap_or_default();
-        special_tokens.insert(name.clone(), json!({ "id": name, "ids": [i], "tokens": [name] }));
+        special_tokens.insert(
+            name.clone(),
+            json!({ "id": name, "ids": [i], "tokens": [name] }),
+        );
         Ok(json!({ "SpecialToken": { "id": name, "type_id": 0 } }))
     };
     if add_bos {
@@ -133,13 +160,28 @@ pub fn build(f: &GgufFile) -> Result<BuiltTokenizer> {
         let scores: Vec<f32> = f
             .require("tokenizer.ggml.scores")?
             .as_array()
-            .and_then(|a| a.iter().map(|v| v.as_f64().map(|x| x as f32)).collect::<Option<Vec<_>>>())
-            .ok_or_else(|| Error::malformed(f.path(), "GGUF", "tokenizer.ggml.scores is not an array of floats"))?;
+            .and_then(|a| {
+                a.iter()
+                    .map(|v| v.as_f64().map(|x| x as f32))
+                    .collect::<Option<Vec<_>>>()
+            })
+            .ok_or_else(|| {
+                Error::malformed(
+                    f.path(),
+                    "GGUF",
+                    "tokenizer.ggml.scores is not an array of floats",
+                )
+            })?;
         if scores.len() != tokens.len() {
-            return Err(Error::malformed(f.path(), "GGUF", "scores and tokens differ in length"));
+            return Err(Error::malformed(
+                f.path(),
+                "GGUF",
+                "scores and tokens differ in length",
+            ));
         }
         let merges = spm_merges(&tokens, &types, &scores);
-        let replace = json!({ "type": "Replace", "pattern": { "String": " " }, "content": "\u{2581}" });
+        let replace =
+            json!({ "type": "Replace", "pattern": { "String": " " }, "content": "\u{2581}" });
         let normalizer = if flag("add_space_prefix").unwrap_or(true) {
             json!({ "type": "Sequence", "normalizers": [ { "type": "Prepend", "prepend": "\u{2581}" }, replace ] })
         } else {
@@ -161,11 +203,16 @@ pub fn build(f: &GgufFile) -> Result<BuiltTokenizer> {
             .map(|m| {
                 m.split_once(' ')
                     .map(|(a, b)| json!([a, b]))
-                    .ok_or_else(|| Error::malformed(f.path(), "GGUF", format!("merge {m:?} has no space")))
+                    .ok_or_else(|| {
+                        Error::malformed(f.path(), "GGUF", format!("merge {m:?} has no space"))
+                    })
             })
             .collect::<Result<_>>()?;
         let byte_level = json!({ "type": "ByteLevel", "add_prefix_space": false, "trim_offsets": true, "use_regex": true });
-        let pre = f.get("tokenizer.ggml.pre").and_then(Value::as_str).unwrap_or("default");
+        let pre = f
+            .get("tokenizer.ggml.pre")
+            .and_then(Value::as_str)
+            .unwrap_or("default");
         let pre_tokenizer = match pre {
             "default" | "gpt2" => byte_level,
             "smollm" => json!({ "type": "Sequence", "pretokenizers": [
@@ -265,6 +312,14 @@ mod tests {
         let scores = [0.0, 0.0, 0.0, -1.0, -2.0, -0.5];
         let m = spm_merges(&tokens, &types, &scores);
         // abc (-0.5): splits ab+c and a+bc, longer left first; then ab (-1), then bc (-2).
-        assert_eq!(m, vec![json!(["ab", "c"]), json!(["a", "bc"]), json!(["a", "b"]), json!(["b", "c"])]);
+        assert_eq!(
+            m,
+            vec![
+                json!(["ab", "c"]),
+                json!(["a", "bc"]),
+                json!(["a", "b"]),
+                json!(["b", "c"])
+            ]
+        );
     }
 }
