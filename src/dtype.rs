@@ -92,6 +92,12 @@ impl DType {
     /// Encodes f32 values as little-endian bytes of this dtype (round to nearest even).
     pub fn encode(self, values: &[f32]) -> Vec<u8> {
         let mut out = Vec::with_capacity(values.len() * self.size());
+        self.encode_into(values, &mut out);
+        out
+    }
+
+    /// Appends the little-endian bytes of `values` in this dtype to `out`.
+    pub fn encode_into(self, values: &[f32], out: &mut Vec<u8>) {
         match self {
             DType::F32 => values
                 .iter()
@@ -103,7 +109,6 @@ impl DType {
                 .iter()
                 .for_each(|v| out.extend_from_slice(&bf16::from_f32(*v).to_bits().to_le_bytes())),
         }
-        out
     }
 }
 

@@ -184,17 +184,40 @@ pub fn budget_candidates() -> Vec<CodecSpec> {
     ]
 }
 
+/// Options that apply to every codec the planner picks.
+#[derive(Debug, Clone, Copy, PartialEq)]
+pub struct Tuning {
+    /// Fraction of weights kept as fp16 outliers (0 = none).
+    pub outlier_fraction: f64,
+    /// Scale-refinement iterations (0 = round-to-nearest).
+    pub refine_iters: u32,
+}
+
+impl Default for Tuning {
+    fn default() -> Self {
+        Self {
+            outlier_fraction: 0.0,
+            refine_iters: crate::codec::DEFAULT_REFINE_ITERS,
+        }
+    }
+}
+
+impl Tuning {
+    fn apply(&self, mut s: CodecSpec) -> CodecSpec {
+        s.outlier_fraction = self.outlier_fraction;
+        s.refine_iters = self.refine_iters;
+        s
+    }
+}
+
 /// Plans every tensor of `src`.
 pub fn plan(
     src: &dyn TensorSource,
     selection: &Selection,
     quantize_embeddings: bool,
-    outlier_fraction: f64,
+    tuning: Tuning,
 ) -> Result<Vec<TensorPlan>> {
-    let with_outliers = |mut s: CodecSpec| {
-        s.outlier_fraction = outlier_fraction;
-        s
-    };
+    let with_outliers = |s: CodecSpec| tuning.apply(s);
     let mut plans: Vec<TensorPlan> = src
         .tensors()
         .iter()
@@ -221,7 +244,7 @@ pub fn plan(
         })
         .collect();
     if let Selection::BitsPerWeight(budget) = selection {
-        allocate_budget(src, &mut plans, *budget, outlier_fraction)?;
+        allocate_budget(src, &mut plans, *budget, tuning)?;
     }
     for p in &plans {
         if let Action::Quantize(s) = &p.action {
@@ -272,12 +295,12 @@ fn allocate_budget(
     src: &dyn TensorSource,
     plans: &mut [TensorPlan],
     budget: f64,
-    outlier_fraction: f64,
+    tuning: Tuning,
 ) -> Result<()> {
-    let mut cands = budget_candidates();
-    for c in &mut cands {
-        c.outlier_fraction = outlier_fraction;
-    }
+    let cands: Vec<CodecSpec> = budget_candidates()
+        .into_iter()
+        .map(|c| tuning.apply(c))
+        .collect();
     let idx: Vec<usize> = plans
         .iter()
         .enumerate()

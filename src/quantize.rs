@@ -21,8 +21,8 @@ pub struct Options {
     pub selection: Selection,
     /// Quantize token embeddings and the LM head too.
     pub quantize_embeddings: bool,
-    /// Fraction of weights kept as fp16 outliers (0 = none).
-    pub outlier_fraction: f64,
+    /// Outliers and refinement, applied to every codec.
+    pub tuning: plan::Tuning,
     /// Shard size for the written directory.
     pub max_shard_bytes: u64,
 }
@@ -32,7 +32,7 @@ impl Default for Options {
         Self {
             selection: Selection::Target(plan::Target::Balanced),
             quantize_embeddings: false,
-            outlier_fraction: 0.0,
+            tuning: plan::Tuning::default(),
             max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
         }
     }
@@ -133,12 +133,7 @@ pub fn quantize(
     opts: &Options,
     progress: &(dyn Fn(&TensorReport) + Sync),
 ) -> Result<Report> {
-    let plans = plan::plan(
-        src,
-        &opts.selection,
-        opts.quantize_embeddings,
-        opts.outlier_fraction,
-    )?;
+    let plans = plan::plan(src, &opts.selection, opts.quantize_embeddings, opts.tuning)?;
     let metas: Vec<TensorMeta> = src.tensors().to_vec();
     let mut writer = HfDirWriter::new(out, metas.clone(), opts.max_shard_bytes)?;
     let mut rows = Vec::with_capacity(metas.len());

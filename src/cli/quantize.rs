@@ -34,7 +34,7 @@ pub struct Args {
     /// Symmetric INT4 (fp16 scale only, no offset) for --codec int4.
     #[arg(long, requires = "codec")]
     pub symmetric: bool,
-    /// Scale-refinement iterations (0 = plain round-to-nearest).
+    /// Scale-refinement iterations for every codec (0 = plain round-to-nearest, to compare).
     #[arg(long, default_value_t = tenpak::codec::DEFAULT_REFINE_ITERS)]
     pub refine_iters: u32,
     /// Average bits per weight over the blocks' linear layers; the planner picks a codec per
@@ -63,7 +63,7 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let mut selection = match (&a.target, &a.codec, a.bits_per_weight) {
+    let selection = match (&a.target, &a.codec, a.bits_per_weight) {
         (_, Some(c), _) => {
             let mut spec = CodecSpec::from_name(c, a.group_size)?;
             spec.symmetric = a.symmetric;
@@ -81,9 +81,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         (Some(t), None, None) => Selection::Target(*t),
         (None, None, None) => Selection::Target(Target::Balanced),
     };
-    if let Selection::Codec(spec) = &mut selection {
-        spec.refine_iters = a.refine_iters;
-    }
     if !(0.0..=50.0).contains(&a.outliers) {
         bail!("--outliers is a percentage between 0 and 50");
     }
@@ -92,7 +89,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let opts = Options {
         selection,
         quantize_embeddings: a.quantize_embeddings,
-        outlier_fraction: a.outliers / 100.0,
+        tuning: tenpak::plan::Tuning {
+            outlier_fraction: a.outliers / 100.0,
+            refine_iters: a.refine_iters,
+        },
         max_shard_bytes: a.max_shard_size,
     };
     let pb = super::progress::bar(src.tensors().len() as u64, "quantize");

@@ -286,6 +286,8 @@ impl TensorSource for HfModelDir {
         let raw = self.raw(name)?;
         let mut out = vec![0f32; meta.numel()];
         meta.dtype.decode_into(raw, &mut out);
+        let e = &self.entries[name];
+        self.shards[e.shard].release(e.start, e.end - e.start);
         Ok(out)
     }
 

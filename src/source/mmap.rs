@@ -39,6 +39,36 @@ impl MappedFile {
         &self.map
     }
 
+    /// Tells the kernel the pages of `[offset, offset + len)` are no longer needed, so a
+    /// tensor that has been read stops counting against resident memory. Best effort:
+    /// failures are ignored (the pages then stay cached, which is only slower to free).
+    pub fn release(&self, offset: u64, len: u64) {
+        #[cfg(unix)]
+        {
+            let (Ok(offset), Ok(len)) = (usize::try_from(offset), usize::try_from(len)) else {
+                return;
+            };
+            if offset
+                .checked_add(len)
+                .is_none_or(|end| end > self.map.len())
+                || len == 0
+            {
+                return;
+            }
+            // SAFETY: the mapping is private and read-only and this process never writes
+            // it, so MADV_DONTNEED only drops clean page-cache-backed pages; a later access
+            // faults them back in from the file with identical contents. No Rust reference
+            // observes a change.
+            #[allow(unsafe_code)]
+            let _ = unsafe {
+                self.map
+                    .unchecked_advise_range(memmap2::UncheckedAdvice::DontNeed, offset, len)
+            };
+        }
+        #[cfg(not(unix))]
+        let _ = (offset, len);
+    }
+
     /// `len` bytes at `offset`, or a [`Error::Truncated`] naming `what`.
     pub fn range(&self, offset: u64, len: u64, what: &str) -> Result<&[u8]> {
         let file_len = self.map.len() as u64;

@@ -19,6 +19,9 @@ use crate::{Error, Result};
 /// transformers' default `max_shard_size` ("5GB", decimal).
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
 
+/// Elements converted per write.
+const WRITE_CHUNK: usize = 1 << 20;
+
 struct Shard {
     file_name: String,
     tensors: Vec<usize>,
@@ -131,7 +134,7 @@ impl HfDirWriter {
                 got: vec![values.len()],
             });
         }
-        let bytes = meta.dtype.encode(values);
+        let dtype = meta.dtype;
         let si = self.shard_of[self.next];
         if self.open.as_ref().map(|(s, _)| *s) != Some(si) {
             self.close_current()?;
@@ -146,7 +149,13 @@ impl HfDirWriter {
         }
         let p = self.tmp_path(si);
         if let Some((_, w)) = self.open.as_mut() {
-            w.write_all(&bytes).map_err(|e| Error::io("write", &p, e))?;
+            // Convert in slices so a large tensor never exists twice in memory.
+            let mut buf = Vec::with_capacity(WRITE_CHUNK * dtype.size());
+            for chunk in values.chunks(WRITE_CHUNK) {
+                buf.clear();
+                dtype.encode_into(chunk, &mut buf);
+                w.write_all(&buf).map_err(|e| Error::io("write", &p, e))?;
+            }
         }
         self.next += 1;
         Ok(())

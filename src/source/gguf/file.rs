@@ -418,6 +418,7 @@ impl GgufFile {
         let raw = self.raw(t)?;
         let mut out = vec![0f32; t.numel() as usize];
         super::dequant::dequantize(t.ty, raw, &mut out);
+        self.file.release(t.offset, t.size);
         Ok(out)
     }
 }
