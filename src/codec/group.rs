@@ -147,6 +147,12 @@ impl Stage {
                 s = (s0 * t1 - s1 * t0) / det;
                 m = (t0 - s * s1) / s0;
             }
+            // Converged: the new parameters round to the ones just evaluated, so another
+            // pass would reproduce the same codes and error.
+            let (nsf, nmf, _, _) = quantized(s, m);
+            if nsf == sf && nmf == mf {
+                break;
+            }
         }
         if !codes_are_best {
             // The last pass tried other parameters: recompute the codes for the best ones.
