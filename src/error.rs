@@ -113,6 +113,32 @@ pub enum Error {
     /// A planning request cannot be met (e.g. a bit budget below the cheapest codec).
     #[error("cannot plan: {0}")]
     Plan(String),
+    /// A `.tnpk` artifact is malformed, corrupt, or fails verification.
+    #[error("{location}: {error}")]
+    Artifact {
+        /// File path or URL.
+        location: String,
+        /// What is wrong.
+        error: crate::artifact::FormatError,
+    },
+    /// An HTTP request failed.
+    #[error("{url}: {message}")]
+    Http {
+        /// The URL.
+        url: String,
+        /// HTTP status, when one was received.
+        status: Option<u16>,
+        /// What happened.
+        message: String,
+    },
+    /// A signing or public key file is unusable.
+    #[error("key {path}: {reason}")]
+    Key {
+        /// The key file.
+        path: PathBuf,
+        /// Why.
+        reason: String,
+    },
     /// JSON that is syntactically or structurally wrong.
     #[error("{path}: invalid JSON: {message}")]
     Json {

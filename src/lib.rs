@@ -5,11 +5,13 @@
 //! encode and decode ([`codec`]), and run the whole pipeline ([`quantize`]).
 //! The `tenpak` binary is a thin CLI over these modules.
 
+pub mod artifact;
 pub mod codec;
 pub mod dtype;
 pub mod error;
 pub mod plan;
 pub mod quantize;
+pub mod serve;
 pub mod source;
 
 pub use error::{Error, Result};

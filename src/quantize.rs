@@ -126,61 +126,109 @@ pub fn encode_decode(
     Ok((enc, dec))
 }
 
-/// Quantizes `src` into a dense HF directory at `out`, calling `progress` after each tensor.
+/// What the pipeline produced for one tensor.
+pub enum Processed<'a> {
+    /// Kept in its source dtype.
+    Kept {
+        /// The values.
+        values: &'a [f32],
+    },
+    /// Encoded.
+    Quantized {
+        /// The codec used.
+        spec: &'a codec::CodecSpec,
+        /// The encoding.
+        encoded: &'a [u8],
+        /// What it decodes to.
+        decoded: &'a [f32],
+    },
+}
+
+/// Where the pipeline sends each tensor, in source order.
+pub trait Sink {
+    /// Receives one tensor.
+    fn tensor(&mut self, meta: &TensorMeta, out: Processed<'_>) -> Result<()>;
+}
+
+/// Plans, encodes and measures every tensor of `src`, handing each to `sink`; returns the
+/// per-tensor report rows. One tensor is materialised at a time.
+pub fn run(
+    src: &dyn TensorSource,
+    opts: &Options,
+    sink: &mut dyn Sink,
+    progress: &(dyn Fn(&TensorReport) + Sync),
+) -> Result<Vec<TensorReport>> {
+    let plans = plan::plan(src, &opts.selection, opts.quantize_embeddings, opts.tuning)?;
+    let mut rows = Vec::with_capacity(plans.len());
+    for (meta, p) in src.tensors().iter().zip(&plans) {
+        let w = src.read_f32(&meta.name)?;
+        let (codec, bits, err) = match &p.action {
+            Action::Keep => {
+                sink.tensor(meta, Processed::Kept { values: &w })?;
+                let bits = (meta.numel() * meta.dtype.size() * 8) as u64;
+                (format!("keep ({})", meta.dtype), bits, 0.0)
+            }
+            Action::Quantize(spec) => {
+                let (enc, dec) = encode_decode(spec, meta, &w)?;
+                let err = rel_error(&w, &dec);
+                drop(w);
+                sink.tensor(
+                    meta,
+                    Processed::Quantized {
+                        spec,
+                        encoded: &enc,
+                        decoded: &dec,
+                    },
+                )?;
+                (spec.label(), enc.len() as u64 * 8, err)
+            }
+        };
+        let row = TensorReport {
+            name: meta.name.clone(),
+            shape: meta.shape.clone(),
+            role: p.role,
+            source: meta.stored_as.clone(),
+            codec,
+            numel: meta.numel(),
+            bits,
+            bits_per_weight: bits as f64 / meta.numel().max(1) as f64,
+            rel_error: err,
+        };
+        progress(&row);
+        rows.push(row);
+    }
+    Ok(rows)
+}
+
+struct DirSink(HfDirWriter);
+
+impl Sink for DirSink {
+    fn tensor(&mut self, meta: &TensorMeta, out: Processed<'_>) -> Result<()> {
+        match out {
+            Processed::Kept { values } => self.0.write(&meta.name, values),
+            Processed::Quantized { decoded, .. } => self.0.write(&meta.name, decoded),
+        }
+    }
+}
+
+/// Quantizes `src` into a dense HF directory at `out` (the decoded weights, in the
+/// source dtype), calling `progress` after each tensor.
 pub fn quantize(
     src: &dyn TensorSource,
     out: &Path,
     opts: &Options,
     progress: &(dyn Fn(&TensorReport) + Sync),
 ) -> Result<Report> {
-    let plans = plan::plan(src, &opts.selection, opts.quantize_embeddings, opts.tuning)?;
     let metas: Vec<TensorMeta> = src.tensors().to_vec();
-    let mut writer = HfDirWriter::new(out, metas.clone(), opts.max_shard_bytes)?;
-    let mut rows = Vec::with_capacity(metas.len());
-    for (meta, p) in metas.iter().zip(&plans) {
-        let w = src.read_f32(&meta.name)?;
-        let row = match &p.action {
-            Action::Keep => {
-                writer.write(&meta.name, &w)?;
-                TensorReport {
-                    name: meta.name.clone(),
-                    shape: meta.shape.clone(),
-                    role: p.role,
-                    source: meta.stored_as.clone(),
-                    codec: format!("keep ({})", meta.dtype),
-                    numel: meta.numel(),
-                    bits: (meta.numel() * meta.dtype.size() * 8) as u64,
-                    bits_per_weight: (meta.dtype.size() * 8) as f64,
-                    rel_error: 0.0,
-                }
-            }
-            Action::Quantize(spec) => {
-                let (enc, dec) = encode_decode(spec, meta, &w)?;
-                let err = rel_error(&w, &dec);
-                drop(w);
-                writer.write(&meta.name, &dec)?;
-                TensorReport {
-                    name: meta.name.clone(),
-                    shape: meta.shape.clone(),
-                    role: p.role,
-                    source: meta.stored_as.clone(),
-                    codec: spec.label(),
-                    numel: meta.numel(),
-                    bits: enc.len() as u64 * 8,
-                    bits_per_weight: enc.len() as f64 * 8.0 / meta.numel() as f64,
-                    rel_error: err,
-                }
-            }
-        };
-        progress(&row);
-        rows.push(row);
-    }
-    let files = writer.finish()?;
+    let mut sink = DirSink(HfDirWriter::new(out, metas.clone(), opts.max_shard_bytes)?);
+    let rows = run(src, opts, &mut sink, progress)?;
+    let files = sink.0.finish()?;
     src.write_side_files(out)?;
     Ok(summarize(rows, &metas, files))
 }
 
-fn summarize(tensors: Vec<TensorReport>, metas: &[TensorMeta], files: Vec<String>) -> Report {
+/// Totals over the report rows.
+pub fn summarize(tensors: Vec<TensorReport>, metas: &[TensorMeta], files: Vec<String>) -> Report {
     let total_weights: usize = tensors.iter().map(|t| t.numel).sum();
     let total_bits: u64 = tensors.iter().map(|t| t.bits).sum();
     let source_bits: u64 = metas

@@ -1,16 +1,24 @@
 //! Subcommands, one file each, each with its `Args` and `run`.
 
+mod artifact_args;
 mod import;
+mod info;
+mod keygen;
+mod pack;
 mod progress;
 mod quantize;
+mod serve_file;
+mod unpack;
+mod verify;
 
 use clap::{Parser, Subcommand};
 
 /// TenPak: compress LLM weights, honestly measured.
 ///
-/// Import a GGUF model into a Hugging Face directory, or quantize an HF directory (or
-/// a GGUF file directly) with TenPak's INT4 codec family, writing the dequantized model
-/// back as a loadable HF directory with a per-tensor report of bits and error.
+/// Import a GGUF model into a Hugging Face directory; quantize a model with TenPak's INT4
+/// codec family (writing the dequantized model back with a per-tensor report of bits and
+/// error); pack it into a signed, chunked, range-streamable .tnpk and unpack, inspect,
+/// verify or serve such artifacts.
 #[derive(Debug, Parser)]
 #[command(name = "tenpak", version, about, long_about)]
 pub struct Cli {
@@ -24,6 +32,18 @@ enum Command {
     Import(import::Args),
     /// Quantize a model with TenPak codecs and write the dequantized HF directory.
     Quantize(quantize::Args),
+    /// Create an ed25519 signing key pair (KEY and KEY.pub).
+    Keygen(keygen::Args),
+    /// Pack a model (HF directory or GGUF) into a signed, chunked .tnpk artifact.
+    Pack(pack::Args),
+    /// Unpack a .tnpk (file or URL) into a loadable HF directory, verifying every chunk.
+    Unpack(unpack::Args),
+    /// Show what a .tnpk holds: tensors, codecs, bits/weight, sizes, signer, digest.
+    Info(info::Args),
+    /// Verify a .tnpk: its signature (with --key) and the sha256 of every chunk.
+    Verify(verify::Args),
+    /// Serve one .tnpk over HTTP with Range support, for streaming loads and tests.
+    ServeFile(serve_file::Args),
 }
 
 /// Runs the parsed command.
@@ -31,5 +51,11 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Import(a) => import::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Keygen(a) => keygen::run(a),
+        Command::Pack(a) => pack::run(a),
+        Command::Unpack(a) => unpack::run(a),
+        Command::Info(a) => info::run(a),
+        Command::Verify(a) => verify::run(a),
+        Command::ServeFile(a) => serve_file::run(a),
     }
 }

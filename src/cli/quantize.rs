@@ -10,18 +10,13 @@ use tenpak::plan::{Selection, Target};
 use tenpak::quantize::{quantize, Options, Report};
 use tenpak::source::DEFAULT_MAX_SHARD_BYTES;
 
-/// Arguments of `tenpak quantize`.
+/// How codecs are chosen: shared by `quantize` and `pack`.
 ///
 /// Exactly one of --target, --codec, --bits-per-weight chooses the codecs (default:
 /// --target balanced). The blocks' linear layers are quantized; embeddings and the LM head
 /// only with --quantize-embeddings; norms, biases and small tensors stay as they are.
 #[derive(Debug, clap::Args)]
-pub struct Args {
-    /// The model: an HF directory (config.json + safetensors) or a .gguf file.
-    pub model: PathBuf,
-    /// Output directory for the dequantized model (same dtype as the source).
-    #[arg(short, long)]
-    pub output: PathBuf,
+pub struct CodecArgs {
     /// Preset: quality (attn g32, MLP g64), balanced (g64/g128), size (g128/g256).
     #[arg(long, value_enum, conflicts_with_all = ["codec", "bits_per_weight"])]
     pub target: Option<Target>,
@@ -50,6 +45,69 @@ pub struct Args {
     /// Dtype used when the model is a GGUF file (its weights are imported first).
     #[arg(long, default_value = "bf16", value_parser = super::import::parse_dtype)]
     pub gguf_dtype: DType,
+}
+
+impl CodecArgs {
+    /// The pipeline options these flags describe.
+    pub fn options(&self, max_shard_bytes: u64) -> anyhow::Result<Options> {
+        let selection = match (&self.target, &self.codec, self.bits_per_weight) {
+            (_, Some(c), _) => {
+                let mut spec = CodecSpec::from_name(c, self.group_size)?;
+                spec.symmetric = self.symmetric;
+                if self.symmetric && spec.kind != tenpak::codec::CodecKind::Int4 {
+                    bail!("--symmetric applies to int4 codecs only");
+                }
+                Selection::Codec(spec)
+            }
+            (_, None, Some(b)) => {
+                if !(b.is_finite() && b > 0.0) {
+                    bail!("--bits-per-weight must be a positive number");
+                }
+                Selection::BitsPerWeight(b)
+            }
+            (Some(t), None, None) => Selection::Target(*t),
+            (None, None, None) => Selection::Target(Target::Balanced),
+        };
+        if !(0.0..=50.0).contains(&self.outliers) {
+            bail!("--outliers is a percentage between 0 and 50");
+        }
+        Ok(Options {
+            selection,
+            quantize_embeddings: self.quantize_embeddings,
+            tuning: tenpak::plan::Tuning {
+                outlier_fraction: self.outliers / 100.0,
+                refine_iters: self.refine_iters,
+            },
+            max_shard_bytes,
+        })
+    }
+
+    /// A one-line description for artifact metadata.
+    pub fn describe(&self) -> String {
+        match (&self.target, &self.codec, self.bits_per_weight) {
+            (_, Some(c), _) => format!(
+                "codec {c}{}",
+                self.group_size
+                    .map(|g| format!(" g{g}"))
+                    .unwrap_or_default()
+            ),
+            (_, None, Some(b)) => format!("bits-per-weight {b}"),
+            (Some(t), None, None) => format!("target {t:?}").to_lowercase(),
+            (None, None, None) => "target balanced".into(),
+        }
+    }
+}
+
+/// Arguments of `tenpak quantize`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    /// The model: an HF directory (config.json + safetensors) or a .gguf file.
+    pub model: PathBuf,
+    /// Output directory for the dequantized model (same dtype as the source).
+    #[arg(short, long)]
+    pub output: PathBuf,
+    #[command(flatten)]
+    pub codecs: CodecArgs,
     /// Largest shard in bytes.
     #[arg(long, default_value_t = DEFAULT_MAX_SHARD_BYTES)]
     pub max_shard_size: u64,
@@ -63,38 +121,9 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let selection = match (&a.target, &a.codec, a.bits_per_weight) {
-        (_, Some(c), _) => {
-            let mut spec = CodecSpec::from_name(c, a.group_size)?;
-            spec.symmetric = a.symmetric;
-            if a.symmetric && spec.kind != tenpak::codec::CodecKind::Int4 {
-                bail!("--symmetric applies to int4 codecs only");
-            }
-            Selection::Codec(spec)
-        }
-        (_, None, Some(b)) => {
-            if !(b.is_finite() && b > 0.0) {
-                bail!("--bits-per-weight must be a positive number");
-            }
-            Selection::BitsPerWeight(b)
-        }
-        (Some(t), None, None) => Selection::Target(*t),
-        (None, None, None) => Selection::Target(Target::Balanced),
-    };
-    if !(0.0..=50.0).contains(&a.outliers) {
-        bail!("--outliers is a percentage between 0 and 50");
-    }
-    let src = tenpak::source::open(&a.model, a.gguf_dtype)
+    let opts = a.codecs.options(a.max_shard_size)?;
+    let src = tenpak::source::open(&a.model, a.codecs.gguf_dtype)
         .with_context(|| format!("opening {}", a.model.display()))?;
-    let opts = Options {
-        selection,
-        quantize_embeddings: a.quantize_embeddings,
-        tuning: tenpak::plan::Tuning {
-            outlier_fraction: a.outliers / 100.0,
-            refine_iters: a.refine_iters,
-        },
-        max_shard_bytes: a.max_shard_size,
-    };
     let pb = super::progress::bar(src.tensors().len() as u64, "quantize");
     let report = quantize(src.as_ref(), &a.output, &opts, &|t| {
         pb.set_message(t.name.clone());
@@ -112,7 +141,8 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     Ok(())
 }
 
-fn print_table(out: &mut impl Write, r: &Report, all: bool) -> std::io::Result<()> {
+/// Prints the per-tensor table and the totals.
+pub fn print_table(out: &mut impl Write, r: &Report, all: bool) -> std::io::Result<()> {
     writeln!(
         out,
         "{:<52} {:>14} {:>8} {:<22} {:>7} {:>9}",

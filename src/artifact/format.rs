@@ -1,0 +1,634 @@
+//! The `.tnpk` wire format: the fixed header, the canonical JSON manifest, and their
+//! validation. `docs/FORMAT.md` is the normative description; this file follows it.
+//!
+//! Parsing goes wire struct → validated type: [`Header::parse`] checks magic, version,
+//! flags and that the regions lie inside the file; [`Manifest::parse`] checks the
+//! manifest is canonical JSON, that chunks are aligned, in bounds, sorted and disjoint,
+//! and that every tensor and file references existing chunks whose lengths add up.
+
+use std::collections::{BTreeMap, HashSet};
+
+use serde::{Deserialize, Serialize};
+use sha2::{Digest, Sha256};
+
+use crate::codec::{CodecKind, CodecSpec};
+use crate::dtype::DType;
+
+/// File magic: `\x89TNPK\r\n\x1a` (a non-ASCII first byte and a CR-LF pair catch
+/// text-mode transfers, as PNG's magic does).
+pub const MAGIC: [u8; 8] = *b"\x89TNPK\r\n\x1a";
+/// Header size in bytes.
+pub const HEADER_LEN: usize = 128;
+/// Major version this code reads and writes.
+pub const MAJOR: u16 = 1;
+/// Minor version this code writes.
+pub const MINOR: u16 = 0;
+/// Default chunk alignment (direct I/O and GPU copies).
+pub const DEFAULT_ALIGNMENT: u64 = 4096;
+/// Default largest chunk.
+pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
+/// Largest manifest a reader accepts.
+pub const MAX_MANIFEST_LEN: u64 = 256 << 20;
+/// Largest signature block a reader accepts.
+pub const MAX_SIGNATURE_LEN: u64 = 1 << 16;
+
+/// Why a `.tnpk` is rejected (wrapped into [`crate::Error::Artifact`]).
+#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
+#[non_exhaustive]
+pub enum FormatError {
+    /// Not a `.tnpk` at all.
+    #[error("not a .tnpk file (bad magic)")]
+    BadMagic,
+    /// A major version this reader does not know.
+    #[error("unsupported .tnpk major version {0} (this reader handles {MAJOR})")]
+    UnsupportedVersion(u16),
+    /// Flags set that this version does not define.
+    #[error("unknown header flags {0:#x}")]
+    UnknownFlags(u32),
+    /// Reserved header bytes not zero.
+    #[error("reserved header bytes are not zero")]
+    ReservedNotZero,
+    /// Header regions do not fit the file or each other.
+    #[error("bad layout: {0}")]
+    Layout(String),
+    /// The manifest does not hash to the digest in the header.
+    #[error("manifest digest mismatch: header says {expected}, manifest hashes to {actual}")]
+    ManifestDigest {
+        /// From the header.
+        expected: String,
+        /// Computed.
+        actual: String,
+    },
+    /// Manifest JSON invalid, non-canonical or inconsistent.
+    #[error("invalid manifest: {0}")]
+    Manifest(String),
+    /// A chunk's bytes do not hash to its recorded sha256.
+    #[error("chunk {chunk} (of {owner}) is corrupt: sha256 {actual}, manifest says {expected}")]
+    ChunkDigest {
+        /// Chunk index in the chunk table.
+        chunk: usize,
+        /// The tensor or file that uses it.
+        owner: String,
+        /// Recorded.
+        expected: String,
+        /// Computed.
+        actual: String,
+    },
+    /// Signature block malformed.
+    #[error("invalid signature block: {0}")]
+    SignatureBlock(String),
+    /// No signature by the requested key.
+    #[error("not signed by key {key_id}{}", if .signers.is_empty() { " (the artifact is unsigned)".to_string() } else { format!(" (signed by: {})", .signers.join(", ")) })]
+    NotSignedBy {
+        /// Requested key id.
+        key_id: String,
+        /// Key ids that did sign.
+        signers: Vec<String>,
+    },
+    /// A signature by the right key that does not verify.
+    #[error(
+        "signature by key {key_id} does not verify: the manifest or the signature was altered"
+    )]
+    BadSignature {
+        /// Key id.
+        key_id: String,
+    },
+}
+
+/// The validated 128-byte header.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Header {
+    /// Minor version of the writer.
+    pub minor: u16,
+    /// Manifest region.
+    pub manifest_offset: u64,
+    /// Manifest length.
+    pub manifest_len: u64,
+    /// Signature block region (immediately after the manifest).
+    pub signature_offset: u64,
+    /// Signature block length (0 = unsigned).
+    pub signature_len: u64,
+    /// sha256 of the manifest bytes.
+    pub manifest_sha256: [u8; 32],
+}
+
+fn u64_at(b: &[u8], at: usize) -> u64 {
+    let mut a = [0u8; 8];
+    a.copy_from_slice(&b[at..at + 8]);
+    u64::from_le_bytes(a)
+}
+
+impl Header {
+    /// Serialises the header.
+    pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
+        let mut b = [0u8; HEADER_LEN];
+        b[..8].copy_from_slice(&MAGIC);
+        b[8..10].copy_from_slice(&MAJOR.to_le_bytes());
+        b[10..12].copy_from_slice(&self.minor.to_le_bytes());
+        b[16..24].copy_from_slice(&self.manifest_offset.to_le_bytes());
+        b[24..32].copy_from_slice(&self.manifest_len.to_le_bytes());
+        b[32..40].copy_from_slice(&self.signature_offset.to_le_bytes());
+        b[40..48].copy_from_slice(&self.signature_len.to_le_bytes());
+        b[48..80].copy_from_slice(&self.manifest_sha256);
+        b
+    }
+
+    /// Parses and validates a header against the total file length.
+    pub fn parse(b: &[u8], file_len: u64) -> Result<Self, FormatError> {
+        if b.len() < HEADER_LEN {
+            return Err(FormatError::Layout(format!(
+                "{} bytes, shorter than the 128-byte header",
+                b.len()
+            )));
+        }
+        if b[..8] != MAGIC {
+            return Err(FormatError::BadMagic);
+        }
+        let major = u16::from_le_bytes([b[8], b[9]]);
+        if major != MAJOR {
+            return Err(FormatError::UnsupportedVersion(major));
+        }
+        let flags = u32::from_le_bytes([b[12], b[13], b[14], b[15]]);
+        if flags != 0 {
+            return Err(FormatError::UnknownFlags(flags));
+        }
+        if b[80..HEADER_LEN].iter().any(|&x| x != 0) {
+            return Err(FormatError::ReservedNotZero);
+        }
+        let mut sha = [0u8; 32];
+        sha.copy_from_slice(&b[48..80]);
+        let h = Header {
+            minor: u16::from_le_bytes([b[10], b[11]]),
+            manifest_offset: u64_at(b, 16),
+            manifest_len: u64_at(b, 24),
+            signature_offset: u64_at(b, 32),
+            signature_len: u64_at(b, 40),
+            manifest_sha256: sha,
+        };
+        if h.manifest_offset < HEADER_LEN as u64 {
+            return Err(FormatError::Layout("manifest overlaps the header".into()));
+        }
+        if h.manifest_len == 0 || h.manifest_len > MAX_MANIFEST_LEN {
+            return Err(FormatError::Layout(format!(
+                "manifest length {}",
+                h.manifest_len
+            )));
+        }
+        if h.signature_len > MAX_SIGNATURE_LEN {
+            return Err(FormatError::Layout(format!(
+                "signature block length {}",
+                h.signature_len
+            )));
+        }
+        if h.manifest_offset.checked_add(h.manifest_len) != Some(h.signature_offset) {
+            return Err(FormatError::Layout(
+                "the signature block must follow the manifest".into(),
+            ));
+        }
+        match h.signature_offset.checked_add(h.signature_len) {
+            Some(end) if end == file_len => Ok(h),
+            Some(end) if end > file_len => Err(FormatError::Layout(format!(
+                "file is truncated: header needs {end} bytes, file has {file_len}"
+            ))),
+            _ => Err(FormatError::Layout(format!(
+                "{} bytes after the signature block",
+                file_len.saturating_sub(h.signature_offset.saturating_add(h.signature_len))
+            ))),
+        }
+    }
+}
+
+/// One chunk: a byte range of the file named by its sha256.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct Chunk {
+    /// Absolute file offset (multiple of the alignment).
+    pub offset: u64,
+    /// Byte length (> 0).
+    pub length: u64,
+    /// Lowercase hex sha256 of the bytes.
+    pub sha256: String,
+}
+
+/// How a tensor's bytes decode.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+#[serde(tag = "codec", rename_all = "snake_case")]
+pub enum Encoding {
+    /// Little-endian values in the tensor's `dtype`.
+    Raw,
+    /// [`crate::codec::Int4`] (the bytes start with the codec header).
+    Int4 {
+        /// Group size.
+        group: u32,
+        /// Symmetric mode.
+        symmetric: bool,
+        /// Refinement iterations.
+        refine_iters: u32,
+        /// fp16 outliers, parts per million of the weights.
+        outliers_ppm: u32,
+    },
+    /// [`crate::codec::Int4Residual`].
+    Int4Residual {
+        /// INT4 group size.
+        group: u32,
+        /// INT2 group size.
+        residual_group: u32,
+        /// Refinement iterations.
+        refine_iters: u32,
+        /// fp16 outliers, parts per million of the weights.
+        outliers_ppm: u32,
+    },
+    /// A codec this reader does not know (from a newer minor version); the tensor can be
+    /// listed but not decoded.
+    #[serde(other)]
+    Unknown,
+}
+
+impl Encoding {
+    /// The encoding of a codec spec.
+    pub fn from_spec(s: &CodecSpec) -> Self {
+        let outliers_ppm = (s.outlier_fraction * 1e6).round() as u32;
+        match s.kind {
+            CodecKind::Int4 => Encoding::Int4 {
+                group: s.group as u32,
+                symmetric: s.symmetric,
+                refine_iters: s.refine_iters,
+                outliers_ppm,
+            },
+            CodecKind::Int4Residual => Encoding::Int4Residual {
+                group: s.group as u32,
+                residual_group: s.residual_group as u32,
+                refine_iters: s.refine_iters,
+                outliers_ppm,
+            },
+        }
+    }
+
+    /// Short label for tables.
+    pub fn label(&self, dtype: DType) -> String {
+        match self {
+            Encoding::Raw => format!("raw {dtype}"),
+            Encoding::Int4 {
+                group,
+                symmetric,
+                outliers_ppm,
+                ..
+            } => format!(
+                "int4 g{group}{}{}",
+                if *symmetric { " sym" } else { "" },
+                if *outliers_ppm > 0 {
+                    format!(" +{}% fp16", *outliers_ppm as f64 / 1e4)
+                } else {
+                    String::new()
+                }
+            ),
+            Encoding::Int4Residual {
+                group,
+                residual_group,
+                outliers_ppm,
+                ..
+            } => format!(
+                "int4+int2 g{group}/{residual_group}{}",
+                if *outliers_ppm > 0 {
+                    format!(" +{}% fp16", *outliers_ppm as f64 / 1e4)
+                } else {
+                    String::new()
+                }
+            ),
+            Encoding::Unknown => "unknown codec".into(),
+        }
+    }
+}
+
+/// One tensor in the manifest.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct TensorEntry {
+    /// HF name.
+    pub name: String,
+    /// Row-major shape.
+    pub shape: Vec<u64>,
+    /// The source checkpoint's dtype (what `raw` stores and what unpack writes by default).
+    pub dtype: DType,
+    /// How the bytes decode.
+    pub encoding: Encoding,
+    /// Total bytes of the encoding (sum of its chunks).
+    pub encoded_length: u64,
+    /// Indices into the chunk table, in order.
+    pub chunks: Vec<u32>,
+}
+
+impl TensorEntry {
+    /// Element count.
+    pub fn numel(&self) -> u64 {
+        self.shape.iter().product()
+    }
+}
+
+/// A non-tensor file (config, tokenizer) carried by the artifact.
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct FileEntry {
+    /// Plain file name (no directories).
+    pub name: String,
+    /// Byte length.
+    pub length: u64,
+    /// Chunk indices.
+    pub chunks: Vec<u32>,
+}
+
+/// The base a delta artifact applies to (reserved in version 1.0: writers emit `null`).
+#[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
+pub struct BaseRef {
+    /// `sha256:<hex>` digest of the base artifact's manifest.
+    pub digest: String,
+}
+
+/// The manifest: everything about an artifact except the chunk bytes.
+#[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+pub struct Manifest {
+    /// Always `"tnpk"`.
+    pub format: String,
+    /// Chunk alignment in bytes.
+    pub alignment: u64,
+    /// Largest chunk the writer produced.
+    pub chunk_size: u64,
+    /// Writer name and version.
+    pub created_by: String,
+    /// Free-form string metadata (source, target, ...).
+    pub metadata: BTreeMap<String, String>,
+    /// Delta base (reserved).
+    pub base: Option<BaseRef>,
+    /// Chunk table, sorted by offset.
+    pub chunks: Vec<Chunk>,
+    /// Tensors, in write order.
+    pub tensors: Vec<TensorEntry>,
+    /// Side files.
+    pub files: Vec<FileEntry>,
+}
+
+/// Lowercase hex sha256.
+pub fn sha256_hex(bytes: &[u8]) -> String {
+    hex::encode(Sha256::digest(bytes))
+}
+
+impl Manifest {
+    /// Canonical bytes: compact JSON with object keys sorted (serde_json's map is a
+    /// BTreeMap), integers only.
+    pub fn to_canonical(&self) -> Vec<u8> {
+        let v = serde_json::to_value(self).unwrap_or(serde_json::Value::Null);
+        serde_json::to_vec(&v).unwrap_or_default()
+    }
+
+    /// Parses manifest bytes, requiring canonical form, then validates it against the
+    /// chunk region `[data_start, data_end)`.
+    pub fn parse(bytes: &[u8], data_start: u64, data_end: u64) -> Result<Self, FormatError> {
+        let value: serde_json::Value =
+            serde_json::from_slice(bytes).map_err(|e| FormatError::Manifest(e.to_string()))?;
+        // Canonical: re-serialising the parsed value (keys sorted, compact) must give
+        // the same bytes, so one content has one digest. Unknown fields survive this.
+        if serde_json::to_vec(&value).map_err(|e| FormatError::Manifest(e.to_string()))? != bytes {
+            return Err(FormatError::Manifest(
+                "not in canonical form (sorted keys, no whitespace)".into(),
+            ));
+        }
+        if contains_float(&value) {
+            return Err(FormatError::Manifest(
+                "floating-point numbers are not allowed".into(),
+            ));
+        }
+        let m: Manifest =
+            serde_json::from_value(value).map_err(|e| FormatError::Manifest(e.to_string()))?;
+        m.validate(data_start, data_end)?;
+        Ok(m)
+    }
+
+    fn validate(&self, data_start: u64, data_end: u64) -> Result<(), FormatError> {
+        let bad = |s: String| Err(FormatError::Manifest(s));
+        if self.format != "tnpk" {
+            return bad(format!("format is {:?}, not \"tnpk\"", self.format));
+        }
+        if !self.alignment.is_power_of_two() || self.alignment < 64 {
+            return bad(format!(
+                "alignment {} is not a power of two >= 64",
+                self.alignment
+            ));
+        }
+        let mut prev_end = data_start;
+        for (i, c) in self.chunks.iter().enumerate() {
+            if c.length == 0 || c.offset % self.alignment != 0 {
+                return bad(format!(
+                    "chunk {i}: empty or unaligned (offset {})",
+                    c.offset
+                ));
+            }
+            if c.offset < prev_end {
+                return bad(format!(
+                    "chunk {i} overlaps the previous chunk or precedes the data region"
+                ));
+            }
+            let end = c.offset.checked_add(c.length).filter(|&e| e <= data_end);
+            let Some(end) = end else {
+                return bad(format!("chunk {i} ends past the data region"));
+            };
+            if c.sha256.len() != 64
+                || !c
+                    .sha256
+                    .bytes()
+                    .all(|b| b.is_ascii_digit() || (b'a'..=b'f').contains(&b))
+            {
+                return bad(format!("chunk {i}: sha256 is not 64 lowercase hex digits"));
+            }
+            prev_end = end;
+        }
+        let n = self.chunks.len();
+        let check_refs = |owner: &str, refs: &[u32], length: u64| -> Result<(), FormatError> {
+            let mut total = 0u64;
+            for &r in refs {
+                let Some(c) = self.chunks.get(r as usize) else {
+                    return Err(FormatError::Manifest(format!(
+                        "{owner}: chunk {r} does not exist ({n} chunks)"
+                    )));
+                };
+                total = total.saturating_add(c.length);
+            }
+            if total != length {
+                return Err(FormatError::Manifest(format!(
+                    "{owner}: chunks hold {total} bytes, entry says {length}"
+                )));
+            }
+            Ok(())
+        };
+        let mut names = HashSet::new();
+        for t in &self.tensors {
+            if !names.insert(t.name.as_str()) {
+                return bad(format!("duplicate tensor {}", t.name));
+            }
+            if t.shape
+                .iter()
+                .try_fold(1u64, |a, &d| a.checked_mul(d))
+                .is_none()
+            {
+                return bad(format!("tensor {}: shape overflows", t.name));
+            }
+            if t.encoding == Encoding::Raw
+                && t.numel().checked_mul(t.dtype.size() as u64) != Some(t.encoded_length)
+            {
+                return bad(format!(
+                    "tensor {}: raw length {} does not match its shape",
+                    t.name, t.encoded_length
+                ));
+            }
+            check_refs(&t.name, &t.chunks, t.encoded_length)?;
+        }
+        let mut fnames = HashSet::new();
+        for f in &self.files {
+            let plain = !f.name.is_empty()
+                && !f.name.contains(['/', '\\', '\0'])
+                && f.name != "."
+                && f.name != ".."
+                && !f.name.starts_with('.');
+            if !plain {
+                return bad(format!("file name {:?} is not a plain file name", f.name));
+            }
+            if !fnames.insert(f.name.as_str()) {
+                return bad(format!("duplicate file {}", f.name));
+            }
+            check_refs(&f.name, &f.chunks, f.length)?;
+        }
+        Ok(())
+    }
+
+    /// `sha256:<hex>` of canonical manifest bytes: the artifact's name.
+    pub fn digest_of(bytes: &[u8]) -> String {
+        format!("sha256:{}", sha256_hex(bytes))
+    }
+}
+
+fn contains_float(v: &serde_json::Value) -> bool {
+    match v {
+        serde_json::Value::Number(n) => !(n.is_u64() || n.is_i64()),
+        serde_json::Value::Array(a) => a.iter().any(contains_float),
+        serde_json::Value::Object(o) => o.values().any(contains_float),
+        _ => false,
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn header() -> Header {
+        Header {
+            minor: 0,
+            manifest_offset: 4096,
+            manifest_len: 100,
+            signature_offset: 4196,
+            signature_len: 0,
+            manifest_sha256: [7; 32],
+        }
+    }
+
+    #[test]
+    fn header_round_trip_and_rejections() {
+        let h = header();
+        let b = h.to_bytes();
+        assert_eq!(Header::parse(&b, 4196), Ok(h));
+        assert!(matches!(
+            Header::parse(&b, 4000),
+            Err(FormatError::Layout(_))
+        ));
+        assert!(matches!(
+            Header::parse(&b, 5000),
+            Err(FormatError::Layout(_))
+        ));
+        let mut x = b;
+        x[0] = 0;
+        assert_eq!(Header::parse(&x, 4196), Err(FormatError::BadMagic));
+        let mut x = b;
+        x[8] = 2;
+        assert_eq!(
+            Header::parse(&x, 4196),
+            Err(FormatError::UnsupportedVersion(2))
+        );
+        let mut x = b;
+        x[12] = 1;
+        assert_eq!(Header::parse(&x, 4196), Err(FormatError::UnknownFlags(1)));
+        let mut x = b;
+        x[100] = 1;
+        assert_eq!(Header::parse(&x, 4196), Err(FormatError::ReservedNotZero));
+        let mut x = h;
+        x.manifest_len = u64::MAX;
+        assert!(Header::parse(&x.to_bytes(), 4196).is_err());
+    }
+
+    fn manifest() -> Manifest {
+        Manifest {
+            format: "tnpk".into(),
+            alignment: 4096,
+            chunk_size: DEFAULT_CHUNK_SIZE,
+            created_by: "test".into(),
+            metadata: BTreeMap::new(),
+            base: None,
+            chunks: vec![Chunk {
+                offset: 4096,
+                length: 8,
+                sha256: "0".repeat(64),
+            }],
+            tensors: vec![TensorEntry {
+                name: "a".into(),
+                shape: vec![2, 2],
+                dtype: DType::BF16,
+                encoding: Encoding::Raw,
+                encoded_length: 8,
+                chunks: vec![0],
+            }],
+            files: vec![],
+        }
+    }
+
+    #[test]
+    fn manifest_must_be_canonical_and_consistent() {
+        let m = manifest();
+        let bytes = m.to_canonical();
+        assert_eq!(Manifest::parse(&bytes, 4096, 8192).expect("valid"), m);
+        // Whitespace or reordered keys: same content, different bytes: rejected.
+        let pretty = serde_json::to_vec_pretty(&serde_json::to_value(&m).expect("v")).expect("p");
+        assert!(matches!(
+            Manifest::parse(&pretty, 4096, 8192),
+            Err(FormatError::Manifest(_))
+        ));
+        let mut bad = m.clone();
+        bad.chunks[0].offset = 4097;
+        assert!(Manifest::parse(&bad.to_canonical(), 4096, 8192).is_err());
+        let mut bad = m.clone();
+        bad.tensors[0].chunks = vec![3];
+        assert!(Manifest::parse(&bad.to_canonical(), 4096, 8192).is_err());
+        let mut bad = m.clone();
+        bad.tensors[0].shape = vec![3, 3];
+        assert!(Manifest::parse(&bad.to_canonical(), 4096, 8192).is_err());
+        let mut bad = m.clone();
+        bad.files.push(FileEntry {
+            name: "../evil".into(),
+            length: 8,
+            chunks: vec![0],
+        });
+        assert!(Manifest::parse(&bad.to_canonical(), 4096, 8192).is_err());
+        assert!(
+            Manifest::parse(&m.to_canonical(), 4096, 4100).is_err(),
+            "chunk past the data region"
+        );
+        let with_float = String::from_utf8(bytes.clone())
+            .expect("utf8")
+            .replace("\"alignment\":4096", "\"alignment\":4096.0");
+        assert!(Manifest::parse(with_float.as_bytes(), 4096, 8192).is_err());
+    }
+
+    #[test]
+    fn unknown_fields_and_codecs_are_tolerated() {
+        let mut v = serde_json::to_value(manifest()).expect("v");
+        v["zz_future"] = serde_json::json!(1);
+        v["tensors"][0]["encoding"] = serde_json::json!({"codec": "future_codec", "x": 1});
+        let bytes = serde_json::to_vec(&v).expect("b");
+        let m = Manifest::parse(&bytes, 4096, 8192).expect("tolerated");
+        assert_eq!(m.tensors[0].encoding, Encoding::Unknown);
+    }
+}

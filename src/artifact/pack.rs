@@ -1,0 +1,102 @@
+//! `pack`: the quantize pipeline with a `.tnpk` as its sink. Quantized tensors are stored
+//! as their encodings, kept tensors as raw bytes of their source dtype, side files
+//! (config, tokenizer) as files; the result is signed when keys are given.
+
+use std::path::Path;
+
+use ed25519_dalek::SigningKey;
+use serde::Serialize;
+
+use super::format::Encoding;
+use super::writer::{ArtifactWriter, Written};
+use crate::quantize::{self, Options, Processed, Report, Sink, TensorReport};
+use crate::source::{TensorMeta, TensorSource};
+use crate::{Error, Result};
+
+/// What `pack` reports: the quantize report plus the artifact's facts.
+#[derive(Debug, Clone, Serialize)]
+pub struct PackReport {
+    /// Per-tensor and total figures (bits counted from the encodings).
+    #[serde(flatten)]
+    pub report: Report,
+    /// `sha256:<hex>` of the manifest.
+    pub digest: String,
+    /// Artifact file size in bytes (headers, manifest, alignment padding included).
+    pub file_bytes: u64,
+    /// Bits per weight of the whole file.
+    pub bits_per_weight_artifact: f64,
+    /// Bytes saved by storing identical chunks once.
+    pub deduplicated_bytes: u64,
+    /// Key ids that signed.
+    pub signers: Vec<String>,
+}
+
+struct ArtifactSink(ArtifactWriter);
+
+impl Sink for ArtifactSink {
+    fn tensor(&mut self, meta: &TensorMeta, out: Processed<'_>) -> Result<()> {
+        match out {
+            Processed::Kept { values } => {
+                let raw = meta.dtype.encode(values);
+                self.0
+                    .add_tensor(&meta.name, &meta.shape, meta.dtype, Encoding::Raw, &raw)
+            }
+            Processed::Quantized { spec, encoded, .. } => self.0.add_tensor(
+                &meta.name,
+                &meta.shape,
+                meta.dtype,
+                Encoding::from_spec(spec),
+                encoded,
+            ),
+        }
+    }
+}
+
+/// Packs `src` into `out` (written atomically), signed by `keys`.
+pub fn pack(
+    src: &dyn TensorSource,
+    out: &Path,
+    opts: &Options,
+    keys: &[&SigningKey],
+    metadata: &[(&str, &str)],
+    progress: &(dyn Fn(&TensorReport) + Sync),
+) -> Result<PackReport> {
+    let mut sink = ArtifactSink(ArtifactWriter::create(out)?);
+    for (k, v) in metadata {
+        sink.0.set_metadata(k, v);
+    }
+    let rows = quantize::run(src, opts, &mut sink, progress)?;
+    let mut writer = sink.0;
+    // Side files go through a scratch directory so each source writes them one way.
+    let scratch = tempfile::tempdir()
+        .map_err(|e| Error::io("create temporary directory", std::env::temp_dir(), e))?;
+    src.write_side_files(scratch.path())?;
+    let mut names: Vec<_> = std::fs::read_dir(scratch.path())
+        .map_err(|e| Error::io("list", scratch.path(), e))?
+        .flatten()
+        .map(|e| e.file_name().to_string_lossy().into_owned())
+        .collect();
+    names.sort();
+    for n in names {
+        let p = scratch.path().join(&n);
+        let bytes = std::fs::read(&p).map_err(|e| Error::io("read", &p, e))?;
+        writer.add_file(&n, &bytes)?;
+    }
+    let Written {
+        digest,
+        file_bytes,
+        deduplicated_bytes,
+        signers,
+        ..
+    } = writer.finish(keys)?;
+    let metas = src.tensors();
+    let report = quantize::summarize(rows, metas, vec![out.display().to_string()]);
+    Ok(PackReport {
+        bits_per_weight_artifact: file_bytes as f64 * 8.0 / report.total_weights.max(1) as f64,
+        report,
+        digest,
+        file_bytes,
+        deduplicated_bytes,
+        signers,
+    })
+}

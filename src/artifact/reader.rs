@@ -1,0 +1,302 @@
+//! Reading a `.tnpk` from any [`RangeSource`]: header and manifest first (two reads), the
+//! signature checked once, then only the chunks of the tensors asked for, each verified
+//! against its sha256 *before* its bytes are decoded.
+
+use std::path::Path;
+
+use ed25519_dalek::VerifyingKey;
+use sha2::{Digest, Sha256};
+
+use super::format::{self, Encoding, FileEntry, FormatError, Header, Manifest, TensorEntry};
+use super::select::Selection;
+use super::sign;
+use super::source::RangeSource;
+use crate::dtype::DType;
+use crate::source::{HfDirWriter, TensorMeta, DEFAULT_MAX_SHARD_BYTES};
+use crate::{codec, Error, Result};
+
+/// Encoded bytes fetched per batch when streaming many tensors.
+pub const BATCH_BYTES: u64 = 64 << 20;
+
+/// An opened artifact.
+pub struct Artifact {
+    src: Box<dyn RangeSource>,
+    header: Header,
+    manifest: Manifest,
+    signature: Vec<u8>,
+    digest: String,
+}
+
+impl Artifact {
+    /// Reads and validates header and manifest (the manifest digest is checked here).
+    pub fn open(src: Box<dyn RangeSource>) -> Result<Self> {
+        let loc = src.location().to_string();
+        let fail = |error: FormatError| Error::Artifact {
+            location: loc.clone(),
+            error,
+        };
+        let len = src.len();
+        if len < format::HEADER_LEN as u64 {
+            return Err(fail(FormatError::Layout(format!(
+                "{len} bytes, shorter than the 128-byte header (truncated?)"
+            ))));
+        }
+        let head = src
+            .read_ranges(&[(0, format::HEADER_LEN as u64)])?
+            .remove(0);
+        let header = Header::parse(&head, len).map_err(fail)?;
+        let tail = src
+            .read_ranges(&[(
+                header.manifest_offset,
+                header.manifest_len + header.signature_len,
+            )])?
+            .remove(0);
+        let (mbytes, sig) = tail.split_at(header.manifest_len as usize);
+        let actual: [u8; 32] = Sha256::digest(mbytes).into();
+        if actual != header.manifest_sha256 {
+            return Err(fail(FormatError::ManifestDigest {
+                expected: hex::encode(header.manifest_sha256),
+                actual: hex::encode(actual),
+            }));
+        }
+        let manifest = Manifest::parse(mbytes, format::HEADER_LEN as u64, header.manifest_offset)
+            .map_err(fail)?;
+        sign::parse_block(sig).map_err(fail)?;
+        Ok(Self {
+            digest: Manifest::digest_of(mbytes),
+            src,
+            header,
+            manifest,
+            signature: sig.to_vec(),
+        })
+    }
+
+    /// Opens a path or URL with default HTTP settings.
+    pub fn open_location(location: &str) -> Result<Self> {
+        Self::open(super::source::open(location, Default::default())?)
+    }
+
+    fn fail(&self, error: FormatError) -> Error {
+        Error::Artifact {
+            location: self.src.location().to_string(),
+            error,
+        }
+    }
+
+    /// The manifest.
+    pub fn manifest(&self) -> &Manifest {
+        &self.manifest
+    }
+    /// `sha256:<hex>` of the manifest.
+    pub fn digest(&self) -> &str {
+        &self.digest
+    }
+    /// The header.
+    pub fn header(&self) -> &Header {
+        &self.header
+    }
+    /// File size.
+    pub fn len(&self) -> u64 {
+        self.src.len()
+    }
+    /// Whether the artifact holds no tensors.
+    pub fn is_empty(&self) -> bool {
+        self.manifest.tensors.is_empty()
+    }
+    /// Bytes fetched from the source so far.
+    pub fn bytes_fetched(&self) -> u64 {
+        self.src.bytes_fetched()
+    }
+    /// Key ids of the signers (not verified).
+    pub fn signers(&self) -> Vec<String> {
+        sign::signers(&self.signature).unwrap_or_default()
+    }
+
+    /// Checks that `key` signed this manifest.
+    pub fn verify_signature(&self, key: &VerifyingKey) -> Result<()> {
+        sign::verify(&self.signature, &self.header.manifest_sha256, key).map_err(|e| self.fail(e))
+    }
+
+    /// Tensors chosen by `sel`, in manifest order.
+    pub fn select(&self, sel: &Selection) -> Vec<&TensorEntry> {
+        self.manifest
+            .tensors
+            .iter()
+            .filter(|t| sel.matches(&t.name))
+            .collect()
+    }
+
+    /// Fetches and verifies the chunks of several owners at once (one coalesced read).
+    fn fetch_many(&self, owners: &[(&str, &[u32])]) -> Result<Vec<Vec<u8>>> {
+        let mut ranges = vec![];
+        for (_, refs) in owners {
+            for &r in *refs {
+                let c = &self.manifest.chunks[r as usize];
+                ranges.push((c.offset, c.length));
+            }
+        }
+        let mut pieces = self.src.read_ranges(&ranges)?.into_iter();
+        let mut out = Vec::with_capacity(owners.len());
+        for (owner, refs) in owners {
+            let total: u64 = refs
+                .iter()
+                .map(|&r| self.manifest.chunks[r as usize].length)
+                .sum();
+            let mut buf = Vec::with_capacity(total as usize);
+            for &r in *refs {
+                let piece = pieces.next().unwrap_or_default();
+                let c = &self.manifest.chunks[r as usize];
+                let actual = format::sha256_hex(&piece);
+                if actual != c.sha256 {
+                    return Err(self.fail(FormatError::ChunkDigest {
+                        chunk: r as usize,
+                        owner: owner.to_string(),
+                        expected: c.sha256.clone(),
+                        actual,
+                    }));
+                }
+                buf.extend_from_slice(&piece);
+            }
+            out.push(buf);
+        }
+        Ok(out)
+    }
+
+    /// A side file's bytes, verified.
+    pub fn read_file(&self, f: &FileEntry) -> Result<Vec<u8>> {
+        Ok(self.fetch_many(&[(&f.name, &f.chunks)])?.remove(0))
+    }
+
+    /// Decodes a tensor's verified bytes to f32.
+    pub fn decode(&self, t: &TensorEntry, bytes: &[u8]) -> Result<Vec<f32>> {
+        let numel = usize::try_from(t.numel())
+            .map_err(|_| Error::Plan(format!("tensor {} too large", t.name)))?;
+        let mut out = vec![0f32; numel];
+        match &t.encoding {
+            Encoding::Raw => t.dtype.decode_into(bytes, &mut out),
+            Encoding::Int4 { .. } | Encoding::Int4Residual { .. } => codec::decode(bytes, &mut out)
+                .map_err(|e| match e {
+                    Error::CorruptEncoding(m) => {
+                        Error::CorruptEncoding(format!("tensor {}: {m}", t.name))
+                    }
+                    e => e,
+                })?,
+            Encoding::Unknown => {
+                return Err(Error::InvalidCodec(format!(
+                    "tensor {} uses a codec this version of tenpak does not know",
+                    t.name
+                )))
+            }
+        }
+        Ok(out)
+    }
+
+    /// Fetches, verifies and decodes one tensor.
+    pub fn load_tensor(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self
+            .manifest
+            .tensors
+            .iter()
+            .find(|t| t.name == name)
+            .ok_or_else(|| Error::TensorNotFound {
+                name: name.to_string(),
+            })?;
+        let bytes = self.fetch_many(&[(&t.name, &t.chunks)])?.remove(0);
+        self.decode(t, &bytes)
+    }
+
+    /// Streams `tensors` in batches of about [`BATCH_BYTES`] encoded bytes (one coalesced,
+    /// parallel read per batch), calling `each` with every tensor's verified bytes.
+    pub fn for_each_encoded(
+        &self,
+        tensors: &[&TensorEntry],
+        mut each: impl FnMut(&TensorEntry, Vec<u8>) -> Result<()>,
+    ) -> Result<()> {
+        let mut i = 0;
+        while i < tensors.len() {
+            let mut j = i;
+            let mut size = 0;
+            while j < tensors.len() && (j == i || size + tensors[j].encoded_length <= BATCH_BYTES) {
+                size += tensors[j].encoded_length;
+                j += 1;
+            }
+            let owners: Vec<(&str, &[u32])> = tensors[i..j]
+                .iter()
+                .map(|t| (t.name.as_str(), t.chunks.as_slice()))
+                .collect();
+            for (t, bytes) in tensors[i..j].iter().zip(self.fetch_many(&owners)?) {
+                each(t, bytes)?;
+            }
+            i = j;
+        }
+        Ok(())
+    }
+
+    /// Reads every chunk and checks its sha256 (after which every byte is vouched for).
+    pub fn verify_chunks(&self, progress: &dyn Fn(u64)) -> Result<()> {
+        let all: Vec<&TensorEntry> = self.manifest.tensors.iter().collect();
+        self.for_each_encoded(&all, |t, _| {
+            progress(t.encoded_length);
+            Ok(())
+        })?;
+        for f in &self.manifest.files {
+            self.read_file(f)?;
+        }
+        Ok(())
+    }
+
+    /// Writes the selected tensors, decoded, as an HF directory (config and tokenizer
+    /// included), in `dtype` or each tensor's source dtype.
+    pub fn unpack(
+        &self,
+        out: &Path,
+        sel: &Selection,
+        dtype: Option<DType>,
+        progress: &dyn Fn(&TensorEntry),
+    ) -> Result<Vec<String>> {
+        let chosen = self.select(sel);
+        if chosen.is_empty() {
+            return Err(Error::Plan("no tensor matches the selection".into()));
+        }
+        let metas: Vec<TensorMeta> = chosen
+            .iter()
+            .map(|t| TensorMeta {
+                name: t.name.clone(),
+                shape: t.shape.iter().map(|&d| d as usize).collect(),
+                dtype: dtype.unwrap_or(t.dtype),
+                stored_as: t.encoding.label(t.dtype),
+            })
+            .collect();
+        let mut writer = HfDirWriter::new(out, metas, DEFAULT_MAX_SHARD_BYTES)?;
+        self.for_each_encoded(&chosen, |t, bytes| {
+            let values = self.decode(t, &bytes)?;
+            drop(bytes);
+            writer.write(&t.name, &values)?;
+            progress(t);
+            Ok(())
+        })?;
+        let files = writer.finish()?;
+        for f in &self.manifest.files {
+            let bytes = self.read_file(f)?;
+            let mut bytes = bytes;
+            if f.name == "config.json" {
+                if let Some(dt) = dtype {
+                    bytes = retag_config(&bytes, dt).unwrap_or(bytes);
+                }
+            }
+            crate::source::write_atomic(&out.join(&f.name), &bytes)?;
+        }
+        Ok(files)
+    }
+}
+
+/// `config.json` with its dtype fields set to `dt` (when it parses as a JSON object).
+fn retag_config(bytes: &[u8], dt: DType) -> Option<Vec<u8>> {
+    let mut v: serde_json::Value = serde_json::from_slice(bytes).ok()?;
+    let o = v.as_object_mut()?;
+    o.insert("torch_dtype".into(), dt.torch_name().into());
+    if o.contains_key("dtype") {
+        o.insert("dtype".into(), dt.torch_name().into());
+    }
+    serde_json::to_vec_pretty(&v).ok()
+}

@@ -1,0 +1,303 @@
+//! Where artifact bytes come from: a local file (memory-mapped) or a URL read with HTTP
+//! Range requests (RFC 9110 §14). Readers ask for a list of byte ranges; the HTTP source
+//! coalesces ranges separated by small gaps into one request and runs a bounded number
+//! of requests in parallel.
+
+use std::path::Path;
+use std::sync::atomic::{AtomicU64, Ordering};
+use std::time::Duration;
+
+use reqwest::blocking::Client;
+use reqwest::header::{CONTENT_RANGE, RANGE};
+use reqwest::StatusCode;
+
+use crate::source::mmap::MappedFile;
+use crate::{Error, Result};
+
+/// A byte-addressable artifact.
+pub trait RangeSource: Send + Sync {
+    /// Human-readable location (path or URL) for errors.
+    fn location(&self) -> &str;
+    /// Total length in bytes.
+    fn len(&self) -> u64;
+    /// Whether the source is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// Reads each `(offset, length)` range; results in the same order.
+    fn read_ranges(&self, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>>;
+    /// Bytes fetched so far (for reports and tests).
+    fn bytes_fetched(&self) -> u64;
+}
+
+/// A local `.tnpk`, memory-mapped.
+pub struct LocalFile {
+    map: MappedFile,
+    location: String,
+    fetched: AtomicU64,
+}
+
+impl LocalFile {
+    /// Maps `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        Ok(Self {
+            map: MappedFile::open(path)?,
+            location: path.display().to_string(),
+            fetched: AtomicU64::new(0),
+        })
+    }
+}
+
+impl RangeSource for LocalFile {
+    fn location(&self) -> &str {
+        &self.location
+    }
+    fn len(&self) -> u64 {
+        self.map.bytes().len() as u64
+    }
+    fn read_ranges(&self, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>> {
+        ranges
+            .iter()
+            .map(|&(o, l)| {
+                let v = self.map.range(o, l, "artifact range")?.to_vec();
+                self.map.release(o, l);
+                self.fetched.fetch_add(l, Ordering::Relaxed);
+                Ok(v)
+            })
+            .collect()
+    }
+    fn bytes_fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
+    }
+}
+
+/// Settings of the HTTP source.
+#[derive(Debug, Clone)]
+pub struct HttpOptions {
+    /// Requests in flight at once.
+    pub parallel: usize,
+    /// Ranges whose gap is at most this many bytes are fetched in one request.
+    pub coalesce_gap: u64,
+    /// Largest coalesced request.
+    pub max_request: u64,
+    /// Attempts per request on connection errors and 5xx answers.
+    pub attempts: u32,
+    /// Per-request timeout.
+    pub timeout: Duration,
+}
+
+impl Default for HttpOptions {
+    fn default() -> Self {
+        Self {
+            parallel: 4,
+            coalesce_gap: 64 << 10,
+            max_request: 32 << 20,
+            attempts: 3,
+            timeout: Duration::from_secs(120),
+        }
+    }
+}
+
+/// A `.tnpk` behind a URL that honours Range requests.
+pub struct HttpSource {
+    url: String,
+    len: u64,
+    client: Client,
+    opts: HttpOptions,
+    fetched: AtomicU64,
+}
+
+fn http_err(url: &str, status: Option<u16>, message: impl Into<String>) -> Error {
+    Error::Http {
+        url: url.to_string(),
+        status,
+        message: message.into(),
+    }
+}
+
+/// Merges sorted-by-offset ranges with small gaps: returns (offset, length, members).
+pub fn coalesce(ranges: &[(u64, u64)], gap: u64, max: u64) -> Vec<(u64, u64, Vec<usize>)> {
+    let mut order: Vec<usize> = (0..ranges.len()).collect();
+    order.sort_by_key(|&i| ranges[i].0);
+    let mut out: Vec<(u64, u64, Vec<usize>)> = vec![];
+    for i in order {
+        let (o, l) = ranges[i];
+        if let Some(last) = out.last_mut() {
+            let end = last.0 + last.1;
+            let new_end = (o + l).max(end);
+            if o <= end + gap && new_end - last.0 <= max {
+                last.1 = new_end - last.0;
+                last.2.push(i);
+                continue;
+            }
+        }
+        out.push((o, l, vec![i]));
+    }
+    out
+}
+
+impl HttpSource {
+    /// Opens `url`: a HEAD request gives the length and checks `Accept-Ranges: bytes`.
+    pub fn open(url: &str, opts: HttpOptions) -> Result<Self> {
+        let client = Client::builder()
+            .timeout(opts.timeout)
+            .build()
+            .map_err(|e| http_err(url, None, e.to_string()))?;
+        // A one-byte range request gives the total length in Content-Range and proves
+        // the server honours ranges (a HEAD's Accept-Ranges is only a hint).
+        let resp = client
+            .get(url)
+            .header(RANGE, "bytes=0-0")
+            .send()
+            .map_err(|e| http_err(url, None, e.to_string()))?;
+        let status = resp.status();
+        if status != StatusCode::PARTIAL_CONTENT {
+            return Err(http_err(
+                url,
+                Some(status.as_u16()),
+                format!("expected 206 Partial Content for a range request, got {status}"),
+            ));
+        }
+        let len = resp
+            .headers()
+            .get(CONTENT_RANGE)
+            .and_then(|v| v.to_str().ok())
+            .and_then(|v| v.rsplit('/').next())
+            .and_then(|v| v.parse::<u64>().ok())
+            .ok_or_else(|| http_err(url, Some(206), "206 without a usable Content-Range total"))?;
+        Ok(Self {
+            url: url.to_string(),
+            len,
+            client,
+            opts,
+            fetched: AtomicU64::new(1),
+        })
+    }
+
+    fn fetch(&self, offset: u64, length: u64) -> Result<Vec<u8>> {
+        let range = format!("bytes={}-{}", offset, offset + length - 1);
+        let mut last = None;
+        for attempt in 0..self.opts.attempts.max(1) {
+            if attempt > 0 {
+                std::thread::sleep(Duration::from_millis(100 << attempt));
+            }
+            let resp = match self.client.get(&self.url).header(RANGE, &range).send() {
+                Ok(r) => r,
+                Err(e) => {
+                    last = Some(http_err(&self.url, None, e.to_string()));
+                    continue;
+                }
+            };
+            let status = resp.status();
+            if status.is_server_error() {
+                last = Some(http_err(
+                    &self.url,
+                    Some(status.as_u16()),
+                    format!("{status} for {range}"),
+                ));
+                continue;
+            }
+            if status != StatusCode::PARTIAL_CONTENT {
+                return Err(http_err(
+                    &self.url,
+                    Some(status.as_u16()),
+                    format!("{status} for {range}"),
+                ));
+            }
+            let body = resp
+                .bytes()
+                .map_err(|e| http_err(&self.url, Some(206), e.to_string()))?;
+            if body.len() as u64 != length {
+                return Err(http_err(
+                    &self.url,
+                    Some(206),
+                    format!("{range}: got {} bytes, expected {length}", body.len()),
+                ));
+            }
+            self.fetched.fetch_add(length, Ordering::Relaxed);
+            return Ok(body.to_vec());
+        }
+        Err(last.unwrap_or_else(|| http_err(&self.url, None, "no attempt made")))
+    }
+}
+
+impl RangeSource for HttpSource {
+    fn location(&self) -> &str {
+        &self.url
+    }
+    fn len(&self) -> u64 {
+        self.len
+    }
+    fn read_ranges(&self, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>> {
+        for &(o, l) in ranges {
+            if l == 0 || o.checked_add(l).is_none_or(|e| e > self.len) {
+                return Err(http_err(
+                    &self.url,
+                    None,
+                    format!("range {o}+{l} outside the {}-byte artifact", self.len),
+                ));
+            }
+        }
+        let groups = coalesce(ranges, self.opts.coalesce_gap, self.opts.max_request);
+        let mut fetched: Vec<Option<Result<Vec<u8>>>> = (0..groups.len()).map(|_| None).collect();
+        let next = AtomicU64::new(0);
+        let slots: Vec<std::sync::Mutex<Option<Result<Vec<u8>>>>> = (0..groups.len())
+            .map(|_| std::sync::Mutex::new(None))
+            .collect();
+        std::thread::scope(|s| {
+            for _ in 0..self.opts.parallel.max(1).min(groups.len()) {
+                s.spawn(|| loop {
+                    let i = next.fetch_add(1, Ordering::Relaxed) as usize;
+                    let Some(g) = groups.get(i) else { break };
+                    let r = self.fetch(g.0, g.1);
+                    if let Ok(mut slot) = slots[i].lock() {
+                        *slot = Some(r);
+                    }
+                });
+            }
+        });
+        for (f, s) in fetched.iter_mut().zip(slots) {
+            *f = s.into_inner().ok().flatten();
+        }
+        let mut out: Vec<Vec<u8>> = vec![vec![]; ranges.len()];
+        for (g, f) in groups.iter().zip(fetched) {
+            let buf =
+                f.unwrap_or_else(|| Err(http_err(&self.url, None, "request did not complete")))?;
+            for &m in &g.2 {
+                let (o, l) = ranges[m];
+                let start = (o - g.0) as usize;
+                out[m] = buf[start..start + l as usize].to_vec();
+            }
+        }
+        Ok(out)
+    }
+    fn bytes_fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
+    }
+}
+
+/// Opens a path or an `http(s)://` URL.
+pub fn open(location: &str, http: HttpOptions) -> Result<Box<dyn RangeSource>> {
+    if location.starts_with("http://") || location.starts_with("https://") {
+        Ok(Box::new(HttpSource::open(location, http)?))
+    } else {
+        Ok(Box::new(LocalFile::open(Path::new(location))?))
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn coalesces_small_gaps_only() {
+        let r = [(0, 10), (4096, 10), (20, 5), (1 << 20, 4)];
+        let g = coalesce(&r, 64, 1 << 30);
+        assert_eq!(g.len(), 3);
+        assert_eq!((g[0].0, g[0].1, g[0].2.clone()), (0, 25, vec![0, 2]));
+        let g = coalesce(&r, 8192, 1 << 30);
+        assert_eq!(g.len(), 2);
+        let g = coalesce(&r, 8192, 100);
+        assert_eq!(g.len(), 3, "max request size splits groups");
+    }
+}
