@@ -254,6 +254,12 @@ impl Artifact {
         dtype: Option<DType>,
         progress: &dyn Fn(&TensorEntry),
     ) -> Result<Vec<String>> {
+        if let Some(base) = &self.manifest.base {
+            return Err(Error::Plan(format!(
+                "this artifact is a delta against {}; applying deltas is not supported by this version",
+                base.digest
+            )));
+        }
         let chosen = self.select(sel);
         if chosen.is_empty() {
             return Err(Error::Plan("no tensor matches the selection".into()));

@@ -278,3 +278,28 @@ fn smollm2_grid_is_reproduced_by_int4_g32() {
         );
     }
 }
+
+#[test]
+fn pack_unpack_reproduces_quantize_on_both_models() {
+    let Some(imp) = imported() else { return };
+    for (name, dir) in models(imp) {
+        let tmp = tempfile::tempdir().expect("tempdir");
+        let p = |n: &str| tmp.path().join(n).to_str().expect("p").to_string();
+        let d = dir.to_str().expect("p");
+        let settings = ["--target", "balanced"];
+        tenpak_ok(&[&["pack", d, "-o", &p("m.tnpk")], &settings[..]].concat());
+        tenpak_ok(&["unpack", &p("m.tnpk"), "-o", &p("un")]);
+        tenpak_ok(&[&["quantize", d, "-o", &p("q")], &settings[..]].concat());
+        let a = HfModelDir::open(&tmp.path().join("un")).expect("unpacked");
+        let b = HfModelDir::open(&tmp.path().join("q")).expect("quantized");
+        assert_eq!(a.tensors().len(), b.tensors().len(), "{name}");
+        for m in b.tensors() {
+            assert_eq!(
+                a.raw(&m.name).expect("a"),
+                b.raw(&m.name).expect("b"),
+                "{name}: {}",
+                m.name
+            );
+        }
+    }
+}

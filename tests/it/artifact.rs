@@ -1,0 +1,371 @@
+//! `.tnpk` end to end: pack/unpack round trips, tamper and truncation detection, keys,
+//! and streaming through the range server.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use serde_json::Value;
+use tenpak::artifact::{Artifact, FormatError};
+use tenpak::dtype::DType;
+use tenpak::serve::{file_router, ServedFile};
+use tenpak::Error;
+
+use crate::util::{tenpak, tenpak_ok, tiny_llama};
+
+struct Packed {
+    _tmp: tempfile::TempDir,
+    dir: PathBuf,
+    src: PathBuf,
+    tnpk: PathBuf,
+    key: PathBuf,
+}
+
+fn s(p: &Path) -> &str {
+    p.to_str().expect("utf8 path")
+}
+
+fn packed(extra: &[&str]) -> Packed {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().to_path_buf();
+    let src = dir.join("src");
+    tiny_llama(&src, DType::BF16);
+    let key = dir.join("key");
+    tenpak_ok(&["keygen", "-o", s(&key)]);
+    let tnpk = dir.join("m.tnpk");
+    let mut args = vec!["pack", s(&src), "-o", s(&tnpk), "--sign", s(&key)];
+    args.extend_from_slice(extra);
+    tenpak_ok(&args);
+    Packed {
+        _tmp: tmp,
+        dir,
+        src,
+        tnpk,
+        key,
+    }
+}
+
+fn open_err(p: &Path) -> FormatError {
+    match Artifact::open_location(s(p)) {
+        Err(Error::Artifact { error, .. }) => error,
+        Err(e) => panic!("expected an artifact error, got {e}"),
+        Ok(_) => panic!("tampered artifact opened"),
+    }
+}
+
+#[test]
+fn unpack_equals_quantize_bit_for_bit() {
+    let p = packed(&["--codec", "int4_residual", "--outliers", "0.5"]);
+    let un = p.dir.join("un");
+    tenpak_ok(&[
+        "unpack",
+        s(&p.tnpk),
+        "-o",
+        s(&un),
+        "--key",
+        &format!("{}.pub", s(&p.key)),
+    ]);
+    let q = p.dir.join("q");
+    tenpak_ok(&[
+        "quantize",
+        s(&p.src),
+        "-o",
+        s(&q),
+        "--codec",
+        "int4_residual",
+        "--outliers",
+        "0.5",
+    ]);
+    assert_eq!(
+        std::fs::read(un.join("model.safetensors")).expect("un"),
+        std::fs::read(q.join("model.safetensors")).expect("q")
+    );
+    for f in ["config.json", "tokenizer.json"] {
+        assert_eq!(
+            std::fs::read(un.join(f)).expect("un"),
+            std::fs::read(p.src.join(f)).expect("src"),
+            "{f}"
+        );
+    }
+    let info: Value =
+        serde_json::from_str(&tenpak_ok(&["info", s(&p.tnpk), "--json"])).expect("json");
+    assert_eq!(info["tensors"].as_array().expect("t").len(), 20);
+    assert!(info["digest"].as_str().expect("d").starts_with("sha256:"));
+    assert_eq!(info["signers"].as_array().expect("s").len(), 1);
+    // Packing is deterministic: same content, same digest.
+    let again = p.dir.join("again.tnpk");
+    tenpak_ok(&[
+        "pack",
+        s(&p.src),
+        "-o",
+        s(&again),
+        "--codec",
+        "int4_residual",
+        "--outliers",
+        "0.5",
+        "--sign",
+        s(&p.key),
+    ]);
+    let a = Artifact::open_location(s(&p.tnpk)).expect("a");
+    let b = Artifact::open_location(s(&again)).expect("b");
+    assert_eq!(a.digest(), b.digest());
+}
+
+#[test]
+fn every_tampered_region_is_caught_and_named() {
+    let p = packed(&[]);
+    let bytes = std::fs::read(&p.tnpk).expect("read");
+    let art = Artifact::open_location(s(&p.tnpk)).expect("open");
+    let m = art.manifest().clone();
+    let h = *art.header();
+    drop(art);
+    let bad = p.dir.join("bad.tnpk");
+    let write = |b: &[u8]| std::fs::write(&bad, b).expect("write");
+
+    // One byte in the chunk of a quantized tensor: named by tensor and chunk.
+    let t = m
+        .tensors
+        .iter()
+        .find(|t| t.name == "model.layers.1.mlp.up_proj.weight")
+        .expect("tensor");
+    let c = t.chunks[0] as usize;
+    let mut b = bytes.clone();
+    b[m.chunks[c].offset as usize + 100] ^= 0x40;
+    write(&b);
+    let art = Artifact::open_location(s(&bad)).expect("manifest intact");
+    match art.load_tensor(&t.name) {
+        Err(Error::Artifact {
+            error: FormatError::ChunkDigest { chunk, owner, .. },
+            ..
+        }) => {
+            assert_eq!((chunk, owner.as_str()), (c, t.name.as_str()))
+        }
+        other => panic!("expected ChunkDigest, got {other:?}"),
+    }
+    let out = tenpak(&["verify", s(&bad)]);
+    let err = String::from_utf8_lossy(&out.stderr);
+    assert!(
+        !out.status.success() && err.contains(&t.name) && err.contains(&format!("chunk {c}")),
+        "{err}"
+    );
+    // The other tensors still load: damage is contained and located.
+    assert!(art.load_tensor("model.layers.0.mlp.up_proj.weight").is_ok());
+
+    // Manifest byte: digest mismatch.
+    let mut b = bytes.clone();
+    b[h.manifest_offset as usize + 20] ^= 1;
+    write(&b);
+    assert!(matches!(open_err(&bad), FormatError::ManifestDigest { .. }));
+
+    // Signature byte: opens, but the signature check fails.
+    let mut b = bytes.clone();
+    let last = b.len() - 1;
+    b[last] ^= 1;
+    write(&b);
+    let art = Artifact::open_location(s(&bad)).expect("opens");
+    let pk = tenpak::artifact::sign::load_public_key(&p.dir.join("key.pub")).expect("pk");
+    assert!(matches!(
+        art.verify_signature(&pk),
+        Err(Error::Artifact {
+            error: FormatError::BadSignature { .. },
+            ..
+        })
+    ));
+
+    // Wrong key.
+    let other = p.dir.join("other");
+    tenpak_ok(&["keygen", "-o", s(&other)]);
+    let out = tenpak(&["verify", s(&p.tnpk), "--key", &format!("{}.pub", s(&other))]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("not signed by key"));
+
+    // Truncated anywhere: a clear error, never a panic.
+    for cut in [0, 10, 127, 128, 5000, bytes.len() / 2, bytes.len() - 1] {
+        write(&bytes[..cut]);
+        match Artifact::open_location(s(&bad)) {
+            Err(Error::Artifact {
+                error: FormatError::Layout(m),
+                ..
+            }) => {
+                assert!(
+                    m.contains("truncated") || m.contains("shorter"),
+                    "{cut}: {m}"
+                )
+            }
+            Err(e) => panic!("{cut}: unexpected {e}"),
+            Ok(_) => panic!("{cut}: truncated file opened"),
+        }
+    }
+    // Header byte: the magic.
+    let mut b = bytes.clone();
+    b[1] = b'X';
+    write(&b);
+    assert_eq!(open_err(&bad), FormatError::BadMagic);
+    // The good file verifies fully.
+    tenpak_ok(&["verify", s(&p.tnpk), "--key", &format!("{}.pub", s(&p.key))]);
+}
+
+#[test]
+fn identical_tensors_are_stored_once() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("src");
+    tiny_llama(&src, DType::BF16);
+    let tnpk = tmp.path().join("m.tnpk");
+    let r: Value = serde_json::from_str(&tenpak_ok(&["pack", s(&src), "-o", s(&tnpk), "--json"]))
+        .expect("json");
+    // The norms of the tiny model are all ones: identical chunks.
+    assert!(r["deduplicated_bytes"].as_u64().expect("d") > 0);
+    let art = Artifact::open_location(s(&tnpk)).expect("open");
+    let a = art
+        .manifest()
+        .tensors
+        .iter()
+        .find(|t| t.name == "model.layers.0.input_layernorm.weight")
+        .expect("a");
+    let b = art
+        .manifest()
+        .tensors
+        .iter()
+        .find(|t| t.name == "model.norm.weight")
+        .expect("b");
+    assert_eq!(a.chunks, b.chunks);
+    assert_eq!(
+        art.load_tensor("model.norm.weight").expect("load"),
+        vec![1.0; 256]
+    );
+}
+
+/// An in-process range server (the stand-in for any static host or CDN serving the
+/// artifact) on a free loopback port; returns its URL and served-bytes counter.
+fn serve(path: &Path) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let art = Artifact::open_location(s(path)).expect("open");
+    let served = ServedFile::new(
+        path.to_path_buf(),
+        art.digest().trim_start_matches("sha256:"),
+    )
+    .expect("serve");
+    let counter = served.counter();
+    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("rt");
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            tx.send(l.local_addr().expect("addr")).expect("send");
+            let _ = tenpak::serve::run(l, file_router(served)).await;
+        });
+    });
+    let addr = rx.recv().expect("addr");
+    (format!("http://{addr}/m.tnpk"), counter)
+}
+
+#[test]
+fn streaming_unpack_fetches_only_what_it_needs() {
+    let p = packed(&[]);
+    let (url, served) = serve(&p.tnpk);
+    let art = Artifact::open_location(s(&p.tnpk)).expect("open");
+    let m = art.manifest();
+    let h = art.header();
+    let wanted: Vec<_> = m
+        .tensors
+        .iter()
+        .filter(|t| t.name.starts_with("model.layers.0."))
+        .collect();
+    let chunk_bytes: u64 = wanted
+        .iter()
+        .flat_map(|t| &t.chunks)
+        .map(|&c| m.chunks[c as usize].length)
+        .sum();
+    let padding = wanted.iter().map(|t| t.chunks.len() as u64).sum::<u64>() * m.alignment;
+    let meta = 128 + h.manifest_len + h.signature_len + 1; // + the 1-byte range probe
+    let out = p.dir.join("layer0");
+    tenpak_ok(&[
+        "unpack",
+        &url,
+        "-o",
+        s(&out),
+        "--tensors",
+        "model.layers.0.*",
+        "--key",
+        &format!("{}.pub", s(&p.key)),
+    ]);
+    let n = served.load(std::sync::atomic::Ordering::Relaxed);
+    assert!(
+        n >= chunk_bytes + meta - 1,
+        "served {n} < needed {}",
+        chunk_bytes + meta
+    );
+    assert!(
+        n <= chunk_bytes + meta + padding,
+        "served {n}, more than header+manifest+chunks {}",
+        chunk_bytes + meta + padding
+    );
+    assert!(
+        n < art.len() / 2,
+        "one layer of two is under half the file: {n} of {}",
+        art.len()
+    );
+    let got = tenpak::source::HfModelDir::open(&out).expect("open");
+    assert_eq!(
+        tenpak::source::TensorSource::tensors(&got).len(),
+        wanted.len()
+    );
+    // And the whole artifact over HTTP equals the local unpack.
+    let (all_http, all_local) = (p.dir.join("http"), p.dir.join("local"));
+    tenpak_ok(&["unpack", &url, "-o", s(&all_http)]);
+    tenpak_ok(&["unpack", s(&p.tnpk), "-o", s(&all_local)]);
+    assert_eq!(
+        std::fs::read(all_http.join("model.safetensors")).expect("h"),
+        std::fs::read(all_local.join("model.safetensors")).expect("l")
+    );
+    let info = tenpak_ok(&["info", &url]);
+    assert!(info.contains("digest") && info.contains(art.digest()));
+}
+
+#[test]
+fn range_server_speaks_rfc9110() {
+    let p = packed(&[]);
+    let (url, _) = serve(&p.tnpk);
+    let len = std::fs::metadata(&p.tnpk).expect("m").len();
+    let bytes = std::fs::read(&p.tnpk).expect("read");
+    let c = reqwest::blocking::Client::new();
+    let get = |range: Option<&str>, if_range: Option<&str>| {
+        let mut r = c.get(&url);
+        if let Some(v) = range {
+            r = r.header("Range", v);
+        }
+        if let Some(v) = if_range {
+            r = r.header("If-Range", v);
+        }
+        r.send().expect("send")
+    };
+    let full = get(None, None);
+    assert_eq!(full.status(), 200);
+    assert_eq!(full.headers()["accept-ranges"], "bytes");
+    let etag = full.headers()["etag"].to_str().expect("etag").to_string();
+    assert_eq!(full.bytes().expect("body").len() as u64, len);
+    let r = get(Some("bytes=10-19"), None);
+    assert_eq!(r.status(), 206);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes 10-19/{len}").as_str()
+    );
+    assert_eq!(&r.bytes().expect("b")[..], &bytes[10..20]);
+    let r = get(Some("bytes=-7"), None);
+    assert_eq!(r.status(), 206);
+    assert_eq!(&r.bytes().expect("b")[..], &bytes[bytes.len() - 7..]);
+    let r = get(Some(&format!("bytes={}-", len - 3)), None);
+    assert_eq!(&r.bytes().expect("b")[..], &bytes[bytes.len() - 3..]);
+    let r = get(Some(&format!("bytes={len}-")), None);
+    assert_eq!(r.status(), 416);
+    assert_eq!(
+        r.headers()["content-range"],
+        format!("bytes */{len}").as_str()
+    );
+    assert_eq!(get(Some("bytes=0-3"), Some(&etag)).status(), 206);
+    assert_eq!(get(Some("bytes=0-3"), Some("\"stale\"")).status(), 200);
+    let head = c.head(&url).send().expect("head");
+    assert_eq!(head.status(), 200);
+    assert_eq!(head.headers()["content-length"], len.to_string().as_str());
+    assert_eq!(head.bytes().expect("b").len(), 0);
+}
