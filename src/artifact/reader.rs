@@ -4,7 +4,9 @@
 
 use std::path::Path;
 
+use bytes::Bytes;
 use ed25519_dalek::VerifyingKey;
+use rayon::prelude::*;
 use sha2::{Digest, Sha256};
 
 use super::format::{self, Encoding, FileEntry, FormatError, Header, Manifest, TensorEntry};
@@ -15,8 +17,10 @@ use crate::dtype::DType;
 use crate::source::{HfDirWriter, TensorMeta, DEFAULT_MAX_SHARD_BYTES};
 use crate::{codec, Error, Result};
 
-/// Encoded bytes fetched per batch when streaming many tensors.
+/// Largest batch of encoded bytes fetched at once when streaming many tensors.
 pub const BATCH_BYTES: u64 = 64 << 20;
+/// The first batch, kept small so the first tensor arrives early.
+pub const FIRST_BATCH_BYTES: u64 = 4 << 20;
 
 /// An opened artifact.
 pub struct Artifact {
@@ -126,45 +130,55 @@ impl Artifact {
             .collect()
     }
 
-    /// Fetches and verifies the chunks of several owners at once (one coalesced read).
-    fn fetch_many(&self, owners: &[(&str, &[u32])]) -> Result<Vec<Vec<u8>>> {
+    /// Fetches the chunks of several owners at once (one coalesced read), verifies every
+    /// chunk's sha256 (in parallel), and returns each owner's bytes.
+    fn fetch_many(&self, owners: &[(&str, &[u32])]) -> Result<Vec<Bytes>> {
         let mut ranges = vec![];
-        for (_, refs) in owners {
+        let mut who = vec![];
+        for (k, (_, refs)) in owners.iter().enumerate() {
             for &r in *refs {
                 let c = &self.manifest.chunks[r as usize];
                 ranges.push((c.offset, c.length));
+                who.push((k, r));
             }
         }
-        let mut pieces = self.src.read_ranges(&ranges)?.into_iter();
-        let mut out = Vec::with_capacity(owners.len());
-        for (owner, refs) in owners {
-            let total: u64 = refs
-                .iter()
-                .map(|&r| self.manifest.chunks[r as usize].length)
-                .sum();
-            let mut buf = Vec::with_capacity(total as usize);
-            for &r in *refs {
-                let piece = pieces.next().unwrap_or_default();
+        let pieces = self.src.read_ranges(&ranges)?;
+        pieces
+            .par_iter()
+            .zip(&who)
+            .try_for_each(|(piece, &(k, r))| {
                 let c = &self.manifest.chunks[r as usize];
-                let actual = format::sha256_hex(&piece);
-                if actual != c.sha256 {
-                    return Err(self.fail(FormatError::ChunkDigest {
+                let actual = format::sha256_hex(piece);
+                if actual == c.sha256 {
+                    Ok(())
+                } else {
+                    Err(self.fail(FormatError::ChunkDigest {
                         chunk: r as usize,
-                        owner: owner.to_string(),
+                        owner: owners[k].0.to_string(),
                         expected: c.sha256.clone(),
                         actual,
-                    }));
+                    }))
                 }
-                buf.extend_from_slice(&piece);
-            }
-            out.push(buf);
-        }
-        Ok(out)
+            })?;
+        let mut pieces = pieces.into_iter();
+        Ok(owners
+            .iter()
+            .map(|(_, refs)| {
+                if refs.len() == 1 {
+                    pieces.next().unwrap_or_default()
+                } else {
+                    let parts: Vec<Bytes> = pieces.by_ref().take(refs.len()).collect();
+                    let mut buf = Vec::with_capacity(parts.iter().map(|p| p.len()).sum());
+                    parts.iter().for_each(|p| buf.extend_from_slice(p));
+                    Bytes::from(buf)
+                }
+            })
+            .collect())
     }
 
     /// A side file's bytes, verified.
     pub fn read_file(&self, f: &FileEntry) -> Result<Vec<u8>> {
-        Ok(self.fetch_many(&[(&f.name, &f.chunks)])?.remove(0))
+        Ok(self.fetch_many(&[(&f.name, &f.chunks)])?.remove(0).to_vec())
     }
 
     /// Decodes a tensor's verified bytes to f32.
@@ -205,31 +219,67 @@ impl Artifact {
         self.decode(t, &bytes)
     }
 
-    /// Streams `tensors` in batches of about [`BATCH_BYTES`] encoded bytes (one coalesced,
-    /// parallel read per batch), calling `each` with every tensor's verified bytes.
+    /// Streams `tensors` in batches (one coalesced, parallel read per batch), calling `each`
+    /// with every tensor's verified bytes, in order. The next batch is fetched while the
+    /// current one is processed; batches start at [`FIRST_BATCH_BYTES`] (a short time to
+    /// the first tensor) and double up to [`BATCH_BYTES`] (bounded memory: at most two
+    /// batches are held).
     pub fn for_each_encoded(
         &self,
         tensors: &[&TensorEntry],
-        mut each: impl FnMut(&TensorEntry, Vec<u8>) -> Result<()>,
+        mut each: impl FnMut(&TensorEntry, Bytes) -> Result<()>,
     ) -> Result<()> {
-        let mut i = 0;
+        let mut batches = vec![];
+        let (mut i, mut limit) = (0, FIRST_BATCH_BYTES);
         while i < tensors.len() {
             let mut j = i;
             let mut size = 0;
-            while j < tensors.len() && (j == i || size + tensors[j].encoded_length <= BATCH_BYTES) {
+            while j < tensors.len() && (j == i || size + tensors[j].encoded_length <= limit) {
                 size += tensors[j].encoded_length;
                 j += 1;
             }
-            let owners: Vec<(&str, &[u32])> = tensors[i..j]
-                .iter()
-                .map(|t| (t.name.as_str(), t.chunks.as_slice()))
-                .collect();
-            for (t, bytes) in tensors[i..j].iter().zip(self.fetch_many(&owners)?) {
-                each(t, bytes)?;
-            }
+            batches.push(i..j);
             i = j;
+            limit = (limit * 2).min(BATCH_BYTES);
         }
-        Ok(())
+        std::thread::scope(|scope| {
+            let (tx, rx) = std::sync::mpsc::sync_channel::<Result<Vec<Bytes>>>(1);
+            let fetcher = scope.spawn({
+                let batches = batches.clone();
+                move || {
+                    for r in batches {
+                        let owners: Vec<(&str, &[u32])> = tensors[r]
+                            .iter()
+                            .map(|t| (t.name.as_str(), t.chunks.as_slice()))
+                            .collect();
+                        let fetched = self.fetch_many(&owners);
+                        let failed = fetched.is_err();
+                        if tx.send(fetched).is_err() || failed {
+                            break;
+                        }
+                    }
+                }
+            });
+            let mut result = Ok(());
+            for r in batches {
+                let Ok(fetched) = rx.recv() else { break };
+                match fetched.and_then(|bufs| {
+                    tensors[r]
+                        .iter()
+                        .zip(bufs)
+                        .try_for_each(|(t, bytes)| each(t, bytes))
+                }) {
+                    Ok(()) => {}
+                    Err(e) => {
+                        result = Err(e);
+                        break;
+                    }
+                }
+            }
+            drop(rx);
+            let _ = fetcher.join();
+            result
+        })
     }
 
     /// Reads every chunk and checks its sha256 (after which every byte is vouched for).

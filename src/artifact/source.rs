@@ -3,15 +3,17 @@
 //! coalesces ranges separated by small gaps into one request and runs a bounded number
 //! of requests in parallel.
 
+use std::fs::File;
 use std::path::Path;
 use std::sync::atomic::{AtomicU64, Ordering};
 use std::time::Duration;
+
+use bytes::Bytes;
 
 use reqwest::blocking::Client;
 use reqwest::header::{CONTENT_RANGE, RANGE};
 use reqwest::StatusCode;
 
-use crate::source::mmap::MappedFile;
 use crate::{Error, Result};
 
 /// A byte-addressable artifact.
@@ -25,26 +27,66 @@ pub trait RangeSource: Send + Sync {
         self.len() == 0
     }
     /// Reads each `(offset, length)` range; results in the same order.
-    fn read_ranges(&self, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>>;
+    fn read_ranges(&self, ranges: &[(u64, u64)]) -> Result<Vec<Bytes>>;
     /// Bytes fetched so far (for reports and tests).
     fn bytes_fetched(&self) -> u64;
 }
 
-/// A local `.tnpk`, memory-mapped.
+/// A local `.tnpk`, read with positioned reads (no shared file offset, so ranges can be
+/// read from several threads; the kernel copies straight into the buffer).
 pub struct LocalFile {
-    map: MappedFile,
+    file: File,
+    len: u64,
     location: String,
     fetched: AtomicU64,
 }
 
 impl LocalFile {
-    /// Maps `path`.
+    /// Opens `path`.
     pub fn open(path: &Path) -> Result<Self> {
+        let file = File::open(path).map_err(|e| Error::io("open", path, e))?;
+        let len = file
+            .metadata()
+            .map_err(|e| Error::io("stat", path, e))?
+            .len();
         Ok(Self {
-            map: MappedFile::open(path)?,
+            file,
+            len,
             location: path.display().to_string(),
             fetched: AtomicU64::new(0),
         })
+    }
+
+    fn read_at(&self, offset: u64, len: u64) -> Result<Bytes> {
+        let truncated = || Error::Truncated {
+            path: self.location.clone().into(),
+            what: "artifact range".into(),
+            offset,
+            needed: len,
+            len: self.len,
+        };
+        if offset.checked_add(len).is_none_or(|e| e > self.len) {
+            return Err(truncated());
+        }
+        let mut buf = vec![0u8; len as usize];
+        #[cfg(unix)]
+        std::os::unix::fs::FileExt::read_exact_at(&self.file, &mut buf, offset).map_err(|e| {
+            if e.kind() == std::io::ErrorKind::UnexpectedEof {
+                truncated()
+            } else {
+                Error::io("read", &self.location, e)
+            }
+        })?;
+        #[cfg(not(unix))]
+        {
+            use std::io::{Read, Seek, SeekFrom};
+            let mut f = &self.file;
+            f.seek(SeekFrom::Start(offset))
+                .and_then(|_| f.read_exact(&mut buf))
+                .map_err(|e| Error::io("read", &self.location, e))?;
+        }
+        self.fetched.fetch_add(len, Ordering::Relaxed);
+        Ok(Bytes::from(buf))
     }
 }
 
@@ -53,17 +95,13 @@ impl RangeSource for LocalFile {
         &self.location
     }
     fn len(&self) -> u64 {
-        self.map.bytes().len() as u64
+        self.len
     }
-    fn read_ranges(&self, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>> {
+    fn read_ranges(&self, ranges: &[(u64, u64)]) -> Result<Vec<Bytes>> {
+        use rayon::prelude::*;
         ranges
-            .iter()
-            .map(|&(o, l)| {
-                let v = self.map.range(o, l, "artifact range")?.to_vec();
-                self.map.release(o, l);
-                self.fetched.fetch_add(l, Ordering::Relaxed);
-                Ok(v)
-            })
+            .par_iter()
+            .map(|&(o, l)| self.read_at(o, l))
             .collect()
     }
     fn bytes_fetched(&self) -> u64 {
@@ -174,7 +212,7 @@ impl HttpSource {
         })
     }
 
-    fn fetch(&self, offset: u64, length: u64) -> Result<Vec<u8>> {
+    fn fetch(&self, offset: u64, length: u64) -> Result<Bytes> {
         let range = format!("bytes={}-{}", offset, offset + length - 1);
         let mut last = None;
         for attempt in 0..self.opts.attempts.max(1) {
@@ -204,8 +242,10 @@ impl HttpSource {
                     format!("{status} for {range}"),
                 ));
             }
-            let body = resp
-                .bytes()
+            // Read into a buffer of the known size: one copy, no regrowth. Read at most
+            // one byte more than asked, so an over-long answer is detected, not buffered.
+            let mut body = Vec::with_capacity(length as usize + 1);
+            std::io::Read::read_to_end(&mut std::io::Read::take(resp, length + 1), &mut body)
                 .map_err(|e| http_err(&self.url, Some(206), e.to_string()))?;
             if body.len() as u64 != length {
                 return Err(http_err(
@@ -215,7 +255,7 @@ impl HttpSource {
                 ));
             }
             self.fetched.fetch_add(length, Ordering::Relaxed);
-            return Ok(body.to_vec());
+            return Ok(Bytes::from(body));
         }
         Err(last.unwrap_or_else(|| http_err(&self.url, None, "no attempt made")))
     }
@@ -228,7 +268,7 @@ impl RangeSource for HttpSource {
     fn len(&self) -> u64 {
         self.len
     }
-    fn read_ranges(&self, ranges: &[(u64, u64)]) -> Result<Vec<Vec<u8>>> {
+    fn read_ranges(&self, ranges: &[(u64, u64)]) -> Result<Vec<Bytes>> {
         for &(o, l) in ranges {
             if l == 0 || o.checked_add(l).is_none_or(|e| e > self.len) {
                 return Err(http_err(
@@ -239,11 +279,9 @@ impl RangeSource for HttpSource {
             }
         }
         let groups = coalesce(ranges, self.opts.coalesce_gap, self.opts.max_request);
-        let mut fetched: Vec<Option<Result<Vec<u8>>>> = (0..groups.len()).map(|_| None).collect();
         let next = AtomicU64::new(0);
-        let slots: Vec<std::sync::Mutex<Option<Result<Vec<u8>>>>> = (0..groups.len())
-            .map(|_| std::sync::Mutex::new(None))
-            .collect();
+        let slots: Vec<std::sync::Mutex<Option<Result<Bytes>>>> =
+            (0..groups.len()).map(|_| Default::default()).collect();
         std::thread::scope(|s| {
             for _ in 0..self.opts.parallel.max(1).min(groups.len()) {
                 s.spawn(|| loop {
@@ -256,17 +294,17 @@ impl RangeSource for HttpSource {
                 });
             }
         });
-        for (f, s) in fetched.iter_mut().zip(slots) {
-            *f = s.into_inner().ok().flatten();
-        }
-        let mut out: Vec<Vec<u8>> = vec![vec![]; ranges.len()];
-        for (g, f) in groups.iter().zip(fetched) {
+        let mut out: Vec<Bytes> = vec![Bytes::new(); ranges.len()];
+        for (g, slot) in groups.iter().zip(slots) {
             let buf =
-                f.unwrap_or_else(|| Err(http_err(&self.url, None, "request did not complete")))?;
+                slot.into_inner().ok().flatten().unwrap_or_else(|| {
+                    Err(http_err(&self.url, None, "request did not complete"))
+                })?;
             for &m in &g.2 {
                 let (o, l) = ranges[m];
                 let start = (o - g.0) as usize;
-                out[m] = buf[start..start + l as usize].to_vec();
+                // A slice of the shared buffer: no copy.
+                out[m] = buf.slice(start..start + l as usize);
             }
         }
         Ok(out)

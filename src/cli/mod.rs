@@ -4,6 +4,7 @@ mod artifact_args;
 mod import;
 mod info;
 mod keygen;
+mod load;
 mod pack;
 mod progress;
 mod quantize;
@@ -40,6 +41,8 @@ enum Command {
     Unpack(unpack::Args),
     /// Show what a .tnpk holds: tensors, codecs, bits/weight, sizes, signer, digest.
     Info(info::Args),
+    /// Fetch, verify and decode a .tnpk's tensors into memory (no output); report timings.
+    Load(load::Args),
     /// Verify a .tnpk: its signature (with --key) and the sha256 of every chunk.
     Verify(verify::Args),
     /// Serve one .tnpk over HTTP with Range support, for streaming loads and tests.
@@ -56,6 +59,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unpack(a) => unpack::run(a),
         Command::Info(a) => info::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Load(a) => load::run(a),
         Command::ServeFile(a) => serve_file::run(a),
     }
 }

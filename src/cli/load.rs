@@ -1,0 +1,75 @@
+//! `tenpak load`: fetch, verify and decode tensors into memory without writing them — what
+//! an inference host does at start-up — and report how long it took.
+
+use std::io::Write;
+use std::time::Instant;
+
+use tenpak::artifact::Selection;
+
+use super::artifact_args::SourceArgs;
+
+/// Arguments of `tenpak load`.
+#[derive(Debug, clap::Args)]
+pub struct Args {
+    #[command(flatten)]
+    pub source: SourceArgs,
+    /// Only tensors matching these comma-separated globs.
+    #[arg(long)]
+    pub tensors: Option<String>,
+    /// Only these transformer layers: N or A-B.
+    #[arg(long)]
+    pub layers: Option<String>,
+    /// Print one JSON object.
+    #[arg(long)]
+    pub json: bool,
+}
+
+/// Runs the command.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let sel =
+        Selection::new(a.tensors.as_deref(), a.layers.as_deref()).map_err(anyhow::Error::msg)?;
+    let t0 = Instant::now();
+    let art = a.source.open()?;
+    let opened = t0.elapsed().as_secs_f64();
+    let chosen = art.select(&sel);
+    let mut first: Option<f64> = None;
+    let (mut weights, mut encoded) = (0u64, 0u64);
+    art.for_each_encoded(&chosen, |t, bytes| {
+        encoded += bytes.len() as u64;
+        let values = art.decode(t, &bytes)?;
+        weights += values.len() as u64;
+        first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+        Ok(())
+    })?;
+    let total = t0.elapsed().as_secs_f64();
+    let v = serde_json::json!({
+        "location": a.source.location,
+        "tensors": chosen.len(),
+        "weights": weights,
+        "encoded_bytes": encoded,
+        "bytes_fetched": art.bytes_fetched(),
+        "open_s": opened,
+        "time_to_first_tensor_s": first.unwrap_or(total),
+        "total_s": total,
+        "encoded_mb_per_s": encoded as f64 / 1e6 / total,
+        "weights_per_s": weights as f64 / total,
+    });
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer(&mut out, &v)?;
+    } else {
+        write!(
+            out,
+            "loaded {} tensors ({} weights, {} encoded bytes, {} fetched) in {:.3} s; first tensor after {:.3} s; {:.0} MB/s",
+            chosen.len(),
+            weights,
+            encoded,
+            art.bytes_fetched(),
+            total,
+            first.unwrap_or(total),
+            encoded as f64 / 1e6 / total
+        )?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
