@@ -109,6 +109,52 @@ impl RangeSource for LocalFile {
     }
 }
 
+/// An artifact held in memory (tests, fuzzing, artifacts just received).
+pub struct MemorySource {
+    bytes: Bytes,
+    fetched: AtomicU64,
+}
+
+impl MemorySource {
+    /// Wraps bytes.
+    pub fn new(bytes: impl Into<Bytes>) -> Self {
+        Self {
+            bytes: bytes.into(),
+            fetched: AtomicU64::new(0),
+        }
+    }
+}
+
+impl RangeSource for MemorySource {
+    fn location(&self) -> &str {
+        "<memory>"
+    }
+    fn len(&self) -> u64 {
+        self.bytes.len() as u64
+    }
+    fn read_ranges(&self, ranges: &[(u64, u64)]) -> Result<Vec<Bytes>> {
+        ranges
+            .iter()
+            .map(|&(o, l)| match o.checked_add(l) {
+                Some(end) if end <= self.len() => {
+                    self.fetched.fetch_add(l, Ordering::Relaxed);
+                    Ok(self.bytes.slice(o as usize..end as usize))
+                }
+                _ => Err(Error::Truncated {
+                    path: "<memory>".into(),
+                    what: "artifact range".into(),
+                    offset: o,
+                    needed: l,
+                    len: self.len(),
+                }),
+            })
+            .collect()
+    }
+    fn bytes_fetched(&self) -> u64 {
+        self.fetched.load(Ordering::Relaxed)
+    }
+}
+
 /// Settings of the HTTP source.
 #[derive(Debug, Clone)]
 pub struct HttpOptions {

@@ -197,15 +197,24 @@ impl ArtifactWriter {
             .out
             .take()
             .ok_or_else(|| Error::Plan("writer already finished".into()))?;
-        let mut f = out
+        let placed = out
             .into_inner()
-            .map_err(|e| Error::io("flush", &self.tmp, e.into_error()))?;
-        f.seek(SeekFrom::Start(0))
-            .and_then(|_| f.write_all(&header.to_bytes()))
-            .and_then(|_| f.sync_all())
-            .map_err(|e| Error::io("write header", &self.tmp, e))?;
-        drop(f);
-        std::fs::rename(&self.tmp, &self.path).map_err(|e| Error::io("rename", &self.path, e))?;
+            .map_err(|e| Error::io("flush", &self.tmp, e.into_error()))
+            .and_then(|mut f| {
+                f.seek(SeekFrom::Start(0))
+                    .and_then(|_| f.write_all(&header.to_bytes()))
+                    .and_then(|_| f.sync_all())
+                    .map_err(|e| Error::io("write header", &self.tmp, e))
+            })
+            .and_then(|_| {
+                std::fs::rename(&self.tmp, &self.path)
+                    .map_err(|e| Error::io("rename", &self.path, e))
+            });
+        if let Err(e) = placed {
+            // Nothing half-written is left behind.
+            let _ = std::fs::remove_file(&self.tmp);
+            return Err(e);
+        }
         Ok(Written {
             digest: Manifest::digest_of(&bytes),
             file_bytes: self.pos,

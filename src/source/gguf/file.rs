@@ -243,6 +243,13 @@ impl GgufFile {
         })
     }
 
+    /// Parses a GGUF image held in memory (header, metadata and tensor table; tensor data
+    /// is only bounds-checked). For fuzzing and for callers that already hold the bytes.
+    pub fn check_bytes(bytes: &[u8]) -> Result<(usize, usize)> {
+        let (_, md, ts) = Self::parse(bytes, Path::new("<memory>"))?;
+        Ok((md.len(), ts.len()))
+    }
+
     #[allow(clippy::type_complexity)]
     fn parse(bytes: &[u8], path: &Path) -> Result<(u32, BTreeMap<String, Value>, Vec<TensorInfo>)> {
         let mut c = Cursor {
