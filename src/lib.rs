@@ -11,6 +11,7 @@ pub mod dtype;
 pub mod error;
 pub mod plan;
 pub mod quantize;
+pub mod runtime;
 pub mod serve;
 pub mod source;
 

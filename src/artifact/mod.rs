@@ -3,6 +3,7 @@
 //! byte ranges, locally or over HTTP. `docs/FORMAT.md` specifies the bytes.
 
 pub mod format;
+pub mod model_source;
 pub mod pack;
 pub mod reader;
 pub mod select;
@@ -11,6 +12,7 @@ pub mod source;
 pub mod writer;
 
 pub use format::{Encoding, FormatError, Manifest};
+pub use model_source::ArtifactSource;
 pub use reader::Artifact;
 pub use select::Selection;
 pub use writer::ArtifactWriter;

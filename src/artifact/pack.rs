@@ -11,7 +11,7 @@ use super::format::Encoding;
 use super::writer::{ArtifactWriter, Written};
 use crate::quantize::{self, Options, Processed, Report, Sink, TensorReport};
 use crate::source::{TensorMeta, TensorSource};
-use crate::{Error, Result};
+use crate::Result;
 
 /// What `pack` reports: the quantize report plus the artifact's facts.
 #[derive(Debug, Clone, Serialize)]
@@ -67,20 +67,8 @@ pub fn pack(
     }
     let rows = quantize::run(src, opts, &mut sink, progress)?;
     let mut writer = sink.0;
-    // Side files go through a scratch directory so each source writes them one way.
-    let scratch = tempfile::tempdir()
-        .map_err(|e| Error::io("create temporary directory", std::env::temp_dir(), e))?;
-    src.write_side_files(scratch.path())?;
-    let mut names: Vec<_> = std::fs::read_dir(scratch.path())
-        .map_err(|e| Error::io("list", scratch.path(), e))?
-        .flatten()
-        .map(|e| e.file_name().to_string_lossy().into_owned())
-        .collect();
-    names.sort();
-    for n in names {
-        let p = scratch.path().join(&n);
-        let bytes = std::fs::read(&p).map_err(|e| Error::io("read", &p, e))?;
-        writer.add_file(&n, &bytes)?;
+    for (name, bytes) in crate::source::side_files(src)? {
+        writer.add_file(&name, &bytes)?;
     }
     let Written {
         digest,

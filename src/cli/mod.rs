@@ -1,6 +1,7 @@
 //! Subcommands, one file each, each with its `Args` and `run`.
 
 mod artifact_args;
+mod eval;
 mod import;
 mod info;
 mod keygen;
@@ -33,6 +34,8 @@ enum Command {
     Import(import::Args),
     /// Quantize a model with TenPak codecs and write the dequantized HF directory.
     Quantize(quantize::Args),
+    /// Perplexity of a model (HF dir, GGUF, .tnpk) on a text, optionally beside another.
+    Eval(eval::Args),
     /// Create an ed25519 signing key pair (KEY and KEY.pub).
     Keygen(keygen::Args),
     /// Pack a model (HF directory or GGUF) into a signed, chunked .tnpk artifact.
@@ -54,6 +57,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
     match cli.command {
         Command::Import(a) => import::run(a),
         Command::Quantize(a) => quantize::run(a),
+        Command::Eval(a) => eval::run(a),
         Command::Keygen(a) => keygen::run(a),
         Command::Pack(a) => pack::run(a),
         Command::Unpack(a) => unpack::run(a),

@@ -306,3 +306,72 @@ impl TensorSource for HfModelDir {
         Ok(())
     }
 }
+
+/// One safetensors file of any dtypes (used for statistics and reference files); tensors
+/// are read by name. Shares header validation with [`HfModelDir`].
+pub struct SafetensorsFile {
+    file: MappedFile,
+    entries: HashMap<String, (String, Vec<usize>, u64, u64)>,
+}
+
+impl HfModelDir {
+    /// Opens a single safetensors file (any dtypes).
+    pub fn open_file(path: &Path) -> Result<SafetensorsFile> {
+        let file = MappedFile::open(path)?;
+        let (list, start) = parse_header(&file)?;
+        let entries = list
+            .into_iter()
+            .map(|(n, e)| {
+                (
+                    n,
+                    (
+                        e.dtype,
+                        e.shape,
+                        start + e.data_offsets.0,
+                        start + e.data_offsets.1,
+                    ),
+                )
+            })
+            .collect();
+        Ok(SafetensorsFile { file, entries })
+    }
+}
+
+impl SafetensorsFile {
+    fn get(&self, name: &str, dtype: &str) -> Result<(&[u8], Vec<usize>)> {
+        let (dt, shape, s, e) = self
+            .entries
+            .get(name)
+            .ok_or_else(|| Error::TensorNotFound {
+                name: name.to_string(),
+            })?;
+        if dt != dtype {
+            return Err(Error::UnsupportedDtype {
+                tensor: name.to_string(),
+                dtype: format!("{dt} (expected {dtype})"),
+            });
+        }
+        Ok((self.file.range(*s, e - s, name)?, shape.clone()))
+    }
+
+    /// Tensor names.
+    pub fn names(&self) -> Vec<&str> {
+        self.entries.keys().map(String::as_str).collect()
+    }
+
+    /// An I64 tensor.
+    pub fn read_i64(&self, name: &str) -> Result<Vec<i64>> {
+        let (b, _) = self.get(name, "I64")?;
+        Ok(b.chunks_exact(8)
+            .map(|c| i64::from_le_bytes([c[0], c[1], c[2], c[3], c[4], c[5], c[6], c[7]]))
+            .collect())
+    }
+
+    /// An F32 tensor and its shape.
+    pub fn read_f32_with_shape(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>)> {
+        let (b, shape) = self.get(name, "F32")?;
+        let mut out = vec![0f32; b.len() / 4];
+        DType::F32.decode_into(b, &mut out);
+        Ok((out, shape))
+    }
+}

@@ -62,8 +62,37 @@ pub trait TensorSource: Send + Sync {
     }
 }
 
-/// Opens a model: an HF directory, or a `.gguf` file (imported on the fly).
+/// The side files of a model (config, tokenizer, ...) as (name, bytes), sorted by name.
+/// Each source writes them its own way; a scratch directory gives one way to collect them.
+pub fn side_files(src: &dyn TensorSource) -> Result<Vec<(String, Vec<u8>)>> {
+    let scratch = tempfile::tempdir()
+        .map_err(|e| Error::io("create temporary directory", std::env::temp_dir(), e))?;
+    src.write_side_files(scratch.path())?;
+    let mut out = vec![];
+    for e in std::fs::read_dir(scratch.path())
+        .map_err(|e| Error::io("list", scratch.path(), e))?
+        .flatten()
+    {
+        let p = e.path();
+        let bytes = std::fs::read(&p).map_err(|e| Error::io("read", &p, e))?;
+        out.push((e.file_name().to_string_lossy().into_owned(), bytes));
+    }
+    out.sort();
+    Ok(out)
+}
+
+/// Opens a model: an HF directory, a `.gguf` file (imported on the fly), or a `.tnpk`
+/// artifact (a path or an http(s) URL; tensors decoded as they are read).
 pub fn open(path: &Path, gguf_dtype: DType) -> Result<Box<dyn TensorSource>> {
+    let text = path.to_string_lossy();
+    let is_url = text.starts_with("http://") || text.starts_with("https://");
+    if is_url
+        || path
+            .extension()
+            .is_some_and(|e| e.eq_ignore_ascii_case("tnpk"))
+    {
+        return Ok(Box::new(crate::artifact::ArtifactSource::open(&text)?));
+    }
     if path.is_dir() {
         Ok(Box::new(HfModelDir::open(path)?))
     } else if path
@@ -80,7 +109,7 @@ pub fn open(path: &Path, gguf_dtype: DType) -> Result<Box<dyn TensorSource>> {
         Err(Error::malformed(
             path,
             "model",
-            "expected an HF model directory (config.json + safetensors) or a .gguf file",
+            "expected an HF model directory (config.json + safetensors), a .gguf or a .tnpk file",
         ))
     }
 }

@@ -5,4 +5,5 @@ mod artifact;
 mod cli;
 mod codecs;
 mod fixtures;
+mod runtime;
 mod util;

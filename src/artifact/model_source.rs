@@ -1,0 +1,70 @@
+//! A `.tnpk` seen as a model source, so everything that takes a model (quantize, pack,
+//! eval, calibrate) takes an artifact too: tensors are fetched, verified and decoded as
+//! they are read, in the source checkpoint's dtype.
+
+use std::path::Path;
+
+use super::Artifact;
+use crate::source::{TensorMeta, TensorSource};
+use crate::{Error, Result};
+
+/// An artifact as a [`TensorSource`].
+pub struct ArtifactSource {
+    art: Artifact,
+    metas: Vec<TensorMeta>,
+    config: serde_json::Value,
+}
+
+impl ArtifactSource {
+    /// Opens a path or URL.
+    pub fn open(location: &str) -> Result<Self> {
+        let art = Artifact::open_location(location)?;
+        let config = match art
+            .manifest()
+            .files
+            .iter()
+            .find(|f| f.name == "config.json")
+        {
+            Some(f) => serde_json::from_slice(&art.read_file(f)?).map_err(|e| Error::Json {
+                path: format!("{location}#config.json").into(),
+                message: e.to_string(),
+            })?,
+            None => serde_json::Value::Object(Default::default()),
+        };
+        let metas = art
+            .manifest()
+            .tensors
+            .iter()
+            .map(|t| TensorMeta {
+                name: t.name.clone(),
+                shape: t.shape.iter().map(|&d| d as usize).collect(),
+                dtype: t.dtype,
+                stored_as: t.encoding.label(t.dtype),
+            })
+            .collect();
+        Ok(Self { art, metas, config })
+    }
+
+    /// The artifact.
+    pub fn artifact(&self) -> &Artifact {
+        &self.art
+    }
+}
+
+impl TensorSource for ArtifactSource {
+    fn tensors(&self) -> &[TensorMeta] {
+        &self.metas
+    }
+    fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
+        self.art.load_tensor(name)
+    }
+    fn config(&self) -> &serde_json::Value {
+        &self.config
+    }
+    fn write_side_files(&self, dir: &Path) -> Result<()> {
+        for f in &self.art.manifest().files {
+            crate::source::write_atomic(&dir.join(&f.name), &self.art.read_file(f)?)?;
+        }
+        Ok(())
+    }
+}

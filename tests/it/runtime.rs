@@ -1,0 +1,113 @@
+//! The runtime against the independent reference (transformers, float32, on the same
+//! bf16 imports): logits of the probe window, and perplexity on a slice of text.
+
+use std::path::PathBuf;
+
+use tenpak::runtime::{perplexity, Model, Tokenizer, Windows};
+use tenpak::source::HfModelDir;
+
+use crate::util::{fixtures, tenpak_ok};
+
+/// Max |logit - reference| allowed (issue #4).
+const LOGIT_TOL: f32 = 1e-2;
+
+fn reference_dir(model: &str) -> Option<PathBuf> {
+    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
+        .join("../shared/fixtures/reference")
+        .join(model);
+    if d.join("logits.safetensors").exists() {
+        return Some(d);
+    }
+    assert!(
+        std::env::var("CI").map_or(true, |v| v != "true"),
+        "reference logits missing under CI: {}",
+        d.display()
+    );
+    None
+}
+
+fn read_ref(dir: &std::path::Path) -> (Vec<u32>, Vec<usize>, Vec<f32>, usize) {
+    let t = HfModelDir::open_file(&dir.join("logits.safetensors")).expect("logits file");
+    let ids: Vec<u32> = t
+        .read_i64("input_ids")
+        .expect("ids")
+        .into_iter()
+        .map(|x| x as u32)
+        .collect();
+    let pos: Vec<usize> = t
+        .read_i64("positions")
+        .expect("pos")
+        .into_iter()
+        .map(|x| x as usize)
+        .collect();
+    let (logits, shape) = t.read_f32_with_shape("logits").expect("logits");
+    (ids, pos, logits, shape[1])
+}
+
+#[test]
+fn logits_match_transformers_on_the_probe_window() {
+    let Some(fx) = fixtures() else { return };
+    for (name, gguf) in [
+        ("smollm2-135m", "models/SmolLM2-135M-Instruct.Q4_1.gguf"),
+        ("gemma3-270m", "models/gemma-3-270m-q4_k_m.gguf"),
+    ] {
+        let Some(rdir) = reference_dir(name) else {
+            return;
+        };
+        let tmp = tempfile::tempdir().expect("tmp");
+        let out = tmp.path().join("m");
+        tenpak_ok(&[
+            "import",
+            fx.join(gguf).to_str().expect("p"),
+            "-o",
+            out.to_str().expect("p"),
+        ]);
+        let model = Model::load(&HfModelDir::open(&out).expect("open")).expect("load");
+        let (ids, pos, want, vocab) = read_ref(&rdir);
+        let logits: Vec<Vec<f32>> = model
+            .forward(&ids)
+            .expect("forward")
+            .to_vec2()
+            .expect("vec");
+        let mut worst = 0f32;
+        for (k, &p) in pos.iter().enumerate() {
+            for v in 0..vocab {
+                worst = worst.max((logits[p][v] - want[k * vocab + v]).abs());
+            }
+        }
+        eprintln!(
+            "{name}: max |logit diff| = {worst:.2e} over {} positions",
+            pos.len()
+        );
+        assert!(
+            worst <= LOGIT_TOL,
+            "{name}: max abs logit difference {worst}"
+        );
+        // And the perplexity of a slice of emma: the tokenizer from the import, the
+        // window rule of the reference (1 window of 512 here).
+        let tok = Tokenizer::from_dir(&out).expect("tokenizer");
+        let text = std::fs::read_to_string(fx.join("text/emma.txt")).expect("emma");
+        let ids = tok.encode(&text).expect("encode");
+        let r = perplexity(
+            &model,
+            &ids,
+            tok.default_bos(),
+            Windows {
+                ctx: 512,
+                stride: 512,
+                max_tokens: 512,
+            },
+            &|_, _| {},
+        )
+        .expect("ppl");
+        assert_eq!(
+            r.tokens,
+            if tok.default_bos().is_some() {
+                512
+            } else {
+                511
+            }
+        );
+        assert!(r.ppl > 5.0 && r.ppl < 100.0, "{name}: PPL {}", r.ppl);
+    }
+}
