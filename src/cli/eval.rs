@@ -87,8 +87,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let bos = match a.bos.as_str() {
         "yes" => Some(
             tok.default_bos()
-                .or_else(|| tok_bos_fallback(&a.model))
-                .context("no BOS token known; use --bos no")?,
+                .context("the tokenizer adds no BOS token by default; use --bos no or auto")?,
         ),
         "no" => None,
         _ => tok.default_bos(),
