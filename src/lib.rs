@@ -6,6 +6,7 @@
 //! The `tenpak` binary is a thin CLI over these modules.
 
 pub mod artifact;
+pub mod calib;
 pub mod codec;
 pub mod dtype;
 pub mod error;

@@ -1,6 +1,7 @@
 //! Subcommands, one file each, each with its `Args` and `run`.
 
 mod artifact_args;
+mod calibrate;
 mod eval;
 mod import;
 mod info;
@@ -36,6 +37,8 @@ enum Command {
     Quantize(quantize::Args),
     /// Perplexity of a model (HF dir, GGUF, .tnpk) on a text, optionally beside another.
     Eval(eval::Args),
+    /// Activation statistics (mean |x|, mean x², XᵀX) of every linear layer on a text.
+    Calibrate(calibrate::Args),
     /// Create an ed25519 signing key pair (KEY and KEY.pub).
     Keygen(keygen::Args),
     /// Pack a model (HF directory or GGUF) into a signed, chunked .tnpk artifact.
@@ -58,6 +61,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Import(a) => import::run(a),
         Command::Quantize(a) => quantize::run(a),
         Command::Eval(a) => eval::run(a),
+        Command::Calibrate(a) => calibrate::run(a),
         Command::Keygen(a) => keygen::run(a),
         Command::Pack(a) => pack::run(a),
         Command::Unpack(a) => unpack::run(a),

@@ -342,3 +342,44 @@ mod tests {
         ));
     }
 }
+
+/// Writes one safetensors file of f32 tensors with string metadata, atomically. For
+/// small outputs (statistics) that are built in memory.
+pub fn write_safetensors_f32(
+    path: &Path,
+    tensors: &[(String, Vec<usize>, Vec<f32>)],
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!(metadata));
+    let mut off = 0u64;
+    for (name, shape, data) in tensors {
+        if shape.iter().product::<usize>() != data.len() {
+            return Err(Error::ShapeMismatch {
+                tensor: name.clone(),
+                expected: shape.clone(),
+                got: vec![data.len()],
+            });
+        }
+        let len = data.len() as u64 * 4;
+        header.insert(
+            name.clone(),
+            json!({ "dtype": "F32", "shape": shape, "data_offsets": [off, off + len] }),
+        );
+        off += len;
+    }
+    let mut hb = serde_json::to_vec(&header).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    while hb.len() % 8 != 0 {
+        hb.push(b' ');
+    }
+    let mut bytes = Vec::with_capacity(8 + hb.len() + off as usize);
+    bytes.extend_from_slice(&(hb.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&hb);
+    for (_, _, data) in tensors {
+        bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    super::write_atomic(path, &bytes)
+}

@@ -111,3 +111,67 @@ fn logits_match_transformers_on_the_probe_window() {
         assert!(r.ppl > 5.0 && r.ppl < 100.0, "{name}: PPL {}", r.ppl);
     }
 }
+
+#[test]
+fn calibration_statistics_have_the_documented_names_and_shapes() {
+    use tenpak::calib::{self, CalibOptions};
+    use tenpak::dtype::DType;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let dir = tmp.path().join("m");
+    crate::util::tiny_llama(&dir, DType::F32);
+    let model = Model::load(&HfModelDir::open(&dir).expect("open")).expect("load");
+    let ids: Vec<u32> = (0..400u32).map(|i| (i * 37 + 11) % 128).collect();
+    let opts = CalibOptions {
+        samples: 3,
+        seq: 64,
+        xtx_max_width: 256,
+    };
+    let w = calib::windows(&ids, opts).expect("windows");
+    assert_eq!(w.len(), 3);
+    let stats = calib::collect(&model, &w, None, opts, &|_, _| {}).expect("collect");
+    assert_eq!(stats.tokens, 192);
+    let out = tmp.path().join("stats.safetensors");
+    stats.save(&out, &[("samples", "3".into())]).expect("save");
+    let f = HfModelDir::open_file(&out).expect("read back");
+    for l in 0..2 {
+        for (lin, width) in [
+            ("self_attn.q_proj", 256),
+            ("self_attn.k_proj", 256),
+            ("self_attn.v_proj", 256),
+            ("self_attn.o_proj", 256),
+            ("mlp.gate_proj", 256),
+            ("mlp.up_proj", 256),
+            ("mlp.down_proj", 512),
+        ] {
+            let p = format!("model.layers.{l}.{lin}");
+            let (abs, s1) = f
+                .read_f32_with_shape(&format!("{p}.input_abs_mean"))
+                .expect("abs");
+            let (sq, s2) = f
+                .read_f32_with_shape(&format!("{p}.input_sq_mean"))
+                .expect("sq");
+            assert_eq!((s1, s2), (vec![width], vec![width]), "{p}");
+            // E[x²] ≥ E[|x|]² (Jensen), per channel.
+            for (a, q) in abs.iter().zip(&sq) {
+                assert!(*q >= a * a * 0.999, "{p}: {q} < {a}²");
+            }
+            let xtx = f.read_f32_with_shape(&format!("{p}.input_xtx"));
+            let first = ["self_attn.q_proj", "self_attn.o_proj", "mlp.gate_proj"].contains(&lin);
+            assert_eq!(
+                xtx.is_ok(),
+                first,
+                "{p}: xtx stored once per input, and only ≤ 256 wide"
+            );
+            if let Ok((x, shape)) = xtx {
+                assert_eq!(shape, vec![width, width]);
+                for c in 0..width {
+                    let (d, s) = (x[c * width + c], sq[c]);
+                    assert!(
+                        (d - s).abs() <= 1e-4 * s.max(1e-6),
+                        "{p}: diag {d} vs sq_mean {s}"
+                    );
+                }
+            }
+        }
+    }
+}
