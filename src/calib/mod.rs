@@ -28,6 +28,7 @@ use std::path::Path;
 use candle_core::Tensor;
 
 use crate::runtime::model::{ce, Model, Observer};
+use crate::source::writer::NamedTensor;
 use crate::{Error, Result};
 
 /// Calibration settings.
@@ -185,12 +186,7 @@ pub fn collect(
 
 impl Stats {
     /// The tensors of the statistics file, by name (see the module docs).
-    pub fn tensors(
-        &self,
-    ) -> (
-        Vec<(String, Vec<usize>, Vec<f32>)>,
-        BTreeMap<String, String>,
-    ) {
+    pub fn tensors(&self) -> (Vec<NamedTensor>, BTreeMap<String, String>) {
         let mut out = vec![];
         let mut shared = BTreeMap::new();
         for s in &self.sites {

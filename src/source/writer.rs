@@ -19,6 +19,9 @@ use crate::{Error, Result};
 /// transformers' default `max_shard_size` ("5GB", decimal).
 pub const DEFAULT_MAX_SHARD_BYTES: u64 = 5_000_000_000;
 
+/// A named f32 tensor held in memory: (name, shape, values).
+pub type NamedTensor = (String, Vec<usize>, Vec<f32>);
+
 /// Elements converted per write.
 const WRITE_CHUNK: usize = 1 << 20;
 
@@ -226,6 +229,47 @@ impl Drop for HfDirWriter {
     }
 }
 
+/// Writes one safetensors file of f32 tensors with string metadata, atomically. For
+/// small outputs (statistics) that are built in memory.
+pub fn write_safetensors_f32(
+    path: &Path,
+    tensors: &[NamedTensor],
+    metadata: &std::collections::BTreeMap<String, String>,
+) -> Result<()> {
+    let mut header = serde_json::Map::new();
+    header.insert("__metadata__".into(), json!(metadata));
+    let mut off = 0u64;
+    for (name, shape, data) in tensors {
+        if shape.iter().product::<usize>() != data.len() {
+            return Err(Error::ShapeMismatch {
+                tensor: name.clone(),
+                expected: shape.clone(),
+                got: vec![data.len()],
+            });
+        }
+        let len = data.len() as u64 * 4;
+        header.insert(
+            name.clone(),
+            json!({ "dtype": "F32", "shape": shape, "data_offsets": [off, off + len] }),
+        );
+        off += len;
+    }
+    let mut hb = serde_json::to_vec(&header).map_err(|e| Error::Json {
+        path: path.to_path_buf(),
+        message: e.to_string(),
+    })?;
+    while hb.len() % 8 != 0 {
+        hb.push(b' ');
+    }
+    let mut bytes = Vec::with_capacity(8 + hb.len() + off as usize);
+    bytes.extend_from_slice(&(hb.len() as u64).to_le_bytes());
+    bytes.extend_from_slice(&hb);
+    for (_, _, data) in tensors {
+        bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
+    }
+    super::write_atomic(path, &bytes)
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -341,45 +385,4 @@ mod tests {
             Err(Error::LimitExceeded { .. })
         ));
     }
-}
-
-/// Writes one safetensors file of f32 tensors with string metadata, atomically. For
-/// small outputs (statistics) that are built in memory.
-pub fn write_safetensors_f32(
-    path: &Path,
-    tensors: &[(String, Vec<usize>, Vec<f32>)],
-    metadata: &std::collections::BTreeMap<String, String>,
-) -> Result<()> {
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!(metadata));
-    let mut off = 0u64;
-    for (name, shape, data) in tensors {
-        if shape.iter().product::<usize>() != data.len() {
-            return Err(Error::ShapeMismatch {
-                tensor: name.clone(),
-                expected: shape.clone(),
-                got: vec![data.len()],
-            });
-        }
-        let len = data.len() as u64 * 4;
-        header.insert(
-            name.clone(),
-            json!({ "dtype": "F32", "shape": shape, "data_offsets": [off, off + len] }),
-        );
-        off += len;
-    }
-    let mut hb = serde_json::to_vec(&header).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    while hb.len() % 8 != 0 {
-        hb.push(b' ');
-    }
-    let mut bytes = Vec::with_capacity(8 + hb.len() + off as usize);
-    bytes.extend_from_slice(&(hb.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&hb);
-    for (_, _, data) in tensors {
-        bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
-    }
-    super::write_atomic(path, &bytes)
 }
