@@ -139,6 +139,9 @@ pub enum Error {
         /// Why.
         reason: String,
     },
+    /// The GPU path failed or is not compiled in.
+    #[error("GPU: {0}")]
+    Gpu(String),
     /// JSON that is syntactically or structurally wrong.
     #[error("{path}: invalid JSON: {message}")]
     Json {

@@ -10,6 +10,7 @@ pub mod calib;
 pub mod codec;
 pub mod dtype;
 pub mod error;
+pub mod gpu;
 pub mod plan;
 pub mod quantize;
 pub mod runtime;

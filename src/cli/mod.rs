@@ -1,6 +1,7 @@
 //! Subcommands, one file each, each with its `Args` and `run`.
 
 mod artifact_args;
+mod bench_gpu;
 mod calibrate;
 mod eval;
 mod import;
@@ -51,6 +52,8 @@ enum Command {
     Load(load::Args),
     /// Verify a .tnpk: its signature (with --key) and the sha256 of every chunk.
     Verify(verify::Args),
+    /// GPU decode: kernels checked against the CPU and timed; .tnpk vs bf16 load into GPU memory.
+    BenchGpu(bench_gpu::Args),
     /// Serve one .tnpk over HTTP with Range support, for streaming loads and tests.
     ServeFile(serve_file::Args),
 }
@@ -69,5 +72,6 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Verify(a) => verify::run(a),
         Command::Load(a) => load::run(a),
         Command::ServeFile(a) => serve_file::run(a),
+        Command::BenchGpu(a) => bench_gpu::run(a),
     }
 }

@@ -223,3 +223,13 @@ fn help_explains_the_flags() {
         assert!(h.contains(flag), "--help lacks {flag}");
     }
 }
+
+#[test]
+fn gpu_commands_explain_a_build_without_cuda() {
+    if cfg!(feature = "cuda") {
+        return;
+    }
+    let out = tenpak(&["bench-gpu", "--model-params", "0"]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("built without CUDA support"));
+}

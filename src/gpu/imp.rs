@@ -1,0 +1,584 @@
+//! The CUDA implementation of [`super`]: encodings uploaded as they are stored, decoded
+//! by the `tenpak-kernels` kernels, checked against the CPU decode, and timed.
+#![allow(unsafe_code)] // typed views of device buffers; every block carries a SAFETY note
+
+use std::time::Instant;
+
+use tenpak_kernels::{CudaSlice, CudaView, Gpu, OutType, StageGeometry};
+
+use super::{BenchOptions, BenchReport, Check, LoadComparison, Timing};
+use crate::codec::group::Stage;
+use crate::codec::{self, CodecId, Header, HEADER_LEN};
+use crate::dtype::DType;
+use crate::{Error, Result};
+
+fn ge(e: impl std::fmt::Display) -> Error {
+    Error::Gpu(e.to_string())
+}
+
+/// Where a stage's arrays sit inside an encoding (byte offsets from its start).
+#[derive(Debug, Clone, Copy)]
+struct StageAt {
+    geo: StageGeometry,
+    scales: usize,
+    offsets: usize,
+    codes: usize,
+    groups: usize,
+    code_len: usize,
+}
+
+fn stage_at(st: Stage, rows: usize, cols: usize, at: usize) -> StageAt {
+    let groups = rows * st.groups_per_row(cols);
+    let sc = if st.symmetric { 2 } else { 4 };
+    StageAt {
+        geo: StageGeometry {
+            rows,
+            cols,
+            group: st.group,
+            bits: st.bits,
+            symmetric: st.symmetric,
+        },
+        scales: at,
+        offsets: at + 2 * groups,
+        codes: at + sc * groups,
+        groups,
+        code_len: rows * st.code_bytes_per_row(cols),
+    }
+}
+
+/// The parsed layout of an encoding (validated by the CPU decoder's rules first).
+struct Layout {
+    stages: Vec<StageAt>,
+    outliers: Option<(Vec<u32>, Vec<u16>)>,
+    numel: usize,
+}
+
+fn layout(bytes: &[u8]) -> Result<Layout> {
+    // The CPU decoder validates everything (lengths, indices); run it on a header-sized
+    // dry check by decoding the header and stage lengths the same way.
+    let h = Header::parse(bytes)?;
+    let (base_start, outliers) = if h.id == CodecId::Outliers {
+        let extra = bytes
+            .get(HEADER_LEN..HEADER_LEN + 12)
+            .ok_or_else(|| Error::CorruptEncoding("outlier header".into()))?;
+        let count = u32::from_le_bytes([extra[0], extra[1], extra[2], extra[3]]) as usize;
+        let base_len = u64::from_le_bytes(
+            extra[4..12]
+                .try_into()
+                .map_err(|_| Error::CorruptEncoding("len".into()))?,
+        ) as usize;
+        let start = HEADER_LEN + 12;
+        let tail = bytes
+            .get(start + base_len..)
+            .filter(|t| t.len() == count * 6)
+            .ok_or_else(|| Error::CorruptEncoding("outlier arrays".into()))?;
+        let idx: Vec<u32> = tail[..count * 4]
+            .chunks_exact(4)
+            .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+            .collect();
+        if idx.iter().any(|&i| i as usize >= h.numel()) {
+            return Err(Error::CorruptEncoding("outlier index out of range".into()));
+        }
+        let val: Vec<u16> = tail[count * 4..]
+            .chunks_exact(2)
+            .map(|c| u16::from_le_bytes([c[0], c[1]]))
+            .collect();
+        (start, Some((idx, val)))
+    } else {
+        (0, None)
+    };
+    let bh = Header::parse(&bytes[base_start..])?;
+    let (rows, cols) = (bh.rows as usize, bh.cols as usize);
+    let st = |g: u16, bits: u32, sym: bool| Stage {
+        bits,
+        group: g as usize,
+        symmetric: sym,
+        refine_iters: 0,
+    };
+    let mut stages = vec![stage_at(
+        st(bh.group, 4, bh.symmetric),
+        rows,
+        cols,
+        base_start + HEADER_LEN,
+    )];
+    if bh.id == CodecId::Int4Residual {
+        let first = stages[0];
+        let at = first.codes + first.code_len;
+        stages.push(stage_at(st(bh.group2, 2, false), rows, cols, at));
+    }
+    let last = stages[stages.len() - 1];
+    let end = last.codes + last.code_len;
+    let base_end = match &outliers {
+        Some(_) => {
+            base_start
+                + u64::from_le_bytes(
+                    bytes[HEADER_LEN + 4..HEADER_LEN + 12]
+                        .try_into()
+                        .map_err(|_| Error::CorruptEncoding("len".into()))?,
+                ) as usize
+        }
+        None => bytes.len(),
+    };
+    if end != base_end {
+        return Err(Error::CorruptEncoding(format!(
+            "stages end at {end}, encoding at {base_end}"
+        )));
+    }
+    Ok(Layout {
+        stages,
+        outliers,
+        numel: rows * cols,
+    })
+}
+
+/// A device copy of an encoding, placed so that code arrays are 4-byte aligned.
+struct Uploaded {
+    buf: CudaSlice<u8>,
+    pad: usize,
+}
+
+fn upload(gpu: &Gpu, bytes: &[u8], l: &Layout) -> Result<Uploaded> {
+    let pad = (16 - l.stages[0].codes % 16) % 16;
+    let mut buf = alloc_out(gpu, pad + bytes.len())?;
+    gpu.stream()
+        .memcpy_htod(bytes, &mut buf.slice_mut(pad..))
+        .map_err(ge)?;
+    Ok(Uploaded { buf, pad })
+}
+
+fn u16_view<'a>(u: &'a Uploaded, at: usize, n: usize) -> Result<CudaView<'a, u16>> {
+    let v = u.buf.slice(u.pad + at..u.pad + at + 2 * n.max(1));
+    // SAFETY: `at + pad` is even (every array offset in the format is even and `pad` is a
+    // multiple of 16) and the range holds 2·n bytes, so the u16 view is aligned and in bounds.
+    unsafe { v.transmute::<u16>(n.max(1)) }.ok_or_else(|| Error::Gpu("u16 view".into()))
+}
+
+/// Decodes an encoding (host bytes) into a new device buffer of `ty` elements.
+fn decode_to_device(gpu: &Gpu, bytes: &[u8], ty: OutType) -> Result<CudaSlice<u8>> {
+    let l = layout(bytes)?;
+    let up = upload(gpu, bytes, &l)?;
+    decode_uploaded(gpu, &up, &l, ty)
+}
+
+/// An output buffer the decode will overwrite entirely.
+fn alloc_out(gpu: &Gpu, bytes: usize) -> Result<CudaSlice<u8>> {
+    // SAFETY: uninitialised device memory; every decode path writes every element before
+    // anything reads it (the checks in `bench` prove it by pre-filling with NaN patterns).
+    unsafe { gpu.stream().alloc::<u8>(bytes.max(1)) }.map_err(ge)
+}
+
+fn decode_uploaded(gpu: &Gpu, up: &Uploaded, l: &Layout, ty: OutType) -> Result<CudaSlice<u8>> {
+    let mut out = alloc_out(gpu, l.numel * ty.size())?;
+    decode_uploaded_into(gpu, up, l, ty, &mut out)?;
+    Ok(out)
+}
+
+fn decode_uploaded_into(
+    gpu: &Gpu,
+    up: &Uploaded,
+    l: &Layout,
+    ty: OutType,
+    out: &mut CudaSlice<u8>,
+) -> Result<()> {
+    let s = gpu.stream();
+    let codes = |st: &StageAt| {
+        up.buf
+            .slice(up.pad + st.codes..up.pad + st.codes + st.code_len)
+    };
+    let flat = l.stages.iter().all(|st| st.geo.is_flat());
+    match (l.stages.as_slice(), flat) {
+        ([a], true) => {
+            let off = if a.geo.symmetric {
+                u16_view(up, a.scales, 1)?
+            } else {
+                u16_view(up, a.offsets, a.groups)?
+            };
+            gpu.int4_flat(
+                &a.geo,
+                &codes(a),
+                &u16_view(up, a.scales, a.groups)?,
+                &off,
+                &mut out.slice_mut(..),
+                ty,
+            )
+            .map_err(ge)?;
+        }
+        ([a, b], true) => {
+            gpu.int4_residual_flat(
+                &a.geo,
+                &codes(a),
+                &u16_view(up, a.scales, a.groups)?,
+                &u16_view(up, a.offsets, a.groups)?,
+                &b.geo,
+                &codes(b),
+                &u16_view(up, b.scales, b.groups)?,
+                &u16_view(up, b.offsets, b.groups)?,
+                &mut out.slice_mut(..),
+                ty,
+            )
+            .map_err(ge)?;
+        }
+        (stages, _) => {
+            // Any geometry: stage by stage into f32, then convert.
+            let mut f = s.alloc_zeros::<f32>(l.numel).map_err(ge)?;
+            for (k, st) in stages.iter().enumerate() {
+                let off = if st.geo.symmetric {
+                    u16_view(up, st.scales, 1)?
+                } else {
+                    u16_view(up, st.offsets, st.groups)?
+                };
+                gpu.stage_generic(
+                    &st.geo,
+                    &codes(st),
+                    &u16_view(up, st.scales, st.groups)?,
+                    &off,
+                    &mut f.slice_mut(..),
+                    k > 0,
+                )
+                .map_err(ge)?;
+            }
+            if ty == OutType::F32 {
+                // SAFETY: an f32 buffer of numel elements viewed as its 4·numel bytes.
+                let fb = unsafe { f.transmute::<u8>(l.numel * 4) }
+                    .ok_or_else(|| Error::Gpu("view".into()))?;
+                s.memcpy_dtod(&fb, out).map_err(ge)?;
+            } else {
+                gpu.convert(&f.slice(..), &mut out.slice_mut(..), ty)
+                    .map_err(ge)?;
+            }
+        }
+    }
+    if let Some((idx, val)) = &l.outliers {
+        let di = s.clone_htod(idx).map_err(ge)?;
+        let dv = s.clone_htod(val).map_err(ge)?;
+        gpu.scatter(
+            &di.slice(..),
+            &dv.slice(..),
+            &mut out.slice_mut(..),
+            ty,
+            l.numel,
+        )
+        .map_err(ge)?;
+    }
+    Ok(())
+}
+
+fn out_type(d: DType) -> OutType {
+    match d {
+        DType::F32 => OutType::F32,
+        DType::BF16 => OutType::Bf16,
+        DType::F16 => OutType::F16,
+    }
+}
+
+fn randn(n: usize, seed: u64) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    (0..n)
+        .map(|_| {
+            let mut acc = 0f32;
+            for _ in 0..4 {
+                s ^= s << 13;
+                s ^= s >> 7;
+                s ^= s << 17;
+                acc += (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
+            }
+            acc * 0.05
+        })
+        .collect()
+}
+
+fn check_case(
+    gpu: &Gpu,
+    case: &str,
+    spec: &codec::CodecSpec,
+    rows: usize,
+    cols: usize,
+    seed: u64,
+) -> Result<Vec<Check>> {
+    let w = randn(rows * cols, seed);
+    let enc = spec.build()?.encode(&w, rows, cols, None)?;
+    let cpu = codec::decode_vec(&enc)?;
+    let mut out = vec![];
+    for d in [DType::F32, DType::BF16, DType::F16] {
+        let ty = out_type(d);
+        // Pre-fill the output with 0xFF (NaN in every output type) so an element the
+        // kernels never write shows up as a mismatch.
+        let l = layout(&enc)?;
+        let up = upload(gpu, &enc, &l)?;
+        let mut dev = gpu
+            .stream()
+            .clone_htod(&vec![0xFFu8; cpu.len() * ty.size()])
+            .map_err(ge)?;
+        decode_uploaded_into(gpu, &up, &l, ty, &mut dev)?;
+        let got: Vec<u8> = gpu.stream().clone_dtoh(&dev).map_err(ge)?;
+        let want = d.encode(&cpu);
+        let mut got_f = vec![0f32; cpu.len()];
+        d.decode_into(&got, &mut got_f);
+        let mut want_f = vec![0f32; cpu.len()];
+        d.decode_into(&want, &mut want_f);
+        let scale = want_f
+            .iter()
+            .fold(0f32, |a, v| a.max(v.abs()))
+            .max(f32::MIN_POSITIVE);
+        let max_err = got_f
+            .iter()
+            .zip(&want_f)
+            .fold(0f32, |a, (x, y)| a.max((x - y).abs()));
+        let mismatched = got
+            .chunks(d.size())
+            .zip(want.chunks(d.size()))
+            .filter(|(a, b)| a != b)
+            .count();
+        out.push(Check {
+            case: case.to_string(),
+            out: d.to_string(),
+            max_rel_error: (max_err / scale) as f64,
+            mismatched,
+            elements: cpu.len(),
+        });
+    }
+    Ok(out)
+}
+
+/// Runs every check and timing (see `tenpak bench-gpu --help`).
+pub fn bench(opts: &BenchOptions) -> Result<BenchReport> {
+    let gpu = Gpu::new(0).map_err(ge)?;
+    let mut checks = vec![];
+    let with = |mut s: codec::CodecSpec, f: &dyn Fn(&mut codec::CodecSpec)| {
+        f(&mut s);
+        s
+    };
+    let cases: Vec<(String, codec::CodecSpec, usize, usize)> = vec![
+        ("int4 g8 asym".into(), codec::CodecSpec::int4(8), 64, 512),
+        (
+            "int4 g32 asym".into(),
+            codec::CodecSpec::int4(32),
+            256,
+            1024,
+        ),
+        (
+            "int4 g64 sym".into(),
+            with(codec::CodecSpec::int4(64), &|s| s.symmetric = true),
+            256,
+            1024,
+        ),
+        (
+            "int4 g128 asym".into(),
+            codec::CodecSpec::int4(128),
+            512,
+            2048,
+        ),
+        (
+            "int4 g128 sym".into(),
+            with(codec::CodecSpec::int4(128), &|s| s.symmetric = true),
+            512,
+            2048,
+        ),
+        (
+            "int4 g256 asym".into(),
+            codec::CodecSpec::int4(256),
+            128,
+            4096,
+        ),
+        (
+            "int4 g4096 asym".into(),
+            codec::CodecSpec::int4(4096),
+            16,
+            8192,
+        ),
+        (
+            "int4 g128 ragged rows (cols 1000)".into(),
+            codec::CodecSpec::int4(128),
+            64,
+            1000,
+        ),
+        (
+            "int4 g33 odd groups".into(),
+            codec::CodecSpec::int4(33),
+            64,
+            500,
+        ),
+        (
+            "int4 g24 sym ragged".into(),
+            with(codec::CodecSpec::int4(24), &|s| s.symmetric = true),
+            32,
+            250,
+        ),
+        (
+            "int4_residual g16/16".into(),
+            codec::CodecSpec::int4_residual(16, 16),
+            256,
+            1024,
+        ),
+        (
+            "int4_residual g64/32".into(),
+            codec::CodecSpec::int4_residual(64, 32),
+            128,
+            2048,
+        ),
+        (
+            "int4_residual g16/16 ragged (cols 1000)".into(),
+            codec::CodecSpec::int4_residual(16, 16),
+            32,
+            1000,
+        ),
+        (
+            "int4 g128 + 1% fp16 outliers".into(),
+            with(codec::CodecSpec::int4(128), &|s| s.outlier_fraction = 0.01),
+            256,
+            1024,
+        ),
+        (
+            "int4_residual + 0.5% outliers".into(),
+            with(codec::CodecSpec::int4_residual(16, 16), &|s| {
+                s.outlier_fraction = 0.005
+            }),
+            128,
+            1024,
+        ),
+    ];
+    for (i, (name, spec, r, c)) in cases.iter().enumerate() {
+        checks.extend(check_case(&gpu, name, spec, *r, *c, 100 + i as u64)?);
+    }
+    let copy = gpu.copy_bandwidth(1 << 30, opts.reps).map_err(ge)?;
+    let mut timings = vec![];
+    let (rows, cols) = (opts.rows, opts.cols);
+    let w = randn(rows * cols, 7);
+    for (name, spec) in [
+        ("int4 g128 asym", codec::CodecSpec::int4(128)),
+        ("int4 g32 asym", codec::CodecSpec::int4(32)),
+        (
+            "int4_residual g16/16",
+            codec::CodecSpec::int4_residual(16, 16),
+        ),
+    ] {
+        let enc = spec.build()?.encode(&w, rows, cols, None)?;
+        let l = layout(&enc)?;
+        let up = upload(&gpu, &enc, &l)?;
+        for ty in [OutType::F32, OutType::Bf16] {
+            let mut out = alloc_out(&gpu, rows * cols * ty.size())?;
+            let ms = gpu
+                .time_ms(opts.reps, || {
+                    decode_uploaded_into(&gpu, &up, &l, ty, &mut out)
+                        .map_err(|e| tenpak_kernels::Error::Launch(e.to_string()))
+                })
+                .map_err(ge)?;
+            let out_bytes = (rows * cols * ty.size()) as f64;
+            let moved = out_bytes + enc.len() as f64;
+            timings.push(Timing {
+                case: format!("{name} -> {} ({rows}x{cols})", ty.suffix()),
+                ms,
+                out_gb_s: out_bytes / ms / 1e6,
+                moved_gb_s: moved / ms / 1e6,
+                fraction_of_copy: (moved / (ms / 1e3)) / copy,
+            });
+        }
+    }
+    let load = if opts.model_params > 0 {
+        Some(load_comparison(&gpu, opts)?)
+    } else {
+        None
+    };
+    Ok(BenchReport {
+        device: gpu.describe(),
+        copy_gb_s: copy / 1e9,
+        checks,
+        timings,
+        load,
+    })
+}
+
+/// Builds a synthetic Llama-shaped bf16 model of about `params` weights, packs it with the
+/// default target, then loads both into GPU memory (bf16) from the page cache.
+fn load_comparison(gpu: &Gpu, opts: &BenchOptions) -> Result<LoadComparison> {
+    use crate::source::{HfDirWriter, HfModelDir, TensorMeta, TensorSource};
+    let dir = opts.scratch.join("synthetic-bf16");
+    let (h, ff) = (2048usize, 5632usize);
+    let per_layer = 4 * h * h + 3 * h * ff;
+    let layers = (opts.model_params / per_layer).max(1);
+    let mut metas = vec![TensorMeta {
+        name: "model.embed_tokens.weight".into(),
+        shape: vec![32000, h],
+        dtype: DType::BF16,
+        stored_as: "bf16".into(),
+    }];
+    for l in 0..layers {
+        for (n, s) in [
+            ("self_attn.q_proj", [h, h]),
+            ("self_attn.k_proj", [h, h]),
+            ("self_attn.v_proj", [h, h]),
+            ("self_attn.o_proj", [h, h]),
+            ("mlp.gate_proj", [ff, h]),
+            ("mlp.up_proj", [ff, h]),
+            ("mlp.down_proj", [h, ff]),
+        ] {
+            metas.push(TensorMeta {
+                name: format!("model.layers.{l}.{n}.weight"),
+                shape: s.to_vec(),
+                dtype: DType::BF16,
+                stored_as: "bf16".into(),
+            });
+        }
+    }
+    let mut w = HfDirWriter::new(&dir, metas.clone(), u64::MAX)?;
+    for (i, m) in metas.iter().enumerate() {
+        w.write(&m.name, &randn(m.numel(), i as u64 + 1))?;
+    }
+    w.finish()?;
+    let cfg = serde_json::json!({"model_type": "llama", "hidden_size": h, "num_attention_heads": 16,
+        "num_hidden_layers": layers, "intermediate_size": ff, "vocab_size": 32000});
+    std::fs::write(dir.join("config.json"), cfg.to_string())
+        .map_err(|e| Error::io("write", dir.join("config.json"), e))?;
+    let src = HfModelDir::open(&dir)?;
+    let tnpk = opts.scratch.join("synthetic.tnpk");
+    crate::artifact::pack::pack(&src, &tnpk, &Default::default(), &[], &[], &|_| {})?;
+    let st_path = dir.join("model.safetensors");
+    let st_bytes = std::fs::metadata(&st_path)
+        .map_err(|e| Error::io("stat", &st_path, e))?
+        .len();
+    let tn_bytes = std::fs::metadata(&tnpk)
+        .map_err(|e| Error::io("stat", &tnpk, e))?
+        .len();
+    // Warm the page cache for both, so both loads read from memory.
+    for p in [&st_path, &tnpk] {
+        let _ = std::fs::read(p);
+    }
+    let s = gpu.stream();
+    // bf16 safetensors: read each tensor, copy into its GPU buffer.
+    let t0 = Instant::now();
+    let mut keep: Vec<CudaSlice<u8>> = vec![];
+    for m in src.tensors() {
+        let raw = src.raw(&m.name)?;
+        keep.push(s.clone_htod(raw).map_err(ge)?);
+    }
+    gpu.sync().map_err(ge)?;
+    let safetensors_s = t0.elapsed().as_secs_f64();
+    drop(keep);
+    // .tnpk: fetch + verify (prefetching, parallel sha256), upload, decode to bf16.
+    let t0 = Instant::now();
+    let art = crate::artifact::Artifact::open_location(&tnpk.display().to_string())?;
+    let all: Vec<_> = art.manifest().tensors.iter().collect();
+    let mut keep: Vec<CudaSlice<u8>> = vec![];
+    let mut in_callback = 0f64;
+    art.for_each_encoded(&all, |t, bytes| {
+        let c0 = Instant::now();
+        let out = match t.encoding {
+            crate::artifact::Encoding::Raw => s.clone_htod(&bytes[..]).map_err(ge)?,
+            _ => decode_to_device(gpu, &bytes, OutType::Bf16)?,
+        };
+        keep.push(out);
+        in_callback += c0.elapsed().as_secs_f64();
+        Ok(())
+    })?;
+    gpu.sync().map_err(ge)?;
+    let tnpk_s = t0.elapsed().as_secs_f64();
+    eprintln!("tnpk load: {tnpk_s:.3} s total, {in_callback:.3} s uploading and launching decodes");
+    Ok(LoadComparison {
+        params: src.tensors().iter().map(|m| m.numel()).sum(),
+        safetensors_bytes: st_bytes,
+        tnpk_bytes: tn_bytes,
+        safetensors_s,
+        tnpk_s,
+        speedup: safetensors_s / tnpk_s,
+    })
+}
