@@ -93,3 +93,42 @@ pub enum Error {
 
 /// Result alias.
 pub type Result<T> = std::result::Result<T, Error>;
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn geometry_and_types() {
+        let flat = StageGeometry {
+            rows: 4,
+            cols: 256,
+            group: 128,
+            bits: 4,
+            symmetric: false,
+        };
+        assert!(flat.is_flat());
+        assert!(!StageGeometry { cols: 250, ..flat }.is_flat());
+        assert!(!StageGeometry {
+            group: 33,
+            cols: 330,
+            ..flat
+        }
+        .is_flat());
+        assert_eq!(
+            (
+                OutType::F32.size(),
+                OutType::Bf16.size(),
+                OutType::F16.suffix()
+            ),
+            (4, 2, "f16")
+        );
+        assert!(DECODE_CU.contains("extern \"C\" __global__ void int4_flat_bf16"));
+    }
+
+    #[cfg(not(feature = "cuda"))]
+    #[test]
+    fn stand_in_says_not_compiled() {
+        assert!(matches!(Gpu::new(0), Err(Error::NotCompiledWithCuda)));
+    }
+}

@@ -9,3 +9,17 @@ pub fn bench(_opts: &BenchOptions) -> Result<BenchReport> {
         tenpak_kernels::Error::NotCompiledWithCuda.to_string(),
     ))
 }
+
+/// Stand-in for GPU-resident tensors (never constructed without CUDA).
+pub struct GpuTensors(());
+
+/// Always fails: this build has no CUDA.
+pub fn load_artifact(
+    _art: &crate::artifact::Artifact,
+    _sel: &crate::artifact::Selection,
+    _dtype: crate::dtype::DType,
+) -> Result<GpuTensors> {
+    Err(Error::Gpu(
+        tenpak_kernels::Error::NotCompiledWithCuda.to_string(),
+    ))
+}
