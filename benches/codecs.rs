@@ -14,20 +14,7 @@ const ROWS: usize = 2048;
 const COLS: usize = 2048;
 
 fn weights() -> Vec<f32> {
-    // Deterministic, roughly Gaussian weights (sum of uniforms), scale 0.02.
-    let mut s = 0x2545_F491_4F6C_DD1Du64;
-    (0..ROWS * COLS)
-        .map(|_| {
-            let mut acc = 0f32;
-            for _ in 0..4 {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                acc += (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-            }
-            acc * 0.02
-        })
-        .collect()
+    tenpak::synthetic::weights(ROWS * COLS, 0x2545_F491_4F6C_DD1D, 0.02)
 }
 
 fn bench(c: &mut Criterion) {

@@ -16,5 +16,6 @@ pub mod quantize;
 pub mod runtime;
 pub mod serve;
 pub mod source;
+pub mod synthetic;
 
 pub use error::{Error, Result};

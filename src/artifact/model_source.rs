@@ -55,8 +55,17 @@ impl TensorSource for ArtifactSource {
     fn tensors(&self) -> &[TensorMeta] {
         &self.metas
     }
+    /// The decoded values rounded to the tensor's source dtype: exactly what `unpack` (and
+    /// `quantize` for the same settings) write, so a model evaluated from the artifact and
+    /// from its unpacked directory is the same model.
     fn read_f32(&self, name: &str) -> Result<Vec<f32>> {
-        self.art.load_tensor(name)
+        let mut v = self.art.load_tensor(name)?;
+        let dtype = self.meta(name)?.dtype;
+        if dtype != crate::dtype::DType::F32 {
+            let bytes = dtype.encode(&v);
+            dtype.decode_into(&bytes, &mut v);
+        }
+        Ok(v)
     }
     fn config(&self) -> &serde_json::Value {
         &self.config

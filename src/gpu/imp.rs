@@ -265,19 +265,7 @@ fn out_type(d: DType) -> OutType {
 }
 
 fn randn(n: usize, seed: u64) -> Vec<f32> {
-    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
-    (0..n)
-        .map(|_| {
-            let mut acc = 0f32;
-            for _ in 0..4 {
-                s ^= s << 13;
-                s ^= s >> 7;
-                s ^= s << 17;
-                acc += (s >> 40) as f32 / (1u64 << 24) as f32 - 0.5;
-            }
-            acc * 0.05
-        })
-        .collect()
+    crate::synthetic::weights(n, seed, 0.05)
 }
 
 fn check_case(

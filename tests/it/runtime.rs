@@ -175,3 +175,40 @@ fn calibration_statistics_have_the_documented_names_and_shapes() {
         }
     }
 }
+
+#[test]
+fn models_load_from_tnpk_exactly_as_from_the_quantized_directory() {
+    use tenpak::dtype::DType;
+    let tmp = tempfile::tempdir().expect("tmp");
+    let src = tmp.path().join("m");
+    crate::util::tiny_llama(&src, DType::BF16);
+    let s = |p: &std::path::Path| p.to_str().expect("p").to_string();
+    let (tnpk, q) = (tmp.path().join("m.tnpk"), tmp.path().join("q"));
+    tenpak_ok(&[
+        "pack",
+        &s(&src),
+        "-o",
+        &s(&tnpk),
+        "--codec",
+        "int4",
+        "--group-size",
+        "64",
+    ]);
+    tenpak_ok(&[
+        "quantize",
+        &s(&src),
+        "-o",
+        &s(&q),
+        "--codec",
+        "int4",
+        "--group-size",
+        "64",
+    ]);
+    let from_tnpk = Model::load(&tenpak::artifact::ArtifactSource::open(&s(&tnpk)).expect("open"))
+        .expect("load");
+    let from_dir = Model::load(&HfModelDir::open(&q).expect("open")).expect("load");
+    let ids: Vec<u32> = (0..40u32).map(|i| (i * 13 + 5) % 128).collect();
+    let a: Vec<Vec<f32>> = from_tnpk.forward(&ids).expect("fwd").to_vec2().expect("v");
+    let b: Vec<Vec<f32>> = from_dir.forward(&ids).expect("fwd").to_vec2().expect("v");
+    assert_eq!(a, b);
+}
