@@ -72,6 +72,26 @@ pub fn plan_windows(n: usize, w: Windows) -> Result<Vec<(usize, usize, usize)>> 
     Ok(out)
 }
 
+/// log p(input[p+1] | input[..=p]) for every position p < t − 1, from logits `[t, vocab]`:
+/// one parallel pass per row (max, log-sum-exp in f64, the target's logit), instead of a
+/// full log-softmax matrix.
+fn target_log_probs(logits: &candle_core::Tensor, input: &[u32]) -> Result<Vec<f32>> {
+    use rayon::prelude::*;
+    let (t, vocab) = logits.dims2().map_err(ce)?;
+    let flat: Vec<f32> = logits.flatten_all().and_then(|l| l.to_vec1()).map_err(ce)?;
+    Ok(flat
+        .par_chunks(vocab)
+        .take(t - 1)
+        .zip(input[1..].par_iter())
+        .map(|(row, &target)| {
+            let max = row.iter().copied().fold(f32::NEG_INFINITY, f32::max);
+            let sum: f64 = row.iter().map(|&x| ((x - max) as f64).exp()).sum();
+            (row[target as usize] - max) as f64 - sum.ln()
+        })
+        .map(|v| v as f32)
+        .collect())
+}
+
 /// Evaluates `model` on `ids` (the text's token ids).
 pub fn perplexity(
     model: &Model,
@@ -88,18 +108,7 @@ pub fn perplexity(
         input.extend_from_slice(&ids[start..end]);
         let off = input.len() - (end - start); // 1 with BOS, else 0
         let logits = model.forward(&input)?;
-        let t = input.len();
-        // log p(input[p+1] | input[..=p]) for every position, gathered inside candle so the
-        // [t, vocab] matrix is never copied out.
-        let lp = Model::log_softmax(&logits.narrow(0, 0, t - 1).map_err(ce)?)?;
-        let targets =
-            candle_core::Tensor::from_vec(input[1..].to_vec(), (t - 1, 1), model.device())
-                .map_err(ce)?;
-        let picked: Vec<f32> = lp
-            .gather(&targets, 1)
-            .and_then(|g| g.flatten_all())
-            .and_then(|g| g.to_vec1())
-            .map_err(ce)?;
+        let picked = target_log_probs(&logits, &input)?;
         for (p, lp) in picked.iter().enumerate() {
             let text_idx = start + p + 1 - off;
             if text_idx >= from {
