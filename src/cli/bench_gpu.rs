@@ -107,6 +107,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         )?;
         writeln!(
             out,
+            "| .tnpk, pinned staging + copy/decode streams | {} | {:.3} |",
+            l.tnpk_bytes, l.tnpk_pinned_s
+        )?;
+        writeln!(
+            out,
             "speed-up of .tnpk over bf16 safetensors: {:.2}x",
             l.speedup
         )?;

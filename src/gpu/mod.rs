@@ -74,6 +74,8 @@ pub struct LoadComparison {
     pub safetensors_s: f64,
     /// Seconds: read + verify + copy + decode of the `.tnpk` into bf16 GPU buffers.
     pub tnpk_s: f64,
+    /// Seconds for the `.tnpk` through pinned staging and overlapping streams.
+    pub tnpk_pinned_s: f64,
     /// `safetensors_s / tnpk_s` (> 1: the artifact is faster).
     pub speedup: f64,
 }

@@ -23,3 +23,12 @@ pub fn load_artifact(
         tenpak_kernels::Error::NotCompiledWithCuda.to_string(),
     ))
 }
+
+/// Always fails: this build has no CUDA.
+pub fn load_artifact_pinned(
+    art: &crate::artifact::Artifact,
+    sel: &crate::artifact::Selection,
+    dtype: crate::dtype::DType,
+) -> Result<GpuTensors> {
+    load_artifact(art, sel, dtype)
+}
