@@ -660,6 +660,39 @@ pub fn load_artifact(
     )
 }
 
+/// What a tensor needs on the GPU: the bytes to send (raw values already in `dtype`, or the
+/// encoding) and, for encodings, their layout (checked against the tensor's shape).
+fn prepare<'a>(
+    t: &crate::artifact::format::TensorEntry,
+    bytes: &'a [u8],
+    dtype: DType,
+) -> Result<(std::borrow::Cow<'a, [u8]>, Option<Layout>)> {
+    use crate::artifact::Encoding;
+    let n = t.numel() as usize;
+    match t.encoding {
+        Encoding::Raw if t.dtype == dtype => Ok((std::borrow::Cow::Borrowed(bytes), None)),
+        Encoding::Raw => {
+            let mut f = vec![0f32; n];
+            t.dtype.decode_into(bytes, &mut f);
+            Ok((std::borrow::Cow::Owned(dtype.encode(&f)), None))
+        }
+        Encoding::Unknown => Err(Error::InvalidCodec(format!(
+            "tensor {} uses an unknown codec",
+            t.name
+        ))),
+        _ => {
+            let l = layout(bytes)?;
+            if l.numel != n {
+                return Err(Error::CorruptEncoding(format!(
+                    "tensor {}: encoding holds {} weights",
+                    t.name, l.numel
+                )));
+            }
+            Ok((std::borrow::Cow::Borrowed(bytes), Some(l)))
+        }
+    }
+}
+
 fn load_with(
     gpu: &std::sync::Arc<Gpu>,
     art: &crate::artifact::Artifact,
@@ -671,34 +704,10 @@ fn load_with(
     let chosen = art.select(sel);
     let mut tensors = Vec::with_capacity(chosen.len());
     art.for_each_encoded(&chosen, |t, bytes| {
-        let n = t.numel() as usize;
         let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        let out = match t.encoding {
-            crate::artifact::Encoding::Raw if t.dtype == dtype => {
-                s.clone_htod(&bytes[..]).map_err(ge)?
-            }
-            crate::artifact::Encoding::Raw => {
-                let mut f = vec![0f32; n];
-                t.dtype.decode_into(&bytes, &mut f);
-                s.clone_htod(&dtype.encode(&f)).map_err(ge)?
-            }
-            crate::artifact::Encoding::Unknown => {
-                return Err(Error::InvalidCodec(format!(
-                    "tensor {} uses an unknown codec",
-                    t.name
-                )))
-            }
-            _ => {
-                let l = layout(&bytes)?;
-                if l.numel != n {
-                    return Err(Error::CorruptEncoding(format!(
-                        "tensor {}: encoding holds {} weights",
-                        t.name, l.numel
-                    )));
-                }
-                let up = upload(gpu, &bytes, &l)?;
-                decode_uploaded(gpu, &up, &l, ty)?
-            }
+        let out = match prepare(t, &bytes, dtype)? {
+            (payload, None) => s.clone_htod(&payload[..]).map_err(ge)?,
+            (payload, Some(l)) => decode_uploaded(gpu, &upload(gpu, &payload, &l)?, &l, ty)?,
         };
         tensors.push((t.name.clone(), shape, out));
         Ok(())
@@ -751,34 +760,8 @@ fn load_pinned_with(
     let chosen = art.select(sel);
     let mut tensors = Vec::with_capacity(chosen.len());
     art.for_each_encoded(&chosen, |t, bytes| {
-        let n = t.numel() as usize;
         let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        let (payload, l): (std::borrow::Cow<'_, [u8]>, Option<Layout>) = match t.encoding {
-            crate::artifact::Encoding::Raw if t.dtype == dtype => {
-                (std::borrow::Cow::Borrowed(&bytes[..]), None)
-            }
-            crate::artifact::Encoding::Raw => {
-                let mut f = vec![0f32; n];
-                t.dtype.decode_into(&bytes, &mut f);
-                (std::borrow::Cow::Owned(dtype.encode(&f)), None)
-            }
-            crate::artifact::Encoding::Unknown => {
-                return Err(Error::InvalidCodec(format!(
-                    "tensor {} uses an unknown codec",
-                    t.name
-                )))
-            }
-            _ => {
-                let l = layout(&bytes)?;
-                if l.numel != n {
-                    return Err(Error::CorruptEncoding(format!(
-                        "tensor {}: encoding holds {} weights",
-                        t.name, l.numel
-                    )));
-                }
-                (std::borrow::Cow::Borrowed(&bytes[..]), Some(l))
-            }
-        };
+        let (payload, l) = prepare(t, &bytes, dtype)?;
         let pad = l.as_ref().map_or(0, |l| (16 - l.stages[0].codes % 16) % 16);
         let mut dev = alloc_out(gpu, pad + payload.len())?;
         // The allocation is ordered on the compute stream; the copy stream starts after it.
