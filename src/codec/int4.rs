@@ -8,7 +8,7 @@
 use rayon::prelude::*;
 
 use super::group::{Stage, StageData};
-use super::{check_finite, check_shape, f16_bytes, Codec, CodecId, Header, HEADER_LEN};
+use super::{f16_bytes, Codec, CodecId, Header, HEADER_LEN};
 use crate::{Error, Result};
 
 /// Rows per parallel work item.
@@ -162,15 +162,13 @@ impl Codec for Int4 {
         )
     }
 
-    fn encode(
+    fn encode_checked(
         &self,
         w: &[f32],
         rows: usize,
         cols: usize,
         importance: Option<&[f32]>,
     ) -> Result<Vec<u8>> {
-        check_shape(w, rows, cols)?;
-        check_finite(w)?;
         let d = encode_stage(&self.stage, w, importance, cols);
         let mut buf = Vec::with_capacity(self.encoded_len(rows, cols));
         buf.extend_from_slice(

@@ -10,7 +10,7 @@ use super::int4::{
     check_scales_finite, decode_stage, decode_stages, encode_stage, push_stage, split_stage,
     stage_from_header,
 };
-use super::{check_finite, check_shape, Codec, CodecId, Header, HEADER_LEN};
+use super::{Codec, CodecId, Header, HEADER_LEN};
 use crate::{Error, Result};
 
 /// The `int4_residual` codec.
@@ -53,15 +53,13 @@ impl Codec for Int4Residual {
         )
     }
 
-    fn encode(
+    fn encode_checked(
         &self,
         w: &[f32],
         rows: usize,
         cols: usize,
         importance: Option<&[f32]>,
     ) -> Result<Vec<u8>> {
-        check_shape(w, rows, cols)?;
-        check_finite(w)?;
         let d1 = encode_stage(&self.first, w, importance, cols);
         check_scales_finite(&d1)?;
         let mut buf = Vec::with_capacity(self.encoded_len(rows, cols));

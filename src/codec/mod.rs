@@ -123,8 +123,33 @@ pub trait Codec: Send + Sync {
     fn describe(&self) -> String;
 
     /// Encodes `w` (`rows * cols` values). `importance`, when given, weights each
-    /// element's squared error in the fit (0 excludes it). NaN or infinity is an error.
+    /// element's squared error in the fit (0 excludes it). NaN or infinity, a shape that
+    /// does not match, or an importance of the wrong length is an error. The checks live
+    /// here, once, for every codec; implementations provide [`Codec::encode_checked`].
     fn encode(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<u8>> {
+        check_shape(w, rows, cols)?;
+        check_finite(w)?;
+        if let Some(h) = importance {
+            if h.len() != w.len() {
+                return Err(Error::ShapeMismatch {
+                    tensor: "importance".into(),
+                    expected: vec![rows, cols],
+                    got: vec![h.len()],
+                });
+            }
+        }
+        self.encode_checked(w, rows, cols, importance)
+    }
+
+    /// [`Codec::encode`] on inputs it has validated (shape, finiteness, importance
+    /// length). Codecs that wrap others call this on the inner codec, so the checks run once.
+    fn encode_checked(
         &self,
         w: &[f32],
         rows: usize,

@@ -9,7 +9,7 @@
 
 use half::f16;
 
-use super::{check_finite, check_shape, Codec, CodecId, Header, HEADER_LEN};
+use super::{Codec, CodecId, Header, HEADER_LEN};
 use crate::{Error, Result};
 
 /// A base codec plus fp16 outliers.
@@ -57,24 +57,13 @@ impl Codec for WithOutliers {
         )
     }
 
-    fn encode(
+    fn encode_checked(
         &self,
         w: &[f32],
         rows: usize,
         cols: usize,
         importance: Option<&[f32]>,
     ) -> Result<Vec<u8>> {
-        check_shape(w, rows, cols)?;
-        check_finite(w)?;
-        if let Some(h) = importance {
-            if h.len() != w.len() {
-                return Err(Error::ShapeMismatch {
-                    tensor: "importance".into(),
-                    expected: vec![w.len()],
-                    got: vec![h.len()],
-                });
-            }
-        }
         let score: Vec<f32> = match importance {
             Some(h) => w.iter().zip(h).map(|(x, h)| h * x * x).collect(),
             None => w.iter().map(|x| x.abs()).collect(),
@@ -87,7 +76,7 @@ impl Codec for WithOutliers {
         }
         // Zero importance excludes the outliers from the base codec's fit (its min/max and
         // least squares), so they cannot stretch a group's scale; decode overwrites them.
-        let base = self.base.encode(w, rows, cols, Some(&fit))?;
+        let base = self.base.encode_checked(w, rows, cols, Some(&fit))?;
         drop(fit);
         let mut buf = Vec::with_capacity(self.encoded_len(rows, cols));
         buf.extend_from_slice(

@@ -271,3 +271,25 @@ fn presets_and_bad_parameters() {
         Err(Error::InvalidCodec(_))
     ));
 }
+
+#[test]
+fn importance_of_the_wrong_length_is_an_error_for_every_codec() {
+    let w = randn(4 * 64, 5, 1.0);
+    let short = vec![1.0f32; 100];
+    for spec in [
+        CodecSpec::int4(32),
+        CodecSpec::int4_residual(16, 16),
+        CodecSpec {
+            outlier_fraction: 0.01,
+            ..CodecSpec::int4(32)
+        },
+    ] {
+        assert!(
+            matches!(
+                spec.build().expect("b").encode(&w, 4, 64, Some(&short)),
+                Err(Error::ShapeMismatch { .. })
+            ),
+            "{spec:?}"
+        );
+    }
+}
