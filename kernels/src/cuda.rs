@@ -5,11 +5,11 @@ use std::collections::HashMap;
 use std::sync::{Arc, Mutex};
 
 pub use cudarc;
+use cudarc::driver::CudaModule;
 pub use cudarc::driver::{
     CudaContext, CudaFunction, CudaSlice, CudaStream, CudaView, CudaViewMut, LaunchConfig,
     PushKernelArg,
 };
-use cudarc::driver::{CudaModule, DevicePtr};
 use cudarc::nvrtc::{compile_ptx_with_opts, CompileOptions};
 
 use crate::{Error, OutType, Result, StageGeometry, DECODE_CU};
@@ -314,9 +314,4 @@ impl Gpu {
     pub fn sync(&self) -> Result<()> {
         self.stream.synchronize().map_err(drv)
     }
-}
-
-/// The device pointer of a view, for diagnostics.
-pub fn ptr_of<T>(v: &CudaView<'_, T>, s: &CudaStream) -> u64 {
-    v.device_ptr(s).0
 }

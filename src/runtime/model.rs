@@ -10,7 +10,7 @@
 //! un-permuted to match). Weights are read from any [`TensorSource`] (HF directory,
 //! GGUF, `.tnpk`) and upcast to f32; compute is f32.
 
-use candle_core::{DType as CDType, Device, Module, Tensor, D};
+use candle_core::{Device, Module, Tensor, D};
 use candle_nn::Linear;
 
 use super::config::{Act, Family, ModelConfig};
@@ -354,7 +354,4 @@ impl Model {
     pub fn device(&self) -> &Device {
         &self.device
     }
-
-    /// f32 data type marker, for callers building tensors.
-    pub const DTYPE: CDType = CDType::F32;
 }
