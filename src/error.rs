@@ -131,6 +131,18 @@ pub enum Error {
         /// What happened.
         message: String,
     },
+    /// A Hugging Face Hub call failed.
+    #[error("Hub {op} {repo}: {message}")]
+    Hub {
+        /// `owner/name` (empty when no repository is concerned).
+        repo: String,
+        /// What was being done ("download", "commit", ...).
+        op: &'static str,
+        /// HTTP status, when the Hub answered with one.
+        status: Option<u16>,
+        /// What happened.
+        message: String,
+    },
     /// A signing or public key file is unusable.
     #[error("key {path}: {reason}")]
     Key {

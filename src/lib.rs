@@ -11,6 +11,7 @@ pub mod codec;
 pub mod dtype;
 pub mod error;
 pub mod gpu;
+pub mod hub;
 pub mod plan;
 pub mod quantize;
 pub mod runtime;

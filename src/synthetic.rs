@@ -17,3 +17,112 @@ pub fn weights(n: usize, seed: u64, scale: f32) -> Vec<f32> {
         })
         .collect()
 }
+
+/// Deterministic pseudo-random values (xorshift + Box–Muller), roughly N(0, scale²).
+pub fn randn(n: usize, seed: u64, scale: f32) -> Vec<f32> {
+    let mut s = seed.wrapping_mul(0x9E37_79B9_7F4A_7C15) | 1;
+    let mut next = || {
+        s ^= s << 13;
+        s ^= s >> 7;
+        s ^= s << 17;
+        (s >> 40) as f32 / (1u64 << 24) as f32
+    };
+    (0..n)
+        .map(|_| {
+            let (a, b) = (next().max(1e-7), next());
+            scale * (-2.0 * a.ln()).sqrt() * (std::f32::consts::TAU * b).cos()
+        })
+        .collect()
+}
+
+/// The shape of a synthetic Llama model.
+#[derive(Debug, Clone, Copy)]
+pub struct LlamaShape {
+    /// Hidden size.
+    pub hidden: usize,
+    /// MLP width.
+    pub ff: usize,
+    /// Vocabulary.
+    pub vocab: usize,
+    /// Decoder layers.
+    pub layers: usize,
+}
+
+impl LlamaShape {
+    /// 2 layers, hidden 256, MLP 512, vocabulary 128: 1.6 M weights, for tests.
+    pub const TINY: Self = Self {
+        hidden: 256,
+        ff: 512,
+        vocab: 128,
+        layers: 2,
+    };
+}
+
+/// Writes a Llama-shaped HF model directory (safetensors in `dtype`, config.json, a
+/// placeholder tokenizer.json) with N(0, 0.02²) weights and unit norms; returns the
+/// tensor names. For tests and stand-ins: real layout, synthetic values.
+pub fn write_llama(
+    dir: &std::path::Path,
+    dtype: crate::dtype::DType,
+    shape: LlamaShape,
+) -> crate::Result<Vec<String>> {
+    use crate::source::{HfDirWriter, TensorMeta};
+    let LlamaShape {
+        hidden: h,
+        ff,
+        vocab,
+        layers,
+    } = shape;
+    let mut metas = vec![];
+    let mut push = |name: String, shape: Vec<usize>| {
+        metas.push(TensorMeta {
+            name,
+            shape,
+            dtype,
+            stored_as: dtype.to_string(),
+        })
+    };
+    push("model.embed_tokens.weight".into(), vec![vocab, h]);
+    for l in 0..layers {
+        for p in ["q_proj", "k_proj", "v_proj", "o_proj"] {
+            push(format!("model.layers.{l}.self_attn.{p}.weight"), vec![h, h]);
+        }
+        push(
+            format!("model.layers.{l}.mlp.gate_proj.weight"),
+            vec![ff, h],
+        );
+        push(format!("model.layers.{l}.mlp.up_proj.weight"), vec![ff, h]);
+        push(
+            format!("model.layers.{l}.mlp.down_proj.weight"),
+            vec![h, ff],
+        );
+        push(format!("model.layers.{l}.input_layernorm.weight"), vec![h]);
+        push(
+            format!("model.layers.{l}.post_attention_layernorm.weight"),
+            vec![h],
+        );
+    }
+    push("model.norm.weight".into(), vec![h]);
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io("create", dir, e))?;
+    let mut w = HfDirWriter::new(dir, metas.clone(), 1 << 40)?;
+    for (i, m) in metas.iter().enumerate() {
+        let v = if m.shape.len() == 1 {
+            vec![1.0; m.numel()]
+        } else {
+            randn(m.numel(), i as u64 + 1, 0.02)
+        };
+        w.write(&m.name, &v)?;
+    }
+    w.finish()?;
+    let config = serde_json::json!({
+        "architectures": ["LlamaForCausalLM"], "model_type": "llama", "hidden_size": h,
+        "intermediate_size": ff, "num_attention_heads": 4, "num_key_value_heads": 4,
+        "num_hidden_layers": layers, "vocab_size": vocab, "rms_norm_eps": 1e-5,
+        "tie_word_embeddings": true, "torch_dtype": dtype.torch_name(),
+    });
+    let p = dir.join("config.json");
+    std::fs::write(&p, config.to_string()).map_err(|e| crate::Error::io("write", &p, e))?;
+    let p = dir.join("tokenizer.json");
+    std::fs::write(&p, "{}").map_err(|e| crate::Error::io("write", &p, e))?;
+    Ok(metas.into_iter().map(|m| m.name).collect())
+}

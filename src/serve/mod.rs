@@ -68,53 +68,105 @@ fn header_str(h: &HeaderMap, name: header::HeaderName) -> Option<&str> {
     h.get(name).and_then(|v| v.to_str().ok())
 }
 
+/// Something served by byte ranges: a length, a strong entity tag, and a way to stream
+/// any byte range of it. A file is one ([`ServedFile`]); the registry's artifacts,
+/// reassembled from its chunk store, are another.
+pub trait Representation: Send + Sync {
+    /// Total length in bytes.
+    fn len(&self) -> u64;
+    /// Whether it is empty.
+    fn is_empty(&self) -> bool {
+        self.len() == 0
+    }
+    /// The strong entity tag, quoted (`"abc"`).
+    fn etag(&self) -> &str;
+    /// A body streaming bytes `start..start + len` (within bounds).
+    fn body(&self, start: u64, len: u64) -> Body;
+}
+
+impl Representation for ServedFile {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn etag(&self) -> &str {
+        &self.etag
+    }
+
+    fn body(&self, start: u64, len: u64) -> Body {
+        self.served.fetch_add(len, Ordering::Relaxed);
+        let path = self.path.clone();
+        let stream = async_stream_file(path, start, len);
+        Body::from_stream(stream)
+    }
+}
+
+fn async_stream_file(
+    path: PathBuf,
+    start: u64,
+    len: u64,
+) -> impl futures_core::Stream<Item = std::io::Result<bytes::Bytes>> + Send {
+    use futures_util::TryStreamExt;
+    futures_util::stream::once(async move {
+        let mut file = tokio::fs::File::open(&path).await?;
+        file.seek(std::io::SeekFrom::Start(start)).await?;
+        Ok::<_, std::io::Error>(tokio_util::io::ReaderStream::with_capacity(
+            file.take(len),
+            256 << 10,
+        ))
+    })
+    .try_flatten()
+}
+
 /// Answers a GET/HEAD for `f` honouring Range and If-Range.
-pub async fn range_response(f: &ServedFile, method: &Method, headers: &HeaderMap) -> Response {
+pub async fn range_response(
+    f: &dyn Representation,
+    method: &Method,
+    headers: &HeaderMap,
+) -> Response {
+    range_response_with(f, method, headers, HeaderMap::new())
+}
+
+/// [`range_response`] with extra headers (the registry adds `X-Repo-Commit` and friends).
+pub fn range_response_with(
+    f: &dyn Representation,
+    method: &Method,
+    headers: &HeaderMap,
+    mut h: HeaderMap,
+) -> Response {
+    let len = f.len();
     let decision = decide(
         header_str(headers, header::RANGE),
         header_str(headers, header::IF_RANGE),
-        &f.etag,
-        f.len,
+        f.etag(),
+        len,
     );
-    let mut h = HeaderMap::new();
     h.insert(header::ACCEPT_RANGES, HeaderValue::from_static("bytes"));
-    if let Ok(v) = HeaderValue::from_str(&f.etag) {
+    if let Ok(v) = HeaderValue::from_str(f.etag()) {
         h.insert(header::ETAG, v);
     }
-    h.insert(
-        header::CONTENT_TYPE,
-        HeaderValue::from_static("application/octet-stream"),
-    );
-    let (status, start, len) = match decision {
-        RangeDecision::Full => (StatusCode::OK, 0, f.len),
+    h.entry(header::CONTENT_TYPE)
+        .or_insert(HeaderValue::from_static("application/octet-stream"));
+    let (status, start, n) = match decision {
+        RangeDecision::Full => (StatusCode::OK, 0, len),
         RangeDecision::Partial { start, end } => {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{}", f.len)) {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes {start}-{end}/{len}")) {
                 h.insert(header::CONTENT_RANGE, v);
             }
             (StatusCode::PARTIAL_CONTENT, start, end - start + 1)
         }
         RangeDecision::Unsatisfiable => {
-            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{}", f.len)) {
+            if let Ok(v) = HeaderValue::from_str(&format!("bytes */{len}")) {
                 h.insert(header::CONTENT_RANGE, v);
             }
             return (StatusCode::RANGE_NOT_SATISFIABLE, h).into_response();
         }
     };
-    h.insert(header::CONTENT_LENGTH, HeaderValue::from(len));
+    h.insert(header::CONTENT_LENGTH, HeaderValue::from(n));
     if method == Method::HEAD {
         return (status, h, Body::empty()).into_response();
     }
-    let file = match tokio::fs::File::open(&f.path).await {
-        Ok(file) => file,
-        Err(_) => return StatusCode::INTERNAL_SERVER_ERROR.into_response(),
-    };
-    let mut file = file;
-    if file.seek(std::io::SeekFrom::Start(start)).await.is_err() {
-        return StatusCode::INTERNAL_SERVER_ERROR.into_response();
-    }
-    f.served.fetch_add(len, Ordering::Relaxed);
-    let stream = tokio_util::io::ReaderStream::with_capacity(file.take(len), 256 << 10);
-    (status, h, Body::from_stream(stream)).into_response()
+    (status, h, f.body(start, n)).into_response()
 }
 
 /// Binds `addr` and serves `router` until the process ends.

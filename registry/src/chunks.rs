@@ -1,0 +1,199 @@
+//! The content-addressed chunk store and the artifacts reassembled from it.
+//!
+//! An artifact file is cut into pieces: each chunk of its manifest's chunk table, and
+//! each run of bytes between them (header, manifest, signature block, alignment
+//! padding). Every piece is stored once under its sha256 (`chunks/ab/cdef…`), so a
+//! chunk shared by two artifacts (an untouched embedding, a republished model) takes
+//! disk space once. An artifact is then the ordered list of its pieces; range requests
+//! are answered by reading across pieces.
+
+use std::io::{Read, Seek, SeekFrom, Write};
+use std::path::{Path, PathBuf};
+
+use axum::body::Body;
+use sha2::{Digest, Sha256};
+use tenpak::artifact::format::Chunk;
+use tenpak::serve::Representation;
+
+/// The store on disk.
+#[derive(Debug, Clone)]
+pub struct ChunkStore {
+    dir: PathBuf,
+}
+
+/// What ingesting one file did.
+#[derive(Debug, Clone, Default, PartialEq)]
+pub struct Ingested {
+    /// (sha256 hex, length) of each piece, in file order.
+    pub pieces: Vec<(String, u64)>,
+    /// sha256 hex of the whole file.
+    pub sha256: String,
+    /// Bytes written as new pieces.
+    pub new_bytes: u64,
+    /// Bytes found already stored.
+    pub reused_bytes: u64,
+}
+
+fn is_hex64(s: &str) -> bool {
+    s.len() == 64 && s.bytes().all(|c| matches!(c, b'0'..=b'9' | b'a'..=b'f'))
+}
+
+impl ChunkStore {
+    /// Opens (creating) the store under `dir`.
+    pub fn open(dir: &Path) -> std::io::Result<Self> {
+        std::fs::create_dir_all(dir.join("tmp"))?;
+        Ok(Self {
+            dir: dir.to_path_buf(),
+        })
+    }
+
+    /// Where the piece named `sha` lives; `None` for a name that is not a sha256.
+    pub fn path(&self, sha: &str) -> Option<PathBuf> {
+        is_hex64(sha).then(|| self.dir.join(&sha[..2]).join(&sha[2..]))
+    }
+
+    /// Whether a piece is stored.
+    pub fn contains(&self, sha: &str) -> bool {
+        self.path(sha).is_some_and(|p| p.exists())
+    }
+
+    fn put(&self, sha: &str, bytes: &[u8]) -> std::io::Result<bool> {
+        let Some(path) = self.path(sha) else {
+            return Err(std::io::Error::other(format!("bad piece name {sha}")));
+        };
+        if path.exists() {
+            return Ok(false);
+        }
+        if let Some(parent) = path.parent() {
+            std::fs::create_dir_all(parent)?;
+        }
+        let mut tmp = tempfile::NamedTempFile::new_in(self.dir.join("tmp"))?;
+        tmp.write_all(bytes)?;
+        tmp.as_file().sync_data()?;
+        tmp.persist(&path).map_err(|e| e.error)?;
+        Ok(true)
+    }
+
+    /// Cuts `file` (an artifact whose chunk table is `chunks`, sorted by offset) into
+    /// pieces and stores those not yet stored. Each chunk's sha256 is recomputed and
+    /// must match the table.
+    pub fn ingest(&self, file: &Path, chunks: &[Chunk]) -> std::io::Result<Ingested> {
+        let mut f = std::fs::File::open(file)?;
+        let len = f.metadata()?.len();
+        let mut cuts: Vec<(u64, u64, Option<&str>)> = Vec::new();
+        let mut at = 0u64;
+        for c in chunks {
+            if c.offset < at || c.offset + c.length > len {
+                return Err(std::io::Error::other(format!(
+                    "chunk at {} (+{}) overlaps or runs past the file",
+                    c.offset, c.length
+                )));
+            }
+            if c.offset > at {
+                cuts.push((at, c.offset - at, None));
+            }
+            cuts.push((c.offset, c.length, Some(c.sha256.as_str())));
+            at = c.offset + c.length;
+        }
+        if at < len {
+            cuts.push((at, len - at, None));
+        }
+        let mut out = Ingested::default();
+        let mut whole = Sha256::new();
+        let mut buf = Vec::new();
+        for (offset, n, expect) in cuts {
+            buf.resize(n as usize, 0);
+            f.seek(SeekFrom::Start(offset))?;
+            f.read_exact(&mut buf)?;
+            whole.update(&buf);
+            let sha = hex::encode(Sha256::digest(&buf));
+            if let Some(e) = expect {
+                if e != sha {
+                    return Err(std::io::Error::other(format!(
+                        "chunk at {offset}: sha256 {sha}, manifest says {e}"
+                    )));
+                }
+            }
+            if self.put(&sha, &buf)? {
+                out.new_bytes += n;
+            } else {
+                out.reused_bytes += n;
+            }
+            out.pieces.push((sha, n));
+        }
+        out.sha256 = hex::encode(whole.finalize());
+        Ok(out)
+    }
+
+    /// Stores small contents (a model card) as one piece.
+    pub fn put_bytes(&self, bytes: &[u8]) -> std::io::Result<String> {
+        let sha = hex::encode(Sha256::digest(bytes));
+        self.put(&sha, bytes)?;
+        Ok(sha)
+    }
+
+    /// A file made of `pieces`, served under entity tag `etag` (unquoted).
+    pub fn assemble(&self, pieces: &[(String, u64)], etag: &str) -> std::io::Result<Assembled> {
+        let mut parts = Vec::with_capacity(pieces.len());
+        let mut at = 0;
+        for (sha, n) in pieces {
+            let path = self
+                .path(sha)
+                .ok_or_else(|| std::io::Error::other(format!("bad piece name {sha}")))?;
+            parts.push((at, *n, path));
+            at += n;
+        }
+        Ok(Assembled {
+            parts,
+            len: at,
+            etag: format!("\"{etag}\""),
+        })
+    }
+}
+
+/// A file reassembled from stored pieces, served by ranges.
+#[derive(Debug, Clone)]
+pub struct Assembled {
+    /// (offset in the file, length, piece path).
+    parts: Vec<(u64, u64, PathBuf)>,
+    len: u64,
+    etag: String,
+}
+
+impl Representation for Assembled {
+    fn len(&self) -> u64 {
+        self.len
+    }
+
+    fn etag(&self) -> &str {
+        &self.etag
+    }
+
+    fn body(&self, start: u64, len: u64) -> Body {
+        use futures_util::{StreamExt, TryStreamExt};
+        use tokio::io::{AsyncReadExt, AsyncSeekExt};
+        let end = start + len;
+        // The pieces overlapping [start, end), with the slice of each.
+        let first = self.parts.partition_point(|(o, n, _)| o + n <= start);
+        let slices: Vec<(PathBuf, u64, u64)> = self.parts[first..]
+            .iter()
+            .take_while(|(o, _, _)| *o < end)
+            .map(|(o, n, p)| {
+                let s = start.max(*o) - o;
+                let e = end.min(o + n) - o;
+                (p.clone(), s, e - s)
+            })
+            .collect();
+        let stream = futures_util::stream::iter(slices)
+            .then(|(path, s, n)| async move {
+                let mut f = tokio::fs::File::open(&path).await?;
+                f.seek(SeekFrom::Start(s)).await?;
+                Ok::<_, std::io::Error>(tokio_util::io::ReaderStream::with_capacity(
+                    f.take(n),
+                    256 << 10,
+                ))
+            })
+            .try_flatten();
+        Body::from_stream(stream)
+    }
+}

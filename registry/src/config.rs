@@ -1,0 +1,238 @@
+//! Settings: embedded defaults, then the config file (TOML), then the environment, then
+//! command-line flags, each overriding the one before.
+//!
+//! Secrets never have to be typed: without `TENPAK_WEBHOOK_SECRET` / `TENPAK_API_TOKEN`
+//! the registry creates random ones on first start and keeps them (mode 0600) in the
+//! data dir, where the operator reads them to register the webhook.
+
+use std::net::SocketAddr;
+use std::path::{Path, PathBuf};
+
+use anyhow::{bail, Context};
+use serde::Deserialize;
+use tenpak::plan::Target;
+
+/// Everything the registry is configured by.
+#[derive(Debug, Clone)]
+pub struct Settings {
+    /// Where the database, keys, chunk store and work files live.
+    pub data_dir: PathBuf,
+    /// Listen address.
+    pub listen: SocketAddr,
+    /// Hub endpoint (`HF_ENDPOINT`; default `https://huggingface.co`).
+    pub hub_endpoint: Option<String>,
+    /// Hub token (`HF_TOKEN`), needed to publish companion repos.
+    pub hub_token: Option<String>,
+    /// The webhook secret (`TENPAK_WEBHOOK_SECRET`).
+    pub webhook_secret: String,
+    /// Bearer token of the write endpoints (`TENPAK_API_TOKEN`).
+    pub api_token: String,
+    /// Targets packed for every model (`TENPAK_TARGETS`, comma-separated).
+    pub targets: Vec<Target>,
+    /// Companion repository pattern, `{owner}` and `{name}` substituted.
+    pub companion: String,
+    /// Concurrent jobs (0: accept webhooks and API calls, run nothing).
+    pub workers: usize,
+    /// The branch whose updates are compressed.
+    pub branch: String,
+    /// Whether private source repositories are compressed.
+    pub allow_private: bool,
+    /// Attempts per job before it is marked failed (transient errors only retry).
+    pub max_attempts: i64,
+    /// Text for the perplexity column of model cards (none: column says "not measured").
+    pub eval_text: Option<PathBuf>,
+    /// Tokens of `eval_text` evaluated.
+    pub eval_tokens: usize,
+    /// Where the secrets came from (for the startup log).
+    pub secret_files: Vec<PathBuf>,
+}
+
+/// The config file: every key optional.
+#[derive(Debug, Default, Deserialize)]
+#[serde(deny_unknown_fields)]
+pub struct FileConfig {
+    /// See [`Settings::listen`].
+    pub listen: Option<SocketAddr>,
+    /// See [`Settings::hub_endpoint`].
+    pub hub_endpoint: Option<String>,
+    /// See [`Settings::hub_token`].
+    pub hub_token: Option<String>,
+    /// See [`Settings::webhook_secret`].
+    pub webhook_secret: Option<String>,
+    /// See [`Settings::api_token`].
+    pub api_token: Option<String>,
+    /// See [`Settings::targets`].
+    pub targets: Option<Vec<String>>,
+    /// See [`Settings::companion`].
+    pub companion: Option<String>,
+    /// See [`Settings::workers`].
+    pub workers: Option<usize>,
+    /// See [`Settings::branch`].
+    pub branch: Option<String>,
+    /// See [`Settings::allow_private`].
+    pub allow_private: Option<bool>,
+    /// See [`Settings::max_attempts`].
+    pub max_attempts: Option<i64>,
+    /// See [`Settings::eval_text`].
+    pub eval_text: Option<PathBuf>,
+    /// See [`Settings::eval_tokens`].
+    pub eval_tokens: Option<usize>,
+}
+
+/// Default listen address.
+pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
+/// Parses `balanced,quality` into targets.
+pub fn parse_targets(s: &[String]) -> anyhow::Result<Vec<Target>> {
+    use clap::ValueEnum;
+    let mut out = Vec::new();
+    for t in s.iter().flat_map(|t| t.split(',')).map(str::trim) {
+        if t.is_empty() {
+            continue;
+        }
+        let target = Target::from_str(t, true)
+            .map_err(|_| anyhow::anyhow!("unknown target {t:?} (quality, balanced, size)"))?;
+        if !out.contains(&target) {
+            out.push(target);
+        }
+    }
+    if out.is_empty() {
+        bail!("no targets given");
+    }
+    Ok(out)
+}
+
+/// A target's name as written in files and the API.
+pub fn target_name(t: Target) -> &'static str {
+    match t {
+        Target::Quality => "quality",
+        Target::Balanced => "balanced",
+        Target::Size => "size",
+    }
+}
+
+fn env(k: &str) -> Option<String> {
+    std::env::var(k).ok().filter(|v| !v.trim().is_empty())
+}
+
+/// Reads `path`, or creates it with a fresh random token (hex, 32 bytes).
+fn secret_file(path: &Path) -> anyhow::Result<String> {
+    if let Ok(s) = std::fs::read_to_string(path) {
+        let s = s.trim().to_string();
+        if !s.is_empty() {
+            return Ok(s);
+        }
+    }
+    let mut b = [0u8; 32];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let token = hex::encode(b);
+    let mut opts = std::fs::OpenOptions::new();
+    opts.write(true).create(true).truncate(true);
+    #[cfg(unix)]
+    {
+        use std::os::unix::fs::OpenOptionsExt;
+        opts.mode(0o600);
+    }
+    use std::io::Write;
+    let mut f = opts
+        .open(path)
+        .with_context(|| format!("creating {}", path.display()))?;
+    f.write_all(token.as_bytes())?;
+    Ok(token)
+}
+
+/// Command-line overrides.
+#[derive(Debug, Default, Clone)]
+pub struct Overrides {
+    /// `--listen`.
+    pub listen: Option<SocketAddr>,
+    /// `--workers`.
+    pub workers: Option<usize>,
+}
+
+impl Settings {
+    /// Builds the settings for `data_dir` from the config file, the environment and
+    /// the flags; creates the data dir and missing secrets.
+    pub fn load(data_dir: &Path, config: Option<&Path>, flags: &Overrides) -> anyhow::Result<Self> {
+        std::fs::create_dir_all(data_dir)
+            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        let file: FileConfig = match config {
+            Some(p) => {
+                let text = std::fs::read_to_string(p)
+                    .with_context(|| format!("reading config {}", p.display()))?;
+                toml::from_str(&text).with_context(|| format!("config {}", p.display()))?
+            }
+            None => FileConfig::default(),
+        };
+        let mut secret_files = Vec::new();
+        let webhook_secret = match env("TENPAK_WEBHOOK_SECRET").or(file.webhook_secret) {
+            Some(s) => s,
+            None => {
+                let p = data_dir.join("webhook-secret");
+                secret_files.push(p.clone());
+                secret_file(&p)?
+            }
+        };
+        let api_token = match env("TENPAK_API_TOKEN").or(file.api_token) {
+            Some(s) => s,
+            None => {
+                let p = data_dir.join("api-token");
+                secret_files.push(p.clone());
+                secret_file(&p)?
+            }
+        };
+        let targets = match env("TENPAK_TARGETS") {
+            Some(t) => parse_targets(&[t])?,
+            None => match file.targets {
+                Some(t) => parse_targets(&t)?,
+                None => vec![Target::Balanced],
+            },
+        };
+        let companion = file
+            .companion
+            .unwrap_or_else(|| "{owner}/{name}-tnpk".to_string());
+        if !companion.contains("{name}") {
+            bail!("companion pattern {companion:?} must contain {{name}}");
+        }
+        let max_attempts = file.max_attempts.unwrap_or(3);
+        if max_attempts < 1 {
+            bail!("max_attempts must be at least 1");
+        }
+        Ok(Self {
+            data_dir: data_dir.to_path_buf(),
+            listen: flags
+                .listen
+                .or(file.listen)
+                .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address")),
+            hub_endpoint: env("HF_ENDPOINT").or(file.hub_endpoint),
+            hub_token: env("HF_TOKEN").or(file.hub_token),
+            webhook_secret,
+            api_token,
+            targets,
+            companion,
+            workers: flags.workers.or(file.workers).unwrap_or(1),
+            branch: file.branch.unwrap_or_else(|| "main".into()),
+            allow_private: file.allow_private.unwrap_or(false),
+            max_attempts,
+            eval_text: file.eval_text,
+            eval_tokens: file.eval_tokens.unwrap_or(4096),
+            secret_files,
+        })
+    }
+
+    /// The companion repository of `repo` (`owner/name`).
+    pub fn companion_of(&self, repo: &str) -> String {
+        let (owner, name) = repo.split_once('/').unwrap_or(("", repo));
+        self.companion
+            .replace("{owner}", owner)
+            .replace("{name}", name)
+    }
+
+    /// The suffix companion names end with (to ignore the registry's own pushes).
+    pub fn companion_suffix(&self) -> String {
+        self.companion
+            .rsplit_once("{name}")
+            .map(|(_, s)| s.to_string())
+            .unwrap_or_default()
+    }
+}

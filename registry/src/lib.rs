@@ -1,0 +1,98 @@
+//! `tenpak-registry`: Hub webhooks in, signed companion repos out, range-served artifacts.
+//!
+//! - [`api`]: the HTTP surface (webhook receiver, Studio API, range serving, the
+//!   Hub-compatible read API);
+//! - [`store`]: the SQLite job store;
+//! - [`chunks`]: the content-addressed chunk store;
+//! - [`pipeline`]: workers and the per-job pipeline;
+//! - [`card`]: the companion repo's model card;
+//! - [`config`]: settings from defaults, file, environment and flags.
+
+pub mod api;
+pub mod card;
+pub mod chunks;
+pub mod config;
+pub mod pipeline;
+pub mod store;
+
+use std::sync::Arc;
+
+use anyhow::Context;
+use tenpak::artifact::sign;
+
+/// Opens (creating on first start) the registry's signing key under the data dir.
+pub fn signing_key(dir: &std::path::Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    let path = dir.join("signing-key");
+    if !path.exists() {
+        let key = sign::generate()?;
+        sign::write_keypair(&key, &path)?;
+        eprintln!("created signing key {}", path.display());
+    }
+    Ok(sign::load_signing_key(&path)?)
+}
+
+/// Opens everything the registry needs; requeues interrupted jobs.
+pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
+    let dir = settings.data_dir.clone();
+    let key = signing_key(&dir)?;
+    let store = store::Store::open(&dir.join("registry.sqlite3"))
+        .with_context(|| format!("opening the job store in {}", dir.display()))?;
+    let requeued = store.requeue_interrupted()?;
+    if requeued > 0 {
+        eprintln!("requeued {requeued} job(s) interrupted by the last shutdown");
+    }
+    let chunks = chunks::ChunkStore::open(&dir.join("chunks"))?;
+    let hub = tenpak::hub::Hub::new(&tenpak::hub::HubConfig {
+        endpoint: settings.hub_endpoint.clone(),
+        token: settings.hub_token.clone(),
+        cache_dir: Some(dir.join("hub-cache")),
+    })?;
+    Ok(Arc::new(pipeline::Ctx {
+        settings,
+        store: Arc::new(store),
+        chunks,
+        hub,
+        key,
+        wake: tokio::sync::Notify::new(),
+    }))
+}
+
+/// Serves until the process is stopped (Ctrl-C / SIGTERM end it; jobs left running
+/// are picked up again at the next start).
+pub async fn serve(ctx: Arc<pipeline::Ctx>) -> anyhow::Result<()> {
+    let listener = tokio::net::TcpListener::bind(ctx.settings.listen)
+        .await
+        .with_context(|| format!("binding {}", ctx.settings.listen))?;
+    let addr = listener.local_addr()?;
+    let public = ctx.key.verifying_key();
+    eprintln!(
+        "tenpak-registry {} listening on http://{addr} (data {}, hub {}, targets {}, {} worker(s))",
+        env!("CARGO_PKG_VERSION"),
+        ctx.settings.data_dir.display(),
+        ctx.hub.endpoint(),
+        ctx.settings
+            .targets
+            .iter()
+            .map(|t| config::target_name(*t))
+            .collect::<Vec<_>>()
+            .join(","),
+        ctx.settings.workers
+    );
+    eprintln!(
+        "signing key {} (public {})",
+        sign::key_id(&public),
+        hex::encode(public.as_bytes())
+    );
+    for f in &ctx.settings.secret_files {
+        eprintln!("secret kept in {}", f.display());
+    }
+    for n in 0..ctx.settings.workers {
+        tokio::spawn(pipeline::worker(ctx.clone(), n));
+    }
+    axum::serve(listener, api::router(ctx))
+        .with_graceful_shutdown(async {
+            let _ = tokio::signal::ctrl_c().await;
+        })
+        .await?;
+    Ok(())
+}

@@ -1,0 +1,65 @@
+//! The `tenpak-registry` binary.
+
+use std::net::SocketAddr;
+use std::path::PathBuf;
+
+use clap::{Parser, Subcommand};
+use tenpak_registry::config::{Overrides, Settings};
+
+/// TenPak registry: receives Hugging Face Hub webhooks, compresses new model commits into
+/// signed .tnpk artifacts, publishes them to companion repos, and serves them by HTTP
+/// ranges (also through a Hub-compatible read API, so HF_ENDPOINT can point here).
+///
+/// Settings come from, in rising precedence: defaults, --config FILE (TOML), the
+/// environment (HF_ENDPOINT, HF_TOKEN, TENPAK_WEBHOOK_SECRET, TENPAK_API_TOKEN,
+/// TENPAK_TARGETS), then flags. Missing secrets are generated on first start and kept
+/// in the data dir (webhook-secret, api-token).
+#[derive(Debug, Parser)]
+#[command(name = "tenpak-registry", version, about, long_about)]
+struct Cli {
+    #[command(subcommand)]
+    command: Command,
+}
+
+#[derive(Debug, Subcommand)]
+enum Command {
+    /// Run the registry.
+    Serve {
+        /// Database, keys, chunk store, download cache and work files live here.
+        #[arg(long, default_value = "tenpak-registry-data")]
+        data_dir: PathBuf,
+        /// Address to listen on (default 127.0.0.1:8787).
+        #[arg(long)]
+        listen: Option<SocketAddr>,
+        /// TOML file with any of: listen, hub_endpoint, hub_token, webhook_secret,
+        /// api_token, targets, companion, workers, branch, allow_private, max_attempts,
+        /// eval_text, eval_tokens.
+        #[arg(long)]
+        config: Option<PathBuf>,
+        /// Concurrent jobs (0: accept deliveries, run nothing). Default 1.
+        #[arg(long)]
+        workers: Option<usize>,
+    },
+}
+
+fn main() -> anyhow::Result<()> {
+    let cli = Cli::parse();
+    match cli.command {
+        Command::Serve {
+            data_dir,
+            listen,
+            config,
+            workers,
+        } => {
+            let settings =
+                Settings::load(&data_dir, config.as_deref(), &Overrides { listen, workers })?;
+            let rt = tokio::runtime::Builder::new_multi_thread()
+                .enable_all()
+                .build()?;
+            rt.block_on(async {
+                let ctx = tenpak_registry::open(settings)?;
+                tenpak_registry::serve(ctx).await
+            })
+        }
+    }
+}

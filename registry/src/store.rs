@@ -1,0 +1,533 @@
+//! The job store: SQLite (embedded, one file under the data dir, WAL mode).
+//!
+//! A job is "compress repo R at commit S with targets T". Its idempotency key is unique,
+//! so a redelivered webhook finds the existing job instead of making a second one. States
+//! run `queued → running → done | failed`; a job found `running` when the registry starts
+//! was interrupted (crash, kill) and goes back to `queued`, keeping its attempt count.
+//! Artifacts and companion-repo revisions the registry published are recorded here too.
+
+use std::path::Path;
+use std::sync::Mutex;
+use std::time::{SystemTime, UNIX_EPOCH};
+
+use rusqlite::{params, Connection, OptionalExtension, Row};
+use serde::{Deserialize, Serialize};
+
+/// Job states.
+pub const QUEUED: &str = "queued";
+/// A worker holds it.
+pub const RUNNING: &str = "running";
+/// Published.
+pub const DONE: &str = "done";
+/// Gave up (error kept).
+pub const FAILED: &str = "failed";
+
+/// One job, as the Studio API shows it.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct Job {
+    /// Job id.
+    pub id: i64,
+    /// `owner/name` of the source model.
+    pub repo: String,
+    /// The exact commit compressed (may be a branch name until the worker resolves it,
+    /// for API jobs).
+    pub revision: String,
+    /// Targets packed, comma-separated.
+    pub targets: String,
+    /// `webhook` or `api`.
+    pub origin: String,
+    /// queued / running / done / failed.
+    pub state: String,
+    /// The pipeline stage last entered.
+    pub stage: String,
+    /// 0–1.
+    pub progress: f64,
+    /// Attempts started.
+    pub attempts: i64,
+    /// Last error, if any.
+    pub error: Option<String>,
+    /// Companion repository it publishes to.
+    pub companion: String,
+    /// Commit made on the companion repository, once published.
+    pub published_commit: Option<String>,
+    /// Unix seconds.
+    pub created_at: f64,
+    /// Unix seconds.
+    pub updated_at: f64,
+    /// Unix seconds, when finished.
+    pub finished_at: Option<f64>,
+}
+
+/// A stored artifact.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct ArtifactRow {
+    /// Manifest digest, hex (the artifact's id).
+    pub id: String,
+    /// Job that made it.
+    pub job_id: i64,
+    /// Companion repository.
+    pub repo: String,
+    /// File name in the companion repository.
+    pub path: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Source model and commit.
+    pub source: String,
+    /// Target name.
+    pub target: String,
+    /// Bits per weight of the quantized linear layers.
+    pub bits_per_weight: f64,
+    /// sha256 hex of the whole file (its entity tag).
+    pub sha256: String,
+    /// The pieces (sha256 hex, length) the file is made of, in order.
+    #[serde(skip)]
+    pub pieces: Vec<(String, u64)>,
+}
+
+/// A revision of a companion repository served by the Hub-compatible API.
+#[derive(Debug, Clone, Serialize, PartialEq)]
+pub struct RepoRevision {
+    /// Companion `owner/name`.
+    pub repo: String,
+    /// 40-hex revision id.
+    pub commit: String,
+    /// Files: (path, artifact id or `None` for the model card), in order.
+    pub files: Vec<RepoFile>,
+    /// Unix seconds.
+    pub created_at: f64,
+}
+
+/// One file of a companion revision.
+#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
+pub struct RepoFile {
+    /// Path in the repository.
+    pub path: String,
+    /// sha256 hex of the contents.
+    pub sha256: String,
+    /// Size in bytes.
+    pub size: u64,
+    /// Artifact id when the file is a stored artifact.
+    pub artifact: Option<String>,
+}
+
+/// Store errors.
+#[derive(Debug, thiserror::Error)]
+pub enum StoreError {
+    /// SQLite failed.
+    #[error("job store: {0}")]
+    Sql(#[from] rusqlite::Error),
+    /// A row that should be JSON is not.
+    #[error("job store: corrupt row: {0}")]
+    Corrupt(String),
+}
+
+type Result<T> = std::result::Result<T, StoreError>;
+
+/// The store (one connection behind a mutex; every statement is short).
+pub struct Store {
+    conn: Mutex<Connection>,
+}
+
+fn now() -> f64 {
+    SystemTime::now()
+        .duration_since(UNIX_EPOCH)
+        .map(|d| d.as_secs_f64())
+        .unwrap_or(0.0)
+}
+
+const SCHEMA: &str = "
+CREATE TABLE IF NOT EXISTS jobs (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    key TEXT NOT NULL UNIQUE,
+    repo TEXT NOT NULL,
+    revision TEXT NOT NULL,
+    targets TEXT NOT NULL,
+    origin TEXT NOT NULL,
+    state TEXT NOT NULL,
+    stage TEXT NOT NULL DEFAULT '',
+    progress REAL NOT NULL DEFAULT 0,
+    attempts INTEGER NOT NULL DEFAULT 0,
+    error TEXT,
+    companion TEXT NOT NULL,
+    published_commit TEXT,
+    created_at REAL NOT NULL,
+    updated_at REAL NOT NULL,
+    finished_at REAL
+);
+CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
+CREATE TABLE IF NOT EXISTS deliveries (
+    id INTEGER PRIMARY KEY AUTOINCREMENT,
+    received_at REAL NOT NULL,
+    webhook_id TEXT,
+    scope TEXT,
+    repo TEXT,
+    decision TEXT NOT NULL,
+    job_id INTEGER
+);
+CREATE TABLE IF NOT EXISTS artifacts (
+    id TEXT PRIMARY KEY,
+    job_id INTEGER NOT NULL,
+    repo TEXT NOT NULL,
+    path TEXT NOT NULL,
+    size INTEGER NOT NULL,
+    source TEXT NOT NULL,
+    target TEXT NOT NULL,
+    bits_per_weight REAL NOT NULL,
+    sha256 TEXT NOT NULL,
+    pieces TEXT NOT NULL,
+    created_at REAL NOT NULL
+);
+CREATE TABLE IF NOT EXISTS repo_revisions (
+    seq INTEGER PRIMARY KEY AUTOINCREMENT,
+    repo TEXT NOT NULL,
+    commit_id TEXT NOT NULL,
+    files TEXT NOT NULL,
+    created_at REAL NOT NULL,
+    UNIQUE(repo, commit_id)
+);
+";
+
+fn job_of(r: &Row<'_>) -> rusqlite::Result<Job> {
+    Ok(Job {
+        id: r.get("id")?,
+        repo: r.get("repo")?,
+        revision: r.get("revision")?,
+        targets: r.get("targets")?,
+        origin: r.get("origin")?,
+        state: r.get("state")?,
+        stage: r.get("stage")?,
+        progress: r.get("progress")?,
+        attempts: r.get("attempts")?,
+        error: r.get("error")?,
+        companion: r.get("companion")?,
+        published_commit: r.get("published_commit")?,
+        created_at: r.get("created_at")?,
+        updated_at: r.get("updated_at")?,
+        finished_at: r.get("finished_at")?,
+    })
+}
+
+/// What inserting a job did.
+#[derive(Debug, Clone, PartialEq)]
+pub struct Enqueued {
+    /// The job (new or existing).
+    pub job: Job,
+    /// False when the key already had a job.
+    pub created: bool,
+}
+
+/// A new job's facts.
+#[derive(Debug, Clone)]
+pub struct NewJob<'a> {
+    /// Idempotency key.
+    pub key: &'a str,
+    /// Source `owner/name`.
+    pub repo: &'a str,
+    /// Commit (or branch, for API jobs before resolution).
+    pub revision: &'a str,
+    /// Comma-separated targets.
+    pub targets: &'a str,
+    /// `webhook` / `api`.
+    pub origin: &'a str,
+    /// Companion repository.
+    pub companion: &'a str,
+}
+
+impl Store {
+    /// Opens (creating) the database at `path`.
+    pub fn open(path: &Path) -> Result<Self> {
+        let conn = Connection::open(path)?;
+        conn.pragma_update(None, "journal_mode", "WAL")?;
+        conn.pragma_update(None, "synchronous", "NORMAL")?;
+        conn.busy_timeout(std::time::Duration::from_secs(5))?;
+        conn.execute_batch(SCHEMA)?;
+        Ok(Self {
+            conn: Mutex::new(conn),
+        })
+    }
+
+    fn conn(&self) -> std::sync::MutexGuard<'_, Connection> {
+        // A panic while holding the lock leaves the connection usable (every statement
+        // is atomic in SQLite), so a poisoned lock is taken over.
+        self.conn.lock().unwrap_or_else(|p| p.into_inner())
+    }
+
+    /// Puts jobs that were running when the process stopped back in the queue.
+    /// Returns how many.
+    pub fn requeue_interrupted(&self) -> Result<usize> {
+        Ok(self.conn().execute(
+            "UPDATE jobs SET state = ?1, stage = 'requeued after restart', updated_at = ?2
+             WHERE state = ?3",
+            params![QUEUED, now(), RUNNING],
+        )?)
+    }
+
+    /// Inserts a job unless its key exists; either way returns the job.
+    pub fn enqueue(&self, j: &NewJob<'_>) -> Result<Enqueued> {
+        let c = self.conn();
+        let t = now();
+        let n = c.execute(
+            "INSERT INTO jobs (key, repo, revision, targets, origin, state, stage, companion,
+                               created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?8)
+             ON CONFLICT(key) DO NOTHING",
+            params![
+                j.key,
+                j.repo,
+                j.revision,
+                j.targets,
+                j.origin,
+                QUEUED,
+                j.companion,
+                t
+            ],
+        )?;
+        let job = c.query_row("SELECT * FROM jobs WHERE key = ?1", [j.key], job_of)?;
+        Ok(Enqueued {
+            job,
+            created: n == 1,
+        })
+    }
+
+    /// Records a webhook delivery and what was decided.
+    pub fn record_delivery(
+        &self,
+        webhook_id: Option<&str>,
+        scope: Option<&str>,
+        repo: Option<&str>,
+        decision: &str,
+        job_id: Option<i64>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "INSERT INTO deliveries (received_at, webhook_id, scope, repo, decision, job_id)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6)",
+            params![now(), webhook_id, scope, repo, decision, job_id],
+        )?;
+        Ok(())
+    }
+
+    /// Number of deliveries recorded.
+    pub fn delivery_count(&self) -> Result<i64> {
+        Ok(self
+            .conn()
+            .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))?)
+    }
+
+    /// Takes the oldest queued job, marking it running and counting the attempt.
+    pub fn claim(&self) -> Result<Option<Job>> {
+        let c = self.conn();
+        let t = now();
+        let id: Option<i64> = c
+            .query_row(
+                "UPDATE jobs SET state = ?1, attempts = attempts + 1, updated_at = ?2, error = NULL
+                 WHERE id = (SELECT id FROM jobs WHERE state = ?3 ORDER BY id LIMIT 1)
+                 RETURNING id",
+                params![RUNNING, t, QUEUED],
+                |r| r.get(0),
+            )
+            .optional()?;
+        match id {
+            None => Ok(None),
+            Some(id) => Ok(Some(c.query_row(
+                "SELECT * FROM jobs WHERE id = ?1",
+                [id],
+                job_of,
+            )?)),
+        }
+    }
+
+    /// Updates a running job's stage and progress.
+    pub fn progress(&self, id: i64, stage: &str, progress: f64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET stage = ?2, progress = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, stage, progress.clamp(0.0, 1.0), now()],
+        )?;
+        Ok(())
+    }
+
+    /// Sets the resolved commit of a job.
+    pub fn set_revision(&self, id: i64, revision: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET revision = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, revision, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Records the companion commit (before the job is marked done, so a restart
+    /// between the two does not publish again).
+    pub fn set_published(&self, id: i64, commit: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET published_commit = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, commit, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Marks a job done.
+    pub fn finish(&self, id: i64) -> Result<()> {
+        let t = now();
+        self.conn().execute(
+            "UPDATE jobs SET state = ?2, stage = 'published', progress = 1, error = NULL,
+                    updated_at = ?3, finished_at = ?3 WHERE id = ?1",
+            params![id, DONE, t],
+        )?;
+        Ok(())
+    }
+
+    /// Records a failed attempt: back to the queue when `retry`, else failed.
+    pub fn fail(&self, id: i64, error: &str, retry: bool) -> Result<()> {
+        let t = now();
+        let (state, finished) = if retry {
+            (QUEUED, None)
+        } else {
+            (FAILED, Some(t))
+        };
+        self.conn().execute(
+            "UPDATE jobs SET state = ?2, error = ?3, updated_at = ?4, finished_at = ?5
+             WHERE id = ?1",
+            params![id, state, error, t, finished],
+        )?;
+        Ok(())
+    }
+
+    /// One job.
+    pub fn job(&self, id: i64) -> Result<Option<Job>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT * FROM jobs WHERE id = ?1", [id], job_of)
+            .optional()?)
+    }
+
+    /// Jobs, newest first.
+    pub fn jobs(&self, limit: i64, offset: i64) -> Result<(Vec<Job>, i64)> {
+        let c = self.conn();
+        let total: i64 = c.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))?;
+        let mut st = c.prepare("SELECT * FROM jobs ORDER BY id DESC LIMIT ?1 OFFSET ?2")?;
+        let rows = st
+            .query_map(params![limit, offset], job_of)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok((rows, total))
+    }
+
+    /// Counts of jobs per state.
+    pub fn counts(&self) -> Result<Vec<(String, i64)>> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")?;
+        let rows = st
+            .query_map([], |r| Ok((r.get(0)?, r.get(1)?)))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Records a stored artifact (no-op when the digest is known).
+    pub fn add_artifact(&self, a: &ArtifactRow) -> Result<()> {
+        let pieces =
+            serde_json::to_string(&a.pieces).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.conn().execute(
+            "INSERT INTO artifacts (id, job_id, repo, path, size, source, target,
+                                    bits_per_weight, sha256, pieces, created_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
+             ON CONFLICT(id) DO NOTHING",
+            params![
+                a.id,
+                a.job_id,
+                a.repo,
+                a.path,
+                a.size as i64,
+                a.source,
+                a.target,
+                a.bits_per_weight,
+                a.sha256,
+                pieces,
+                now()
+            ],
+        )?;
+        Ok(())
+    }
+
+    /// One artifact by id.
+    pub fn artifact(&self, id: &str) -> Result<Option<ArtifactRow>> {
+        let c = self.conn();
+        let row = c
+            .query_row("SELECT * FROM artifacts WHERE id = ?1", [id], |r| {
+                Ok((
+                    ArtifactRow {
+                        id: r.get("id")?,
+                        job_id: r.get("job_id")?,
+                        repo: r.get("repo")?,
+                        path: r.get("path")?,
+                        size: r.get::<_, i64>("size")? as u64,
+                        source: r.get("source")?,
+                        target: r.get("target")?,
+                        bits_per_weight: r.get("bits_per_weight")?,
+                        sha256: r.get("sha256")?,
+                        pieces: Vec::new(),
+                    },
+                    r.get::<_, String>("pieces")?,
+                ))
+            })
+            .optional()?;
+        match row {
+            None => Ok(None),
+            Some((mut a, pieces)) => {
+                a.pieces = serde_json::from_str(&pieces)
+                    .map_err(|e| StoreError::Corrupt(format!("artifact {id}: {e}")))?;
+                Ok(Some(a))
+            }
+        }
+    }
+
+    /// Artifact ids a job produced.
+    pub fn artifacts_of_job(&self, job_id: i64) -> Result<Vec<String>> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT id FROM artifacts WHERE job_id = ?1 ORDER BY path")?;
+        let rows = st
+            .query_map([job_id], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Records a companion revision (idempotent).
+    pub fn add_revision(&self, r: &RepoRevision) -> Result<()> {
+        let files =
+            serde_json::to_string(&r.files).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+        self.conn().execute(
+            "INSERT INTO repo_revisions (repo, commit_id, files, created_at)
+             VALUES (?1, ?2, ?3, ?4) ON CONFLICT(repo, commit_id) DO NOTHING",
+            params![r.repo, r.commit, files, r.created_at],
+        )?;
+        Ok(())
+    }
+
+    /// A companion revision: `rev` is a commit id, or `main` for the latest.
+    pub fn revision(&self, repo: &str, rev: &str) -> Result<Option<RepoRevision>> {
+        let c = self.conn();
+        let q = if rev == "main" {
+            c.query_row(
+                "SELECT repo, commit_id, files, created_at FROM repo_revisions
+                 WHERE repo = ?1 ORDER BY seq DESC LIMIT 1",
+                [repo],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)?, r.get(3)?)),
+            )
+        } else {
+            c.query_row(
+                "SELECT repo, commit_id, files, created_at FROM repo_revisions
+                 WHERE repo = ?1 AND commit_id = ?2",
+                [repo, rev],
+                |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)?, r.get(3)?)),
+            )
+        }
+        .optional()?;
+        match q {
+            None => Ok(None),
+            Some((repo, commit, files, created_at)) => Ok(Some(RepoRevision {
+                repo,
+                commit,
+                files: serde_json::from_str::<Vec<RepoFile>>(&files)
+                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
+                created_at,
+            })),
+        }
+    }
+}

@@ -1,0 +1,440 @@
+//! The Hugging Face Hub, through the `hf-hub` crate: model info, download of a model's
+//! files at an exact revision into the usual cache, repository creation and commits.
+//!
+//! The endpoint and token come from [`HubConfig`], which honours `HF_ENDPOINT` and
+//! `HF_TOKEN` (and `HF_HOME`/`HF_HUB_CACHE` for the cache, as the Hub's own clients do).
+//! The API is async (the registry runs it on its tokio runtime); the CLI drives it with
+//! [`block_on`].
+//!
+//! Downloads resume at file granularity: files are content-addressed blobs in the cache
+//! (`models--org--name/blobs/<etag>`), so a download interrupted after some files finds
+//! them again and fetches only the rest; a file cut off mid-way is fetched again whole
+//! (hf-hub 1.0 writes `<blob>.incomplete` and does not resume inside a file).
+
+use std::future::Future;
+use std::path::{Path, PathBuf};
+
+use hf_hub::repository::{CommitOperation, RepoTreeEntry};
+use hf_hub::{HFClient, HFError, RepoTypeModel};
+
+use crate::{Error, Result};
+
+/// Files of a model repository that packing needs; everything else (other formats,
+/// images, training logs) is not downloaded.
+pub const MODEL_FILES: &[&str] = &[
+    "*.safetensors",
+    "*.safetensors.index.json",
+    "config.json",
+    "generation_config.json",
+    "tokenizer.json",
+    "tokenizer_config.json",
+    "special_tokens_map.json",
+];
+
+/// Where the Hub is and who we are to it.
+#[derive(Debug, Clone, Default)]
+pub struct HubConfig {
+    /// Base address (`https://huggingface.co` when neither this nor `HF_ENDPOINT` is set).
+    pub endpoint: Option<String>,
+    /// Access token (`HF_TOKEN`, then the token file of `huggingface-cli login`).
+    pub token: Option<String>,
+    /// Download cache (`HF_HUB_CACHE`, then `HF_HOME/hub`, then `~/.cache/huggingface/hub`).
+    pub cache_dir: Option<PathBuf>,
+}
+
+impl HubConfig {
+    /// The configuration the environment gives (`HF_ENDPOINT`, `HF_TOKEN`).
+    pub fn from_env() -> Self {
+        let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+        Self {
+            endpoint: var("HF_ENDPOINT"),
+            token: var("HF_TOKEN"),
+            cache_dir: None,
+        }
+    }
+}
+
+/// A model reference as users write it: `org/model` or `org/model@revision`.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ModelRef {
+    /// `org/model`.
+    pub repo: String,
+    /// A branch, tag or commit; `None` means `main`.
+    pub revision: Option<String>,
+}
+
+impl ModelRef {
+    /// Parses `org/model[@rev]`; `None` when `s` is not of that shape (a local path, say).
+    pub fn parse(s: &str) -> Option<Self> {
+        let (repo, revision) = match s.split_once('@') {
+            Some((r, rev)) if !rev.is_empty() => (r, Some(rev.to_string())),
+            Some(_) => return None,
+            None => (s, None),
+        };
+        let (owner, name) = repo.split_once('/')?;
+        let ok = |p: &str| {
+            !p.is_empty()
+                && p != "."
+                && p != ".."
+                && p.bytes()
+                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+        };
+        if !ok(owner) || !ok(name) {
+            return None;
+        }
+        Some(Self {
+            repo: repo.to_string(),
+            revision,
+        })
+    }
+
+    /// The revision, `main` when none was given.
+    pub fn revision_or_main(&self) -> &str {
+        self.revision.as_deref().unwrap_or("main")
+    }
+}
+
+/// A model's files on disk at one commit.
+#[derive(Debug, Clone)]
+pub struct Snapshot {
+    /// The snapshot directory (symlinks into the cache's blobs).
+    pub dir: PathBuf,
+    /// The full commit sha the files come from.
+    pub commit: String,
+    /// Files fetched (repository paths).
+    pub files: Vec<String>,
+}
+
+/// One file to commit.
+#[derive(Debug, Clone)]
+pub enum Upload {
+    /// A local file, streamed.
+    File {
+        /// Path in the repository.
+        path_in_repo: String,
+        /// Local file.
+        source: PathBuf,
+    },
+    /// Small contents held in memory (a model card).
+    Bytes {
+        /// Path in the repository.
+        path_in_repo: String,
+        /// The contents.
+        bytes: Vec<u8>,
+    },
+}
+
+/// A client of one Hub endpoint.
+#[derive(Clone)]
+pub struct Hub {
+    client: HFClient,
+}
+
+impl std::fmt::Debug for Hub {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Hub")
+            .field("endpoint", &self.client.endpoint())
+            .finish()
+    }
+}
+
+fn split(repo: &str) -> Result<(&str, &str)> {
+    repo.split_once('/').ok_or_else(|| Error::Hub {
+        repo: repo.to_string(),
+        op: "parse",
+        status: None,
+        message: "a repository id is owner/name".into(),
+    })
+}
+
+/// Whether an error is worth retrying (rate limits, server errors, connection trouble).
+pub fn is_transient(e: &Error) -> bool {
+    match e {
+        Error::Hub { status, .. } => status.is_none_or(|s| s == 429 || s >= 500),
+        Error::Http { status, .. } => status.is_none_or(|s| s == 429 || s >= 500),
+        _ => false,
+    }
+}
+
+fn hub_error(repo: &str, op: &'static str, e: HFError) -> Error {
+    let status = match &e {
+        HFError::Http { context } => Some(context.status.as_u16()),
+        HFError::AuthRequired { .. } => Some(401),
+        HFError::Forbidden { .. } => Some(403),
+        HFError::RepoNotFound { .. }
+        | HFError::RevisionNotFound { .. }
+        | HFError::EntryNotFound { .. } => Some(404),
+        HFError::Conflict { .. } => Some(409),
+        HFError::RateLimited { .. } => Some(429),
+        _ => None,
+    };
+    // Errors without a status that are about the request rather than the network.
+    let status = status.or(match &e {
+        HFError::InvalidParameter(_) | HFError::CacheNotEnabled => Some(400),
+        _ => None,
+    });
+    Error::Hub {
+        repo: repo.to_string(),
+        op,
+        status,
+        message: e.to_string(),
+    }
+}
+
+impl Hub {
+    /// A client for `cfg`.
+    pub fn new(cfg: &HubConfig) -> Result<Self> {
+        let mut b = HFClient::builder()
+            .user_agent(format!("tenpak/{}; hf-hub/1.0", env!("CARGO_PKG_VERSION")));
+        if let Some(e) = &cfg.endpoint {
+            b = b.endpoint(e.trim_end_matches('/'));
+        }
+        if let Some(t) = &cfg.token {
+            b = b.token(t);
+        }
+        if let Some(d) = &cfg.cache_dir {
+            b = b.cache_dir(d);
+        }
+        let client = b.build().map_err(|e| hub_error("", "configure", e))?;
+        Ok(Self { client })
+    }
+
+    /// The endpoint in use, without a trailing slash.
+    pub fn endpoint(&self) -> &str {
+        self.client.endpoint()
+    }
+
+    /// The download cache in use.
+    pub fn cache_dir(&self) -> &Path {
+        self.client.cache_dir()
+    }
+
+    /// The full commit sha that `revision` (branch, tag or sha) of `repo` names now.
+    pub async fn resolve(&self, repo: &str, revision: &str) -> Result<String> {
+        let (owner, name) = split(repo)?;
+        let info = self
+            .client
+            .model(owner, name)
+            .info()
+            .revision(revision.to_string())
+            .send()
+            .await
+            .map_err(|e| hub_error(repo, "model info", e))?;
+        info.sha.ok_or_else(|| Error::Hub {
+            repo: repo.to_string(),
+            op: "model info",
+            status: None,
+            message: format!("the Hub gave no commit sha for revision {revision}"),
+        })
+    }
+
+    /// Downloads the files packing needs ([`MODEL_FILES`]) of `repo` at `revision` into
+    /// the cache, and returns the snapshot directory. The revision is resolved to a
+    /// commit first, so every file comes from the same commit.
+    pub async fn download_model(&self, repo: &str, revision: &str) -> Result<Snapshot> {
+        let (owner, name) = split(repo)?;
+        let commit = if is_commit(revision) {
+            revision.to_ascii_lowercase()
+        } else {
+            self.resolve(repo, revision).await?
+        };
+        let r = self.client.model(owner, name);
+        let files = self.list_files(repo, &commit).await?;
+        let wanted: Vec<String> = files
+            .into_iter()
+            .filter(|f| MODEL_FILES.iter().any(|p| glob_match(p, f)))
+            .collect();
+        if !wanted.iter().any(|f| f.ends_with(".safetensors")) {
+            return Err(Error::Hub {
+                repo: repo.to_string(),
+                op: "download",
+                status: None,
+                message: format!(
+                    "no .safetensors weights at {commit} (files: {})",
+                    if wanted.is_empty() {
+                        "none that packing reads".to_string()
+                    } else {
+                        wanted.join(", ")
+                    }
+                ),
+            });
+        }
+        let dir = r
+            .snapshot_download()
+            .revision(commit.clone())
+            .allow_patterns(wanted.iter().map(|f| glob_escape(f)).collect())
+            .send()
+            .await
+            .map_err(|e| hub_error(repo, "download", e))?;
+        Ok(Snapshot {
+            dir,
+            commit,
+            files: wanted,
+        })
+    }
+
+    /// Every file path of `repo` at `revision`.
+    pub async fn list_files(&self, repo: &str, revision: &str) -> Result<Vec<String>> {
+        use futures_util::StreamExt;
+        let (owner, name) = split(repo)?;
+        let r = self.client.model(owner, name);
+        let stream = r
+            .list_tree()
+            .revision(revision.to_string())
+            .recursive(true)
+            .send()
+            .map_err(|e| hub_error(repo, "list files", e))?;
+        futures_util::pin_mut!(stream);
+        let mut out = Vec::new();
+        while let Some(entry) = stream.next().await {
+            if let RepoTreeEntry::File { path, .. } =
+                entry.map_err(|e| hub_error(repo, "list files", e))?
+            {
+                out.push(path);
+            }
+        }
+        Ok(out)
+    }
+
+    /// Creates model repository `repo` (no error when it exists).
+    pub async fn create_repo(&self, repo: &str, private: bool) -> Result<()> {
+        self.client
+            .create_repository()
+            .repo_id(repo)
+            .repo_type(RepoTypeModel)
+            .private(private)
+            .exist_ok(true)
+            .send()
+            .await
+            .map_err(|e| hub_error(repo, "create repository", e))?;
+        Ok(())
+    }
+
+    /// Commits `files` to `repo` on `main` in one commit; returns the new commit's sha
+    /// when the Hub reports it.
+    pub async fn commit(
+        &self,
+        repo: &str,
+        files: Vec<Upload>,
+        message: &str,
+    ) -> Result<Option<String>> {
+        let (owner, name) = split(repo)?;
+        let ops = files
+            .into_iter()
+            .map(|u| match u {
+                Upload::File {
+                    path_in_repo,
+                    source,
+                } => CommitOperation::add_file(path_in_repo, source),
+                Upload::Bytes {
+                    path_in_repo,
+                    bytes,
+                } => CommitOperation::add_bytes(path_in_repo, bytes),
+            })
+            .collect();
+        let info = self
+            .client
+            .model(owner, name)
+            .create_commit()
+            .operations(ops)
+            .commit_message(message)
+            .send()
+            .await
+            .map_err(|e| hub_error(repo, "commit", e))?;
+        Ok(info.commit_oid)
+    }
+}
+
+/// Whether `s` is a full 40-hex commit sha.
+pub fn is_commit(s: &str) -> bool {
+    s.len() == 40 && s.bytes().all(|c| c.is_ascii_hexdigit())
+}
+
+/// The `*` glob of [`MODEL_FILES`]: `*` matches any run of characters but `/`.
+fn glob_match(pattern: &str, path: &str) -> bool {
+    match pattern.split_once('*') {
+        None => pattern == path,
+        Some((pre, rest)) => {
+            let Some(tail) = path.strip_prefix(pre) else {
+                return false;
+            };
+            (0..=tail.len()).any(|i| {
+                tail.is_char_boundary(i) && !tail[..i].contains('/') && glob_match(rest, &tail[i..])
+            })
+        }
+    }
+}
+
+/// `path` as a globset pattern that matches only itself.
+fn glob_escape(path: &str) -> String {
+    path.chars()
+        .map(|c| {
+            if "*?[]{}".contains(c) {
+                format!("[{c}]")
+            } else {
+                c.to_string()
+            }
+        })
+        .collect()
+}
+
+/// Runs `fut` to completion on a fresh single-threaded runtime (for the CLI).
+pub fn block_on<F: Future>(fut: F) -> Result<F::Output> {
+    let rt = tokio::runtime::Builder::new_current_thread()
+        .enable_all()
+        .build()
+        .map_err(|e| Error::Hub {
+            repo: String::new(),
+            op: "start runtime",
+            status: None,
+            message: e.to_string(),
+        })?;
+    Ok(rt.block_on(fut))
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn model_refs() {
+        let r = ModelRef::parse("org/model@v1.0").expect("ref");
+        assert_eq!(r.repo, "org/model");
+        assert_eq!(r.revision.as_deref(), Some("v1.0"));
+        assert_eq!(
+            ModelRef::parse("HuggingFaceTB/SmolLM2-135M")
+                .expect("ref")
+                .revision_or_main(),
+            "main"
+        );
+        for bad in [
+            "model",
+            "org/",
+            "/m",
+            "./x",
+            "../x",
+            "a/b/c",
+            "org/model@",
+            "/tmp/x.gguf",
+        ] {
+            assert!(ModelRef::parse(bad).is_none(), "{bad}");
+        }
+    }
+
+    #[test]
+    fn globs() {
+        assert!(glob_match("*.safetensors", "model.safetensors"));
+        assert!(glob_match(
+            "*.safetensors",
+            "model-00001-of-00002.safetensors"
+        ));
+        assert!(!glob_match("*.safetensors", "sub/model.safetensors"));
+        assert!(!glob_match("*.safetensors", "model.safetensors.index.json"));
+        assert!(glob_match(
+            "*.safetensors.index.json",
+            "model.safetensors.index.json"
+        ));
+        assert!(glob_match("config.json", "config.json"));
+        assert!(!glob_match("config.json", "x/config.json"));
+    }
+}
