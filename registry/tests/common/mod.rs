@@ -1,0 +1,157 @@
+//! Shared helpers: the Hub stand-in, the registry as a real child process, a model.
+
+#![allow(dead_code)]
+
+pub mod hub;
+
+use std::io::BufRead;
+use std::path::{Path, PathBuf};
+use std::process::{Child, Command, Stdio};
+use std::sync::{Arc, Mutex};
+use std::time::{Duration, Instant};
+
+use serde_json::Value;
+
+pub const SECRET: &str = "test-webhook-secret";
+pub const API_TOKEN: &str = "test-api-token";
+pub const HUB_TOKEN: &str = "hf_test_token";
+pub const REPO: &str = "acme/tiny-llama";
+pub const COMPANION: &str = "acme/tiny-llama-tnpk";
+pub const SHA: &str = "c7a1f5f4e3b2a1908f7e6d5c4b3a29180f7e6d5c";
+
+/// Writes the tiny Llama model the stand-in serves.
+pub fn model_dir(root: &Path) -> PathBuf {
+    let dir = root.join("model");
+    tenpak::synthetic::write_llama(
+        &dir,
+        tenpak::dtype::DType::BF16,
+        tenpak::synthetic::LlamaShape::TINY,
+    )
+    .expect("model");
+    dir
+}
+
+/// A registry child process.
+pub struct Registry {
+    pub url: String,
+    pub child: Child,
+    pub log: Arc<Mutex<Vec<String>>>,
+}
+
+impl Registry {
+    /// Starts `tenpak-registry serve` on a free port against the Hub at `hub_url`.
+    pub fn start(data_dir: &Path, hub_url: &str, extra_env: &[(&str, &str)]) -> Self {
+        let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenpak-registry"));
+        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+            .arg(data_dir)
+            .env("HF_ENDPOINT", hub_url)
+            .env("HF_TOKEN", HUB_TOKEN)
+            .env("TENPAK_WEBHOOK_SECRET", SECRET)
+            .env("TENPAK_API_TOKEN", API_TOKEN)
+            .env_remove("TENPAK_TARGETS")
+            .env_remove("HF_HUB_CACHE")
+            .stdout(Stdio::null())
+            .stderr(Stdio::piped());
+        for (k, v) in extra_env {
+            cmd.env(k, v);
+        }
+        let mut child = cmd.spawn().expect("spawn tenpak-registry");
+        let stderr = child.stderr.take().expect("stderr");
+        let log = Arc::new(Mutex::new(Vec::new()));
+        let (tx, rx) = std::sync::mpsc::channel();
+        let log2 = log.clone();
+        std::thread::spawn(move || {
+            for line in std::io::BufReader::new(stderr)
+                .lines()
+                .map_while(Result::ok)
+            {
+                eprintln!("[registry] {line}");
+                if let Some(rest) = line.split("listening on ").nth(1) {
+                    let url = rest
+                        .split_whitespace()
+                        .next()
+                        .unwrap_or_default()
+                        .to_string();
+                    let _ = tx.send(url);
+                }
+                log2.lock().expect("log").push(line);
+            }
+        });
+        let url = rx
+            .recv_timeout(Duration::from_secs(30))
+            .expect("registry did not start listening");
+        Self { url, child, log }
+    }
+
+    /// Kills the process (SIGKILL: no cleanup of any kind).
+    pub fn kill(&mut self) {
+        let _ = self.child.kill();
+        let _ = self.child.wait();
+    }
+
+    pub fn get(&self, path: &str) -> reqwest::blocking::Response {
+        client()
+            .get(format!("{}{path}", self.url))
+            .send()
+            .expect("GET")
+    }
+
+    pub fn get_json(&self, path: &str) -> Value {
+        let r = self.get(path);
+        assert!(r.status().is_success(), "GET {path}: {}", r.status());
+        r.json().expect("json")
+    }
+
+    /// Posts a webhook body with `secret` (None: no header).
+    pub fn webhook(&self, body: &str, secret: Option<&str>) -> reqwest::blocking::Response {
+        let mut req = client()
+            .post(format!("{}/webhooks/hub", self.url))
+            .header("content-type", "application/json")
+            .body(body.to_string());
+        if let Some(s) = secret {
+            req = req.header("X-Webhook-Secret", s);
+        }
+        req.send().expect("POST webhook")
+    }
+
+    /// Polls `/status/{id}` until the job is done or failed.
+    pub fn wait_job(&self, id: i64, timeout: Duration) -> Value {
+        let t0 = Instant::now();
+        loop {
+            let v = self.get_json(&format!("/status/{id}"));
+            match v["state"].as_str() {
+                Some("done") | Some("failed") => return v,
+                _ if t0.elapsed() > timeout => panic!("job {id} not finished: {v}"),
+                _ => std::thread::sleep(Duration::from_millis(100)),
+            }
+        }
+    }
+}
+
+impl Drop for Registry {
+    fn drop(&mut self) {
+        self.kill();
+    }
+}
+
+pub fn client() -> reqwest::blocking::Client {
+    reqwest::blocking::Client::builder()
+        .timeout(Duration::from_secs(60))
+        .build()
+        .expect("client")
+}
+
+/// A `repo.content` update on `main` of `repo` at `sha`, as the Hub sends it.
+pub fn content_update(repo: &str, sha: &str) -> String {
+    serde_json::json!({
+        "event": { "action": "update", "scope": "repo.content" },
+        "repo": {
+            "type": "model", "name": repo, "id": "6512aa01c2d3e4f5a6b7c8d9", "private": false,
+            "url": { "web": format!("https://huggingface.co/{repo}"), "api": format!("https://huggingface.co/api/models/{repo}") },
+            "owner": { "id": "6512aa00c2d3e4f5a6b7c8d0" }, "headSha": sha
+        },
+        "updatedRefs": [{ "ref": "refs/heads/main", "oldSha": "8f0e4b1c2d3a4f5e6d7c8b9a0f1e2d3c4b5a6978", "newSha": sha }],
+        "webhook": { "id": "6390e855e30d9209411de93b", "version": 3 }
+    })
+    .to_string()
+}
