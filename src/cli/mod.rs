@@ -10,6 +10,7 @@ mod keygen;
 mod load;
 mod pack;
 mod progress;
+mod push;
 mod quantize;
 mod serve_file;
 mod unpack;
@@ -42,8 +43,10 @@ enum Command {
     Calibrate(calibrate::Args),
     /// Create an ed25519 signing key pair (KEY and KEY.pub).
     Keygen(keygen::Args),
-    /// Pack a model (HF directory or GGUF) into a signed, chunked .tnpk artifact.
+    /// Pack a model (HF directory, GGUF, or Hub org/name[@rev]) into a signed, chunked .tnpk.
     Pack(pack::Args),
+    /// Publish a .tnpk to a Hugging Face Hub model repository (created if missing).
+    Push(push::Args),
     /// Unpack a .tnpk (file or URL) into a loadable HF directory, verifying every chunk.
     Unpack(unpack::Args),
     /// Show what a .tnpk holds: tensors, codecs, bits/weight, sizes, signer, digest.
@@ -67,6 +70,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Calibrate(a) => calibrate::run(a),
         Command::Keygen(a) => keygen::run(a),
         Command::Pack(a) => pack::run(a),
+        Command::Push(a) => push::run(a),
         Command::Unpack(a) => unpack::run(a),
         Command::Info(a) => info::run(a),
         Command::Verify(a) => verify::run(a),

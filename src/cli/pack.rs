@@ -11,7 +11,9 @@ use super::quantize::CodecArgs;
 /// Arguments of `tenpak pack`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
-    /// The model: an HF directory (config.json + safetensors) or a .gguf file.
+    /// The model: an HF directory (config.json + safetensors), a .gguf file, or a Hub
+    /// model `org/name[@revision]` (downloaded at that exact revision into the Hub cache;
+    /// HF_ENDPOINT and HF_TOKEN are honoured).
     pub model: PathBuf,
     /// The artifact to write (written atomically).
     #[arg(short, long)]
@@ -26,6 +28,38 @@ pub struct Args {
     pub json: bool,
 }
 
+/// A local path as is; otherwise `org/name[@rev]` downloaded from the Hub. Returns the
+/// directory to read and the source to record (`org/name@<commit>` for Hub models).
+pub fn resolve_model(model: &std::path::Path) -> anyhow::Result<(PathBuf, String)> {
+    let text = model.to_string_lossy();
+    if model.exists() {
+        return Ok((model.to_path_buf(), text.into_owned()));
+    }
+    let Some(r) = tenpak::hub::ModelRef::parse(&text) else {
+        anyhow::bail!(
+            "{} does not exist (and is not a Hub model id like org/name or org/name@revision)",
+            model.display()
+        );
+    };
+    let hub = tenpak::hub::Hub::new(&tenpak::hub::HubConfig::from_env())?;
+    let pb = super::progress::spinner(&format!(
+        "downloading {}@{} from {}",
+        r.repo,
+        r.revision_or_main(),
+        hub.endpoint()
+    ));
+    let snap = tenpak::hub::block_on(hub.download_model(&r.repo, r.revision_or_main()))??;
+    pb.finish_and_clear();
+    eprintln!(
+        "{}@{}: {} file(s) in {}",
+        r.repo,
+        snap.commit,
+        snap.files.len(),
+        snap.dir.display()
+    );
+    Ok((snap.dir, format!("{}@{}", r.repo, snap.commit)))
+}
+
 /// Runs the command.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let opts = a.codecs.options(u64::MAX)?;
@@ -35,9 +69,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .map(|p| sign::load_signing_key(p))
         .collect::<Result<Vec<_>, _>>()?;
     let key_refs: Vec<_> = keys.iter().collect();
-    let src = tenpak::source::open(&a.model, a.codecs.gguf_dtype)
-        .with_context(|| format!("opening {}", a.model.display()))?;
-    let source = a.model.display().to_string();
+    let (model_path, source) = resolve_model(&a.model)?;
+    let src = tenpak::source::open(&model_path, a.codecs.gguf_dtype)
+        .with_context(|| format!("opening {}", model_path.display()))?;
     let selection = a.codecs.describe();
     let pb = super::progress::bar(src.tensors().len() as u64, "pack");
     let t0 = std::time::Instant::now();

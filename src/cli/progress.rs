@@ -13,3 +13,15 @@ pub fn bar(len: u64, what: &str) -> ProgressBar {
     );
     pb
 }
+
+/// A spinner for work of unknown length (downloads, uploads).
+pub fn spinner(what: &str) -> ProgressBar {
+    let pb = ProgressBar::new_spinner();
+    pb.set_style(
+        ProgressStyle::with_template("{spinner} {msg} [{elapsed_precise}]")
+            .unwrap_or_else(|_| ProgressStyle::default_spinner()),
+    );
+    pb.set_message(what.to_string());
+    pb.enable_steady_tick(std::time::Duration::from_millis(120));
+    pb
+}

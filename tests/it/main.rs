@@ -5,5 +5,7 @@ mod artifact;
 mod cli;
 mod codecs;
 mod fixtures;
+mod hub;
+mod hub_standin;
 mod runtime;
 mod util;

@@ -1,0 +1,90 @@
+//! `tenpak push`: publish a `.tnpk` to a Hub model repository.
+
+use std::path::PathBuf;
+
+use anyhow::{bail, Context};
+use tenpak::artifact::{sign, Artifact};
+use tenpak::hub::{Hub, HubConfig, Upload};
+
+/// Arguments of `tenpak push`.
+///
+/// The artifact is opened and every chunk verified (and its signature checked with
+/// --key) before anything is sent; the repository is created if it does not exist; the
+/// file is added in one commit on main. Needs a token with write access (HF_TOKEN or
+/// `huggingface-cli login`); HF_ENDPOINT selects another Hub.
+#[derive(Debug, clap::Args)]
+#[command(verbatim_doc_comment)]
+pub struct Args {
+    /// The artifact to publish.
+    pub artifact: PathBuf,
+    /// Target model repository, `org/name` (e.g. `org/model-tnpk`).
+    pub repo: String,
+    /// File name in the repository (default: the artifact's file name).
+    #[arg(long)]
+    pub path_in_repo: Option<String>,
+    /// Refuse to push unless the artifact is signed by this public key.
+    #[arg(long)]
+    pub key: Option<PathBuf>,
+    /// Create the repository as private.
+    #[arg(long)]
+    pub private: bool,
+    /// Commit message.
+    #[arg(long)]
+    pub message: Option<String>,
+}
+
+/// Runs the command.
+pub fn run(a: Args) -> anyhow::Result<()> {
+    let Some(r) = tenpak::hub::ModelRef::parse(&a.repo) else {
+        bail!("{:?} is not a repository id (org/name)", a.repo);
+    };
+    if r.revision.is_some() {
+        bail!("push commits to main; give the repository without @revision");
+    }
+    let art = Artifact::open_location(&a.artifact.display().to_string())
+        .with_context(|| format!("opening {}", a.artifact.display()))?;
+    if let Some(k) = &a.key {
+        art.verify_signature(&sign::load_public_key(k)?)?;
+    }
+    art.verify_chunks(&|_| {})?;
+    let name = match &a.path_in_repo {
+        Some(n) => n.clone(),
+        None => a
+            .artifact
+            .file_name()
+            .map(|n| n.to_string_lossy().into_owned())
+            .context("the artifact path has no file name")?,
+    };
+    let hub = Hub::new(&HubConfig::from_env())?;
+    let pb = super::progress::spinner(&format!(
+        "pushing {} ({} bytes) to {}/{} on {}",
+        a.artifact.display(),
+        art.len(),
+        r.repo,
+        name,
+        hub.endpoint()
+    ));
+    let message = a
+        .message
+        .unwrap_or_else(|| format!("Add {name} ({})", art.digest()));
+    let commit = tenpak::hub::block_on(async {
+        hub.create_repo(&r.repo, a.private).await?;
+        hub.commit(
+            &r.repo,
+            vec![Upload::File {
+                path_in_repo: name.clone(),
+                source: a.artifact.clone(),
+            }],
+            &message,
+        )
+        .await
+    })??;
+    pb.finish_and_clear();
+    println!(
+        "pushed {name} to {}/{} (commit {})",
+        hub.endpoint(),
+        r.repo,
+        commit.as_deref().unwrap_or("not reported")
+    );
+    Ok(())
+}
