@@ -170,12 +170,10 @@ impl Representation for Assembled {
     }
 
     fn body(&self, start: u64, len: u64) -> Body {
-        use futures_util::{StreamExt, TryStreamExt};
-        use tokio::io::{AsyncReadExt, AsyncSeekExt};
         let end = start + len;
         // The pieces overlapping [start, end), with the slice of each.
         let first = self.parts.partition_point(|(o, n, _)| o + n <= start);
-        let slices: Vec<(PathBuf, u64, u64)> = self.parts[first..]
+        let slices = self.parts[first..]
             .iter()
             .take_while(|(o, _, _)| *o < end)
             .map(|(o, n, p)| {
@@ -184,16 +182,6 @@ impl Representation for Assembled {
                 (p.clone(), s, e - s)
             })
             .collect();
-        let stream = futures_util::stream::iter(slices)
-            .then(|(path, s, n)| async move {
-                let mut f = tokio::fs::File::open(&path).await?;
-                f.seek(SeekFrom::Start(s)).await?;
-                Ok::<_, std::io::Error>(tokio_util::io::ReaderStream::with_capacity(
-                    f.take(n),
-                    256 << 10,
-                ))
-            })
-            .try_flatten();
-        Body::from_stream(stream)
+        tenpak::serve::file_slices_body(slices)
     }
 }

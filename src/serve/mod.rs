@@ -16,7 +16,6 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::get;
 use axum::Router;
-use tokio::io::{AsyncReadExt, AsyncSeekExt};
 
 pub use range::{decide, RangeDecision};
 
@@ -95,27 +94,41 @@ impl Representation for ServedFile {
 
     fn body(&self, start: u64, len: u64) -> Body {
         self.served.fetch_add(len, Ordering::Relaxed);
-        let path = self.path.clone();
-        let stream = async_stream_file(path, start, len);
-        Body::from_stream(stream)
+        file_slices_body(vec![(self.path.clone(), start, len)])
     }
 }
 
-fn async_stream_file(
-    path: PathBuf,
-    start: u64,
-    len: u64,
-) -> impl futures_core::Stream<Item = std::io::Result<bytes::Bytes>> + Send {
-    use futures_util::TryStreamExt;
-    futures_util::stream::once(async move {
-        let mut file = tokio::fs::File::open(&path).await?;
-        file.seek(std::io::SeekFrom::Start(start)).await?;
-        Ok::<_, std::io::Error>(tokio_util::io::ReaderStream::with_capacity(
-            file.take(len),
-            256 << 10,
-        ))
-    })
-    .try_flatten()
+/// Largest single read when streaming a body.
+const READ_BLOCK: u64 = 1 << 20;
+
+/// A body made of byte ranges of files: `(path, offset, length)` in order. Each range is
+/// read in blocks of at most 1 MiB by positioned reads on the blocking pool, two blocks
+/// ahead of the socket, so memory stays bounded and disk reads overlap sending.
+pub fn file_slices_body(slices: Vec<(PathBuf, u64, u64)>) -> Body {
+    use futures_util::StreamExt;
+    let blocks = slices.into_iter().flat_map(|(path, off, len)| {
+        let path = Arc::new(path);
+        (0..len.div_ceil(READ_BLOCK)).map(move |k| {
+            let start = off + k * READ_BLOCK;
+            (path.clone(), start, READ_BLOCK.min(off + len - start))
+        })
+    });
+    let stream = futures_util::stream::iter(blocks)
+        .map(|(path, start, n)| async move {
+            tokio::task::spawn_blocking(move || read_at(&path, start, n))
+                .await
+                .map_err(std::io::Error::other)?
+        })
+        .buffered(2);
+    Body::from_stream(stream)
+}
+
+fn read_at(path: &std::path::Path, start: u64, n: u64) -> std::io::Result<bytes::Bytes> {
+    use std::os::unix::fs::FileExt;
+    let f = std::fs::File::open(path)?;
+    let mut buf = vec![0u8; n as usize];
+    f.read_exact_at(&mut buf, start)?;
+    Ok(bytes::Bytes::from(buf))
 }
 
 /// Answers a GET/HEAD for `f` honouring Range and If-Range.

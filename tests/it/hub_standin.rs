@@ -144,8 +144,21 @@ fn files_of(dir: &Path) -> Vec<(String, u64)> {
     v
 }
 
+/// sha256 of a file, computed once per path (weights can be hundreds of MB).
 fn sha256_file(p: &Path) -> String {
-    hex::encode(Sha256::digest(std::fs::read(p).expect("read")))
+    static CACHE: Mutex<BTreeMap<PathBuf, String>> = Mutex::new(BTreeMap::new());
+    if let Some(s) = CACHE.lock().expect("lock").get(p) {
+        return s.clone();
+    }
+    let mut h = Sha256::new();
+    let mut f = std::fs::File::open(p).expect("open");
+    std::io::copy(&mut f, &mut h).expect("read");
+    let s = hex::encode(h.finalize());
+    CACHE
+        .lock()
+        .expect("lock")
+        .insert(p.to_path_buf(), s.clone());
+    s
 }
 
 fn not_found(code: &str, msg: String) -> Response {
@@ -397,7 +410,12 @@ pub fn start(models: Vec<ModelRepo>, token: &str, gate_open: bool) -> Running {
         .route("/api/models/{o}/{n}/revision/{rev}", get(info_rev))
         .route("/api/models/{o}/{n}/tree/{rev}", get(tree))
         .route("/api/models/{o}/{n}/preupload/{rev}", post(preupload))
-        .route("/api/models/{o}/{n}/commit/{rev}", post(commit))
+        // Inline commits of whole artifacts: no body limit here (the real Hub takes
+        // large files through Xet/LFS instead; see the registry's docs).
+        .route(
+            "/api/models/{o}/{n}/commit/{rev}",
+            post(commit).layer(axum::extract::DefaultBodyLimit::disable()),
+        )
         .route("/api/repos/create", post(create_repo))
         .route("/{o}/{n}/resolve/{rev}/{*path}", get(resolve))
         .with_state(hub.clone());
