@@ -57,6 +57,23 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
     }))
 }
 
+/// Ctrl-C or SIGTERM (systemd, docker stop).
+async fn shutdown_signal() {
+    let term = async {
+        match tokio::signal::unix::signal(tokio::signal::unix::SignalKind::terminate()) {
+            Ok(mut s) => {
+                s.recv().await;
+            }
+            Err(_) => std::future::pending::<()>().await,
+        }
+    };
+    tokio::select! {
+        _ = tokio::signal::ctrl_c() => {}
+        _ = term => {}
+    }
+    eprintln!("shutting down; running jobs resume at the next start");
+}
+
 /// Serves until the process is stopped (Ctrl-C / SIGTERM end it; jobs left running
 /// are picked up again at the next start).
 pub async fn serve(ctx: Arc<pipeline::Ctx>) -> anyhow::Result<()> {
@@ -90,9 +107,7 @@ pub async fn serve(ctx: Arc<pipeline::Ctx>) -> anyhow::Result<()> {
         tokio::spawn(pipeline::worker(ctx.clone(), n));
     }
     axum::serve(listener, api::router(ctx))
-        .with_graceful_shutdown(async {
-            let _ = tokio::signal::ctrl_c().await;
-        })
+        .with_graceful_shutdown(shutdown_signal())
         .await?;
     Ok(())
 }

@@ -56,10 +56,13 @@ fn main() -> anyhow::Result<()> {
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;
-            rt.block_on(async {
+            let r = rt.block_on(async {
                 let ctx = tenpak_registry::open(settings)?;
                 tenpak_registry::serve(ctx).await
-            })
+            });
+            // A job mid-pack is not waited for: it is requeued at the next start.
+            rt.shutdown_timeout(std::time::Duration::from_secs(1));
+            r
         }
     }
 }
