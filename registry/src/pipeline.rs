@@ -368,7 +368,43 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<(), JobError> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let hub_commit = ctx.hub.commit(&companion, uploads, &message).await?;
+    let ctx2 = ctx.clone();
+    let last = std::sync::Mutex::new(Instant::now() - Duration::from_secs(1));
+    let progress: tenpak::hub::ProgressFn = Arc::new(move |p: tenpak::hub::UploadProgress| {
+        let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
+        if l.elapsed() < Duration::from_millis(250) && p.bytes_done < p.bytes_total {
+            return;
+        }
+        *l = Instant::now();
+        let frac = p.bytes_done as f64 / p.bytes_total.max(1) as f64;
+        stage(
+            &ctx2,
+            id,
+            &format!(
+                "publish: {:.1} of {:.1} MB processed, {:.1} MB sent",
+                p.bytes_done as f64 / 1e6,
+                p.bytes_total as f64 / 1e6,
+                p.bytes_sent as f64 / 1e6
+            ),
+            0.95 + 0.049 * frac,
+        );
+    });
+    let t_up = Instant::now();
+    let report = ctx
+        .hub
+        .commit_files(&companion, uploads, &message, Some(progress))
+        .await?;
+    let upload = serde_json::json!({
+        "transfer": report.transfer,
+        "bytes": report.bytes_total,
+        "bytes_sent": report.bytes_sent,
+        "seconds": t_up.elapsed().as_secs_f64(),
+    });
+    eprintln!(
+        "job {id}: published {} ({:?}): {} bytes, {} sent",
+        companion, report.transfer, report.bytes_total, report.bytes_sent
+    );
+    let hub_commit = report.commit;
     let revision_id = revision_id(&companion, &files);
     ctx.store.add_revision(&RepoRevision {
         repo: companion.clone(),
@@ -380,7 +416,7 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<(), JobError> {
             .unwrap_or(0.0),
     })?;
     ctx.store
-        .set_published(id, hub_commit.as_deref().unwrap_or(&revision_id))?;
+        .set_published(id, hub_commit.as_deref().unwrap_or(&revision_id), &upload)?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(())
 }

@@ -50,6 +50,8 @@ pub struct Job {
     pub companion: String,
     /// Commit made on the companion repository, once published.
     pub published_commit: Option<String>,
+    /// How the publication travelled: `{transfer, bytes, bytes_sent, seconds}` (JSON).
+    pub upload: Option<serde_json::Value>,
     /// Unix seconds.
     pub created_at: f64,
     /// Unix seconds.
@@ -150,6 +152,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     error TEXT,
     companion TEXT NOT NULL,
     published_commit TEXT,
+    upload TEXT,
     created_at REAL NOT NULL,
     updated_at REAL NOT NULL,
     finished_at REAL
@@ -201,6 +204,9 @@ fn job_of(r: &Row<'_>) -> rusqlite::Result<Job> {
         error: r.get("error")?,
         companion: r.get("companion")?,
         published_commit: r.get("published_commit")?,
+        upload: r
+            .get::<_, Option<String>>("upload")?
+            .and_then(|u| serde_json::from_str(&u).ok()),
         created_at: r.get("created_at")?,
         updated_at: r.get("updated_at")?,
         finished_at: r.get("finished_at")?,
@@ -356,10 +362,10 @@ impl Store {
 
     /// Records the companion commit (before the job is marked done, so a restart
     /// between the two does not publish again).
-    pub fn set_published(&self, id: i64, commit: &str) -> Result<()> {
+    pub fn set_published(&self, id: i64, commit: &str, upload: &serde_json::Value) -> Result<()> {
         self.conn().execute(
-            "UPDATE jobs SET published_commit = ?2, updated_at = ?3 WHERE id = ?1",
-            params![id, commit, now()],
+            "UPDATE jobs SET published_commit = ?2, upload = ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, commit, upload.to_string(), now()],
         )?;
         Ok(())
     }

@@ -31,6 +31,9 @@ pub struct Args {
     /// Commit message.
     #[arg(long)]
     pub message: Option<String>,
+    /// Print one JSON object (transfer used, bytes, bytes sent, seconds).
+    #[arg(long)]
+    pub json: bool,
 }
 
 /// Runs the command.
@@ -64,27 +67,53 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         name,
         hub.endpoint()
     ));
+    let name2 = name.clone();
     let message = a
         .message
         .unwrap_or_else(|| format!("Add {name} ({})", art.digest()));
-    let commit = tenpak::hub::block_on(async {
+    let pb2 = pb.clone();
+    let progress: tenpak::hub::ProgressFn =
+        std::sync::Arc::new(move |p: tenpak::hub::UploadProgress| {
+            pb2.set_message(format!(
+                "pushing {name2}: {:.1}/{:.1} MB, {:.1} MB sent",
+                p.bytes_done as f64 / 1e6,
+                p.bytes_total as f64 / 1e6,
+                p.bytes_sent as f64 / 1e6
+            ));
+        });
+    let t0 = std::time::Instant::now();
+    let report = tenpak::hub::block_on(async {
         hub.create_repo(&r.repo, a.private).await?;
-        hub.commit(
+        hub.commit_files(
             &r.repo,
             vec![Upload::File {
                 path_in_repo: name.clone(),
                 source: a.artifact.clone(),
             }],
             &message,
+            Some(progress),
         )
         .await
     })??;
     pb.finish_and_clear();
+    let secs = t0.elapsed().as_secs_f64();
+    if a.json {
+        let v = serde_json::json!({
+            "repo": r.repo, "path_in_repo": name, "commit": report.commit,
+            "transfer": report.transfer, "bytes": report.bytes_total,
+            "bytes_sent": report.bytes_sent, "seconds": secs,
+        });
+        println!("{v}");
+        return Ok(());
+    }
     println!(
-        "pushed {name} to {}/{} (commit {})",
+        "pushed {name} to {}/{} by {:?} in {secs:.2} s: {} bytes, {} sent (commit {})",
         hub.endpoint(),
         r.repo,
-        commit.as_deref().unwrap_or("not reported")
+        report.transfer,
+        report.bytes_total,
+        report.bytes_sent,
+        report.commit.as_deref().unwrap_or("not reported")
     );
     Ok(())
 }

@@ -19,6 +19,9 @@ use hf_hub::{HFClient, HFError, RepoTypeModel};
 
 use crate::{Error, Result};
 
+mod upload;
+pub use upload::{CommitReport, ProgressFn, Transfer, UploadProgress};
+
 /// Files of a model repository that packing needs; everything else (other formats,
 /// images, training logs) is not downloaded.
 pub const MODEL_FILES: &[&str] = &[
@@ -128,6 +131,43 @@ pub enum Upload {
 #[derive(Clone)]
 pub struct Hub {
     client: HFClient,
+    /// For the requests hf-hub does not make (preupload probe, LFS batch and transfers).
+    http: reqwest::Client,
+    token: Option<String>,
+}
+
+impl Upload {
+    fn into_operation(self) -> CommitOperation {
+        match self {
+            Upload::File {
+                path_in_repo,
+                source,
+            } => CommitOperation::add_file(path_in_repo, source),
+            Upload::Bytes {
+                path_in_repo,
+                bytes,
+            } => CommitOperation::add_bytes(path_in_repo, bytes),
+        }
+    }
+}
+
+/// The token the Hub's own clients would use: `HF_TOKEN`, then the file named by
+/// `HF_TOKEN_PATH`, then `$HF_HOME/token` (none when `HF_HUB_DISABLE_IMPLICIT_TOKEN`).
+fn implicit_token() -> Option<String> {
+    let var = |k: &str| std::env::var(k).ok().filter(|v| !v.is_empty());
+    if var("HF_HUB_DISABLE_IMPLICIT_TOKEN").is_some() {
+        return None;
+    }
+    if let Some(t) = var("HF_TOKEN") {
+        return Some(t);
+    }
+    let file = var("HF_TOKEN_PATH")
+        .map(PathBuf::from)
+        .unwrap_or_else(|| hf_hub::hf_home().join("token"));
+    std::fs::read_to_string(file)
+        .ok()
+        .map(|t| t.trim().to_string())
+        .filter(|t| !t.is_empty())
 }
 
 impl std::fmt::Debug for Hub {
@@ -138,7 +178,7 @@ impl std::fmt::Debug for Hub {
     }
 }
 
-fn split(repo: &str) -> Result<(&str, &str)> {
+pub(crate) fn split(repo: &str) -> Result<(&str, &str)> {
     repo.split_once('/').ok_or_else(|| Error::Hub {
         repo: repo.to_string(),
         op: "parse",
@@ -156,7 +196,7 @@ pub fn is_transient(e: &Error) -> bool {
     }
 }
 
-fn hub_error(repo: &str, op: &'static str, e: HFError) -> Error {
+pub(crate) fn hub_error(repo: &str, op: &'static str, e: HFError) -> Error {
     let status = match &e {
         HFError::Http { context } => Some(context.status.as_u16()),
         HFError::AuthRequired { .. } => Some(401),
@@ -196,7 +236,20 @@ impl Hub {
             b = b.cache_dir(d);
         }
         let client = b.build().map_err(|e| hub_error("", "configure", e))?;
-        Ok(Self { client })
+        let http = reqwest::Client::builder()
+            .user_agent(format!("tenpak/{}", env!("CARGO_PKG_VERSION")))
+            .build()
+            .map_err(|e| Error::Hub {
+                repo: String::new(),
+                op: "configure",
+                status: None,
+                message: e.to_string(),
+            })?;
+        Ok(Self {
+            client,
+            http,
+            token: cfg.token.clone().or_else(implicit_token),
+        })
     }
 
     /// The endpoint in use, without a trailing slash.
@@ -273,6 +326,20 @@ impl Hub {
         })
     }
 
+    /// Downloads one file of `repo` at `revision` into the cache (through Xet when the
+    /// Hub says the file is Xet-stored) and returns its path.
+    pub async fn download_file(&self, repo: &str, revision: &str, path: &str) -> Result<PathBuf> {
+        let (owner, name) = split(repo)?;
+        self.client
+            .model(owner, name)
+            .download_file()
+            .filename(path)
+            .revision(revision.to_string())
+            .send()
+            .await
+            .map_err(|e| hub_error(repo, "download", e))
+    }
+
     /// Every file path of `repo` at `revision`.
     pub async fn list_files(&self, repo: &str, revision: &str) -> Result<Vec<String>> {
         use futures_util::StreamExt;
@@ -310,28 +377,16 @@ impl Hub {
         Ok(())
     }
 
-    /// Commits `files` to `repo` on `main` in one commit; returns the new commit's sha
-    /// when the Hub reports it.
-    pub async fn commit(
+    /// Commits `files` inline (hf-hub's path when the server classifies every file as
+    /// `regular`); [`Hub::commit_files`] is the general entry point.
+    async fn commit(
         &self,
         repo: &str,
         files: Vec<Upload>,
         message: &str,
     ) -> Result<Option<String>> {
         let (owner, name) = split(repo)?;
-        let ops = files
-            .into_iter()
-            .map(|u| match u {
-                Upload::File {
-                    path_in_repo,
-                    source,
-                } => CommitOperation::add_file(path_in_repo, source),
-                Upload::Bytes {
-                    path_in_repo,
-                    bytes,
-                } => CommitOperation::add_bytes(path_in_repo, bytes),
-            })
-            .collect();
+        let ops = files.into_iter().map(Upload::into_operation).collect();
         let info = self
             .client
             .model(owner, name)

@@ -15,7 +15,6 @@ use tokenizers::Tokenizer;
 use crate::util::{data, fixtures, tenpak_ok};
 
 struct Imported {
-    _tmp: tempfile::TempDir,
     smol: PathBuf,
     gemma: PathBuf,
     fixtures: PathBuf,
@@ -24,24 +23,53 @@ struct Imported {
 const SMOL: &str = "models/SmolLM2-135M-Instruct.Q4_1.gguf";
 const GEMMA: &str = "models/gemma-3-270m-q4_k_m.gguf";
 
-/// Both fixture models imported once (through the CLI) for all tests of this module.
+/// Both fixture models imported (through the CLI) for all tests of this module, into
+/// Cargo's per-target scratch dir, keyed by the GGUF and the `tenpak` binary (size and
+/// modification time), older imports removed: a static is never dropped, so a temporary
+/// directory here would leak 0.8 GB per run.
 fn imported() -> Option<&'static Imported> {
     static CELL: OnceLock<Option<Imported>> = OnceLock::new();
     CELL.get_or_init(|| {
         let fx = fixtures()?;
-        let tmp = tempfile::tempdir().expect("tempdir");
-        let smol = tmp.path().join("smol");
-        let gemma = tmp.path().join("gemma");
-        for (m, d) in [(SMOL, &smol), (GEMMA, &gemma)] {
-            tenpak_ok(&[
-                "import",
-                fx.join(m).to_str().expect("path"),
-                "-o",
-                d.to_str().expect("path"),
-            ]);
+        let root = Path::new(env!("CARGO_TARGET_TMPDIR")).join("fixture-imports");
+        let stamp = |p: &Path| {
+            let meta = std::fs::metadata(p).expect("stat");
+            let mtime = meta
+                .modified()
+                .ok()
+                .and_then(|t| t.duration_since(std::time::UNIX_EPOCH).ok())
+                .map_or(0, |d| d.as_nanos());
+            format!("{}-{mtime}", meta.len())
+        };
+        let bin = stamp(Path::new(env!("CARGO_BIN_EXE_tenpak")));
+        let mut dirs = vec![];
+        for (m, name) in [(SMOL, "smol"), (GEMMA, "gemma")] {
+            let gguf = fx.join(m);
+            let key = format!("{name}-{}-{bin}", stamp(&gguf));
+            let d = root.join(&key);
+            if !d.join("config.json").exists() {
+                for old in std::fs::read_dir(&root).into_iter().flatten().flatten() {
+                    let n = old.file_name().to_string_lossy().into_owned();
+                    if n.starts_with(&format!("{name}-")) && n != key {
+                        let _ = std::fs::remove_dir_all(old.path());
+                    }
+                }
+                let part = root.join(format!("{name}.partial-{}", std::process::id()));
+                let _ = std::fs::remove_dir_all(&part);
+                tenpak_ok(&[
+                    "import",
+                    gguf.to_str().expect("path"),
+                    "-o",
+                    part.to_str().expect("path"),
+                ]);
+                let _ = std::fs::remove_dir_all(&d);
+                std::fs::rename(&part, &d).expect("rename import");
+            }
+            dirs.push(d);
         }
+        let gemma = dirs.pop().expect("gemma");
+        let smol = dirs.pop().expect("smol");
         Some(Imported {
-            _tmp: tmp,
             smol,
             gemma,
             fixtures: fx,

@@ -51,6 +51,7 @@ impl Registry {
             .env("TENPAK_API_TOKEN", API_TOKEN)
             .env_remove("TENPAK_TARGETS")
             .env_remove("HF_HUB_CACHE")
+            .env("HF_HOME", data_dir.join("hf-home"))
             .stdout(Stdio::null())
             .stderr(Stdio::piped());
         for (k, v) in extra_env {
