@@ -17,43 +17,7 @@ use sha2::{Digest, Sha256};
 use tenpak::artifact::source::MemorySource;
 use tenpak::artifact::Artifact;
 
-/// A real Xet CAS server (in memory) on a runtime of its own; returns its endpoint.
-fn start_cas() -> String {
-    let (tx, rx) = std::sync::mpsc::channel();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            use xet_client::cas_client::{LocalServer, LocalServerConfig};
-            let listener = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            let port = listener.local_addr().expect("addr").port();
-            let ctx = xet_runtime::core::XetContext::default().expect("xet context");
-            let server = LocalServer::new(
-                ctx,
-                LocalServerConfig {
-                    in_memory: true,
-                    port,
-                    ..LocalServerConfig::default()
-                },
-            )
-            .await
-            .expect("CAS server");
-            tx.send(format!("http://127.0.0.1:{port}")).expect("send");
-            let (_keep, stop) = tokio::sync::oneshot::channel::<()>();
-            server
-                .serve_until_stopped(listener, stop)
-                .await
-                .expect("serve");
-        });
-    });
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("CAS server")
-}
+use common::cas::start_cas;
 
 /// The Xet file hash of `bytes` (what the CAS server knows the file by).
 fn xet_hash(bytes: &[u8]) -> String {
@@ -239,6 +203,40 @@ fn lfs_basic_and_multipart_publish_and_download_back() {
         assert_eq!(r.bytes_sent, 0, "{mode:?}");
         assert_eq!(hub.hub.lfs_bytes_received(), received);
         assert_eq!(hub.hub.commits().len(), 2);
+
+        // A new object: every byte sent, progress reported along the way.
+        let mut other = back.clone();
+        other.extend_from_slice(b"one more block of bytes");
+        let f = tmp.path().join("other.tnpk");
+        std::fs::write(&f, &other).expect("write");
+        let events = std::sync::Arc::new(std::sync::Mutex::new(Vec::new()));
+        let ev = events.clone();
+        let r = tenpak::hub::block_on(h.commit_files(
+            COMPANION,
+            vec![tenpak::hub::Upload::File {
+                path_in_repo: "other.tnpk".into(),
+                source: f,
+            }],
+            "other",
+            Some(std::sync::Arc::new(move |p| {
+                ev.lock().expect("lock").push(p)
+            })),
+        ))
+        .expect("runtime")
+        .expect("commit");
+        assert_eq!(r.bytes_sent, other.len() as u64);
+        let events = events.lock().expect("lock");
+        let last = events.last().expect("progress events");
+        assert_eq!(
+            (last.bytes_done, last.bytes_total),
+            (other.len() as u64, other.len() as u64)
+        );
+        assert!(events
+            .windows(2)
+            .all(|w| w[0].bytes_sent <= w[1].bytes_sent));
+        if let Mode::LfsMultipart { part_size } = mode {
+            assert!(events.len() as u64 >= (other.len() as u64).div_ceil(part_size));
+        }
     }
 }
 

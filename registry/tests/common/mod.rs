@@ -5,6 +5,8 @@
 #[path = "../../../tests/it/hub_standin.rs"]
 pub mod hub;
 
+pub mod cas;
+
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
 use std::process::{Child, Command, Stdio};
