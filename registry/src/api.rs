@@ -167,26 +167,29 @@ async fn webhook(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
             if let Err(e) = record(what, Some(en.job.id)) {
                 return internal(e);
             }
-            if en.created {
-                ctx.wake.notify_one();
-            }
-            (
-                if en.created {
-                    StatusCode::ACCEPTED
-                } else {
-                    StatusCode::OK
-                },
-                Json(json!({
-                    "action": what,
-                    "job_id": en.job.id,
-                    "repo": repo,
-                    "revision": revision,
-                    "status_url": format!("/status/{}", en.job.id),
-                })),
+            enqueued(
+                &ctx,
+                &en,
+                json!({ "action": what, "repo": repo, "revision": revision }),
             )
-                .into_response()
         }
     }
+}
+
+/// The answer to an enqueue: 202 for a new job (and a worker woken), 200 for an
+/// existing one; `body` gets `job_id` and `status_url`.
+fn enqueued(ctx: &Ctx, en: &crate::store::Enqueued, mut body: serde_json::Value) -> Response {
+    if en.created {
+        ctx.wake.notify_one();
+    }
+    body["job_id"] = json!(en.job.id);
+    body["status_url"] = json!(format!("/status/{}", en.job.id));
+    let status = if en.created {
+        StatusCode::ACCEPTED
+    } else {
+        StatusCode::OK
+    };
+    (status, Json(body)).into_response()
 }
 
 /// Bearer-token check of the write endpoints (401 missing, 403 wrong).
@@ -282,25 +285,11 @@ async fn compress(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) 
         Ok(en) => en,
         Err(e) => return internal(e),
     };
-    if en.created {
-        ctx.wake.notify_one();
-    }
-    (
-        if en.created {
-            StatusCode::ACCEPTED
-        } else {
-            StatusCode::OK
-        },
-        Json(json!({
-            "job_id": en.job.id,
-            "created": en.created,
-            "repo": mref.repo,
-            "revision": commit,
-            "targets": names,
-            "status_url": format!("/status/{}", en.job.id),
-        })),
+    enqueued(
+        &ctx,
+        &en,
+        json!({ "created": en.created, "repo": mref.repo, "revision": commit, "targets": names }),
     )
-        .into_response()
 }
 
 async fn status(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Response {

@@ -51,17 +51,7 @@ fn check_artifact(bytes: &[u8], key: &ed25519_dalek::VerifyingKey, model: &std::
 
 #[test]
 fn webhook_to_signed_companion_repo_and_range_serving() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let model = model_dir(tmp.path());
-    let hub = hub::start(
-        vec![hub::ModelRepo {
-            repo: REPO.into(),
-            sha: SHA.into(),
-            dir: model.clone(),
-        }],
-        HUB_TOKEN,
-        true,
-    );
+    let Fixture { tmp, model, hub } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
     let reg = Registry::start(&tmp.path().join("data"), &hub.url, &[]);
     let root = reg.get_json("/");
     assert_eq!(root["service"], "tenpak-registry");
@@ -278,17 +268,7 @@ fn webhook_to_signed_companion_repo_and_range_serving() {
 
 #[test]
 fn studio_api_auth_validation_and_paging() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let model = model_dir(tmp.path());
-    let hub = hub::start(
-        vec![hub::ModelRepo {
-            repo: REPO.into(),
-            sha: SHA.into(),
-            dir: model,
-        }],
-        HUB_TOKEN,
-        true,
-    );
+    let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
     let reg = Registry::start(&tmp.path().join("data"), &hub.url, &[]);
     let cl = client();
     let url = format!("{}/compress", reg.url);
@@ -366,18 +346,7 @@ fn studio_api_auth_validation_and_paging() {
 
 #[test]
 fn killed_mid_job_restarts_and_completes_once() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let model = model_dir(tmp.path());
-    // Weight downloads wait at the gate: the job is surely mid-way when it is killed.
-    let hub = hub::start(
-        vec![hub::ModelRepo {
-            repo: REPO.into(),
-            sha: SHA.into(),
-            dir: model.clone(),
-        }],
-        HUB_TOKEN,
-        false,
-    );
+    let Fixture { tmp, model, hub } = fixture(HUB_TOKEN, false, hub::Mode::Regular);
     let data = tmp.path().join("data");
     let mut reg = Registry::start(&data, &hub.url, &[]);
     let v: Value = reg
@@ -436,17 +405,7 @@ fn killed_mid_job_restarts_and_completes_once() {
 
 #[test]
 fn hub_errors_fail_the_job_with_a_reason_and_publish_nothing() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let model = model_dir(tmp.path());
-    let hub = hub::start(
-        vec![hub::ModelRepo {
-            repo: REPO.into(),
-            sha: SHA.into(),
-            dir: model,
-        }],
-        "a-different-token",
-        true,
-    );
+    let Fixture { tmp, hub, .. } = fixture("a-different-token", true, hub::Mode::Regular);
     let reg = Registry::start(&tmp.path().join("data"), &hub.url, &[]);
     // A commit the stand-in does not have: 404 from the Hub, no retry.
     let other = "0123456789abcdef0123456789abcdef01234567";

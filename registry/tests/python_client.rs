@@ -30,17 +30,7 @@ fn hf_hub_download_fetches_registry_artifacts() {
         eprintln!("skipped: python3 with huggingface_hub not found");
         return;
     }
-    let tmp = tempfile::tempdir().expect("tmp");
-    let model = model_dir(tmp.path());
-    let hub = hub::start(
-        vec![hub::ModelRepo {
-            repo: REPO.into(),
-            sha: SHA.into(),
-            dir: model,
-        }],
-        HUB_TOKEN,
-        true,
-    );
+    let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
     let reg = Registry::start(&tmp.path().join("data"), &hub.url, &[]);
     let v: Value = reg
         .webhook(&content_update(REPO, SHA), Some(SECRET))

@@ -73,18 +73,12 @@ fn publish(reg: &Registry) -> Value {
 
 #[test]
 fn xet_publish_downloads_back_and_a_restart_resends_almost_nothing() {
-    let tmp = tempfile::tempdir().expect("tmp");
-    let model = model_dir(tmp.path());
-    let cas = start_cas();
-    let hub = hub::start_with(
-        vec![hub::ModelRepo {
-            repo: REPO.into(),
-            sha: SHA.into(),
-            dir: model,
-        }],
+    let Fixture { tmp, hub, .. } = fixture(
         HUB_TOKEN,
         true,
-        Mode::Xet { cas_url: cas },
+        Mode::Xet {
+            cas_url: start_cas(),
+        },
     );
     // Commits wait at the gate: the registry is killed after its Xet upload finished
     // and before the commit landed, the worst moment for a crash.
@@ -147,18 +141,7 @@ fn xet_publish_downloads_back_and_a_restart_resends_almost_nothing() {
 #[test]
 fn lfs_basic_and_multipart_publish_and_download_back() {
     for mode in [Mode::LfsBasic, Mode::LfsMultipart { part_size: 100_000 }] {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let model = model_dir(tmp.path());
-        let hub = hub::start_with(
-            vec![hub::ModelRepo {
-                repo: REPO.into(),
-                sha: SHA.into(),
-                dir: model,
-            }],
-            HUB_TOKEN,
-            true,
-            mode.clone(),
-        );
+        let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, true, mode.clone());
         let reg = Registry::start(&tmp.path().join("data"), &hub.url, &[]);
         let job = publish(&reg);
         assert_eq!(job["state"], "done", "{mode:?}: {job}");

@@ -376,28 +376,6 @@ impl Hub {
             .map_err(|e| hub_error(repo, "create repository", e))?;
         Ok(())
     }
-
-    /// Commits `files` inline (hf-hub's path when the server classifies every file as
-    /// `regular`); [`Hub::commit_files`] is the general entry point.
-    async fn commit(
-        &self,
-        repo: &str,
-        files: Vec<Upload>,
-        message: &str,
-    ) -> Result<Option<String>> {
-        let (owner, name) = split(repo)?;
-        let ops = files.into_iter().map(Upload::into_operation).collect();
-        let info = self
-            .client
-            .model(owner, name)
-            .create_commit()
-            .operations(ops)
-            .commit_message(message)
-            .send()
-            .await
-            .map_err(|e| hub_error(repo, "commit", e))?;
-        Ok(info.commit_oid)
-    }
 }
 
 /// Whether `s` is a full 40-hex commit sha.

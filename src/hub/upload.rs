@@ -272,24 +272,17 @@ impl Hub {
             .filter(|p| p.size > 0 && lfs_paths.contains(&p.path_in_repo))
             .collect();
         if lfs.is_empty() {
-            let commit = self
-                .commit(
-                    repo,
-                    prepared.into_iter().map(|p| p.upload).collect(),
-                    message,
-                )
+            let mut r = self
+                .commit_hf_hub(repo, prepared, message, total, progress.clone())
                 .await?;
             report(UploadProgress {
                 bytes_done: total,
                 bytes_total: total,
                 bytes_sent: total,
             });
-            return Ok(CommitReport {
-                commit,
-                transfer: Transfer::Inline,
-                bytes_total: total,
-                bytes_sent: total,
-            });
+            r.transfer = Transfer::Inline;
+            r.bytes_sent = total;
+            return Ok(r);
         }
 
         // 2. Which transfer the server takes.
@@ -319,7 +312,7 @@ impl Hub {
         }
         match batch.transfer.as_deref() {
             Some("xet") => {
-                self.commit_xet(repo, prepared, message, total, progress)
+                self.commit_hf_hub(repo, prepared, message, total, progress)
                     .await
             }
             // No `transfer` in the answer means `basic` (the LFS default).
@@ -339,7 +332,9 @@ impl Hub {
         }
     }
 
-    async fn commit_xet(
+    /// The commit through hf-hub: files the server classifies `regular` go inline,
+    /// `lfs` ones through Xet; progress (bytes sent after deduplication) is forwarded.
+    async fn commit_hf_hub(
         &self,
         repo: &str,
         prepared: Vec<Prepared>,
@@ -394,7 +389,7 @@ impl Hub {
             ))
             .send()
             .await
-            .map_err(|e| hub_error(repo, "commit (xet)", e))?;
+            .map_err(|e| hub_error(repo, "commit", e))?;
         let last = *handler.last.lock().unwrap_or_else(|e| e.into_inner());
         Ok(CommitReport {
             commit: info.commit_oid,

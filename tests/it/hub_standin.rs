@@ -408,6 +408,27 @@ impl tenpak::serve::Representation for Mem {
     }
 }
 
+/// The Hub's answer to a write without a valid token (401) or to a repository that
+/// does not exist (404); `None` when the write may proceed.
+fn refuse_write(hub: &Hub, headers: &HeaderMap, repo: &str) -> Option<Response> {
+    if !hub.check_token(headers) {
+        return Some(
+            (
+                StatusCode::UNAUTHORIZED,
+                Json(json!({ "error": "Invalid credentials in Authorization header" })),
+            )
+                .into_response(),
+        );
+    }
+    if !hub.created().iter().any(|r| r == repo) {
+        return Some(not_found(
+            "RepoNotFound",
+            format!("Repository Not Found for url: {repo}"),
+        ));
+    }
+    None
+}
+
 fn must_be_lfs(mode: &Mode, path: &str, size: u64) -> bool {
     *mode != Mode::Regular
         && (path.ends_with(".tnpk") || path.ends_with(".safetensors") || size > 10 << 20)
@@ -628,19 +649,9 @@ async fn preupload(
     headers: HeaderMap,
     Json(body): Json<Value>,
 ) -> Response {
-    if !hub.check_token(&headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({ "error": "unauthorized" })),
-        )
-            .into_response();
-    }
     let repo = format!("{o}/{n}");
-    if !hub.created().contains(&repo) {
-        return not_found(
-            "RepoNotFound",
-            format!("Repository Not Found for url: {repo}"),
-        );
+    if let Some(refused) = refuse_write(&hub, &headers, &repo) {
+        return refused;
     }
     let files: Vec<Value> = body["files"]
         .as_array()
@@ -662,19 +673,9 @@ async fn commit(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if !hub.check_token(&headers) {
-        return (
-            StatusCode::UNAUTHORIZED,
-            Json(json!({ "error": "unauthorized" })),
-        )
-            .into_response();
-    }
     let repo = format!("{o}/{n}");
-    if !hub.created().contains(&repo) {
-        return not_found(
-            "RepoNotFound",
-            format!("Repository Not Found for url: {repo}"),
-        );
+    if let Some(refused) = refuse_write(&hub, &headers, &repo) {
+        return refused;
     }
     hub.commit_requests.fetch_add(1, Ordering::Relaxed);
     let mut rx = hub.commit_gate.subscribe();

@@ -34,6 +34,32 @@ pub fn model_dir(root: &Path) -> PathBuf {
     dir
 }
 
+/// A temporary directory with the tiny model, and the Hub stand-in serving it as
+/// `REPO` at `SHA`.
+pub struct Fixture {
+    pub tmp: tempfile::TempDir,
+    pub model: PathBuf,
+    pub hub: hub::Running,
+}
+
+/// Starts a [`Fixture`]: writes accepted with `token`, weight downloads held while
+/// `gate_open` is false, large files taken as `mode` says.
+pub fn fixture(token: &str, gate_open: bool, mode: hub::Mode) -> Fixture {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let model = model_dir(tmp.path());
+    let hub = hub::start_with(
+        vec![hub::ModelRepo {
+            repo: REPO.into(),
+            sha: SHA.into(),
+            dir: model.clone(),
+        }],
+        token,
+        gate_open,
+        mode,
+    );
+    Fixture { tmp, model, hub }
+}
+
 /// A registry child process.
 pub struct Registry {
     pub url: String,
