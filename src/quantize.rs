@@ -6,6 +6,7 @@
 //! while both cores work.
 
 use std::path::Path;
+use std::sync::{Arc, Mutex};
 
 use serde::Serialize;
 
@@ -25,6 +26,72 @@ pub struct Options {
     pub tuning: plan::Tuning,
     /// Shard size for the written directory.
     pub max_shard_bytes: u64,
+    /// GPTQ error feedback for INT4 tensors whose input Hessian the statistics hold.
+    pub gptq: Option<Arc<Gptq>>,
+}
+
+/// GPTQ inputs: a calibration statistics file (`tenpak calibrate`) and the damping.
+/// Factors are cached for the last input seen, so q/k/v (and gate/up), which share one
+/// input, factor it once.
+pub struct Gptq {
+    file: crate::source::hf::SafetensorsFile,
+    damp: f64,
+    cache: Mutex<Option<(String, Arc<codec::gptq::Hessian>)>>,
+}
+
+impl std::fmt::Debug for Gptq {
+    fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
+        f.debug_struct("Gptq").field("damp", &self.damp).finish()
+    }
+}
+
+impl Gptq {
+    /// Opens the statistics file.
+    pub fn open(path: &Path, damp: f64) -> Result<Self> {
+        let file = crate::source::HfModelDir::open_file(path)?;
+        if !file.names().iter().any(|n| n.ends_with(".input_xtx")) {
+            return Err(crate::Error::Missing {
+                path: path.to_path_buf(),
+                what: "input_xtx statistics (run tenpak calibrate; GPTQ needs XᵀX)".into(),
+            });
+        }
+        Ok(Self {
+            file,
+            damp,
+            cache: Mutex::new(None),
+        })
+    }
+
+    /// The Hessian factor for the input of weight `tensor`, when the statistics hold it
+    /// (inputs wider than the calibration's `xtx_max_width` have none).
+    pub fn hessian_for(&self, tensor: &str) -> Result<Option<Arc<codec::gptq::Hessian>>> {
+        let Some(linear) = tensor.strip_suffix(".weight") else {
+            return Ok(None);
+        };
+        // The first consumer of a shared input holds its XᵀX (see `calib`).
+        let first = linear
+            .replace(".k_proj", ".q_proj")
+            .replace(".v_proj", ".q_proj")
+            .replace(".up_proj", ".gate_proj");
+        let names = self.file.names();
+        let Some(key) = [format!("{linear}.input_xtx"), format!("{first}.input_xtx")]
+            .into_iter()
+            .find(|k| names.contains(&k.as_str()))
+        else {
+            return Ok(None);
+        };
+        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
+        if let Some((k, h)) = cache.as_ref() {
+            if *k == key {
+                return Ok(Some(h.clone()));
+            }
+        }
+        let (xtx, shape) = self.file.read_f32_with_shape(&key)?;
+        let cols = shape.first().copied().unwrap_or(0);
+        let h = Arc::new(codec::gptq::Hessian::from_xtx(&xtx, cols, self.damp)?);
+        *cache = Some((key, h.clone()));
+        Ok(Some(h))
+    }
 }
 
 impl Default for Options {
@@ -34,6 +101,7 @@ impl Default for Options {
             quantize_embeddings: false,
             tuning: plan::Tuning::default(),
             max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
+            gptq: None,
         }
     }
 }
@@ -169,7 +237,24 @@ pub fn run(
                 (format!("keep ({})", meta.dtype), bits, 0.0)
             }
             Action::Quantize(spec) => {
-                let (enc, dec) = encode_decode(spec, meta, &w)?;
+                let hessian = match &opts.gptq {
+                    Some(g)
+                        if spec.kind == codec::CodecKind::Int4 && spec.outlier_fraction == 0.0 =>
+                    {
+                        g.hessian_for(&meta.name)?
+                    }
+                    _ => None,
+                };
+                let (enc, dec) = match &hessian {
+                    Some(h) if h.cols() == meta.numel() / meta.shape[0].max(1) => {
+                        let c =
+                            codec::int4::Int4::new(spec.group, spec.symmetric, spec.refine_iters)?;
+                        let enc = c.encode_gptq(&w, meta.shape[0], h.cols(), h)?;
+                        let dec = codec::decode_vec(&enc)?;
+                        (enc, dec)
+                    }
+                    _ => encode_decode(spec, meta, &w)?,
+                };
                 let err = rel_error(&w, &dec);
                 drop(w);
                 sink.tensor(
@@ -180,7 +265,12 @@ pub fn run(
                         decoded: &dec,
                     },
                 )?;
-                (spec.label(), enc.len() as u64 * 8, err)
+                let label = if hessian.is_some() {
+                    format!("{} gptq", spec.label())
+                } else {
+                    spec.label()
+                };
+                (label, enc.len() as u64 * 8, err)
             }
         };
         let row = TensorReport {

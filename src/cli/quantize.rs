@@ -42,6 +42,15 @@ pub struct CodecArgs {
     /// Quantize token embeddings and the LM head too.
     #[arg(long)]
     pub quantize_embeddings: bool,
+    /// GPTQ-style error feedback for int4 tensors: quantize column by column, moving each
+    /// column's error onto the columns not yet quantized through the inverse input
+    /// Hessian (damping 1% of its mean diagonal, whole-row blocks, no activation order).
+    /// Needs --stats; tensors whose input the statistics lack XᵀX for stay plain.
+    #[arg(long, requires = "stats")]
+    pub gptq: bool,
+    /// Calibration statistics from `tenpak calibrate` (for --gptq).
+    #[arg(long)]
+    pub stats: Option<std::path::PathBuf>,
     /// Dtype used when the model is a GGUF file (its weights are imported first).
     #[arg(long, default_value = "bf16", value_parser = super::import::parse_dtype)]
     pub gguf_dtype: DType,
@@ -79,12 +88,20 @@ impl CodecArgs {
                 refine_iters: self.refine_iters,
             },
             max_shard_bytes,
+            gptq: match (&self.stats, self.gptq) {
+                (Some(p), true) => Some(std::sync::Arc::new(
+                    tenpak::quantize::Gptq::open(p, tenpak::codec::gptq::DEFAULT_DAMP)
+                        .map_err(|e| anyhow::anyhow!("--stats: {e}"))?,
+                )),
+                (Some(_), false) => bail!("--stats is used by --gptq; add --gptq"),
+                _ => None,
+            },
         })
     }
 
     /// A one-line description for artifact metadata.
     pub fn describe(&self) -> String {
-        match (&self.target, &self.codec, self.bits_per_weight) {
+        let base = match (&self.target, &self.codec, self.bits_per_weight) {
             (_, Some(c), _) => format!(
                 "codec {c}{}",
                 self.group_size
@@ -94,6 +111,16 @@ impl CodecArgs {
             (_, None, Some(b)) => format!("bits-per-weight {b}"),
             (Some(t), None, None) => format!("target {t:?}").to_lowercase(),
             (None, None, None) => "target balanced".into(),
+        };
+        base + &match (&self.stats, self.gptq) {
+            (Some(p), true) => format!(
+                ", gptq (damp {}, stats {})",
+                tenpak::codec::gptq::DEFAULT_DAMP,
+                p.file_name()
+                    .map(|n| n.to_string_lossy().into_owned())
+                    .unwrap_or_default()
+            ),
+            _ => String::new(),
         }
     }
 }

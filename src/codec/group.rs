@@ -73,7 +73,7 @@ impl Stage {
 
     /// Fits one group: returns (scale, offset) already rounded to fp16, and writes codes.
     /// `h` holds per-weight importance (a zero excludes the weight from the fit).
-    fn fit(&self, w: &[f32], h: Option<&[f32]>, q: &mut [f32]) -> (f16, f16) {
+    pub(super) fn fit(&self, w: &[f32], h: Option<&[f32]>, q: &mut [f32]) -> (f16, f16) {
         let qmax = self.qmax();
         let Bounds { lo, hi, s0, t0 } = match h {
             None => bounds::<false>(w, w),
@@ -364,7 +364,7 @@ fn pass<const WEIGHTED: bool>(
 
 /// Appends codes (small non-negative integers held in f32) packed `per_byte` to a byte,
 /// low bits first.
-fn pack(q: &[f32], bits: u32, per_byte: usize, out: &mut Vec<u8>) {
+pub(super) fn pack(q: &[f32], bits: u32, per_byte: usize, out: &mut Vec<u8>) {
     if bits == 4 {
         let pairs = q.chunks_exact(2);
         let tail = pairs.remainder();

@@ -37,6 +37,39 @@ impl Int4 {
     }
 }
 
+impl Int4 {
+    /// Encodes with GPTQ error feedback from `h` (see [`super::gptq`]); the bytes are an
+    /// ordinary `int4` encoding and decode with the plain decoder.
+    pub fn encode_gptq(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        h: &super::gptq::Hessian,
+    ) -> Result<Vec<u8>> {
+        super::check_shape(w, rows, cols)?;
+        super::check_finite(w)?;
+        let d = super::gptq::encode(&self.stage, w, cols, h)?;
+        check_scales_finite(&d)?;
+        let mut buf = Vec::with_capacity(self.encoded_len(rows, cols));
+        buf.extend_from_slice(&self.header(rows, cols).to_bytes());
+        push_stage(&mut buf, &d);
+        Ok(buf)
+    }
+
+    fn header(&self, rows: usize, cols: usize) -> Header {
+        Header {
+            id: CodecId::Int4,
+            symmetric: self.stage.symmetric,
+            group: self.stage.group as u16,
+            rows: rows as u32,
+            cols: cols as u32,
+            group2: 0,
+            refine: self.stage.refine_iters as u8,
+        }
+    }
+}
+
 /// Encodes `w` with `stage` using all cores; rows are independent.
 pub(crate) fn encode_stage(stage: &Stage, w: &[f32], h: Option<&[f32]>, cols: usize) -> StageData {
     if cols == 0 || w.is_empty() {
@@ -171,18 +204,7 @@ impl Codec for Int4 {
     ) -> Result<Vec<u8>> {
         let d = encode_stage(&self.stage, w, importance, cols);
         let mut buf = Vec::with_capacity(self.encoded_len(rows, cols));
-        buf.extend_from_slice(
-            &Header {
-                id: CodecId::Int4,
-                symmetric: self.stage.symmetric,
-                group: self.stage.group as u16,
-                rows: rows as u32,
-                cols: cols as u32,
-                group2: 0,
-                refine: self.stage.refine_iters as u8,
-            }
-            .to_bytes(),
-        );
+        buf.extend_from_slice(&self.header(rows, cols).to_bytes());
         push_stage(&mut buf, &d);
         debug_assert_eq!(buf.len(), self.encoded_len(rows, cols));
         check_scales_finite(&d)?;

@@ -13,6 +13,7 @@
 //! | `int4_g8_fp16` | preset: `int4`, g = 8 | 8 |
 //! | `int4_opt_llama` | preset: `int4`, g = 128 | 4.25 |
 
+pub mod gptq;
 pub mod group;
 pub mod int4;
 pub mod int4_residual;

@@ -233,3 +233,143 @@ fn gpu_commands_explain_a_build_without_cuda() {
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("built without CUDA support"));
 }
+
+/// `quantize --gptq --stats`: every linear whose input the statistics cover is encoded
+/// with error feedback (labelled `gptq`), the output still decodes as plain int4, and the
+/// layer output error on inputs drawn from those statistics is lower than without it.
+#[test]
+fn gptq_from_calibration_statistics() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let model = tmp.path().join("m");
+    let names = crate::util::tiny_llama(&model, tenpak::dtype::DType::F32);
+    // Statistics of correlated inputs with uneven channel scales (as real activations
+    // are): x = A z, stored as E[x xᵀ] for each first consumer.
+    let width = |n: &str| if n.contains("down_proj") { 512 } else { 256 };
+    let inputs = |cols: usize| -> Vec<f32> {
+        let z = crate::util::randn(512 * cols, 11, 1.0);
+        let mut x = vec![0f32; 512 * cols];
+        for (xr, zr) in x.chunks_mut(cols).zip(z.chunks(cols)) {
+            for c in 0..cols {
+                let s = 1.0 + 6.0 * ((c % 13) as f32 / 12.0);
+                xr[c] = s * (zr[c] + 0.9 * zr[(c + 1) % cols] + 0.6 * zr[(c + 5) % cols]);
+            }
+        }
+        x
+    };
+    let xtx = |x: &[f32], cols: usize| -> Vec<f32> {
+        let mut h = vec![0f32; cols * cols];
+        for r in x.chunks(cols) {
+            for i in 0..cols {
+                for j in 0..cols {
+                    h[i * cols + j] += r[i] * r[j] / 512.0;
+                }
+            }
+        }
+        h
+    };
+    let (x256, x512) = (inputs(256), inputs(512));
+    let (h256, h512) = (xtx(&x256, 256), xtx(&x512, 512));
+    let mut tensors = vec![];
+    for n in &names {
+        let first = n.ends_with("q_proj.weight")
+            || n.ends_with("o_proj.weight")
+            || n.ends_with("gate_proj.weight")
+            || n.ends_with("down_proj.weight");
+        if first {
+            let lin = n.trim_end_matches(".weight");
+            let (c, h) = if width(n) == 512 {
+                (512, &h512)
+            } else {
+                (256, &h256)
+            };
+            tensors.push((format!("{lin}.input_xtx"), vec![c, c], h.clone()));
+        }
+    }
+    let stats = tmp.path().join("stats.safetensors");
+    tenpak::source::writer::write_safetensors_f32(&stats, &tensors, &Default::default())
+        .expect("stats");
+    let m = model.to_str().expect("utf8");
+    let s = stats.to_str().expect("utf8");
+    let run = |out: &str, extra: &[&str]| -> serde_json::Value {
+        let o = tmp.path().join(out);
+        let mut args = vec![
+            "quantize",
+            m,
+            "-o",
+            o.to_str().expect("utf8"),
+            "--codec",
+            "int4",
+            "--group-size",
+            "64",
+            "--json",
+        ];
+        args.extend_from_slice(extra);
+        serde_json::from_str(&crate::util::tenpak_ok(&args)).expect("json")
+    };
+    let plain = run("plain", &[]);
+    let fed = run("fed", &["--gptq", "--stats", s]);
+    let labels: Vec<&str> = fed["tensors"]
+        .as_array()
+        .expect("tensors")
+        .iter()
+        .filter_map(|t| t["codec"].as_str())
+        .filter(|c| c.contains("gptq"))
+        .collect();
+    assert_eq!(labels.len(), 14, "all 7 linears of both layers: {labels:?}");
+    assert_eq!(
+        plain["bits_per_weight_quantized"],
+        fed["bits_per_weight_quantized"]
+    );
+    // Layer output error on the calibration inputs, summed over the linears.
+    let src = tenpak::source::open(&model, tenpak::dtype::DType::F32).expect("src");
+    let a =
+        tenpak::source::open(&tmp.path().join("plain"), tenpak::dtype::DType::F32).expect("plain");
+    let b = tenpak::source::open(&tmp.path().join("fed"), tenpak::dtype::DType::F32).expect("fed");
+    let (mut e_plain, mut e_fed) = (0f64, 0f64);
+    for n in names.iter().filter(|n| n.contains("proj")) {
+        let cols = width(n);
+        let x = if cols == 512 { &x512 } else { &x256 };
+        let w = src.read_f32(n).expect("w");
+        let out_err = |q: &[f32]| -> f64 {
+            let rows = w.len() / cols;
+            let mut e = 0f64;
+            for xr in x.chunks(cols).take(64) {
+                for r in 0..rows {
+                    let d: f64 = (0..cols)
+                        .map(|c| ((w[r * cols + c] - q[r * cols + c]) * xr[c]) as f64)
+                        .sum();
+                    e += d * d;
+                }
+            }
+            e
+        };
+        e_plain += out_err(&a.read_f32(n).expect("plain"));
+        e_fed += out_err(&b.read_f32(n).expect("fed"));
+    }
+    assert!(
+        e_fed < 0.85 * e_plain,
+        "gptq {e_fed:.4e} vs plain {e_plain:.4e}"
+    );
+
+    // Misuse: --gptq without --stats; statistics without XᵀX.
+    let o = crate::util::tenpak(&["quantize", m, "-o", "x", "--gptq"]);
+    assert!(!o.status.success());
+    let bad = tmp.path().join("bad.safetensors");
+    tenpak::source::writer::write_safetensors_f32(
+        &bad,
+        &[("a.input_abs_mean".to_string(), vec![2], vec![1.0, 2.0])],
+        &Default::default(),
+    )
+    .expect("write");
+    let o = crate::util::tenpak(&[
+        "quantize",
+        m,
+        "-o",
+        "x",
+        "--gptq",
+        "--stats",
+        bad.to_str().expect("utf8"),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("input_xtx"));
+}
