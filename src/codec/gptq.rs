@@ -183,13 +183,7 @@ pub fn encode(stage: &Stage, w: &[f32], cols: usize, h: &Hessian) -> Result<Stag
             out
         })
         .collect();
-    let mut out = StageData::default();
-    for p in parts {
-        out.scales.extend(p.scales);
-        out.offsets.extend(p.offsets);
-        out.codes.extend(p.codes);
-    }
-    Ok(out)
+    Ok(StageData::concat(parts))
 }
 
 fn encode_row(stage: &Stage, w: &mut [f32], u: &[f32], q: &mut [f32], out: &mut StageData) {

@@ -45,6 +45,19 @@ pub struct StageData {
     pub codes: Vec<u8>,
 }
 
+impl StageData {
+    /// The arrays of consecutive row blocks, joined in order.
+    pub fn concat(parts: Vec<StageData>) -> StageData {
+        let mut out = StageData::default();
+        for p in parts {
+            out.scales.extend(p.scales);
+            out.offsets.extend(p.offsets);
+            out.codes.extend(p.codes);
+        }
+        out
+    }
+}
+
 impl Stage {
     /// Largest code.
     pub fn qmax(&self) -> f32 {

@@ -84,13 +84,7 @@ pub(crate) fn encode_stage(stage: &Stage, w: &[f32], h: Option<&[f32]>, cols: us
             stage.encode_rows(chunk, hc, cols)
         })
         .collect();
-    let mut out = StageData::default();
-    for p in parts {
-        out.scales.extend(p.scales);
-        out.offsets.extend(p.offsets);
-        out.codes.extend(p.codes);
-    }
-    out
+    StageData::concat(parts)
 }
 
 /// Appends a stage's arrays to `buf`.
