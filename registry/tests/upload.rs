@@ -96,8 +96,15 @@ fn xet_publish_downloads_back_and_a_restart_resends_almost_nothing() {
         std::thread::sleep(Duration::from_millis(20));
     }
     reg.kill();
+    // The killed process's commit never lands: its request may still be held at the
+    // gate on the server side, so it is released as refused.
+    hub.hub.drop_held.store(true, Ordering::SeqCst);
     hub.hub.set_commit_gate(true);
-    std::thread::sleep(Duration::from_millis(200));
+    let t0 = Instant::now();
+    while hub.hub.dropped.load(Ordering::SeqCst) == 0 && t0.elapsed() < Duration::from_secs(2) {
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    hub.hub.drop_held.store(false, Ordering::SeqCst);
     assert!(
         hub.hub.commits().is_empty(),
         "the killed attempt committed nothing"

@@ -122,6 +122,11 @@ pub struct Hub {
     pub weight_gets: Arc<AtomicUsize>,
     /// Commit requests received (including ones held at the commit gate).
     pub commit_requests: Arc<AtomicUsize>,
+    /// While set, commits released from the gate are refused (503) instead of recorded:
+    /// a client killed while its commit was held never gets it in.
+    pub drop_held: Arc<std::sync::atomic::AtomicBool>,
+    /// Commits refused that way.
+    pub dropped: Arc<AtomicUsize>,
     commit_gate: Arc<tokio::sync::watch::Sender<bool>>,
     /// Requests whose token was not `Bearer <token>`.
     pub unauthorized: Arc<AtomicUsize>,
@@ -680,6 +685,14 @@ async fn commit(
     hub.commit_requests.fetch_add(1, Ordering::Relaxed);
     let mut rx = hub.commit_gate.subscribe();
     let _ = rx.wait_for(|open| *open).await;
+    if hub.drop_held.load(Ordering::SeqCst) {
+        hub.dropped.fetch_add(1, Ordering::SeqCst);
+        return (
+            StatusCode::SERVICE_UNAVAILABLE,
+            Json(json!({ "error": "commit dropped" })),
+        )
+            .into_response();
+    }
     if headers.get("content-type").and_then(|v| v.to_str().ok()) != Some("application/x-ndjson") {
         return (
             StatusCode::BAD_REQUEST,
@@ -791,6 +804,8 @@ pub fn start_with(models: Vec<ModelRepo>, token: &str, gate_open: bool, mode: Mo
         gate: Arc::new(gate),
         weight_gets: Arc::new(AtomicUsize::new(0)),
         commit_requests: Arc::new(AtomicUsize::new(0)),
+        drop_held: Arc::new(std::sync::atomic::AtomicBool::new(false)),
+        dropped: Arc::new(AtomicUsize::new(0)),
         commit_gate: Arc::new(tokio::sync::watch::channel(true).0),
         unauthorized: Arc::new(AtomicUsize::new(0)),
         token: token.to_string(),
