@@ -32,11 +32,7 @@ fn hf_hub_download_fetches_registry_artifacts() {
     }
     let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
     let reg = Registry::start(&tmp.path().join("data"), &hub.url, &[]);
-    let v: Value = reg
-        .webhook(&content_update(REPO, SHA), Some(SECRET))
-        .json()
-        .expect("json");
-    let job = reg.wait_job(v["job_id"].as_i64().expect("id"), Duration::from_secs(120));
+    let job = reg.wait_job(reg.deliver(), Duration::from_secs(120));
     assert_eq!(job["state"], "done", "{job}");
     let published = hub.hub.commits()[0].files["tiny-llama-balanced.tnpk"].clone();
     let (start, end) = (1000usize, 70_000usize);

@@ -64,11 +64,7 @@ fn check(bytes: &[u8], key: &ed25519_dalek::VerifyingKey) {
 }
 
 fn publish(reg: &Registry) -> Value {
-    let v: Value = reg
-        .webhook(&content_update(REPO, SHA), Some(SECRET))
-        .json()
-        .expect("json");
-    reg.wait_job(v["job_id"].as_i64().expect("id"), Duration::from_secs(120))
+    reg.wait_job(reg.deliver(), Duration::from_secs(120))
 }
 
 #[test]
@@ -85,11 +81,7 @@ fn xet_publish_downloads_back_and_a_restart_resends_almost_nothing() {
     hub.hub.set_commit_gate(false);
     let data = tmp.path().join("data");
     let mut reg = Registry::start(&data, &hub.url, &[]);
-    let v: Value = reg
-        .webhook(&content_update(REPO, SHA), Some(SECRET))
-        .json()
-        .expect("json");
-    let id = v["job_id"].as_i64().expect("id");
+    let id = reg.deliver();
     let t0 = Instant::now();
     while hub.hub.commit_requests.load(Ordering::Relaxed) == 0 {
         assert!(t0.elapsed() < Duration::from_secs(120), "no commit arrived");

@@ -144,6 +144,16 @@ impl Registry {
         req.send().expect("POST webhook")
     }
 
+    /// Delivers the `main` update of `REPO` at `SHA` with the right secret; returns the
+    /// job id the registry answered with.
+    pub fn deliver(&self) -> i64 {
+        let v: Value = self
+            .webhook(&content_update(REPO, SHA), Some(SECRET))
+            .json()
+            .expect("json");
+        v["job_id"].as_i64().expect("job id")
+    }
+
     /// Polls `/status/{id}` until the job is done or failed.
     pub fn wait_job(&self, id: i64, timeout: Duration) -> Value {
         let t0 = Instant::now();
