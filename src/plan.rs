@@ -22,6 +22,13 @@
 //! for a multiplier λ, the candidate minimising error + λ·bits per tensor, bisecting λ to
 //! the budget, then spends what is left on the upgrades with the best error drop per bit.
 //! Errors are measured by encoding up to [`SAMPLE_ROWS`] evenly spaced rows of each tensor.
+//!
+//! **With calibration statistics** the budget is spent by sensitivity: a candidate's error
+//! is the layer's relative *output* error on the calibration inputs,
+//! `Σ_rj E[x_j²]·(W − Ŵ)²_rj / Σ_rj E[x_j²]·W²_rj` (the error weighted by the Hessian
+//! diagonal), so weights fed by loud input channels count for more; candidates are
+//! encoded with the calibrated options of [`Tuning`] (AWQ, GPTQ), and `calibrated_vq`
+//! candidates join the list.
 
 use serde::Serialize;
 
@@ -170,9 +177,14 @@ pub fn quantizable(meta: &TensorMeta, quantize_embeddings: bool) -> bool {
     eligible && meta.shape.len() == 2 && meta.numel() >= MIN_QUANT_NUMEL
 }
 
-/// Candidates for a bit budget, cheapest first.
+/// Candidates for a bit budget, cheapest first by kind (with statistics, `calibrated_vq`
+/// joins: see [`calibrated_candidates`]).
 pub fn budget_candidates() -> Vec<CodecSpec> {
     vec![
+        CodecSpec::int(2, 64),
+        CodecSpec::int(2, 32),
+        CodecSpec::int(3, 128),
+        CodecSpec::int(3, 64),
         CodecSpec::int4(256),
         CodecSpec::int4(128),
         CodecSpec::int4(64),
@@ -184,28 +196,51 @@ pub fn budget_candidates() -> Vec<CodecSpec> {
     ]
 }
 
+/// The `calibrated_vq` candidates a bit budget adds when statistics are given
+/// (about 2.3, 3.3 and 4.3 bits/weight).
+pub fn calibrated_candidates() -> Vec<CodecSpec> {
+    vec![
+        CodecSpec::vq(4, 8, 64),
+        CodecSpec::vq(2, 6, 64),
+        CodecSpec::vq(2, 8, 64),
+    ]
+}
+
 /// Options that apply to every codec the planner picks.
 #[derive(Debug, Clone, Copy, PartialEq)]
 pub struct Tuning {
-    /// Fraction of weights kept as fp16 outliers (0 = none).
-    pub outlier_fraction: f64,
+    /// Fraction of weights kept as fp16 outliers (None = the codec's default).
+    pub outlier_fraction: Option<f64>,
     /// Scale-refinement iterations (0 = round-to-nearest).
     pub refine_iters: u32,
+    /// AWQ scaling for the scalar codecs.
+    pub awq: bool,
+    /// GPTQ error feedback for the scalar codecs.
+    pub gptq: bool,
 }
 
 impl Default for Tuning {
     fn default() -> Self {
         Self {
-            outlier_fraction: 0.0,
+            outlier_fraction: None,
             refine_iters: crate::codec::DEFAULT_REFINE_ITERS,
+            awq: false,
+            gptq: false,
         }
     }
 }
 
 impl Tuning {
-    fn apply(&self, mut s: CodecSpec) -> CodecSpec {
-        s.outlier_fraction = self.outlier_fraction;
+    /// `s` with these options.
+    pub fn apply(&self, mut s: CodecSpec) -> CodecSpec {
+        if let Some(f) = self.outlier_fraction {
+            s.outlier_fraction = f;
+        }
         s.refine_iters = self.refine_iters;
+        if s.kind.scalar_bits().is_some() {
+            s.awq |= self.awq;
+            s.gptq |= self.gptq;
+        }
         s
     }
 }
@@ -216,6 +251,7 @@ pub fn plan(
     selection: &Selection,
     quantize_embeddings: bool,
     tuning: Tuning,
+    calib: Option<&crate::quantize::Calib>,
 ) -> Result<Vec<TensorPlan>> {
     let with_outliers = |s: CodecSpec| tuning.apply(s);
     let mut plans: Vec<TensorPlan> = src
@@ -244,7 +280,7 @@ pub fn plan(
         })
         .collect();
     if let Selection::BitsPerWeight(budget) = selection {
-        allocate_budget(src, &mut plans, *budget, tuning)?;
+        allocate_budget(src, &mut plans, *budget, tuning, calib)?;
     }
     for p in &plans {
         if let Action::Quantize(s) = &p.action {
@@ -259,6 +295,7 @@ fn measure(
     src: &dyn TensorSource,
     meta: &TensorMeta,
     cands: &[CodecSpec],
+    calib: Option<&crate::quantize::Calib>,
 ) -> Result<Vec<(f64, f64)>> {
     let (rows, cols) = (meta.shape[0], meta.shape[1]);
     let w = src.read_f32(&meta.name)?;
@@ -269,24 +306,47 @@ fn measure(
         sample.extend_from_slice(&w[r * cols..(r + 1) * cols]);
     }
     drop(w);
+    let stats = match calib {
+        Some(c) => c.tensor(&meta.name, cands.iter().any(|c| c.gptq))?,
+        None => None,
+    };
+    // Error weights: the Hessian diagonal per column with statistics, else 1.
+    let h: Vec<f64> = match &stats {
+        Some(s) if s.sq_mean.len() == cols => s.sq_mean.iter().map(|&v| v as f64).collect(),
+        _ => vec![1.0; cols],
+    };
     let norm: f64 = sample
         .iter()
-        .map(|x| (*x as f64).powi(2))
+        .enumerate()
+        .map(|(i, x)| h[i % cols] * (*x as f64).powi(2))
         .sum::<f64>()
         .max(f64::MIN_POSITIVE);
     let n = (rows * cols) as f64;
     cands
         .iter()
         .map(|c| {
-            let codec = c.build()?;
-            let enc = codec.encode(&sample, take, cols, None)?;
-            let dec = crate::codec::decode_vec(&enc)?;
+            let c = if c.needs_calibration() && stats.is_none() {
+                CodecSpec {
+                    awq: false,
+                    gptq: false,
+                    ..c.clone()
+                }
+            } else {
+                c.clone()
+            };
+            // A shape the candidate cannot take (VQ needs cols divisible by d) prices it out.
+            let Ok(len) = c.encoded_len(rows, cols) else {
+                return Ok((f64::INFINITY, f64::INFINITY));
+            };
+            let enc = c.encode(&sample, take, cols, stats.as_ref())?;
+            let dec = crate::codec::decode_vec(&enc.bytes)?;
             let sse: f64 = dec
                 .iter()
                 .zip(&sample)
-                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .enumerate()
+                .map(|(i, (a, b))| h[i % cols] * ((a - b) as f64).powi(2))
                 .sum();
-            Ok((codec.encoded_len(rows, cols) as f64 * 8.0, n * sse / norm))
+            Ok((len as f64 * 8.0, n * sse / norm))
         })
         .collect()
 }
@@ -296,11 +356,15 @@ fn allocate_budget(
     plans: &mut [TensorPlan],
     budget: f64,
     tuning: Tuning,
+    calib: Option<&crate::quantize::Calib>,
 ) -> Result<()> {
-    let cands: Vec<CodecSpec> = budget_candidates()
+    let mut cands: Vec<CodecSpec> = budget_candidates()
         .into_iter()
         .map(|c| tuning.apply(c))
         .collect();
+    if calib.is_some() {
+        cands.extend(calibrated_candidates().into_iter().map(|c| tuning.apply(c)));
+    }
     let idx: Vec<usize> = plans
         .iter()
         .enumerate()
@@ -317,7 +381,7 @@ fn allocate_budget(
     for &i in &idx {
         let meta = src.meta(&plans[i].name)?;
         total_weights += meta.numel() as f64;
-        costs.push(measure(src, meta, &cands)?);
+        costs.push(measure(src, meta, &cands, calib)?);
     }
     let limit = budget * total_weights;
     let min_bits: f64 = costs

@@ -22,75 +22,141 @@ pub struct Options {
     pub selection: Selection,
     /// Quantize token embeddings and the LM head too.
     pub quantize_embeddings: bool,
-    /// Outliers and refinement, applied to every codec.
+    /// Outliers, refinement, AWQ and GPTQ, applied to every codec.
     pub tuning: plan::Tuning,
     /// Shard size for the written directory.
     pub max_shard_bytes: u64,
-    /// GPTQ error feedback for INT4 tensors whose input Hessian the statistics hold.
-    pub gptq: Option<Arc<Gptq>>,
+    /// Calibration statistics (`tenpak calibrate`): needed by AWQ and GPTQ, weighting
+    /// `calibrated_vq` and `tenpak_x`, and the bit budget's sensitivity.
+    pub calib: Option<Arc<Calib>>,
 }
 
-/// GPTQ inputs: a calibration statistics file (`tenpak calibrate`) and the damping.
-/// Factors are cached for the last input seen, so q/k/v (and gate/up), which share one
-/// input, factor it once.
-pub struct Gptq {
+/// Calibration statistics opened for encoding (see [`crate::calib`] for the file). The
+/// last XᵀX read and the last GPTQ factor are cached, so q/k/v (and gate/up), which share
+/// one input, read and factor it once.
+pub struct Calib {
     file: crate::source::hf::SafetensorsFile,
+    path: std::path::PathBuf,
     damp: f64,
-    cache: Mutex<Option<(String, Arc<codec::gptq::Hessian>)>>,
+    xtx: Mutex<Option<(String, Arc<Vec<f32>>)>>,
+    factor: Mutex<Option<(String, Arc<codec::gptq::Hessian>)>>,
 }
 
-impl std::fmt::Debug for Gptq {
+impl std::fmt::Debug for Calib {
     fn fmt(&self, f: &mut std::fmt::Formatter<'_>) -> std::fmt::Result {
-        f.debug_struct("Gptq").field("damp", &self.damp).finish()
+        f.debug_struct("Calib")
+            .field("path", &self.path)
+            .field("damp", &self.damp)
+            .finish()
     }
 }
 
-impl Gptq {
-    /// Opens the statistics file.
+impl Calib {
+    /// Opens a statistics file; `damp` is GPTQ's damping.
     pub fn open(path: &Path, damp: f64) -> Result<Self> {
         let file = crate::source::HfModelDir::open_file(path)?;
-        if !file.names().iter().any(|n| n.ends_with(".input_xtx")) {
+        if !file.names().iter().any(|n| n.ends_with(".input_sq_mean")) {
             return Err(crate::Error::Missing {
                 path: path.to_path_buf(),
-                what: "input_xtx statistics (run tenpak calibrate; GPTQ needs XᵀX)".into(),
+                what: "calibration statistics (input_sq_mean; write them with tenpak calibrate)"
+                    .into(),
             });
         }
         Ok(Self {
             file,
+            path: path.to_path_buf(),
             damp,
-            cache: Mutex::new(None),
+            xtx: Mutex::new(None),
+            factor: Mutex::new(None),
         })
     }
 
-    /// The Hessian factor for the input of weight `tensor`, when the statistics hold it
-    /// (inputs wider than the calibration's `xtx_max_width` have none).
-    pub fn hessian_for(&self, tensor: &str) -> Result<Option<Arc<codec::gptq::Hessian>>> {
+    /// Whether any layer has its full XᵀX (what GPTQ needs).
+    pub fn has_xtx(&self) -> bool {
+        self.file.names().iter().any(|n| n.ends_with(".input_xtx"))
+    }
+
+    /// What the statistics were computed on, for artifact metadata:
+    /// `FILE (text T sha256 H, N tokens)`.
+    pub fn describe(&self) -> String {
+        let md = self.file.metadata();
+        let get = |k: &str| md.get(k).cloned().unwrap_or_else(|| "?".into());
+        format!(
+            "{} (text {} sha256 {}, {} tokens, {} windows of {})",
+            self.path
+                .file_name()
+                .map(|n| n.to_string_lossy().into_owned())
+                .unwrap_or_default(),
+            get("text"),
+            get("text_sha256"),
+            get("tokens"),
+            get("samples"),
+            get("seq"),
+        )
+    }
+
+    /// The statistics of the input of weight `tensor`, when the file has them; with
+    /// `want_factor`, GPTQ's factor too (when the file has that input's XᵀX).
+    pub fn tensor(&self, tensor: &str, want_factor: bool) -> Result<Option<codec::TensorCalib>> {
         let Some(linear) = tensor.strip_suffix(".weight") else {
             return Ok(None);
         };
+        let names = self.file.names();
+        let abs_key = format!("{linear}.input_abs_mean");
+        if !names.contains(&abs_key.as_str()) {
+            return Ok(None);
+        }
+        let abs_mean = self.file.read_f32_with_shape(&abs_key)?.0;
+        let sq_mean = self
+            .file
+            .read_f32_with_shape(&format!("{linear}.input_sq_mean"))?
+            .0;
         // The first consumer of a shared input holds its XᵀX (see `calib`).
         let first = linear
             .replace(".k_proj", ".q_proj")
             .replace(".v_proj", ".q_proj")
             .replace(".up_proj", ".gate_proj");
-        let names = self.file.names();
-        let Some(key) = [format!("{linear}.input_xtx"), format!("{first}.input_xtx")]
+        let key = [format!("{linear}.input_xtx"), format!("{first}.input_xtx")]
             .into_iter()
-            .find(|k| names.contains(&k.as_str()))
-        else {
-            return Ok(None);
-        };
-        let mut cache = self.cache.lock().unwrap_or_else(|e| e.into_inner());
-        if let Some((k, h)) = cache.as_ref() {
-            if *k == key {
-                return Ok(Some(h.clone()));
+            .find(|k| names.contains(&k.as_str()));
+        let xtx = match &key {
+            None => None,
+            Some(key) => {
+                let mut cache = self.xtx.lock().unwrap_or_else(|e| e.into_inner());
+                match cache.as_ref() {
+                    Some((k, v)) if k == key => Some(v.clone()),
+                    _ => {
+                        let v = Arc::new(self.file.read_f32_with_shape(key)?.0);
+                        *cache = Some((key.clone(), v.clone()));
+                        Some(v)
+                    }
+                }
             }
-        }
-        let (xtx, shape) = self.file.read_f32_with_shape(&key)?;
-        let cols = shape.first().copied().unwrap_or(0);
-        let h = Arc::new(codec::gptq::Hessian::from_xtx(&xtx, cols, self.damp)?);
-        *cache = Some((key, h.clone()));
-        Ok(Some(h))
+        };
+        let hessian = match (&key, &xtx, want_factor) {
+            (Some(key), Some(x), true) => {
+                let mut cache = self.factor.lock().unwrap_or_else(|e| e.into_inner());
+                match cache.as_ref() {
+                    Some((k, h)) if k == key => Some(h.clone()),
+                    _ => {
+                        let h = Arc::new(codec::gptq::Hessian::from_xtx(
+                            x,
+                            sq_mean.len(),
+                            self.damp,
+                        )?);
+                        *cache = Some((key.clone(), h.clone()));
+                        Some(h)
+                    }
+                }
+            }
+            _ => None,
+        };
+        Ok(Some(codec::TensorCalib {
+            abs_mean,
+            sq_mean,
+            xtx,
+            hessian,
+        }))
     }
 }
 
@@ -101,7 +167,7 @@ impl Default for Options {
             quantize_embeddings: false,
             tuning: plan::Tuning::default(),
             max_shard_bytes: DEFAULT_MAX_SHARD_BYTES,
-            gptq: None,
+            calib: None,
         }
     }
 }
@@ -174,24 +240,64 @@ pub fn rel_error(a: &[f32], b: &[f32]) -> f64 {
     }
 }
 
-/// Encodes one tensor with `spec`, returning its encoding and its decode.
+/// Encodes one tensor with `spec` (with its input statistics from `calib` where the codec
+/// uses them), returning its encoding, its decode and the label of what was done.
+///
+/// A tensor the statistics do not cover (the LM head under `--quantize-embeddings`) is
+/// encoded without AWQ/GPTQ, and the label says so.
 pub fn encode_decode(
     spec: &codec::CodecSpec,
     meta: &TensorMeta,
     w: &[f32],
-) -> Result<(Vec<u8>, Vec<f32>)> {
-    let codec = spec.build()?;
+    calib: Option<&Calib>,
+) -> Result<Coded> {
     let (rows, cols) = (meta.shape[0], meta.numel() / meta.shape[0].max(1));
-    let enc = codec.encode(w, rows, cols, None).map_err(|e| match e {
-        crate::Error::ShapeMismatch { expected, got, .. } => crate::Error::ShapeMismatch {
-            tensor: meta.name.clone(),
-            expected,
-            got,
-        },
-        e => e,
-    })?;
-    let dec = codec::decode_vec(&enc)?;
-    Ok((enc, dec))
+    let stats = match calib {
+        Some(c) if spec.uses_calibration() => c.tensor(&meta.name, spec.gptq)?,
+        _ => None,
+    };
+    let mut note = "";
+    let fallback;
+    let spec = if spec.needs_calibration() && stats.is_none() {
+        fallback = codec::CodecSpec {
+            awq: false,
+            gptq: false,
+            ..spec.clone()
+        };
+        note = " (no statistics)";
+        &fallback
+    } else {
+        spec
+    };
+    let enc = spec
+        .encode(w, rows, cols, stats.as_ref())
+        .map_err(|e| match e {
+            crate::Error::ShapeMismatch { expected, got, .. } => crate::Error::ShapeMismatch {
+                tensor: meta.name.clone(),
+                expected,
+                got,
+            },
+            e => e,
+        })?;
+    let decoded = codec::decode_vec(&enc.bytes)?;
+    Ok(Coded {
+        bytes: enc.bytes,
+        decoded,
+        label: enc.label + note,
+        spec: spec.clone(),
+    })
+}
+
+/// What [`encode_decode`] produced.
+pub struct Coded {
+    /// The encoding.
+    pub bytes: Vec<u8>,
+    /// Its decode.
+    pub decoded: Vec<f32>,
+    /// What was done, for reports.
+    pub label: String,
+    /// The spec as applied (AWQ/GPTQ dropped where the statistics lack the layer).
+    pub spec: codec::CodecSpec,
 }
 
 /// What the pipeline produced for one tensor.
@@ -226,7 +332,13 @@ pub fn run(
     sink: &mut dyn Sink,
     progress: &(dyn Fn(&TensorReport) + Sync),
 ) -> Result<Vec<TensorReport>> {
-    let plans = plan::plan(src, &opts.selection, opts.quantize_embeddings, opts.tuning)?;
+    let plans = plan::plan(
+        src,
+        &opts.selection,
+        opts.quantize_embeddings,
+        opts.tuning,
+        opts.calib.as_deref(),
+    )?;
     let mut rows = Vec::with_capacity(plans.len());
     for (meta, p) in src.tensors().iter().zip(&plans) {
         let w = src.read_f32(&meta.name)?;
@@ -237,39 +349,22 @@ pub fn run(
                 (format!("keep ({})", meta.dtype), bits, 0.0)
             }
             Action::Quantize(spec) => {
-                let hessian = match &opts.gptq {
-                    Some(g)
-                        if spec.kind == codec::CodecKind::Int4 && spec.outlier_fraction == 0.0 =>
-                    {
-                        g.hessian_for(&meta.name)?
-                    }
-                    _ => None,
-                };
-                let (enc, dec) = match &hessian {
-                    Some(h) if h.cols() == meta.numel() / meta.shape[0].max(1) => {
-                        let c =
-                            codec::int4::Int4::new(spec.group, spec.symmetric, spec.refine_iters)?;
-                        let enc = c.encode_gptq(&w, meta.shape[0], h.cols(), h)?;
-                        let dec = codec::decode_vec(&enc)?;
-                        (enc, dec)
-                    }
-                    _ => encode_decode(spec, meta, &w)?,
-                };
+                let Coded {
+                    bytes: enc,
+                    decoded: dec,
+                    label,
+                    spec,
+                } = encode_decode(spec, meta, &w, opts.calib.as_deref())?;
                 let err = rel_error(&w, &dec);
                 drop(w);
                 sink.tensor(
                     meta,
                     Processed::Quantized {
-                        spec,
+                        spec: &spec,
                         encoded: &enc,
                         decoded: &dec,
                     },
                 )?;
-                let label = if hessian.is_some() {
-                    format!("{} gptq", spec.label())
-                } else {
-                    spec.label()
-                };
                 (label, enc.len() as u64 * 8, err)
             }
         };

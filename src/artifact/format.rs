@@ -238,6 +238,12 @@ pub enum Encoding {
         /// fp16 outliers, parts per million of the weights.
         outliers_ppm: u32,
     },
+    /// Any other encoding of [`crate::codec`]: `int3`/`int2`, AWQ-scaled, `calibrated_vq`,
+    /// `tenpak_x` (the bytes start with the codec header, which says how they decode).
+    Composite {
+        /// The codec and its parameters, for people (`int4 g128 awq +0.1% fp16`).
+        description: String,
+    },
     /// A codec this reader does not know (from a newer minor version); the tensor can be
     /// listed but not decoded.
     #[serde(other)]
@@ -248,6 +254,11 @@ impl Encoding {
     /// The encoding of a codec spec.
     pub fn from_spec(s: &CodecSpec) -> Self {
         let outliers_ppm = (s.outlier_fraction * 1e6).round() as u32;
+        if s.awq {
+            return Encoding::Composite {
+                description: s.label(),
+            };
+        }
         match s.kind {
             CodecKind::Int4 => Encoding::Int4 {
                 group: s.group as u32,
@@ -260,6 +271,9 @@ impl Encoding {
                 residual_group: s.residual_group as u32,
                 refine_iters: s.refine_iters,
                 outliers_ppm,
+            },
+            _ => Encoding::Composite {
+                description: s.label(),
             },
         }
     }
@@ -295,6 +309,7 @@ impl Encoding {
                     String::new()
                 }
             ),
+            Encoding::Composite { description } => description.clone(),
             Encoding::Unknown => "unknown codec".into(),
         }
     }

@@ -188,7 +188,9 @@ impl Artifact {
         let mut out = vec![0f32; numel];
         match &t.encoding {
             Encoding::Raw => t.dtype.decode_into(bytes, &mut out),
-            Encoding::Int4 { .. } | Encoding::Int4Residual { .. } => codec::decode(bytes, &mut out)
+            Encoding::Int4 { .. }
+            | Encoding::Int4Residual { .. }
+            | Encoding::Composite { .. } => codec::decode(bytes, &mut out)
                 .map_err(|e| match e {
                     Error::CorruptEncoding(m) => {
                         Error::CorruptEncoding(format!("tensor {}: {m}", t.name))

@@ -26,65 +26,82 @@ pub struct Args {
     /// Tokens per window.
     #[arg(long, default_value_t = 512)]
     pub seq: usize,
-    /// Keep the full XᵀX for inputs at most this wide.
-    #[arg(long, default_value_t = 1024)]
+    /// Keep the full XᵀX (what GPTQ and AWQ's search use) for inputs at most this wide
+    /// (memory: width² × 8 bytes per distinct input while collecting).
+    #[arg(long, default_value_t = DEFAULT_XTX_MAX_WIDTH)]
     pub xtx_max_width: usize,
     /// Output statistics file (.safetensors).
     #[arg(short, long)]
     pub output: PathBuf,
 }
 
+/// Default for --xtx-max-width: covers SmolLM2 (1536) and Gemma-3-270M (2048).
+pub const DEFAULT_XTX_MAX_WIDTH: usize = 2048;
+
 /// Runs the command.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let text = std::fs::read_to_string(&a.text)
-        .with_context(|| format!("reading {}", a.text.display()))?;
-    let src = tenpak::source::open(&a.model, DType::BF16)
-        .with_context(|| format!("opening {}", a.model.display()))?;
+    let t0 = std::time::Instant::now();
+    let tokens = calibrate(&a.model, &a.text, a.samples, a.seq, a.xtx_max_width, &a.output)?;
+    println!(
+        "calibrated on {tokens} tokens ({} windows of {}) in {:.1} s -> {}",
+        a.samples,
+        a.seq,
+        t0.elapsed().as_secs_f64(),
+        a.output.display()
+    );
+    Ok(())
+}
+
+/// Collects statistics of `model` on `text_path` and writes them to `output`; returns the
+/// tokens observed. Shared by `calibrate` and `quantize|pack --calibrate`.
+pub fn calibrate(
+    model_path: &std::path::Path,
+    text_path: &std::path::Path,
+    samples: usize,
+    seq: usize,
+    xtx_max_width: usize,
+    output: &std::path::Path,
+) -> anyhow::Result<u64> {
+    let text = std::fs::read_to_string(text_path)
+        .with_context(|| format!("reading {}", text_path.display()))?;
+    let src = tenpak::source::open(model_path, DType::BF16)
+        .with_context(|| format!("opening {}", model_path.display()))?;
     let tok = tenpak::source::side_files(src.as_ref())?
         .into_iter()
         .find(|(n, _)| n == "tokenizer.json")
         .map(|(_, b)| b)
-        .with_context(|| format!("{} has no tokenizer.json", a.model.display()))?;
+        .with_context(|| format!("{} has no tokenizer.json", model_path.display()))?;
     let tok = Tokenizer::from_bytes(&tok)?;
     let model = Model::load(src.as_ref())?;
     drop(src);
     let ids = tok.encode(&text)?;
     let opts = CalibOptions {
-        samples: a.samples,
-        seq: a.seq,
-        xtx_max_width: a.xtx_max_width,
+        samples,
+        seq,
+        xtx_max_width,
     };
     let windows = calib::windows(&ids, opts)?;
-    let pb = indicatif::ProgressBar::new(windows.len() as u64);
-    let t0 = std::time::Instant::now();
+    let pb = super::progress::bar_of(windows.len() as u64, "calibrate", "windows");
     let stats = calib::collect(&model, &windows, tok.default_bos(), opts, &|k, _| {
         pb.set_position(k as u64)
     })?;
     pb.finish_and_clear();
     let sha = hex::encode(sha2::Sha256::digest(text.as_bytes()));
     stats.save(
-        &a.output,
+        output,
         &[
-            ("samples", a.samples.to_string()),
-            ("seq", a.seq.to_string()),
+            ("samples", samples.to_string()),
+            ("seq", seq.to_string()),
             (
                 "text",
-                a.text
+                text_path
                     .file_name()
                     .map(|n| n.to_string_lossy().into_owned())
                     .unwrap_or_default(),
             ),
             ("text_sha256", sha),
-            ("model", a.model.display().to_string()),
+            ("model", model_path.display().to_string()),
         ],
     )?;
-    println!(
-        "calibrated on {} tokens ({} windows of {}) in {:.1} s -> {}",
-        stats.tokens,
-        windows.len(),
-        a.seq,
-        t0.elapsed().as_secs_f64(),
-        a.output.display()
-    );
-    Ok(())
+    Ok(stats.tokens)
 }

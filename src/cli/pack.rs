@@ -62,7 +62,7 @@ pub fn resolve_model(model: &std::path::Path) -> anyhow::Result<(PathBuf, String
 
 /// Runs the command.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let opts = a.codecs.options(u64::MAX)?;
+    let mut opts = a.codecs.options(u64::MAX)?;
     let keys = a
         .sign
         .iter()
@@ -70,9 +70,11 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let key_refs: Vec<_> = keys.iter().collect();
     let (model_path, source) = resolve_model(&a.model)?;
+    a.codecs
+        .attach_calibration(&mut opts, &model_path, &a.output)?;
     let src = tenpak::source::open(&model_path, a.codecs.gguf_dtype)
         .with_context(|| format!("opening {}", model_path.display()))?;
-    let selection = a.codecs.describe();
+    let selection = a.codecs.describe(&opts);
     let pb = super::progress::bar(src.tensors().len() as u64, "pack");
     let t0 = std::time::Instant::now();
     let report = pack::pack(

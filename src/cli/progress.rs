@@ -2,12 +2,17 @@
 
 use indicatif::{ProgressBar, ProgressStyle};
 
-/// A bar over `len` items with a message slot.
+/// A bar over `len` tensors with a message slot.
 pub fn bar(len: u64, what: &str) -> ProgressBar {
+    bar_of(len, what, "tensors")
+}
+
+/// A bar over `len` things called `unit`.
+pub fn bar_of(len: u64, what: &str, unit: &str) -> ProgressBar {
     let pb = ProgressBar::new(len);
     pb.set_style(
         ProgressStyle::with_template(&format!(
-            "{what} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} tensors ({{eta}}) {{msg}}"
+            "{what} [{{elapsed_precise}}] {{wide_bar}} {{pos}}/{{len}} {unit} ({{eta}}) {{msg}}"
         ))
         .unwrap_or_else(|_| ProgressStyle::default_bar()),
     );

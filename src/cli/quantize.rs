@@ -20,52 +20,104 @@ pub struct CodecArgs {
     /// Preset: quality (attn g32, MLP g64), balanced (g64/g128), size (g128/g256).
     #[arg(long, value_enum, conflicts_with_all = ["codec", "bits_per_weight"])]
     pub target: Option<Target>,
-    /// One codec for all quantized tensors: int4, int4_residual, int4_g8_fp16, int4_opt_llama.
+    /// One codec for all quantized tensors: int4, int3, int2, int4_residual, int4_awq
+    /// (int4 + AWQ scaling + 0.1% fp16 salient weights), calibrated_vq (Hessian-weighted
+    /// k-means VQ: d 2, 8-bit indices, g64 = 4.25 bits/weight), tenpak_x (rank 8 + VQ d2
+    /// 7-bit g64), int4_g8_fp16, int4_opt_llama.
     #[arg(long, conflicts_with = "bits_per_weight")]
     pub codec: Option<String>,
-    /// Group size for --codec (8..=4096; default per codec: int4 128, int4_residual 16).
+    /// Group size for --codec (8..=4096; default per codec: int4/int3 128, int2 64,
+    /// int4_residual 16, calibrated_vq/tenpak_x 64 = the VQ scale group).
     #[arg(long, requires = "codec")]
     pub group_size: Option<usize>,
-    /// Symmetric INT4 (fp16 scale only, no offset) for --codec int4.
+    /// Symmetric INT (fp16 scale only, no offset) for --codec int4/int3/int2.
     #[arg(long, requires = "codec")]
     pub symmetric: bool,
+    /// VQ vector length for calibrated_vq / tenpak_x (1..=8).
+    #[arg(long, requires = "codec")]
+    pub vq_dim: Option<usize>,
+    /// VQ index bits for calibrated_vq / tenpak_x (codebook of 2^bits entries, 1..=12).
+    #[arg(long, requires = "codec")]
+    pub vq_bits: Option<u32>,
+    /// Rank of tenpak_x's low-rank term.
+    #[arg(long, requires = "codec")]
+    pub rank: Option<usize>,
+    /// Group of tenpak_x's final INT2 stage on what VQ leaves (0 = no INT2 stage).
+    #[arg(long, requires = "codec")]
+    pub residual_group: Option<usize>,
     /// Scale-refinement iterations for every codec (0 = plain round-to-nearest, to compare).
     #[arg(long, default_value_t = tenpak::codec::DEFAULT_REFINE_ITERS)]
     pub refine_iters: u32,
     /// Average bits per weight over the blocks' linear layers; the planner picks a codec per
-    /// tensor to meet it with the least weighted error.
+    /// tensor to meet it with the least weighted error (with statistics: the least output
+    /// error, calibrated_vq among the candidates).
     #[arg(long)]
     pub bits_per_weight: Option<f64>,
-    /// Keep this percentage of weights (largest magnitude) exactly, as fp16 outliers.
-    #[arg(long, default_value_t = 0.0)]
-    pub outliers: f64,
+    /// Keep this percentage of weights exactly, as fp16 outliers (largest magnitude; with
+    /// statistics for AWQ: largest E[x²]·w²). Default: 0, 0.1 for int4_awq.
+    #[arg(long)]
+    pub outliers: Option<f64>,
     /// Quantize token embeddings and the LM head too.
     #[arg(long)]
     pub quantize_embeddings: bool,
-    /// GPTQ-style error feedback for int4 tensors: quantize column by column, moving each
+    /// AWQ for the int codecs: per-input-channel scales E|x|^α, α searched per layer on a
+    /// 20-point grid to minimise the layer's output error on the calibration inputs; stored
+    /// as fp16 multipliers (16/rows bits per weight). Needs --stats or --calibrate.
+    #[arg(long)]
+    pub awq: bool,
+    /// GPTQ-style error feedback for the int codecs: quantize column by column, moving each
     /// column's error onto the columns not yet quantized through the inverse input
     /// Hessian (damping 1% of its mean diagonal, whole-row blocks, no activation order).
-    /// Needs --stats; tensors whose input the statistics lack XᵀX for stay plain.
-    #[arg(long, requires = "stats")]
-    pub gptq: bool,
-    /// Calibration statistics from `tenpak calibrate` (for --gptq).
+    /// Combines with --awq. Needs --stats or --calibrate; layers whose statistics lack
+    /// XᵀX stay plain (the report says so).
     #[arg(long)]
+    pub gptq: bool,
+    /// Calibration statistics from `tenpak calibrate`.
+    #[arg(long, conflicts_with = "calibrate")]
     pub stats: Option<std::path::PathBuf>,
+    /// Calibrate on this UTF-8 text first (statistics written beside the output as
+    /// OUTPUT.stats.safetensors, reusable with --stats). Keep it apart from eval text.
+    #[arg(long)]
+    pub calibrate: Option<std::path::PathBuf>,
+    /// Windows of --calibrate.
+    #[arg(long, default_value_t = 32, requires = "calibrate")]
+    pub calib_samples: usize,
+    /// Tokens per window of --calibrate.
+    #[arg(long, default_value_t = 512, requires = "calibrate")]
+    pub calib_seq: usize,
     /// Dtype used when the model is a GGUF file (its weights are imported first).
     #[arg(long, default_value = "bf16", value_parser = super::import::parse_dtype)]
     pub gguf_dtype: DType,
 }
 
 impl CodecArgs {
-    /// The pipeline options these flags describe.
+    /// The pipeline options these flags describe (statistics not attached yet: see
+    /// [`CodecArgs::attach_calibration`]).
     pub fn options(&self, max_shard_bytes: u64) -> anyhow::Result<Options> {
         let selection = match (&self.target, &self.codec, self.bits_per_weight) {
             (_, Some(c), _) => {
                 let mut spec = CodecSpec::from_name(c, self.group_size)?;
                 spec.symmetric = self.symmetric;
-                if self.symmetric && spec.kind != tenpak::codec::CodecKind::Int4 {
-                    bail!("--symmetric applies to int4 codecs only");
+                if self.symmetric && spec.kind.scalar_bits().is_none() {
+                    bail!("--symmetric applies to int codecs only");
                 }
+                let vq = matches!(
+                    spec.kind,
+                    tenpak::codec::CodecKind::CalibratedVq | tenpak::codec::CodecKind::TenpakX
+                );
+                if !vq && (self.vq_dim.is_some() || self.vq_bits.is_some()) {
+                    bail!("--vq-dim and --vq-bits apply to calibrated_vq and tenpak_x");
+                }
+                if spec.kind != tenpak::codec::CodecKind::TenpakX
+                    && (self.rank.is_some() || self.residual_group.is_some())
+                {
+                    bail!("--rank and --residual-group apply to tenpak_x");
+                }
+                spec.vq_dim = self.vq_dim.unwrap_or(spec.vq_dim);
+                spec.vq_bits = self.vq_bits.unwrap_or(spec.vq_bits);
+                spec.rank = self.rank.unwrap_or(spec.rank);
+                spec.residual_group = self.residual_group.unwrap_or(spec.residual_group);
+                spec.validate()?;
                 Selection::Codec(spec)
             }
             (_, None, Some(b)) => {
@@ -77,51 +129,108 @@ impl CodecArgs {
             (Some(t), None, None) => Selection::Target(*t),
             (None, None, None) => Selection::Target(Target::Balanced),
         };
-        if !(0.0..=50.0).contains(&self.outliers) {
-            bail!("--outliers is a percentage between 0 and 50");
+        if let Some(p) = self.outliers {
+            if !(0.0..=50.0).contains(&p) {
+                bail!("--outliers is a percentage between 0 and 50");
+            }
+        }
+        let wants_stats = self.awq
+            || self.gptq
+            || matches!(&selection, Selection::Codec(s) if s.needs_calibration());
+        if wants_stats && self.stats.is_none() && self.calibrate.is_none() {
+            bail!("AWQ and GPTQ need calibration statistics: add --calibrate TEXT or --stats FILE");
         }
         Ok(Options {
             selection,
             quantize_embeddings: self.quantize_embeddings,
             tuning: tenpak::plan::Tuning {
-                outlier_fraction: self.outliers / 100.0,
+                outlier_fraction: self.outliers.map(|p| p / 100.0),
                 refine_iters: self.refine_iters,
+                awq: self.awq,
+                gptq: self.gptq,
             },
             max_shard_bytes,
-            gptq: match (&self.stats, self.gptq) {
-                (Some(p), true) => Some(std::sync::Arc::new(
-                    tenpak::quantize::Gptq::open(p, tenpak::codec::gptq::DEFAULT_DAMP)
-                        .map_err(|e| anyhow::anyhow!("--stats: {e}"))?,
-                )),
-                (Some(_), false) => bail!("--stats is used by --gptq; add --gptq"),
-                _ => None,
-            },
+            calib: None,
         })
     }
 
-    /// A one-line description for artifact metadata.
-    pub fn describe(&self) -> String {
-        let base = match (&self.target, &self.codec, self.bits_per_weight) {
-            (_, Some(c), _) => format!(
-                "codec {c}{}",
-                self.group_size
-                    .map(|g| format!(" g{g}"))
-                    .unwrap_or_default()
-            ),
+    /// Opens --stats, or runs --calibrate on `model` (writing `OUTPUT.stats.safetensors`),
+    /// and attaches the statistics to `opts`.
+    pub fn attach_calibration(
+        &self,
+        opts: &mut Options,
+        model: &std::path::Path,
+        output: &std::path::Path,
+    ) -> anyhow::Result<()> {
+        let path = match (&self.stats, &self.calibrate) {
+            (Some(p), _) => p.clone(),
+            (None, Some(text)) => {
+                let mut p = output.as_os_str().to_owned();
+                p.push(".stats.safetensors");
+                let p = PathBuf::from(p);
+                let t0 = std::time::Instant::now();
+                let tokens = super::calibrate::calibrate(
+                    model,
+                    text,
+                    self.calib_samples,
+                    self.calib_seq,
+                    super::calibrate::DEFAULT_XTX_MAX_WIDTH,
+                    &p,
+                )?;
+                eprintln!(
+                    "calibrated on {tokens} tokens of {} in {:.1} s -> {}",
+                    text.display(),
+                    t0.elapsed().as_secs_f64(),
+                    p.display()
+                );
+                p
+            }
+            (None, None) => {
+                if matches!(&opts.selection, Selection::Codec(s) if s.uses_calibration()) {
+                    eprintln!(
+                        "note: without --calibrate/--stats, calibrated_vq and tenpak_x weigh every weight alike"
+                    );
+                }
+                return Ok(());
+            }
+        };
+        let calib = tenpak::quantize::Calib::open(&path, tenpak::codec::gptq::DEFAULT_DAMP)
+            .map_err(|e| anyhow::anyhow!("--stats: {e}"))?;
+        if self.gptq && !calib.has_xtx() {
+            bail!(
+                "{} holds no XᵀX: GPTQ needs it (tenpak calibrate --xtx-max-width)",
+                path.display()
+            );
+        }
+        opts.calib = Some(std::sync::Arc::new(calib));
+        Ok(())
+    }
+
+    /// A one-line description for artifact metadata (codec choice, calibrated options,
+    /// and which statistics and text were used).
+    pub fn describe(&self, opts: &Options) -> String {
+        let mut s = match (&self.target, &self.codec, self.bits_per_weight) {
+            (_, Some(_), _) => match &opts.selection {
+                Selection::Codec(spec) => format!("codec {}", spec.label()),
+                _ => String::new(),
+            },
             (_, None, Some(b)) => format!("bits-per-weight {b}"),
             (Some(t), None, None) => format!("target {t:?}").to_lowercase(),
             (None, None, None) => "target balanced".into(),
         };
-        base + &match (&self.stats, self.gptq) {
-            (Some(p), true) => format!(
-                ", gptq (damp {}, stats {})",
-                tenpak::codec::gptq::DEFAULT_DAMP,
-                p.file_name()
-                    .map(|n| n.to_string_lossy().into_owned())
-                    .unwrap_or_default()
-            ),
-            _ => String::new(),
+        if self.awq {
+            s.push_str(", awq");
         }
+        if self.gptq {
+            s.push_str(&format!(
+                ", gptq (damp {})",
+                tenpak::codec::gptq::DEFAULT_DAMP
+            ));
+        }
+        if let Some(c) = &opts.calib {
+            s.push_str(&format!(", stats {}", c.describe()));
+        }
+        s
     }
 }
 
@@ -148,7 +257,9 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let opts = a.codecs.options(a.max_shard_size)?;
+    let mut opts = a.codecs.options(a.max_shard_size)?;
+    a.codecs
+        .attach_calibration(&mut opts, &a.model, &a.output)?;
     let src = tenpak::source::open(&a.model, a.codecs.gguf_dtype)
         .with_context(|| format!("opening {}", a.model.display()))?;
     let pb = super::progress::bar(src.tensors().len() as u64, "quantize");

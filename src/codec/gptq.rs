@@ -153,6 +153,21 @@ impl Hessian {
         Ok(Self { cols, u })
     }
 
+    /// The factor for inputs scaled by `1/s` (weights by `s`, as AWQ does): the Hessian
+    /// becomes `S⁻¹HS⁻¹`, its inverse `S·H⁻¹·S = (U·S)ᵀ(U·S)`, so the factor is `U` with
+    /// column `k` multiplied by `s_k` — still upper triangular, no new factorisation.
+    /// (The damping stays the one added to the unscaled `H`.)
+    pub fn scale_inputs(&self, s: &[f32]) -> Hessian {
+        let n = self.cols;
+        let mut u = self.u.clone();
+        for row in u.chunks_mut(n.max(1)) {
+            for (x, sk) in row.iter_mut().zip(s) {
+                *x *= sk;
+            }
+        }
+        Hessian { cols: n, u }
+    }
+
     /// Input width.
     pub fn cols(&self) -> usize {
         self.cols
@@ -190,7 +205,6 @@ fn encode_row(stage: &Stage, w: &mut [f32], u: &[f32], q: &mut [f32], out: &mut 
     let cols = w.len();
     let qmax = stage.qmax();
     let half = (1u32 << (stage.bits - 1)) as f32;
-    let pb = stage.per_byte();
     let mut a = 0;
     while a < cols {
         let b = (a + stage.group).min(cols);
@@ -219,7 +233,7 @@ fn encode_row(stage: &Stage, w: &mut [f32], u: &[f32], q: &mut [f32], out: &mut 
         if !stage.symmetric {
             out.offsets.push(m16);
         }
-        pack(qg, stage.bits, pb, &mut out.codes);
+        pack(qg, stage.bits, &mut out.codes);
         a = b;
     }
 }

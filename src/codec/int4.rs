@@ -4,6 +4,9 @@
 //! Layout after the header: `scales f16[G] | offsets f16[G] (asymmetric only) | codes`,
 //! `G = rows · ceil(cols / group)`; codes packed two per byte, low nibble first, each
 //! group starting on a byte boundary.
+//!
+//! The same codec at 3 or 2 bits (`int3`, `int2`; header id `IntN`, bits in `group2`)
+//! packs codes as a little-endian bit stream, each group starting on a byte boundary.
 
 use rayon::prelude::*;
 
@@ -23,12 +26,20 @@ pub struct Int4 {
 impl Int4 {
     /// Creates the codec; `group` within [`super::MIN_GROUP`]..=[`super::MAX_GROUP`].
     pub fn new(group: usize, symmetric: bool, refine_iters: u32) -> Result<Self> {
+        Self::with_bits(4, group, symmetric, refine_iters)
+    }
+
+    /// The same codec with `bits` (2, 3 or 4) per code.
+    pub fn with_bits(bits: u32, group: usize, symmetric: bool, refine_iters: u32) -> Result<Self> {
         if !(super::MIN_GROUP..=super::MAX_GROUP).contains(&group) {
             return Err(Error::InvalidCodec(format!("group size {group}")));
         }
+        if !(2..=4).contains(&bits) {
+            return Err(Error::InvalidCodec(format!("{bits}-bit codes (2, 3 or 4)")));
+        }
         Ok(Self {
             stage: Stage {
-                bits: 4,
+                bits,
                 group,
                 symmetric,
                 refine_iters,
@@ -58,13 +69,14 @@ impl Int4 {
     }
 
     fn header(&self, rows: usize, cols: usize) -> Header {
+        let four = self.stage.bits == 4;
         Header {
-            id: CodecId::Int4,
+            id: if four { CodecId::Int4 } else { CodecId::IntN },
             symmetric: self.stage.symmetric,
             group: self.stage.group as u16,
             rows: rows as u32,
             cols: cols as u32,
-            group2: 0,
+            group2: if four { 0 } else { self.stage.bits as u16 },
             refine: self.stage.refine_iters as u8,
         }
     }
@@ -182,7 +194,8 @@ pub(crate) fn decode_stage(
 impl Codec for Int4 {
     fn describe(&self) -> String {
         format!(
-            "int4 g{} {} refine{}",
+            "int{} g{} {} refine{}",
+            self.stage.bits,
             self.stage.group,
             if self.stage.symmetric { "sym" } else { "asym" },
             self.stage.refine_iters
@@ -230,15 +243,23 @@ pub(crate) fn stage_from_header(h: &Header, group: u16) -> Result<Stage> {
     if !(super::MIN_GROUP..=super::MAX_GROUP).contains(&group) {
         return Err(Error::CorruptEncoding(format!("group size {group}")));
     }
+    let bits = match h.id {
+        CodecId::IntN if matches!(h.group2, 2 | 3) => h.group2 as u32,
+        CodecId::IntN => {
+            return Err(Error::CorruptEncoding(format!("{}-bit codes", h.group2)));
+        }
+        _ => 4,
+    };
     Ok(Stage {
-        bits: 4,
+        bits,
         group,
         symmetric: h.symmetric,
         refine_iters: h.refine as u32,
     })
 }
 
-/// Decodes an `int4` encoding (header already parsed and checked against `out`).
+/// Decodes an `int4` (or `int3`/`int2`) encoding (header already parsed and checked
+/// against `out`).
 pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     let stage = stage_from_header(h, h.group)?;
     let body = &bytes[HEADER_LEN..];

@@ -12,12 +12,24 @@
 //! | `outliers` (option) | top p% weights kept as fp16 (u32 index + f16 value) | + 48·p |
 //! | `int4_g8_fp16` | preset: `int4`, g = 8 | 8 |
 //! | `int4_opt_llama` | preset: `int4`, g = 128 | 4.25 |
+//! | `int3`, `int2` | the same grouped quantizer at 3 / 2 bits | 3 + 32/g, 2 + 32/g |
+//! | `--awq` (`int4_awq`) | per-input-channel scales from calibration ([`awq`]) | + 16/rows |
+//! | `--gptq` | error feedback through the inverse Hessian ([`gptq`]) | + 0 |
+//! | `calibrated_vq` | Hessian-weighted k-means VQ ([`vq`]) | b/d + 16/g + codebook |
+//! | `tenpak_x` | low rank + VQ (+ INT2) on the residuals ([`lowrank`]) | see [`lowrank`] |
+//!
+//! Calibrated options (`awq`, `gptq`) and the importance weighting of `calibrated_vq` and
+//! `tenpak_x` take a [`TensorCalib`] (the layer's input statistics) in
+//! [`CodecSpec::encode`].
 
+pub mod awq;
 pub mod gptq;
 pub mod group;
 pub mod int4;
 pub mod int4_residual;
+pub mod lowrank;
 pub mod outliers;
+pub mod vq;
 
 use serde::{Deserialize, Serialize};
 
@@ -46,6 +58,16 @@ pub enum CodecId {
     Int4Residual = 2,
     /// [`WithOutliers`].
     Outliers = 3,
+    /// [`Int4`] at 2 or 3 bits (`group2` = bits).
+    IntN = 4,
+    /// Per-input-channel multipliers around an inner encoding ([`awq`]).
+    Scaled = 5,
+    /// [`vq::Vq`].
+    Vq = 6,
+    /// [`lowrank::LowRank`].
+    LowRank = 7,
+    /// Same-shape encodings that add up ([`lowrank::sum`]).
+    Sum = 8,
 }
 
 /// The fixed header of an encoding.
@@ -96,6 +118,11 @@ impl Header {
             1 => CodecId::Int4,
             2 => CodecId::Int4Residual,
             3 => CodecId::Outliers,
+            4 => CodecId::IntN,
+            5 => CodecId::Scaled,
+            6 => CodecId::Vq,
+            7 => CodecId::LowRank,
+            8 => CodecId::Sum,
             x => return Err(Error::CorruptEncoding(format!("unknown codec id {x}"))),
         };
         if b[1] > 1 || b[15] != 0 {
@@ -180,7 +207,11 @@ pub fn decode(bytes: &[u8], out: &mut [f32]) -> Result<()> {
         )));
     }
     match h.id {
-        CodecId::Int4 => int4::decode(&h, bytes, out),
+        CodecId::Int4 | CodecId::IntN => int4::decode(&h, bytes, out),
+        CodecId::Scaled => awq::decode(&h, bytes, out),
+        CodecId::Vq => vq::decode(&h, bytes, out),
+        CodecId::LowRank => lowrank::decode(&h, bytes, out),
+        CodecId::Sum => lowrank::decode_sum(&h, bytes, out),
         CodecId::Int4Residual => int4_residual::decode(&h, bytes, out),
         CodecId::Outliers => outliers::decode(&h, bytes, out),
     }
@@ -189,9 +220,10 @@ pub fn decode(bytes: &[u8], out: &mut [f32]) -> Result<()> {
 /// Decodes into a new vector.
 pub fn decode_vec(bytes: &[u8]) -> Result<Vec<f32>> {
     let h = Header::parse(bytes)?;
-    // Every codec spends at least 2 bits per weight, so a header claiming more weights
-    // than 4 per byte is corrupt; checked before allocating the output.
-    if h.numel() / 4 > bytes.len() {
+    // No encoding here holds more than 4096 weights per byte (a rank-1 factor of a
+    // 4096-wide square matrix is 2048); a header claiming more is corrupt. Checked before
+    // allocating the output.
+    if h.numel() / 4096 > bytes.len() {
         return Err(Error::CorruptEncoding(format!(
             "header claims {}x{} weights in {} bytes",
             h.rows,
@@ -223,6 +255,26 @@ pub enum CodecKind {
     Int4,
     /// INT4 + INT2 residual.
     Int4Residual,
+    /// Grouped INT3.
+    Int3,
+    /// Grouped INT2.
+    Int2,
+    /// Importance-weighted vector quantization ([`vq`]).
+    CalibratedVq,
+    /// Low rank + VQ (+ INT2) ([`lowrank`]).
+    TenpakX,
+}
+
+impl CodecKind {
+    /// Bits per code of the grouped scalar kinds.
+    pub fn scalar_bits(self) -> Option<u32> {
+        match self {
+            CodecKind::Int4 => Some(4),
+            CodecKind::Int3 => Some(3),
+            CodecKind::Int2 => Some(2),
+            _ => None,
+        }
+    }
 }
 
 /// A complete, serialisable codec choice: what the planner assigns to a tensor.
@@ -230,9 +282,9 @@ pub enum CodecKind {
 pub struct CodecSpec {
     /// Family.
     pub kind: CodecKind,
-    /// Group size (first stage).
+    /// Group size (first stage; the scale group of `calibrated_vq` and `tenpak_x`).
     pub group: usize,
-    /// Residual group size (`int4_residual` only).
+    /// Residual group size (`int4_residual`; `tenpak_x`'s INT2 stage, 0 = none).
     pub residual_group: usize,
     /// Symmetric mode (first stage).
     pub symmetric: bool,
@@ -240,10 +292,66 @@ pub struct CodecSpec {
     pub refine_iters: u32,
     /// Fraction of weights kept as fp16 outliers (0 = none).
     pub outlier_fraction: f64,
+    /// AWQ activation-aware scaling (scalar kinds; needs calibration).
+    #[serde(default)]
+    pub awq: bool,
+    /// GPTQ error feedback (scalar kinds; needs calibration with XᵀX).
+    #[serde(default)]
+    pub gptq: bool,
+    /// Vector length (`calibrated_vq`, `tenpak_x`).
+    #[serde(default)]
+    pub vq_dim: usize,
+    /// Bits per codebook index (`calibrated_vq`, `tenpak_x`).
+    #[serde(default)]
+    pub vq_bits: u32,
+    /// Rank of the low-rank term (`tenpak_x`).
+    #[serde(default)]
+    pub rank: usize,
 }
 
 /// Codec names the CLI accepts.
-pub const CODEC_NAMES: &str = "int4, int4_residual, int4_g8_fp16, int4_opt_llama";
+pub const CODEC_NAMES: &str = "int4, int3, int2, int4_residual, int4_awq, calibrated_vq, tenpak_x, int4_g8_fp16, int4_opt_llama";
+
+/// A layer's input statistics, as `tenpak calibrate` records them.
+#[derive(Debug, Clone)]
+pub struct TensorCalib {
+    /// `E|x_j|` per input channel (AWQ's activation scale).
+    pub abs_mean: Vec<f32>,
+    /// `E[x_j²]` per input channel (the Hessian diagonal).
+    pub sq_mean: Vec<f32>,
+    /// `E[x xᵀ]`, when recorded.
+    pub xtx: Option<std::sync::Arc<Vec<f32>>>,
+    /// GPTQ's inverse-Hessian factor, when recorded and asked for.
+    pub hessian: Option<std::sync::Arc<gptq::Hessian>>,
+}
+
+impl TensorCalib {
+    /// Per-weight importance of a `[rows, cols]` matrix: the Hessian diagonal broadcast
+    /// over rows.
+    pub fn importance(&self, rows: usize, cols: usize) -> Result<Vec<f32>> {
+        if self.sq_mean.len() != cols || self.abs_mean.len() != cols {
+            return Err(Error::ShapeMismatch {
+                tensor: "calibration statistics".into(),
+                expected: vec![cols],
+                got: vec![self.sq_mean.len()],
+            });
+        }
+        let mut out = Vec::with_capacity(rows * cols);
+        for _ in 0..rows {
+            out.extend_from_slice(&self.sq_mean);
+        }
+        Ok(out)
+    }
+}
+
+/// An encoding and what was actually done to produce it.
+#[derive(Debug, Clone)]
+pub struct Encoded {
+    /// The bytes.
+    pub bytes: Vec<u8>,
+    /// Label for reports (the spec's label, plus AWQ's α, or why GPTQ was skipped).
+    pub label: String,
+}
 
 impl CodecSpec {
     /// Plain asymmetric refined INT4 with group `g`.
@@ -255,6 +363,23 @@ impl CodecSpec {
             symmetric: false,
             refine_iters: DEFAULT_REFINE_ITERS,
             outlier_fraction: 0.0,
+            awq: false,
+            gptq: false,
+            vq_dim: 0,
+            vq_bits: 0,
+            rank: 0,
+        }
+    }
+
+    /// The grouped scalar quantizer at `bits` (2, 3 or 4) with group `g`.
+    pub fn int(bits: u32, group: usize) -> Self {
+        Self {
+            kind: match bits {
+                2 => CodecKind::Int2,
+                3 => CodecKind::Int3,
+                _ => CodecKind::Int4,
+            },
+            ..Self::int4(group)
         }
     }
 
@@ -267,13 +392,43 @@ impl CodecSpec {
         }
     }
 
+    /// `calibrated_vq`: vectors of `dim`, `bits`-bit indices, one scale per `group`.
+    pub fn vq(dim: usize, bits: u32, group: usize) -> Self {
+        Self {
+            kind: CodecKind::CalibratedVq,
+            vq_dim: dim,
+            vq_bits: bits,
+            ..Self::int4(group)
+        }
+    }
+
+    /// `tenpak_x`: rank `rank`, then VQ (`dim`, `bits`, `group`), then INT2 with
+    /// `residual_group` (0 = none).
+    pub fn tenpak_x(rank: usize, dim: usize, bits: u32, group: usize, residual_group: usize) -> Self {
+        Self {
+            kind: CodecKind::TenpakX,
+            rank,
+            residual_group,
+            ..Self::vq(dim, bits, group)
+        }
+    }
+
     /// Parses a codec name (see [`CODEC_NAMES`]); `group` overrides the default group size.
     pub fn from_name(name: &str, group: Option<usize>) -> Result<Self> {
         let spec = match name {
             "int4" => Self::int4(group.unwrap_or(128)),
+            "int3" => Self::int(3, group.unwrap_or(128)),
+            "int2" => Self::int(2, group.unwrap_or(64)),
             "int4_residual" => Self::int4_residual(group.unwrap_or(16), group.unwrap_or(16)),
             "int4_g8_fp16" => Self::int4(group.unwrap_or(8)),
             "int4_opt_llama" => Self::int4(group.unwrap_or(128)),
+            "int4_awq" => Self {
+                awq: true,
+                outlier_fraction: DEFAULT_AWQ_OUTLIERS,
+                ..Self::int4(group.unwrap_or(128))
+            },
+            "calibrated_vq" => Self::vq(2, 8, group.unwrap_or(64)),
+            "tenpak_x" => Self::tenpak_x(8, 2, 7, group.unwrap_or(64), 0),
             other => {
                 return Err(Error::InvalidCodec(format!(
                     "unknown codec {other:?} (known: {CODEC_NAMES})"
@@ -296,7 +451,9 @@ impl CodecSpec {
             }
         };
         check(self.group, "group size")?;
-        if self.kind == CodecKind::Int4Residual {
+        if self.kind == CodecKind::Int4Residual
+            || (self.kind == CodecKind::TenpakX && self.residual_group > 0)
+        {
             check(self.residual_group, "residual group size")?;
         }
         if !(0.0..=0.5).contains(&self.outlier_fraction) {
@@ -310,19 +467,62 @@ impl CodecSpec {
                 "more than 255 refinement iterations".into(),
             ));
         }
-        Ok(())
+        let scalar = self.kind.scalar_bits().is_some();
+        if (self.awq || self.gptq) && !scalar {
+            return Err(Error::InvalidCodec(
+                "AWQ scaling and GPTQ error feedback apply to int4/int3/int2".into(),
+            ));
+        }
+        if self.gptq && self.outlier_fraction > 0.0 {
+            return Err(Error::InvalidCodec(
+                "GPTQ error feedback does not combine with fp16 outliers; drop --outliers"
+                    .into(),
+            ));
+        }
+        self.build().map(|_| ())
     }
 
-    /// Builds the codec.
+    /// Builds the codec (without the calibrated options: AWQ and GPTQ need
+    /// [`CodecSpec::encode`] with statistics).
     pub fn build(&self) -> Result<Box<dyn Codec>> {
-        self.validate()?;
         let base: Box<dyn Codec> = match self.kind {
-            CodecKind::Int4 => Box::new(Int4::new(self.group, self.symmetric, self.refine_iters)?),
+            CodecKind::Int4 | CodecKind::Int3 | CodecKind::Int2 => Box::new(Int4::with_bits(
+                self.kind.scalar_bits().unwrap_or(4),
+                self.group,
+                self.symmetric,
+                self.refine_iters,
+            )?),
             CodecKind::Int4Residual => Box::new(Int4Residual::new(
                 self.group,
                 self.residual_group,
                 self.refine_iters,
             )?),
+            CodecKind::CalibratedVq => Box::new(vq::Vq::new(
+                self.vq_dim,
+                self.vq_bits,
+                self.group,
+                vq::DEFAULT_ITERS,
+            )?),
+            CodecKind::TenpakX => {
+                let mut st: Vec<Box<dyn Codec>> = vec![
+                    Box::new(lowrank::LowRank::new(self.rank)?),
+                    Box::new(vq::Vq::new(
+                        self.vq_dim,
+                        self.vq_bits,
+                        self.group,
+                        vq::DEFAULT_ITERS,
+                    )?),
+                ];
+                if self.residual_group > 0 {
+                    st.push(Box::new(Int4::with_bits(
+                        2,
+                        self.residual_group,
+                        false,
+                        self.refine_iters,
+                    )?));
+                }
+                Box::new(lowrank::Stages(st))
+            }
         };
         Ok(if self.outlier_fraction > 0.0 {
             Box::new(WithOutliers::new(base, self.outlier_fraction)?)
@@ -331,11 +531,118 @@ impl CodecSpec {
         })
     }
 
+    /// Whether encoding needs calibration statistics.
+    pub fn needs_calibration(&self) -> bool {
+        self.awq || self.gptq
+    }
+
+    /// Whether statistics, when present, change the encoding.
+    pub fn uses_calibration(&self) -> bool {
+        self.needs_calibration() || matches!(self.kind, CodecKind::CalibratedVq | CodecKind::TenpakX)
+    }
+
+    /// Exact encoded bytes for a `[rows, cols]` matrix.
+    pub fn encoded_len(&self, rows: usize, cols: usize) -> Result<usize> {
+        let inner = self.build()?.encoded_len(rows, cols);
+        Ok(inner + if self.awq { awq::overhead(cols) } else { 0 })
+    }
+
+    /// Encodes `w` (`rows × cols`) with this spec. `calib`, the layer's input statistics,
+    /// is required for AWQ and GPTQ and weights the fit of `calibrated_vq` and `tenpak_x`
+    /// (without it they weigh every weight alike). GPTQ falls back to the plain encode for
+    /// a layer whose statistics lack XᵀX, and says so in the label.
+    pub fn encode(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        calib: Option<&TensorCalib>,
+    ) -> Result<Encoded> {
+        check_shape(w, rows, cols)?;
+        check_finite(w)?;
+        let codec = self.build()?;
+        let mut label = self.label();
+        if self.needs_calibration() && calib.is_none() {
+            return Err(Error::InvalidCodec(format!(
+                "{label} needs calibration statistics (tenpak calibrate, then --stats; or --calibrate TEXT)"
+            )));
+        }
+        let bytes = match (self.kind.scalar_bits(), calib) {
+            (Some(bits), Some(c)) if self.needs_calibration() => {
+                let base = Int4::with_bits(bits, self.group, self.symmetric, self.refine_iters)?;
+                let hessian = if self.gptq {
+                    if c.hessian.as_ref().is_some_and(|h| h.cols() == cols) {
+                        c.hessian.clone()
+                    } else {
+                        label = label.replace(" gptq", " (gptq skipped: no XᵀX)");
+                        None
+                    }
+                } else {
+                    None
+                };
+                if self.awq {
+                    c.importance(rows, cols)?;
+                    let act = awq::Activations {
+                        abs_mean: &c.abs_mean,
+                        sq_mean: &c.sq_mean,
+                        xtx: c.xtx.as_deref().map(|v| &v[..]),
+                    };
+                    let feedback = |ws: &[f32], s: &[f32]| -> Result<Vec<u8>> {
+                        let h = hessian.as_ref().expect("only passed with a Hessian");
+                        base.encode_gptq(ws, rows, cols, &h.scale_inputs(s))
+                    };
+                    let (alpha, bytes) = awq::encode(
+                        codec.as_ref(),
+                        w,
+                        rows,
+                        cols,
+                        &act,
+                        hessian
+                            .is_some()
+                            .then_some(&feedback as &dyn Fn(&[f32], &[f32]) -> Result<Vec<u8>>),
+                    )?;
+                    label = label.replace(" awq", &format!(" awq α{alpha:.2}"));
+                    bytes
+                } else if let Some(h) = &hessian {
+                    base.encode_gptq(w, rows, cols, h)?
+                } else {
+                    codec.encode_checked(w, rows, cols, None)?
+                }
+            }
+            (None, Some(c)) if self.uses_calibration() => {
+                let imp = c.importance(rows, cols)?;
+                codec.encode_checked(w, rows, cols, Some(&imp))?
+            }
+            _ => codec.encode_checked(w, rows, cols, None)?,
+        };
+        Ok(Encoded { bytes, label })
+    }
+
     /// Short label for reports.
     pub fn label(&self) -> String {
         let mut s = match self.kind {
-            CodecKind::Int4 => format!("int4 g{}", self.group),
+            CodecKind::Int4 | CodecKind::Int3 | CodecKind::Int2 => format!(
+                "int{} g{}",
+                self.kind.scalar_bits().unwrap_or(4),
+                self.group
+            ),
             CodecKind::Int4Residual => format!("int4+int2 g{}/{}", self.group, self.residual_group),
+            CodecKind::CalibratedVq => format!(
+                "vq d{} {}b g{}",
+                self.vq_dim, self.vq_bits, self.group
+            ),
+            CodecKind::TenpakX => format!(
+                "x r{} vq d{} {}b g{}{}",
+                self.rank,
+                self.vq_dim,
+                self.vq_bits,
+                self.group,
+                if self.residual_group > 0 {
+                    format!(" +int2 g{}", self.residual_group)
+                } else {
+                    String::new()
+                }
+            ),
         };
         if self.symmetric {
             s.push_str(" sym");
@@ -343,12 +650,21 @@ impl CodecSpec {
         if self.refine_iters == 0 {
             s.push_str(" rtn");
         }
+        if self.awq {
+            s.push_str(" awq");
+        }
+        if self.gptq {
+            s.push_str(" gptq");
+        }
         if self.outlier_fraction > 0.0 {
             s.push_str(&format!(" +{}% fp16", self.outlier_fraction * 100.0));
         }
         s
     }
 }
+
+/// Default fp16 outlier fraction of `int4_awq` (AWQ's salient weights): 0.1 %.
+pub const DEFAULT_AWQ_OUTLIERS: f64 = 0.001;
 
 pub(crate) fn check_shape(w: &[f32], rows: usize, cols: usize) -> Result<()> {
     if rows.checked_mul(cols) != Some(w.len()) {

@@ -676,6 +676,13 @@ fn prepare<'a>(
             t.dtype.decode_into(bytes, &mut f);
             Ok((std::borrow::Cow::Owned(dtype.encode(&f)), None))
         }
+        // Codecs without a kernel (AWQ-scaled, int3/int2, VQ, low rank) decode on the CPU
+        // and travel as values.
+        Encoding::Composite { .. } => {
+            let mut f = vec![0f32; n];
+            codec::decode(bytes, &mut f)?;
+            Ok((std::borrow::Cow::Owned(dtype.encode(&f)), None))
+        }
         Encoding::Unknown => Err(Error::InvalidCodec(format!(
             "tensor {} uses an unknown codec",
             t.name

@@ -359,6 +359,22 @@ impl SafetensorsFile {
         self.entries.keys().map(String::as_str).collect()
     }
 
+    /// The header's `__metadata__` (string values; empty when absent). The header was
+    /// validated at open, so this only re-reads it.
+    pub fn metadata(&self) -> BTreeMap<String, String> {
+        let b = self.file.bytes();
+        let n = b
+            .get(..8)
+            .and_then(|x| x.try_into().ok())
+            .map(u64::from_le_bytes)
+            .unwrap_or(0) as usize;
+        b.get(8..8 + n)
+            .and_then(|h| serde_json::from_slice::<serde_json::Value>(h).ok())
+            .and_then(|v| v.get("__metadata__").cloned())
+            .and_then(|m| serde_json::from_value(m).ok())
+            .unwrap_or_default()
+    }
+
     /// An I64 tensor.
     pub fn read_i64(&self, name: &str) -> Result<Vec<i64>> {
         let (b, _) = self.get(name, "I64")?;

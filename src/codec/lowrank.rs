@@ -1,0 +1,397 @@
+//! `tenpak_x`: importance-weighted low rank + vector-quantized residual (+ optional INT
+//! residual), the seed's `W ≈ L·R + Codebook[idx] + Residual_INT`.
+//!
+//! Two building blocks, each a codec id of its own:
+//! - **`LowRank`** (`L·R`, fp16): the rank-`r` approximation of `W·diag(c)` with column
+//!   weights `c_j = sqrt(mean_r importance[r, j])` (√E[x_j²] with calibration, so the
+//!   directions that carry most output energy are kept), found by subspace iteration
+//!   ([`POWER_ITERS`] rounds of `Q ← orth(A·Aᵀ·Q)` from a seeded Gaussian start, then
+//!   `B = Qᵀ·A`); stored as `L = Q` (`rows × r`) and `R = B·diag(1/c)` (`r × cols`).
+//!   Layout after the header (`group` = r): `L f16[rows·r] | R f16[r·cols]`;
+//!   `16·r·(rows + cols)` bits.
+//! - **`Sum`**: encodings of the same shape whose decodes add up. Layout after the header
+//!   (`group2` = n): n × (`length u64 | encoding`); 8 bytes per part.
+//!
+//! `tenpak_x` = `Sum[LowRank(r), Vq(d, b, g) of W − L·R, (IntN(g₂) of what is left)]`, every
+//! stage fitted to the residual of the ones before, with the same importance. Bits/weight:
+//! `16·r·(rows+cols)/(rows·cols) + b/d + 16/g + 16·K·d/(rows·cols) [+ bits₂ + 32/g₂]`
+//! plus 16-byte headers and 8-byte part lengths.
+
+use half::f16;
+use rayon::prelude::*;
+
+use super::{f16_bytes, Codec, CodecId, Header, HEADER_LEN};
+use crate::{Error, Result};
+
+/// Subspace-iteration rounds.
+pub const POWER_ITERS: usize = 8;
+/// Largest rank.
+pub const MAX_RANK: usize = 1024;
+
+/// Orthonormalises the `r` columns of `q` (`n × r`, row-major) in place (modified
+/// Gram–Schmidt, twice for stability); a column that vanishes becomes zero.
+fn orthonormalise(q: &mut [f32], n: usize, r: usize) {
+    for _ in 0..2 {
+        for c in 0..r {
+            for p in 0..c {
+                let dot: f64 = (0..n).map(|i| (q[i * r + c] * q[i * r + p]) as f64).sum();
+                for i in 0..n {
+                    q[i * r + c] -= dot as f32 * q[i * r + p];
+                }
+            }
+            let norm = (0..n)
+                .map(|i| (q[i * r + c] as f64).powi(2))
+                .sum::<f64>()
+                .sqrt();
+            for i in 0..n {
+                q[i * r + c] = if norm > 1e-20 {
+                    (q[i * r + c] as f64 / norm) as f32
+                } else {
+                    0.0
+                };
+            }
+        }
+    }
+}
+
+/// `a` (`rows × cols`) times `x` (`cols × r`) → `rows × r`.
+fn mul(a: &[f32], rows: usize, cols: usize, x: &[f32], r: usize) -> Vec<f32> {
+    let mut out = vec![0f32; rows * r];
+    out.par_chunks_mut(r).enumerate().for_each(|(i, o)| {
+        let ar = &a[i * cols..(i + 1) * cols];
+        for (j, &v) in ar.iter().enumerate() {
+            if v != 0.0 {
+                for (o, xv) in o.iter_mut().zip(&x[j * r..(j + 1) * r]) {
+                    *o += v * xv;
+                }
+            }
+        }
+    });
+    out
+}
+
+/// `aᵀ` (`a` is `rows × cols`) times `y` (`rows × r`) → `cols × r`.
+fn mul_t(a: &[f32], rows: usize, cols: usize, y: &[f32], r: usize) -> Vec<f32> {
+    let chunk = 64;
+    let parts: Vec<Vec<f32>> = (0..rows.div_ceil(chunk))
+        .into_par_iter()
+        .map(|b| {
+            let mut out = vec![0f32; cols * r];
+            for i in b * chunk..((b + 1) * chunk).min(rows) {
+                let yr = &y[i * r..(i + 1) * r];
+                for (j, &v) in a[i * cols..(i + 1) * cols].iter().enumerate() {
+                    for (o, yv) in out[j * r..(j + 1) * r].iter_mut().zip(yr) {
+                        *o += v * yv;
+                    }
+                }
+            }
+            out
+        })
+        .collect();
+    let mut out = vec![0f32; cols * r];
+    for p in parts {
+        for (o, v) in out.iter_mut().zip(p) {
+            *o += v;
+        }
+    }
+    out
+}
+
+/// Rank-`r` factors `(L, R)` of `w` under column weights `c` (see the module docs).
+pub fn factor(w: &[f32], rows: usize, cols: usize, r: usize, c: &[f32]) -> (Vec<f32>, Vec<f32>) {
+    let a: Vec<f32> = w.iter().enumerate().map(|(i, x)| x * c[i % cols]).collect();
+    let mut q = crate::synthetic::randn(rows * r, 0x10a7 + r as u64, 1.0);
+    orthonormalise(&mut q, rows, r);
+    for _ in 0..POWER_ITERS {
+        let z = mul_t(&a, rows, cols, &q, r);
+        q = mul(&a, rows, cols, &z, r);
+        orthonormalise(&mut q, rows, r);
+    }
+    // B = Qᵀ A (r × cols), then R = B · diag(1/c).
+    let bt = mul_t(&a, rows, cols, &q, r); // cols × r = (Qᵀ A)ᵀ
+    let mut rr = vec![0f32; r * cols];
+    for j in 0..cols {
+        let inv = if c[j] > 0.0 { 1.0 / c[j] } else { 0.0 };
+        for k in 0..r {
+            rr[k * cols + j] = bt[j * r + k] * inv;
+        }
+    }
+    (q, rr)
+}
+
+/// The `LowRank` codec alone (rank `r`, importance-weighted).
+#[derive(Debug, Clone)]
+pub struct LowRank {
+    rank: usize,
+}
+
+impl LowRank {
+    /// Rank `r` in 1..=[`MAX_RANK`].
+    pub fn new(rank: usize) -> Result<Self> {
+        if !(1..=MAX_RANK).contains(&rank) {
+            return Err(Error::InvalidCodec(format!(
+                "rank {rank} outside 1..={MAX_RANK}"
+            )));
+        }
+        Ok(Self { rank })
+    }
+}
+
+impl Codec for LowRank {
+    fn describe(&self) -> String {
+        format!("low rank {}", self.rank)
+    }
+
+    fn encode_checked(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<u8>> {
+        let r = self.rank.min(rows).min(cols).max(1);
+        let c: Vec<f32> = match importance {
+            Some(h) => {
+                let mut m = vec![0f64; cols];
+                for row in h.chunks(cols.max(1)) {
+                    for (a, v) in m.iter_mut().zip(row) {
+                        *a += *v as f64;
+                    }
+                }
+                m.iter().map(|v| ((v / rows.max(1) as f64).sqrt()) as f32).collect()
+            }
+            None => vec![1.0; cols],
+        };
+        let (l, rr) = factor(w, rows, cols, r, &c);
+        let l16: Vec<f16> = l.iter().map(|&x| f16::from_f32(x)).collect();
+        let r16: Vec<f16> = rr.iter().map(|&x| f16::from_f32(x)).collect();
+        if r16.iter().any(|x| !x.is_finite()) {
+            return Err(Error::InvalidCodec(
+                "low-rank factor exceeds the fp16 range".into(),
+            ));
+        }
+        let mut buf = Vec::with_capacity(HEADER_LEN + 2 * r * (rows + cols));
+        buf.extend_from_slice(
+            &Header {
+                id: CodecId::LowRank,
+                symmetric: false,
+                group: r as u16,
+                rows: rows as u32,
+                cols: cols as u32,
+                group2: 0,
+                refine: 0,
+            }
+            .to_bytes(),
+        );
+        buf.extend(f16_bytes(&l16));
+        buf.extend(f16_bytes(&r16));
+        Ok(buf)
+    }
+
+    fn encoded_len(&self, rows: usize, cols: usize) -> usize {
+        let r = self.rank.min(rows).min(cols).max(1);
+        HEADER_LEN + 2 * r * (rows + cols)
+    }
+}
+
+/// Decodes a `LowRank` encoding: `out = L·R`.
+pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    let (rows, cols, r) = (h.rows as usize, h.cols as usize, h.group as usize);
+    if r == 0 || bytes.len() != HEADER_LEN + 2 * r * (rows + cols) {
+        return Err(Error::CorruptEncoding(format!(
+            "low-rank encoding of {} bytes for rank {r}, {rows}x{cols}",
+            bytes.len()
+        )));
+    }
+    let f = |b: &[u8]| -> Vec<f32> {
+        b.chunks_exact(2)
+            .map(|x| f16::from_bits(u16::from_le_bytes([x[0], x[1]])).to_f32())
+            .collect()
+    };
+    let l = f(&bytes[HEADER_LEN..HEADER_LEN + 2 * rows * r]);
+    let rr = f(&bytes[HEADER_LEN + 2 * rows * r..]);
+    if cols == 0 {
+        return Ok(());
+    }
+    out.par_chunks_mut(cols).enumerate().for_each(|(i, o)| {
+        o.fill(0.0);
+        for k in 0..r {
+            let lk = l[i * r + k];
+            for (x, v) in o.iter_mut().zip(&rr[k * cols..(k + 1) * cols]) {
+                *x += lk * v;
+            }
+        }
+    });
+    Ok(())
+}
+
+/// A `Sum` of same-shape encodings.
+pub fn sum(parts: &[Vec<u8>], rows: usize, cols: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(HEADER_LEN + parts.iter().map(|p| 8 + p.len()).sum::<usize>());
+    buf.extend_from_slice(
+        &Header {
+            id: CodecId::Sum,
+            symmetric: false,
+            group: 0,
+            rows: rows as u32,
+            cols: cols as u32,
+            group2: parts.len() as u16,
+            refine: 0,
+        }
+        .to_bytes(),
+    );
+    for p in parts {
+        buf.extend_from_slice(&(p.len() as u64).to_le_bytes());
+        buf.extend_from_slice(p);
+    }
+    buf
+}
+
+/// Decodes a `Sum` encoding.
+pub(crate) fn decode_sum(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    let mut rest = &bytes[HEADER_LEN..];
+    let mut tmp = Vec::new();
+    for k in 0..h.group2 {
+        let Some(len) = rest.get(..8) else {
+            return Err(Error::CorruptEncoding("sum encoding truncated".into()));
+        };
+        let len = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+        let len = usize::try_from(len)
+            .ok()
+            .filter(|&l| l <= rest.len() - 8)
+            .ok_or_else(|| Error::CorruptEncoding(format!("part length {len} exceeds the data")))?;
+        let part = &rest[8..8 + len];
+        let ph = Header::parse(part)?;
+        if ph.id == CodecId::Sum || ph.rows != h.rows || ph.cols != h.cols {
+            return Err(Error::CorruptEncoding(
+                "sum part is nested or differently shaped".into(),
+            ));
+        }
+        if k == 0 {
+            super::decode(part, out)?;
+        } else {
+            tmp.resize(out.len(), 0.0);
+            super::decode(part, &mut tmp)?;
+            for (o, t) in out.iter_mut().zip(&tmp) {
+                *o += t;
+            }
+        }
+        rest = &rest[8 + len..];
+    }
+    if h.group2 == 0 || !rest.is_empty() {
+        return Err(Error::CorruptEncoding(format!(
+            "sum of {} parts with {} trailing bytes",
+            h.group2,
+            rest.len()
+        )));
+    }
+    Ok(())
+}
+
+/// Encodes `w` as the sum of `stages`, each fitted to what the ones before left.
+pub fn encode_stages(
+    stages: &[&dyn Codec],
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    importance: Option<&[f32]>,
+) -> Result<Vec<u8>> {
+    let mut resid = w.to_vec();
+    let mut parts = Vec::with_capacity(stages.len());
+    for (k, st) in stages.iter().enumerate() {
+        let enc = st.encode_checked(&resid, rows, cols, importance)?;
+        if k + 1 < stages.len() {
+            let dec = super::decode_vec(&enc)?;
+            for (r, d) in resid.iter_mut().zip(&dec) {
+                *r -= d;
+            }
+        }
+        parts.push(enc);
+    }
+    Ok(sum(&parts, rows, cols))
+}
+
+/// Stages whose decodes add up, each fitted to the residual of those before
+/// (`tenpak_x`'s codec).
+pub struct Stages(pub Vec<Box<dyn Codec>>);
+
+impl Codec for Stages {
+    fn describe(&self) -> String {
+        self.0
+            .iter()
+            .map(|c| c.describe())
+            .collect::<Vec<_>>()
+            .join(" + ")
+    }
+
+    fn encode_checked(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        importance: Option<&[f32]>,
+    ) -> Result<Vec<u8>> {
+        let st: Vec<&dyn Codec> = self.0.iter().map(|c| c.as_ref()).collect();
+        encode_stages(&st, w, rows, cols, importance)
+    }
+
+    fn encoded_len(&self, rows: usize, cols: usize) -> usize {
+        let st: Vec<&dyn Codec> = self.0.iter().map(|c| c.as_ref()).collect();
+        stages_len(&st, rows, cols)
+    }
+}
+
+/// Bytes of a `Sum` of `stages` for a `[rows, cols]` matrix.
+pub fn stages_len(stages: &[&dyn Codec], rows: usize, cols: usize) -> usize {
+    HEADER_LEN
+        + stages
+            .iter()
+            .map(|s| 8 + s.encoded_len(rows, cols))
+            .sum::<usize>()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn low_rank_matrix_is_recovered() {
+        // W = A·B with rank 3: rank 3 factors reproduce it (up to fp16).
+        let (rows, cols, r) = (40, 56, 3);
+        let a = crate::synthetic::randn(rows * r, 1, 1.0);
+        let b = crate::synthetic::randn(r * cols, 2, 1.0);
+        let mut w = vec![0f32; rows * cols];
+        for i in 0..rows {
+            for j in 0..cols {
+                w[i * cols + j] = (0..r).map(|k| a[i * r + k] * b[k * cols + j]).sum();
+            }
+        }
+        let enc = LowRank::new(3).unwrap().encode(&w, rows, cols, None).unwrap();
+        let dec = crate::codec::decode_vec(&enc).unwrap();
+        let rel = crate::quantize::rel_error(&w, &dec);
+        assert!(rel < 2e-3, "relative error {rel}");
+        assert!(crate::codec::decode_vec(&enc[..enc.len() - 2]).is_err());
+    }
+
+    #[test]
+    fn stages_add_up_and_each_lowers_the_error() {
+        let (rows, cols) = (32, 64);
+        let w = crate::synthetic::randn(rows * cols, 4, 1.0);
+        let lr = LowRank::new(4).unwrap();
+        let vq = super::super::vq::Vq::new(2, 6, 32, 20).unwrap();
+        let i2 = super::super::Int4::with_bits(2, 32, false, 5).unwrap();
+        let mut last = f64::INFINITY;
+        for n in 1..=3 {
+            let st: Vec<&dyn Codec> = [&lr as &dyn Codec, &vq, &i2][..n].to_vec();
+            let enc = encode_stages(&st, &w, rows, cols, None).unwrap();
+            assert_eq!(enc.len(), stages_len(&st, rows, cols));
+            let e = crate::quantize::rel_error(&w, &crate::codec::decode_vec(&enc).unwrap());
+            assert!(e < last, "{n} stages: {e} >= {last}");
+            last = e;
+        }
+        let enc = encode_stages(&[&lr, &vq], &w, rows, cols, None).unwrap();
+        let mut bad = enc.clone();
+        bad[HEADER_LEN] ^= 0xff; // first part length
+        assert!(crate::codec::decode_vec(&bad).is_err());
+    }
+}
