@@ -26,9 +26,9 @@
 //! **With calibration statistics** the budget is spent by sensitivity: a candidate's error
 //! is the layer's relative *output* error on the calibration inputs,
 //! `Σ_rj E[x_j²]·(W − Ŵ)²_rj / Σ_rj E[x_j²]·W²_rj` (the error weighted by the Hessian
-//! diagonal), so weights fed by loud input channels count for more; candidates are
-//! encoded with the calibrated options of [`Tuning`] (AWQ, GPTQ), and `calibrated_vq`
-//! candidates join the list.
+//! diagonal), so weights fed by loud input channels count for more, and `calibrated_vq`
+//! candidates join the list. The calibrated options of [`Tuning`] (AWQ, GPTQ) apply to the
+//! picks; candidates are measured without them (their bits include AWQ's multipliers).
 
 use serde::Serialize;
 
@@ -325,18 +325,16 @@ fn measure(
     cands
         .iter()
         .map(|c| {
-            let c = if c.needs_calibration() && stats.is_none() {
-                CodecSpec {
-                    awq: false,
-                    gptq: false,
-                    ..c.clone()
-                }
-            } else {
-                c.clone()
-            };
-            // A shape the candidate cannot take (VQ needs cols divisible by d) prices it out.
+            // Bits are the candidate's own (AWQ's multipliers counted); its error is measured
+            // without AWQ's search and GPTQ's feedback, which would cost a full encode of
+            // every candidate — they are applied to the picks at encode time.
             let Ok(len) = c.encoded_len(rows, cols) else {
                 return Ok((f64::INFINITY, f64::INFINITY));
+            };
+            let c = CodecSpec {
+                awq: false,
+                gptq: false,
+                ..c.clone()
             };
             let enc = c.encode(&sample, take, cols, stats.as_ref())?;
             let dec = crate::codec::decode_vec(&enc.bytes)?;

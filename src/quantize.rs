@@ -139,11 +139,8 @@ impl Calib {
                 match cache.as_ref() {
                     Some((k, h)) if k == key => Some(h.clone()),
                     _ => {
-                        let h = Arc::new(codec::gptq::Hessian::from_xtx(
-                            x,
-                            sq_mean.len(),
-                            self.damp,
-                        )?);
+                        let h =
+                            Arc::new(codec::gptq::Hessian::from_xtx(x, sq_mean.len(), self.damp)?);
                         *cache = Some((key.clone(), h.clone()));
                         Some(h)
                     }

@@ -188,15 +188,14 @@ impl Artifact {
         let mut out = vec![0f32; numel];
         match &t.encoding {
             Encoding::Raw => t.dtype.decode_into(bytes, &mut out),
-            Encoding::Int4 { .. }
-            | Encoding::Int4Residual { .. }
-            | Encoding::Composite { .. } => codec::decode(bytes, &mut out)
-                .map_err(|e| match e {
+            Encoding::Int4 { .. } | Encoding::Int4Residual { .. } | Encoding::Composite { .. } => {
+                codec::decode(bytes, &mut out).map_err(|e| match e {
                     Error::CorruptEncoding(m) => {
                         Error::CorruptEncoding(format!("tensor {}: {m}", t.name))
                     }
                     e => e,
-                })?,
+                })?
+            }
             Encoding::Unknown => {
                 return Err(Error::InvalidCodec(format!(
                     "tensor {} uses a codec this version of tenpak does not know",

@@ -41,7 +41,14 @@ pub const DEFAULT_XTX_MAX_WIDTH: usize = 2048;
 /// Runs the command.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let t0 = std::time::Instant::now();
-    let tokens = calibrate(&a.model, &a.text, a.samples, a.seq, a.xtx_max_width, &a.output)?;
+    let tokens = calibrate(
+        &a.model,
+        &a.text,
+        a.samples,
+        a.seq,
+        a.xtx_max_width,
+        &a.output,
+    )?;
     println!(
         "calibrated on {tokens} tokens ({} windows of {}) in {:.1} s -> {}",
         a.samples,

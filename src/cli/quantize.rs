@@ -198,7 +198,7 @@ impl CodecArgs {
             .map_err(|e| anyhow::anyhow!("--stats: {e}"))?;
         if self.gptq && !calib.has_xtx() {
             bail!(
-                "{} holds no XᵀX: GPTQ needs it (tenpak calibrate --xtx-max-width)",
+                "{} holds no input_xtx (XᵀX): GPTQ needs it (tenpak calibrate --xtx-max-width)",
                 path.display()
             );
         }

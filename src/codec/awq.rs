@@ -93,11 +93,7 @@ fn scales_for(alpha: f64, act: &Activations<'_>) -> (Vec<f16>, Vec<f32>) {
 
 /// Scaled copy of `w` and the inner codec's importance in the scaled space.
 fn scaled(w: &[f32], cols: usize, s: &[f32], sq_mean: &[f32]) -> (Vec<f32>, Vec<f32>) {
-    let ws = w
-        .iter()
-        .enumerate()
-        .map(|(i, x)| x * s[i % cols])
-        .collect();
+    let ws = w.iter().enumerate().map(|(i, x)| x * s[i % cols]).collect();
     let imp = (0..w.len())
         .map(|i| {
             let j = i % cols;
@@ -266,7 +262,12 @@ mod tests {
         let mut e = 0f64;
         for xr in x.chunks(cols) {
             for (wr, qr) in w.chunks(cols).zip(q.chunks(cols)) {
-                let d: f32 = wr.iter().zip(qr).zip(xr).map(|((a, b), x)| (a - b) * x).sum();
+                let d: f32 = wr
+                    .iter()
+                    .zip(qr)
+                    .zip(xr)
+                    .map(|((a, b), x)| (a - b) * x)
+                    .sum();
                 e += (d * d) as f64;
             }
         }
@@ -303,11 +304,19 @@ mod tests {
         let body = inner.encode(&w, 8, 64, None).unwrap();
         let m = vec![f16::ONE; 64];
         let ok = wrap(&m, &body, 8, 64);
-        assert_eq!(crate::codec::decode_vec(&ok).unwrap(), crate::codec::decode_vec(&body).unwrap());
+        assert_eq!(
+            crate::codec::decode_vec(&ok).unwrap(),
+            crate::codec::decode_vec(&body).unwrap()
+        );
         assert!(crate::codec::decode_vec(&ok[..HEADER_LEN + 10]).is_err());
         let nested = wrap(&m, &ok, 8, 64);
         assert!(crate::codec::decode_vec(&nested).is_err());
-        let other = wrap(&vec![f16::ONE; 32], &inner.encode(&w, 16, 32, None).unwrap(), 16, 32);
+        let other = wrap(
+            &vec![f16::ONE; 32],
+            &inner.encode(&w, 16, 32, None).unwrap(),
+            16,
+            32,
+        );
         let mut bad = other.clone();
         bad[4] = 8; // rows 8 in the outer header, 16 inside
         assert!(crate::codec::decode_vec(&bad).is_err());

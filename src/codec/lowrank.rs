@@ -158,7 +158,9 @@ impl Codec for LowRank {
                         *a += *v as f64;
                     }
                 }
-                m.iter().map(|v| ((v / rows.max(1) as f64).sqrt()) as f32).collect()
+                m.iter()
+                    .map(|v| ((v / rows.max(1) as f64).sqrt()) as f32)
+                    .collect()
             }
             None => vec![1.0; cols],
         };
@@ -366,7 +368,10 @@ mod tests {
                 w[i * cols + j] = (0..r).map(|k| a[i * r + k] * b[k * cols + j]).sum();
             }
         }
-        let enc = LowRank::new(3).unwrap().encode(&w, rows, cols, None).unwrap();
+        let enc = LowRank::new(3)
+            .unwrap()
+            .encode(&w, rows, cols, None)
+            .unwrap();
         let dec = crate::codec::decode_vec(&enc).unwrap();
         let rel = crate::quantize::rel_error(&w, &dec);
         assert!(rel < 2e-3, "relative error {rel}");

@@ -404,7 +404,13 @@ impl CodecSpec {
 
     /// `tenpak_x`: rank `rank`, then VQ (`dim`, `bits`, `group`), then INT2 with
     /// `residual_group` (0 = none).
-    pub fn tenpak_x(rank: usize, dim: usize, bits: u32, group: usize, residual_group: usize) -> Self {
+    pub fn tenpak_x(
+        rank: usize,
+        dim: usize,
+        bits: u32,
+        group: usize,
+        residual_group: usize,
+    ) -> Self {
         Self {
             kind: CodecKind::TenpakX,
             rank,
@@ -475,8 +481,7 @@ impl CodecSpec {
         }
         if self.gptq && self.outlier_fraction > 0.0 {
             return Err(Error::InvalidCodec(
-                "GPTQ error feedback does not combine with fp16 outliers; drop --outliers"
-                    .into(),
+                "GPTQ error feedback does not combine with fp16 outliers; drop --outliers".into(),
             ));
         }
         self.build().map(|_| ())
@@ -538,7 +543,8 @@ impl CodecSpec {
 
     /// Whether statistics, when present, change the encoding.
     pub fn uses_calibration(&self) -> bool {
-        self.needs_calibration() || matches!(self.kind, CodecKind::CalibratedVq | CodecKind::TenpakX)
+        self.needs_calibration()
+            || matches!(self.kind, CodecKind::CalibratedVq | CodecKind::TenpakX)
     }
 
     /// Exact encoded bytes for a `[rows, cols]` matrix.
@@ -627,10 +633,9 @@ impl CodecSpec {
                 self.group
             ),
             CodecKind::Int4Residual => format!("int4+int2 g{}/{}", self.group, self.residual_group),
-            CodecKind::CalibratedVq => format!(
-                "vq d{} {}b g{}",
-                self.vq_dim, self.vq_bits, self.group
-            ),
+            CodecKind::CalibratedVq => {
+                format!("vq d{} {}b g{}", self.vq_dim, self.vq_bits, self.group)
+            }
             CodecKind::TenpakX => format!(
                 "x r{} vq d{} {}b g{}{}",
                 self.rank,

@@ -140,14 +140,12 @@ fn nearest(u: &[f32], h: &[f32], book: &[f32], d: usize) -> u32 {
 
 /// Assigns every vector of `u` (weights `h`) to its nearest codeword, in parallel.
 fn assign(u: &[f32], h: &[f32], book: &[f32], d: usize, out: &mut [u32]) {
-    out.par_chunks_mut(1024)
-        .enumerate()
-        .for_each(|(b, idx)| {
-            for (k, slot) in idx.iter_mut().enumerate() {
-                let v = (b * 1024 + k) * d;
-                *slot = nearest(&u[v..v + d], &h[v..v + d], book, d);
-            }
-        });
+    out.par_chunks_mut(1024).enumerate().for_each(|(b, idx)| {
+        for (k, slot) in idx.iter_mut().enumerate() {
+            let v = (b * 1024 + k) * d;
+            *slot = nearest(&u[v..v + d], &h[v..v + d], book, d);
+        }
+    });
 }
 
 /// splitmix64: a small deterministic generator for the k-means++ draws.

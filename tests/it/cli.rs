@@ -234,16 +234,17 @@ fn gpu_commands_explain_a_build_without_cuda() {
     assert!(String::from_utf8_lossy(&out.stderr).contains("built without CUDA support"));
 }
 
-/// `quantize --gptq --stats`: every linear whose input the statistics cover is encoded
-/// with error feedback (labelled `gptq`), the output still decodes as plain int4, and the
-/// layer output error on inputs drawn from those statistics is lower than without it.
+/// Calibrated encodes from statistics: every linear whose input the statistics cover is
+/// encoded with GPTQ / AWQ / both / Hessian-weighted VQ / tenpak_x (labelled so), and the
+/// layer output error on inputs drawn from those statistics is lower than plain int4's at
+/// no more bits (GPTQ and AWQ at the same group) — what the calibration is for.
 #[test]
-fn gptq_from_calibration_statistics() {
+fn calibrated_codecs_from_statistics() {
     let tmp = tempfile::tempdir().expect("tmp");
     let model = tmp.path().join("m");
     let names = crate::util::tiny_llama(&model, tenpak::dtype::DType::F32);
     // Statistics of correlated inputs with uneven channel scales (as real activations
-    // are): x = A z, stored as E[x xᵀ] for each first consumer.
+    // are): x = A z; E|x|, E[x²] for every consumer, E[x xᵀ] for each first consumer.
     let width = |n: &str| if n.contains("down_proj") { 512 } else { 256 };
     let inputs = |cols: usize| -> Vec<f32> {
         let z = crate::util::randn(512 * cols, 11, 1.0);
@@ -256,32 +257,37 @@ fn gptq_from_calibration_statistics() {
         }
         x
     };
-    let xtx = |x: &[f32], cols: usize| -> Vec<f32> {
-        let mut h = vec![0f32; cols * cols];
+    let moments = |x: &[f32], cols: usize| -> (Vec<f32>, Vec<f32>, Vec<f32>) {
+        let n = (x.len() / cols) as f32;
+        let (mut abs, mut sq, mut h) =
+            (vec![0f32; cols], vec![0f32; cols], vec![0f32; cols * cols]);
         for r in x.chunks(cols) {
             for i in 0..cols {
+                abs[i] += r[i].abs() / n;
+                sq[i] += r[i] * r[i] / n;
                 for j in 0..cols {
-                    h[i * cols + j] += r[i] * r[j] / 512.0;
+                    h[i * cols + j] += r[i] * r[j] / n;
                 }
             }
         }
-        h
+        (abs, sq, h)
     };
     let (x256, x512) = (inputs(256), inputs(512));
-    let (h256, h512) = (xtx(&x256, 256), xtx(&x512, 512));
+    let (m256, m512) = (moments(&x256, 256), moments(&x512, 512));
     let mut tensors = vec![];
-    for n in &names {
-        let first = n.ends_with("q_proj.weight")
-            || n.ends_with("o_proj.weight")
-            || n.ends_with("gate_proj.weight")
-            || n.ends_with("down_proj.weight");
+    for n in names.iter().filter(|n| n.contains("proj")) {
+        let lin = n.trim_end_matches(".weight");
+        let (c, (abs, sq, h)) = if width(n) == 512 {
+            (512, &m512)
+        } else {
+            (256, &m256)
+        };
+        tensors.push((format!("{lin}.input_abs_mean"), vec![c], abs.clone()));
+        tensors.push((format!("{lin}.input_sq_mean"), vec![c], sq.clone()));
+        let first = ["q_proj", "o_proj", "gate_proj", "down_proj"]
+            .iter()
+            .any(|p| n.contains(p));
         if first {
-            let lin = n.trim_end_matches(".weight");
-            let (c, h) = if width(n) == 512 {
-                (512, &h512)
-            } else {
-                (256, &h256)
-            };
             tensors.push((format!("{lin}.input_xtx"), vec![c, c], h.clone()));
         }
     }
@@ -292,47 +298,31 @@ fn gptq_from_calibration_statistics() {
     let s = stats.to_str().expect("utf8");
     let run = |out: &str, extra: &[&str]| -> serde_json::Value {
         let o = tmp.path().join(out);
-        let mut args = vec![
-            "quantize",
-            m,
-            "-o",
-            o.to_str().expect("utf8"),
-            "--codec",
-            "int4",
-            "--group-size",
-            "64",
-            "--json",
-        ];
+        let mut args = vec!["quantize", m, "-o", o.to_str().expect("utf8"), "--json"];
         args.extend_from_slice(extra);
         serde_json::from_str(&crate::util::tenpak_ok(&args)).expect("json")
     };
-    let plain = run("plain", &[]);
-    let fed = run("fed", &["--gptq", "--stats", s]);
-    let labels: Vec<&str> = fed["tensors"]
-        .as_array()
-        .expect("tensors")
-        .iter()
-        .filter_map(|t| t["codec"].as_str())
-        .filter(|c| c.contains("gptq"))
-        .collect();
-    assert_eq!(labels.len(), 14, "all 7 linears of both layers: {labels:?}");
-    assert_eq!(
-        plain["bits_per_weight_quantized"],
-        fed["bits_per_weight_quantized"]
-    );
+    let labels = |v: &serde_json::Value, tag: &str| -> usize {
+        v["tensors"]
+            .as_array()
+            .expect("tensors")
+            .iter()
+            .filter_map(|t| t["codec"].as_str())
+            .filter(|c| c.contains(tag))
+            .count()
+    };
     // Layer output error on the calibration inputs, summed over the linears.
     let src = tenpak::source::open(&model, tenpak::dtype::DType::F32).expect("src");
-    let a =
-        tenpak::source::open(&tmp.path().join("plain"), tenpak::dtype::DType::F32).expect("plain");
-    let b = tenpak::source::open(&tmp.path().join("fed"), tenpak::dtype::DType::F32).expect("fed");
-    let (mut e_plain, mut e_fed) = (0f64, 0f64);
-    for n in names.iter().filter(|n| n.contains("proj")) {
-        let cols = width(n);
-        let x = if cols == 512 { &x512 } else { &x256 };
-        let w = src.read_f32(n).expect("w");
-        let out_err = |q: &[f32]| -> f64 {
+    let out_err = |dir: &str| -> f64 {
+        let q = tenpak::source::open(&tmp.path().join(dir), tenpak::dtype::DType::F32)
+            .expect("quantized");
+        let mut e = 0f64;
+        for n in names.iter().filter(|n| n.contains("proj")) {
+            let cols = width(n);
+            let x = if cols == 512 { &x512 } else { &x256 };
+            let w = src.read_f32(n).expect("w");
+            let q = q.read_f32(n).expect("q");
             let rows = w.len() / cols;
-            let mut e = 0f64;
             for xr in x.chunks(cols).take(64) {
                 for r in 0..rows {
                     let d: f64 = (0..cols)
@@ -341,23 +331,121 @@ fn gptq_from_calibration_statistics() {
                     e += d * d;
                 }
             }
-            e
-        };
-        e_plain += out_err(&a.read_f32(n).expect("plain"));
-        e_fed += out_err(&b.read_f32(n).expect("fed"));
+        }
+        e
+    };
+    let g64 = ["--codec", "int4", "--group-size", "64"];
+    let plain = run("plain", &g64);
+    let e_plain = out_err("plain");
+    let bpw = |v: &serde_json::Value| v["bits_per_weight_quantized"].as_f64().expect("bpw");
+    let cases: [(&str, Vec<&str>, &str, f64); 6] = [
+        (
+            "gptq",
+            [&g64[..], &["--gptq", "--stats", s]].concat(),
+            "gptq",
+            0.85,
+        ),
+        (
+            "awq",
+            [&g64[..], &["--awq", "--stats", s]].concat(),
+            "awq α",
+            0.9,
+        ),
+        (
+            "awqgptq",
+            [&g64[..], &["--awq", "--gptq", "--stats", s]].concat(),
+            "gptq",
+            0.8,
+        ),
+        (
+            "int4awq",
+            vec!["--codec", "int4_awq", "--group-size", "64", "--stats", s],
+            "fp16",
+            0.9,
+        ),
+        (
+            "vq",
+            vec![
+                "--codec",
+                "calibrated_vq",
+                "--group-size",
+                "64",
+                "--stats",
+                s,
+            ],
+            "vq d2 8b",
+            1.0,
+        ),
+        (
+            "x",
+            vec![
+                "--codec",
+                "tenpak_x",
+                "--rank",
+                "4",
+                "--vq-bits",
+                "8",
+                "--stats",
+                s,
+            ],
+            "x r4",
+            1.0,
+        ),
+    ];
+    for (dir, args, tag, ratio) in cases {
+        let v = run(dir, &args);
+        assert_eq!(labels(&v, tag), 14, "{dir}: all 7 linears of both layers");
+        let e = out_err(dir);
+        eprintln!(
+            "{dir}: {:.4} bits/weight, output error {:.3} of plain int4 g64 ({:.4})",
+            bpw(&v),
+            e / e_plain,
+            bpw(&plain)
+        );
+        assert!(e < ratio * e_plain, "{dir}: {e:.4e} vs plain {e_plain:.4e}");
+        // The multipliers and salient weights are all the extra AWQ may spend.
+        assert!(
+            bpw(&v) <= bpw(&plain) + 0.6,
+            "{dir}: {} bits/weight",
+            bpw(&v)
+        );
     }
-    assert!(
-        e_fed < 0.85 * e_plain,
-        "gptq {e_fed:.4e} vs plain {e_plain:.4e}"
-    );
 
-    // Misuse: --gptq without --stats; statistics without XᵀX.
-    let o = crate::util::tenpak(&["quantize", m, "-o", "x", "--gptq"]);
+    // Misuse: --gptq / --awq without statistics; statistics without XᵀX; GPTQ with
+    // outliers; VQ parameters on an int codec.
+    for flag in ["--gptq", "--awq"] {
+        let o = crate::util::tenpak(&["quantize", m, "-o", "x", flag]);
+        assert!(!o.status.success());
+        assert!(String::from_utf8_lossy(&o.stderr).contains("--calibrate"));
+    }
+    let o = crate::util::tenpak(&[
+        "quantize",
+        m,
+        "-o",
+        "x",
+        "--gptq",
+        "--outliers",
+        "1",
+        "--stats",
+        s,
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("outliers"));
+    let o = crate::util::tenpak(&[
+        "quantize",
+        m,
+        "-o",
+        "x",
+        "--codec",
+        "int4",
+        "--vq-bits",
+        "4",
+    ]);
     assert!(!o.status.success());
     let bad = tmp.path().join("bad.safetensors");
     tenpak::source::writer::write_safetensors_f32(
         &bad,
-        &[("a.input_abs_mean".to_string(), vec![2], vec![1.0, 2.0])],
+        &[("a.input_sq_mean".to_string(), vec![2], vec![1.0, 2.0])],
         &Default::default(),
     )
     .expect("write");
