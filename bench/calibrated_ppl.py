@@ -77,7 +77,9 @@ def main():
     work = Path(a.work)
     work.mkdir(parents=True, exist_ok=True)
     subprocess.run(["cargo", "build", "--release", "-q", "-p", "tenpak"], cwd=ROOT, check=True)
-    t = str(ROOT / "target/release/tenpak")
+    # A private copy: rebuilding the tree during the run must not change the binary.
+    shutil.copy2(ROOT / "target/release/tenpak", work / "tenpak")
+    t = str(work / "tenpak")
     res = ROOT / "bench/results"
     md, jl = res / "calibrated_ppl.md", res / "calibrated_ppl.jsonl"
     if not md.exists():

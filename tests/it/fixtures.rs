@@ -331,3 +331,53 @@ fn pack_unpack_reproduces_quantize_on_both_models() {
         }
     }
 }
+
+/// `pack --calibrate TEXT`: calibration runs on the text first (its statistics kept beside
+/// the artifact), `int4_awq` encodes every linear of SmolLM2, and the artifact records which
+/// text (by sha256) and statistics were used; it verifies and decodes through `unpack`.
+#[test]
+fn pack_with_calibration_records_text_and_statistics() {
+    let Some(imp) = imported() else { return };
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let p = |n: &str| tmp.path().join(n).to_str().expect("p").to_string();
+    let text = imp.fixtures.join("text/brown.txt");
+    let out = tenpak_ok(&[
+        "pack",
+        imp.smol.to_str().expect("p"),
+        "-o",
+        &p("m.tnpk"),
+        "--codec",
+        "int4_awq",
+        "--group-size",
+        "64",
+        "--calibrate",
+        text.to_str().expect("p"),
+        "--calib-samples",
+        "2",
+        "--calib-seq",
+        "64",
+        "--json",
+    ]);
+    let rep: Value = serde_json::from_str(&out).expect("json");
+    let tensors = rep["tensors"].as_array().expect("tensors");
+    let calibrated = tensors
+        .iter()
+        .filter_map(|t| t["codec"].as_str())
+        .filter(|c| c.contains("awq α") && c.ends_with("fp16"))
+        .count();
+    assert_eq!(calibrated, 30 * 7, "every linear of the 30 blocks");
+    assert!(tmp.path().join("m.tnpk.stats.safetensors").exists());
+    let info: Value =
+        serde_json::from_str(&tenpak_ok(&["info", &p("m.tnpk"), "--json"])).expect("info");
+    let sel = info["metadata"]["selection"].as_str().expect("selection");
+    let sha = {
+        use sha2::Digest;
+        hex::encode(sha2::Sha256::digest(std::fs::read(&text).expect("text")))
+    };
+    assert!(sel.contains("int4_awq") || sel.contains("awq"), "{sel}");
+    assert!(sel.contains("brown.txt") && sel.contains(&sha), "{sel}");
+    tenpak_ok(&["verify", &p("m.tnpk")]);
+    tenpak_ok(&["unpack", &p("m.tnpk"), "-o", &p("un")]);
+    let a = HfModelDir::open(&tmp.path().join("un")).expect("unpacked");
+    assert_eq!(a.tensors().len(), tensors.len());
+}
