@@ -22,7 +22,7 @@ pub const HEADER_LEN: usize = 128;
 /// Major version this code reads and writes.
 pub const MAJOR: u16 = 1;
 /// Minor version this code writes.
-pub const MINOR: u16 = 0;
+pub const MINOR: u16 = 1;
 /// Default chunk alignment (direct I/O and GPU copies).
 pub const DEFAULT_ALIGNMENT: u64 = 4096;
 /// Default largest chunk.

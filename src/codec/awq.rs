@@ -153,6 +153,9 @@ fn check(act: &Activations<'_>, cols: usize) -> Result<()> {
     Ok(())
 }
 
+/// An encoder of scaled weights with error feedback: `(scaled weights, scales) → bytes`.
+pub type Feedback<'a> = &'a dyn Fn(&[f32], &[f32]) -> Result<Vec<u8>>;
+
 /// Encodes `w` with AWQ scaling around `inner`. With `gptq`, the scaled weights are
 /// encoded with error feedback through that (already scaled, see
 /// [`super::gptq::Hessian::scale_inputs`]) factor instead of `inner`'s plain encode;
@@ -163,7 +166,7 @@ pub fn encode(
     rows: usize,
     cols: usize,
     act: &Activations<'_>,
-    gptq_encode: Option<&dyn Fn(&[f32], &[f32]) -> Result<Vec<u8>>>,
+    gptq_encode: Option<Feedback<'_>>,
 ) -> Result<(f64, Vec<u8>)> {
     let (alpha, m, s) = search(inner, w, rows, cols, act)?;
     let (ws, imp) = scaled(w, cols, &s, act.sq_mean);
@@ -177,18 +180,7 @@ pub fn encode(
 /// `Scaled` encoding of multipliers `m` around `inner`.
 pub fn wrap(m: &[f16], inner: &[u8], rows: usize, cols: usize) -> Vec<u8> {
     let mut buf = Vec::with_capacity(HEADER_LEN + 2 * cols + inner.len());
-    buf.extend_from_slice(
-        &Header {
-            id: CodecId::Scaled,
-            symmetric: false,
-            group: 0,
-            rows: rows as u32,
-            cols: cols as u32,
-            group2: 0,
-            refine: 0,
-        }
-        .to_bytes(),
-    );
+    buf.extend_from_slice(&Header::new(CodecId::Scaled, rows, cols).to_bytes());
     buf.extend(f16_bytes(m));
     buf.extend_from_slice(inner);
     buf
@@ -213,10 +205,9 @@ pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
         ));
     }
     super::decode(inner, out)?;
-    let m: Vec<f32> = m
-        .chunks_exact(2)
-        .map(|b| f16::from_bits(u16::from_le_bytes([b[0], b[1]])).to_f32())
-        .collect();
+    let mut mf = Vec::new();
+    super::group::f16s_to_f32(m, &mut mf);
+    let m = mf;
     if cols > 0 {
         out.par_chunks_mut(cols).for_each(|row| {
             for (x, k) in row.iter_mut().zip(&m) {
@@ -280,17 +271,18 @@ mod tests {
         let w = crate::synthetic::randn(rows * cols, 11, 1.0);
         let x = activations(256, cols);
         let (abs, sq, xtx) = stats(&x, cols);
-        let inner = Int4::new(64, false, 5).unwrap();
-        let plain = crate::codec::decode_vec(&inner.encode(&w, rows, cols, None).unwrap()).unwrap();
+        let inner = Int4::new(64, false, 5).expect("test");
+        let plain = crate::codec::decode_vec(&inner.encode(&w, rows, cols, None).expect("test"))
+            .expect("test");
         for full in [true, false] {
             let act = Activations {
                 abs_mean: &abs,
                 sq_mean: &sq,
                 xtx: full.then_some(&xtx[..]),
             };
-            let (alpha, enc) = encode(&inner, &w, rows, cols, &act, None).unwrap();
+            let (alpha, enc) = encode(&inner, &w, rows, cols, &act, None).expect("test");
             assert_eq!(enc.len(), overhead(cols) + inner.encoded_len(rows, cols));
-            let dec = crate::codec::decode_vec(&enc).unwrap();
+            let dec = crate::codec::decode_vec(&enc).expect("test");
             let (p, a) = (out_err(&w, &plain, &x, cols), out_err(&w, &dec, &x, cols));
             assert!(alpha > 0.0, "α = {alpha}");
             assert!(a < 0.8 * p, "full XᵀX {full}: awq {a} vs plain {p}");
@@ -299,21 +291,21 @@ mod tests {
 
     #[test]
     fn corrupt_wrappers_are_refused() {
-        let inner = Int4::new(32, false, 0).unwrap();
+        let inner = Int4::new(32, false, 0).expect("test");
         let w = crate::synthetic::randn(8 * 64, 1, 1.0);
-        let body = inner.encode(&w, 8, 64, None).unwrap();
+        let body = inner.encode(&w, 8, 64, None).expect("test");
         let m = vec![f16::ONE; 64];
         let ok = wrap(&m, &body, 8, 64);
         assert_eq!(
-            crate::codec::decode_vec(&ok).unwrap(),
-            crate::codec::decode_vec(&body).unwrap()
+            crate::codec::decode_vec(&ok).expect("test"),
+            crate::codec::decode_vec(&body).expect("test")
         );
         assert!(crate::codec::decode_vec(&ok[..HEADER_LEN + 10]).is_err());
         let nested = wrap(&m, &ok, 8, 64);
         assert!(crate::codec::decode_vec(&nested).is_err());
         let other = wrap(
-            &vec![f16::ONE; 32],
-            &inner.encode(&w, 16, 32, None).unwrap(),
+            &[f16::ONE; 32],
+            &inner.encode(&w, 16, 32, None).expect("test"),
             16,
             32,
         );

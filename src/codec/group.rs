@@ -264,7 +264,7 @@ impl Stage {
 }
 
 /// Little-endian fp16 bytes to f32.
-fn f16s_to_f32(bytes: &[u8], out: &mut Vec<f32>) {
+pub(super) fn f16s_to_f32(bytes: &[u8], out: &mut Vec<f32>) {
     use half::slice::HalfFloatSliceExt;
     out.clear();
     out.resize(bytes.len() / 2, 0.0);
@@ -379,19 +379,7 @@ fn pass<const WEIGHTED: bool>(
 /// first (a little-endian bit stream; 2- and 4-bit codes never straddle a byte).
 pub(super) fn pack(q: &[f32], bits: u32, out: &mut Vec<u8>) {
     if bits == 3 {
-        let (mut acc, mut n) = (0u32, 0u32);
-        for &v in q {
-            acc |= (v as u32) << n;
-            n += 3;
-            while n >= 8 {
-                out.push(acc as u8);
-                acc >>= 8;
-                n -= 8;
-            }
-        }
-        if n > 0 {
-            out.push(acc as u8);
-        }
+        pack_bits(q.iter().map(|&v| v as u32), 3, out);
     } else if bits == 4 {
         let pairs = q.chunks_exact(2);
         let tail = pairs.remainder();
@@ -406,6 +394,24 @@ pub(super) fn pack(q: &[f32], bits: u32, out: &mut Vec<u8>) {
                 .enumerate()
                 .fold(0u8, |b, (k, &v)| b | ((v as u8) << (k as u32 * bits)))
         }));
+    }
+}
+
+/// Appends `codes` of `bits` bits each (≤ 24) as one little-endian bit stream, low bits
+/// first, the last byte zero-padded.
+pub(super) fn pack_bits(codes: impl Iterator<Item = u32>, bits: u32, out: &mut Vec<u8>) {
+    let (mut acc, mut n) = (0u64, 0u32);
+    for v in codes {
+        acc |= (v as u64) << n;
+        n += bits;
+        while n >= 8 {
+            out.push(acc as u8);
+            acc >>= 8;
+            n -= 8;
+        }
+    }
+    if n > 0 {
+        out.push(acc as u8);
     }
 }
 

@@ -175,13 +175,8 @@ impl Codec for LowRank {
         let mut buf = Vec::with_capacity(HEADER_LEN + 2 * r * (rows + cols));
         buf.extend_from_slice(
             &Header {
-                id: CodecId::LowRank,
-                symmetric: false,
                 group: r as u16,
-                rows: rows as u32,
-                cols: cols as u32,
-                group2: 0,
-                refine: 0,
+                ..Header::new(CodecId::LowRank, rows, cols)
             }
             .to_bytes(),
         );
@@ -205,13 +200,9 @@ pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
             bytes.len()
         )));
     }
-    let f = |b: &[u8]| -> Vec<f32> {
-        b.chunks_exact(2)
-            .map(|x| f16::from_bits(u16::from_le_bytes([x[0], x[1]])).to_f32())
-            .collect()
-    };
-    let l = f(&bytes[HEADER_LEN..HEADER_LEN + 2 * rows * r]);
-    let rr = f(&bytes[HEADER_LEN + 2 * rows * r..]);
+    let (mut l, mut rr) = (Vec::new(), Vec::new());
+    super::group::f16s_to_f32(&bytes[HEADER_LEN..HEADER_LEN + 2 * rows * r], &mut l);
+    super::group::f16s_to_f32(&bytes[HEADER_LEN + 2 * rows * r..], &mut rr);
     if cols == 0 {
         return Ok(());
     }
@@ -232,13 +223,8 @@ pub fn sum(parts: &[Vec<u8>], rows: usize, cols: usize) -> Vec<u8> {
     let mut buf = Vec::with_capacity(HEADER_LEN + parts.iter().map(|p| 8 + p.len()).sum::<usize>());
     buf.extend_from_slice(
         &Header {
-            id: CodecId::Sum,
-            symmetric: false,
-            group: 0,
-            rows: rows as u32,
-            cols: cols as u32,
             group2: parts.len() as u16,
-            refine: 0,
+            ..Header::new(CodecId::Sum, rows, cols)
         }
         .to_bytes(),
     );
@@ -369,10 +355,10 @@ mod tests {
             }
         }
         let enc = LowRank::new(3)
-            .unwrap()
+            .expect("test")
             .encode(&w, rows, cols, None)
-            .unwrap();
-        let dec = crate::codec::decode_vec(&enc).unwrap();
+            .expect("test");
+        let dec = crate::codec::decode_vec(&enc).expect("test");
         let rel = crate::quantize::rel_error(&w, &dec);
         assert!(rel < 2e-3, "relative error {rel}");
         assert!(crate::codec::decode_vec(&enc[..enc.len() - 2]).is_err());
@@ -382,19 +368,19 @@ mod tests {
     fn stages_add_up_and_each_lowers_the_error() {
         let (rows, cols) = (32, 64);
         let w = crate::synthetic::randn(rows * cols, 4, 1.0);
-        let lr = LowRank::new(4).unwrap();
-        let vq = super::super::vq::Vq::new(2, 6, 32, 20).unwrap();
-        let i2 = super::super::Int4::with_bits(2, 32, false, 5).unwrap();
+        let lr = LowRank::new(4).expect("test");
+        let vq = super::super::vq::Vq::new(2, 6, 32, 20).expect("test");
+        let i2 = super::super::Int4::with_bits(2, 32, false, 5).expect("test");
         let mut last = f64::INFINITY;
         for n in 1..=3 {
             let st: Vec<&dyn Codec> = [&lr as &dyn Codec, &vq, &i2][..n].to_vec();
-            let enc = encode_stages(&st, &w, rows, cols, None).unwrap();
+            let enc = encode_stages(&st, &w, rows, cols, None).expect("test");
             assert_eq!(enc.len(), stages_len(&st, rows, cols));
-            let e = crate::quantize::rel_error(&w, &crate::codec::decode_vec(&enc).unwrap());
+            let e = crate::quantize::rel_error(&w, &crate::codec::decode_vec(&enc).expect("test"));
             assert!(e < last, "{n} stages: {e} >= {last}");
             last = e;
         }
-        let enc = encode_stages(&[&lr, &vq], &w, rows, cols, None).unwrap();
+        let enc = encode_stages(&[&lr, &vq], &w, rows, cols, None).expect("test");
         let mut bad = enc.clone();
         bad[HEADER_LEN] ^= 0xff; // first part length
         assert!(crate::codec::decode_vec(&bad).is_err());

@@ -93,6 +93,20 @@ pub struct Header {
 }
 
 impl Header {
+    /// A header for `id` over `[rows, cols]` with every other field zero (wrappers and
+    /// codecs that set a field or two with struct update syntax).
+    pub fn new(id: CodecId, rows: usize, cols: usize) -> Self {
+        Header {
+            id,
+            symmetric: false,
+            group: 0,
+            rows: rows as u32,
+            cols: cols as u32,
+            group2: 0,
+            refine: 0,
+        }
+    }
+
     /// Serialises to 16 bytes.
     pub fn to_bytes(&self) -> [u8; HEADER_LEN] {
         let mut b = [0u8; HEADER_LEN];
@@ -603,9 +617,7 @@ impl CodecSpec {
                         rows,
                         cols,
                         &act,
-                        hessian
-                            .is_some()
-                            .then_some(&feedback as &dyn Fn(&[f32], &[f32]) -> Result<Vec<u8>>),
+                        hessian.is_some().then_some(&feedback as awq::Feedback<'_>),
                     )?;
                     label = label.replace(" awq", &format!(" awq α{alpha:.2}"));
                     bytes

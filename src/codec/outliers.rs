@@ -79,18 +79,7 @@ impl Codec for WithOutliers {
         let base = self.base.encode_checked(w, rows, cols, Some(&fit))?;
         drop(fit);
         let mut buf = Vec::with_capacity(self.encoded_len(rows, cols));
-        buf.extend_from_slice(
-            &Header {
-                id: CodecId::Outliers,
-                symmetric: false,
-                group: 0,
-                rows: rows as u32,
-                cols: cols as u32,
-                group2: 0,
-                refine: 0,
-            }
-            .to_bytes(),
-        );
+        buf.extend_from_slice(&Header::new(CodecId::Outliers, rows, cols).to_bytes());
         buf.extend_from_slice(&(idx.len() as u32).to_le_bytes());
         buf.extend_from_slice(&(base.len() as u64).to_le_bytes());
         buf.extend_from_slice(&base);

@@ -311,10 +311,10 @@ impl Codec for Vq {
                 let (mut num, mut den) = (0f64, 0f64);
                 for c in (c0..(c0 + g).min(cols)).step_by(d) {
                     let code = &book[idx[r * per_row + c / d] as usize * d..][..d];
-                    for t in 0..d {
-                        let i = r * cols + c + t;
-                        num += (h[i] * w[i] * code[t]) as f64;
-                        den += (h[i] * code[t] * code[t]) as f64;
+                    let i = r * cols + c;
+                    for ((hv, wv), cv) in h[i..i + d].iter().zip(&w[i..i + d]).zip(code) {
+                        num += (hv * wv * cv) as f64;
+                        den += (hv * cv * cv) as f64;
                     }
                 }
                 if den > 0.0 {
@@ -340,19 +340,7 @@ impl Codec for Vq {
         buf.extend_from_slice(&self.header(rows, cols).to_bytes());
         buf.extend(f16_bytes(&scales16));
         buf.extend(f16_bytes(&book16));
-        let (mut acc, mut nb) = (0u64, 0u32);
-        for &i in &idx {
-            acc |= (i as u64) << nb;
-            nb += self.bits;
-            while nb >= 8 {
-                buf.push(acc as u8);
-                acc >>= 8;
-                nb -= 8;
-            }
-        }
-        if nb > 0 {
-            buf.push(acc as u8);
-        }
+        super::group::pack_bits(idx.iter().copied(), self.bits, &mut buf);
         debug_assert_eq!(buf.len(), geo.len());
         Ok(buf)
     }
@@ -414,12 +402,9 @@ pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
     let ns = geo.rows * geo.gpr();
     let (sc, rest) = body.split_at(2 * ns);
     let (bk, ix) = rest.split_at(2 * geo.k * d);
-    let f = |b: &[u8]| -> Vec<f32> {
-        b.chunks_exact(2)
-            .map(|x| f16::from_bits(u16::from_le_bytes([x[0], x[1]])).to_f32())
-            .collect()
-    };
-    let (scales, book) = (f(sc), f(bk));
+    let (mut scales, mut book) = (Vec::new(), Vec::new());
+    super::group::f16s_to_f32(sc, &mut scales);
+    super::group::f16s_to_f32(bk, &mut book);
     let mask = (1u64 << bits) - 1;
     out.par_chunks_mut(d * 1024)
         .enumerate()
@@ -457,10 +442,10 @@ mod tests {
     fn roundtrip_and_exact_length() {
         let (rows, cols) = (24, 96);
         let w = crate::synthetic::randn(rows * cols, 3, 1.0);
-        let c = Vq::new(2, 6, 32, DEFAULT_ITERS).unwrap();
-        let enc = c.encode(&w, rows, cols, None).unwrap();
+        let c = Vq::new(2, 6, 32, DEFAULT_ITERS).expect("test");
+        let enc = c.encode(&w, rows, cols, None).expect("test");
         assert_eq!(enc.len(), c.encoded_len(rows, cols));
-        let dec = crate::codec::decode_vec(&enc).unwrap();
+        let dec = crate::codec::decode_vec(&enc).expect("test");
         let rel = (sse(&w, &dec, None) / sse(&w, &vec![0.0; w.len()], None)).sqrt();
         assert!(rel < 0.25, "relative error {rel}");
         // Truncated or extended encodings are refused.
@@ -475,8 +460,9 @@ mod tests {
         let w: Vec<f32> = (0..rows * cols / 2)
             .flat_map(|v| pairs[(v * 7 + v / 3) % 4])
             .collect();
-        let c = Vq::new(2, 2, 32, 50).unwrap();
-        let dec = crate::codec::decode_vec(&c.encode(&w, rows, cols, None).unwrap()).unwrap();
+        let c = Vq::new(2, 2, 32, 50).expect("test");
+        let dec =
+            crate::codec::decode_vec(&c.encode(&w, rows, cols, None).expect("test")).expect("test");
         assert!(sse(&w, &dec, None) < 1e-4, "{}", sse(&w, &dec, None));
     }
 
@@ -488,10 +474,11 @@ mod tests {
         let h: Vec<f32> = (0..rows * cols)
             .map(|i| if i % cols < 8 { 100.0 } else { 1.0 })
             .collect();
-        let c = Vq::new(2, 4, 64, DEFAULT_ITERS).unwrap();
-        let plain = crate::codec::decode_vec(&c.encode(&w, rows, cols, None).unwrap()).unwrap();
-        let weighted =
-            crate::codec::decode_vec(&c.encode(&w, rows, cols, Some(&h)).unwrap()).unwrap();
+        let c = Vq::new(2, 4, 64, DEFAULT_ITERS).expect("test");
+        let plain =
+            crate::codec::decode_vec(&c.encode(&w, rows, cols, None).expect("test")).expect("test");
+        let weighted = crate::codec::decode_vec(&c.encode(&w, rows, cols, Some(&h)).expect("test"))
+            .expect("test");
         let (p, q) = (sse(&w, &plain, Some(&h)), sse(&w, &weighted, Some(&h)));
         assert!(q < 0.8 * p, "weighted {q} vs plain {p}");
     }
@@ -501,7 +488,7 @@ mod tests {
         assert!(Vq::new(3, 8, 64, 5).is_err()); // 64 is not a multiple of 3
         assert!(Vq::new(2, 13, 64, 5).is_err());
         assert!(Vq::new(9, 8, 72, 5).is_err());
-        let c = Vq::new(4, 8, 64, 5).unwrap();
+        let c = Vq::new(4, 8, 64, 5).expect("test");
         assert!(c.encode(&[0.0; 30], 3, 10, None).is_err()); // 10 % 4 != 0
     }
 }

@@ -129,7 +129,7 @@ fn bit_budget_is_met_and_spent() {
         "-o",
         tmp.path().join("x").to_str().expect("p"),
         "--bits-per-weight",
-        "3",
+        "2",
     ]);
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("below the cheapest codec"));
