@@ -4,7 +4,7 @@
 Calibrate on the Brown corpus (32 windows x 512 tokens); evaluate on the first
 --max-tokens tokens of Emma (windows of 512) -- text calibration never saw. For each model
 and level: round-to-nearest, TenPak's refined INT, GPTQ, AWQ, AWQ+GPTQ, int4_awq (with fp16
-salient weights), calibrated_vq, tenpak_x, and the bit-budget planner with statistics
+salient weights), calibrated_vq, tenpak_x, calibrated_vq with GPTQ error feedback, and the bit-budget planner with statistics
 (the "best TenPak configuration" candidate). Every row: bits/weight over the blocks' linear
 layers (all overhead counted), PPL, delta vs the unquantized model, encode time.
 
@@ -45,6 +45,7 @@ def levels(model):
             ("AWQ + GPTQ", f"{c} --awq --gptq --stats S"),
             *([("AWQ + 0.1% fp16 salient", f"{c} --awq --outliers 0.1 --stats S")] if bits == 4 else []),
             ("calibrated_vq", f"--codec calibrated_vq {vq} --stats S"),
+            ("calibrated_vq + GPTQ", f"--codec calibrated_vq {vq} --gptq --stats S"),
             ("tenpak_x", f"--codec tenpak_x {x} --stats S"),
             ("budget planner + AWQ + GPTQ", f"--bits-per-weight {level} --awq --gptq --stats S"),
         ]
@@ -53,7 +54,8 @@ def levels(model):
         # SmolLM2 is judged at group 128 and 64 (its weights sit on a g32 Q4_1 grid); on
         # 2 cores the lower levels did not fit the session (GPTQ alone: bench/gptq_ppl.sh).
         c = "--codec int4 --group-size 64"
-        keep = {"round-to-nearest", "TenPak int (refined scales)", "AWQ + GPTQ", "calibrated_vq"}
+        keep = {"round-to-nearest", "TenPak int (refined scales)", "AWQ + GPTQ", "calibrated_vq + GPTQ",
+                "budget planner + AWQ + GPTQ"}
         out = [(out[0][0] + " (g128)", [r for r in out[0][1] if r[0] in keep]), ("4.5 (g64)", [
             ("round-to-nearest", f"{c} --refine-iters 0"),
             ("TenPak int (refined scales)", c),
@@ -92,6 +94,7 @@ def main():
             f"Evaluation: first {a.max_tokens} tokens of Emma, windows of 512 — text calibration never saw. "
             "Bits/weight over the blocks' linear layers, every byte of every encoding counted "
             "(AWQ's fp16 multipliers, VQ codebooks, low-rank factors, headers). "
+            "The budget planner row uses `--bits-per-weight L --awq --gptq` (AWQ/GPTQ applied to its int picks, GPTQ to its VQ picks). "
             "Encode = `tenpak quantize` wall time (statistics already computed; calibration time per model below).\n\n"
             "| Model | Level | Method | Bits/weight | PPL | Δ vs unquantized | Encode (s) |\n"
             "|---|---|---|---:|---:|---:|---:|\n"

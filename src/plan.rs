@@ -241,6 +241,9 @@ impl Tuning {
             s.awq |= self.awq;
             s.gptq |= self.gptq;
         }
+        if s.kind == crate::codec::CodecKind::CalibratedVq {
+            s.gptq |= self.gptq;
+        }
         s
     }
 }

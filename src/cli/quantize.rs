@@ -65,7 +65,8 @@ pub struct CodecArgs {
     /// as fp16 multipliers (16/rows bits per weight). Needs --stats or --calibrate.
     #[arg(long)]
     pub awq: bool,
-    /// GPTQ-style error feedback for the int codecs: quantize column by column, moving each
+    /// GPTQ-style error feedback for the int codecs and calibrated_vq (codebook fixed,
+    /// vectors assigned left to right): quantize column by column, moving each
     /// column's error onto the columns not yet quantized through the inverse input
     /// Hessian (damping 1% of its mean diagonal, whole-row blocks, no activation order).
     /// Combines with --awq. Needs --stats or --calibrate; layers whose statistics lack

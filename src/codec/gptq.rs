@@ -168,6 +168,11 @@ impl Hessian {
         Hessian { cols: n, u }
     }
 
+    /// The factor `U` (row-major, `cols × cols`, upper triangular).
+    pub fn factor(&self) -> &[f32] {
+        &self.u
+    }
+
     /// Input width.
     pub fn cols(&self) -> usize {
         self.cols

@@ -488,9 +488,14 @@ impl CodecSpec {
             ));
         }
         let scalar = self.kind.scalar_bits().is_some();
-        if (self.awq || self.gptq) && !scalar {
+        if self.awq && !scalar {
             return Err(Error::InvalidCodec(
-                "AWQ scaling and GPTQ error feedback apply to int4/int3/int2".into(),
+                "AWQ scaling applies to int4/int3/int2".into(),
+            ));
+        }
+        if self.gptq && !(scalar || self.kind == CodecKind::CalibratedVq) {
+            return Err(Error::InvalidCodec(
+                "GPTQ error feedback applies to int4/int3/int2 and calibrated_vq".into(),
             ));
         }
         if self.gptq && self.outlier_fraction > 0.0 {
@@ -629,7 +634,18 @@ impl CodecSpec {
             }
             (None, Some(c)) if self.uses_calibration() => {
                 let imp = c.importance(rows, cols)?;
-                codec.encode_checked(w, rows, cols, Some(&imp))?
+                match &c.hessian {
+                    Some(h) if self.gptq && h.cols() == cols => {
+                        vq::Vq::new(self.vq_dim, self.vq_bits, self.group, vq::DEFAULT_ITERS)?
+                            .encode_gptq(w, rows, cols, Some(&imp), h)?
+                    }
+                    _ => {
+                        if self.gptq {
+                            label = label.replace(" gptq", " (gptq skipped: no XᵀX)");
+                        }
+                        codec.encode_checked(w, rows, cols, Some(&imp))?
+                    }
+                }
             }
             _ => codec.encode_checked(w, rows, cols, None)?,
         };

@@ -22,6 +22,11 @@
 //! changes), then every vector is assigned, the scales refitted for those codes, and the
 //! vectors reassigned once more.
 //!
+//! **With `--gptq`** ([`Vq::encode_gptq`]): the same codebook, then GPTQ's sweep — each
+//! group's scale from its weights as updated so far, each vector's nearest codeword, each
+//! column's error moved onto the columns not yet quantized through the inverse-Hessian
+//! factor (as GPTVQ does, with the codebook fixed). The bytes are the same layout.
+//!
 //! Layout after the header (`group` = g, `group2` = b, `refine` = d): `scales f16[rows ·
 //! ceil(cols/g)] | codebook f16[K · d] | indices` (b bits each, one little-endian bit stream
 //! over the whole matrix, row-major). Bits/weight: `b/d + 16/g + 16·K·d/(rows·cols)` plus
@@ -226,6 +231,59 @@ pub fn kmeans(u: &[f32], h: &[f32], d: usize, k: usize, iters: u32) -> Vec<f32> 
     book
 }
 
+/// GPTQ sweep for VQ: per row (in parallel), per group a scale from the current weights,
+/// per vector the nearest codeword, per column the error fed forward through `u` (the
+/// upper factor of the inverse Hessian, row-major `cols × cols`).
+#[allow(clippy::too_many_arguments)]
+fn sweep(
+    w: &[f32],
+    h: &[f32],
+    cols: usize,
+    d: usize,
+    g: usize,
+    book: &[f32],
+    u: &[f32],
+    scales: &mut [f32],
+    idx: &mut [u32],
+) {
+    let gpr = cols.div_ceil(g);
+    let per_row = cols / d;
+    scales
+        .par_chunks_mut(gpr)
+        .zip(idx.par_chunks_mut(per_row))
+        .enumerate()
+        .for_each(|(r, (sc, ix))| {
+            let mut row = w[r * cols..(r + 1) * cols].to_vec();
+            let hr = &h[r * cols..(r + 1) * cols];
+            let mut uv = vec![0f32; d];
+            let mut hv = vec![0f32; d];
+            for (gi, s_slot) in sc.iter_mut().enumerate() {
+                let (a, b) = (gi * g, ((gi + 1) * g).min(cols));
+                let ms = row[a..b].iter().map(|v| v * v).sum::<f32>() / (b - a) as f32;
+                let s = f16::from_f32(ms.sqrt()).to_f32();
+                let s = if s > 0.0 && s.is_finite() { s } else { 1.0 };
+                *s_slot = s;
+                for c in (a..b).step_by(d) {
+                    for t in 0..d {
+                        uv[t] = row[c + t] / s;
+                        hv[t] = hr[c + t];
+                    }
+                    let code = nearest(&uv, &hv, book, d);
+                    ix[c / d] = code;
+                    let q = &book[code as usize * d..(code as usize + 1) * d];
+                    for t in 0..d {
+                        let j = c + t;
+                        let err = (row[j] - s * q[t]) / u[j * cols + j];
+                        let urow = &u[j * cols + j + 1..(j + 1) * cols];
+                        for (wk, uk) in row[j + 1..].iter_mut().zip(urow) {
+                            *wk -= err * uk;
+                        }
+                    }
+                }
+            }
+        });
+}
+
 impl Codec for Vq {
     fn describe(&self) -> String {
         format!(
@@ -243,6 +301,50 @@ impl Codec for Vq {
         rows: usize,
         cols: usize,
         importance: Option<&[f32]>,
+    ) -> Result<Vec<u8>> {
+        self.encode_impl(w, rows, cols, importance, None)
+    }
+
+    fn encoded_len(&self, rows: usize, cols: usize) -> usize {
+        match self.geo(rows, cols) {
+            Ok(g) => g.len(),
+            Err(_) => usize::MAX / 16,
+        }
+    }
+}
+
+impl Vq {
+    /// Encodes with GPTQ-style error feedback (see [`super::gptq`]): the codebook is
+    /// learned as in the plain encode; then each row is swept left to right, a group's
+    /// scale set to the RMS of its weights as updated so far when the group starts, each
+    /// vector assigned its nearest codeword, and each of its columns' errors moved onto the
+    /// columns not yet quantized through the inverse-Hessian factor. Same bytes layout.
+    pub fn encode_gptq(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        importance: Option<&[f32]>,
+        h: &super::gptq::Hessian,
+    ) -> Result<Vec<u8>> {
+        super::check_shape(w, rows, cols)?;
+        super::check_finite(w)?;
+        if h.cols() != cols {
+            return Err(Error::InvalidCodec(format!(
+                "Hessian is for {} columns, the tensor has {cols}",
+                h.cols()
+            )));
+        }
+        self.encode_impl(w, rows, cols, importance, Some(h))
+    }
+
+    fn encode_impl(
+        &self,
+        w: &[f32],
+        rows: usize,
+        cols: usize,
+        importance: Option<&[f32]>,
+        hess: Option<&super::gptq::Hessian>,
     ) -> Result<Vec<u8>> {
         let geo = self.geo(rows, cols)?;
         let (d, g) = (self.dim, self.group);
@@ -301,35 +403,40 @@ impl Codec for Vq {
         }
         let book: Vec<f32> = book16.iter().map(|x| x.to_f32()).collect();
         let mut idx = vec![0u32; n];
-        assign(&u, &hw, &book, d, &mut idx);
-        // Refit each group's scale for its codes (weighted least squares:
-        // s = Σ h·w·c / Σ h·c²), then reassign under the new scales.
-        let refit = |idx: &[u32], scales: &mut [f32]| {
-            let per_row = cols / d;
-            scales.par_iter_mut().enumerate().for_each(|(sg, s)| {
-                let (r, c0) = (sg / gpr, (sg % gpr) * g);
-                let (mut num, mut den) = (0f64, 0f64);
-                for c in (c0..(c0 + g).min(cols)).step_by(d) {
-                    let code = &book[idx[r * per_row + c / d] as usize * d..][..d];
-                    let i = r * cols + c;
-                    for ((hv, wv), cv) in h[i..i + d].iter().zip(&w[i..i + d]).zip(code) {
-                        num += (hv * wv * cv) as f64;
-                        den += (hv * cv * cv) as f64;
+        if let Some(hs) = hess {
+            drop((u, hw));
+            sweep(w, h, cols, d, g, &book, hs.factor(), &mut scales, &mut idx);
+        } else {
+            assign(&u, &hw, &book, d, &mut idx);
+            // Refit each group's scale for its codes (weighted least squares:
+            // s = Σ h·w·c / Σ h·c²), then reassign under the new scales.
+            let refit = |idx: &[u32], scales: &mut [f32]| {
+                let per_row = cols / d;
+                scales.par_iter_mut().enumerate().for_each(|(sg, s)| {
+                    let (r, c0) = (sg / gpr, (sg % gpr) * g);
+                    let (mut num, mut den) = (0f64, 0f64);
+                    for c in (c0..(c0 + g).min(cols)).step_by(d) {
+                        let code = &book[idx[r * per_row + c / d] as usize * d..][..d];
+                        let i = r * cols + c;
+                        for ((hv, wv), cv) in h[i..i + d].iter().zip(&w[i..i + d]).zip(code) {
+                            num += (hv * wv * cv) as f64;
+                            den += (hv * cv * cv) as f64;
+                        }
                     }
-                }
-                if den > 0.0 {
-                    let v = f16::from_f32((num / den) as f32).to_f32();
-                    if v.is_finite() && v != 0.0 {
-                        *s = v;
+                    if den > 0.0 {
+                        let v = f16::from_f32((num / den) as f32).to_f32();
+                        if v.is_finite() && v != 0.0 {
+                            *s = v;
+                        }
                     }
-                }
-            });
-        };
-        refit(&idx, &mut scales);
-        (u, hw) = normalise(&scales);
-        assign(&u, &hw, &book, d, &mut idx);
-        drop((u, hw));
-        let _ = scale_at;
+                });
+            };
+            refit(&idx, &mut scales);
+            (u, hw) = normalise(&scales);
+            assign(&u, &hw, &book, d, &mut idx);
+            drop((u, hw));
+            let _ = scale_at;
+        }
         let scales16: Vec<f16> = scales.iter().map(|&s| f16::from_f32(s)).collect();
         if scales16.iter().any(|x| !x.is_finite()) {
             return Err(Error::InvalidCodec(
@@ -345,15 +452,6 @@ impl Codec for Vq {
         Ok(buf)
     }
 
-    fn encoded_len(&self, rows: usize, cols: usize) -> usize {
-        match self.geo(rows, cols) {
-            Ok(g) => g.len(),
-            Err(_) => usize::MAX / 16,
-        }
-    }
-}
-
-impl Vq {
     fn geo(&self, rows: usize, cols: usize) -> Result<Geo> {
         if cols % self.dim != 0 {
             return Err(Error::InvalidCodec(format!(

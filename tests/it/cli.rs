@@ -338,7 +338,7 @@ fn calibrated_codecs_from_statistics() {
     let plain = run("plain", &g64);
     let e_plain = out_err("plain");
     let bpw = |v: &serde_json::Value| v["bits_per_weight_quantized"].as_f64().expect("bpw");
-    let cases: [(&str, Vec<&str>, &str, f64); 6] = [
+    let cases: [(&str, Vec<&str>, &str, f64); 7] = [
         (
             "gptq",
             [&g64[..], &["--gptq", "--stats", s]].concat(),
@@ -375,6 +375,20 @@ fn calibrated_codecs_from_statistics() {
             ],
             "vq d2 8b",
             1.0,
+        ),
+        (
+            "vqgptq",
+            vec![
+                "--codec",
+                "calibrated_vq",
+                "--group-size",
+                "64",
+                "--gptq",
+                "--stats",
+                s,
+            ],
+            "g64 gptq",
+            0.7,
         ),
         (
             "x",
