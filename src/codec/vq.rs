@@ -271,9 +271,9 @@ fn sweep(
                     let code = nearest(&uv, &hv, book, d);
                     ix[c / d] = code;
                     let q = &book[code as usize * d..(code as usize + 1) * d];
-                    for t in 0..d {
+                    for (t, qt) in q.iter().enumerate() {
                         let j = c + t;
-                        let err = (row[j] - s * q[t]) / u[j * cols + j];
+                        let err = (row[j] - s * qt) / u[j * cols + j];
                         let urow = &u[j * cols + j + 1..(j + 1) * cols];
                         for (wk, uk) in row[j + 1..].iter_mut().zip(urow) {
                             *wk -= err * uk;
