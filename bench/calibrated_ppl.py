@@ -47,6 +47,7 @@ def levels(model):
             ("calibrated_vq", f"--codec calibrated_vq {vq} --stats S"),
             ("calibrated_vq + GPTQ", f"--codec calibrated_vq {vq} --gptq --stats S"),
             ("tenpak_x", f"--codec tenpak_x {x} --stats S"),
+            ("tenpak_x + GPTQ", f"--codec tenpak_x {x} --gptq --stats S"),
             ("budget planner + AWQ + GPTQ", f"--bits-per-weight {level} --awq --gptq --stats S"),
         ]
         out.append((level, rows))

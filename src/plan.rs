@@ -241,7 +241,10 @@ impl Tuning {
             s.awq |= self.awq;
             s.gptq |= self.gptq;
         }
-        if s.kind == crate::codec::CodecKind::CalibratedVq {
+        if matches!(
+            s.kind,
+            crate::codec::CodecKind::CalibratedVq | crate::codec::CodecKind::TenpakX
+        ) {
             s.gptq |= self.gptq;
         }
         s

@@ -276,18 +276,23 @@ pub(crate) fn decode_sum(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()
     Ok(())
 }
 
+/// One stage's encoder: the residual left by the stages before → its encoding.
+pub type StageFn<'a> = &'a dyn Fn(&[f32]) -> Result<Vec<u8>>;
+
+/// An owned [`StageFn`].
+pub type BoxedStage<'a> = Box<dyn Fn(&[f32]) -> Result<Vec<u8>> + 'a>;
+
 /// Encodes `w` as the sum of `stages`, each fitted to what the ones before left.
 pub fn encode_stages(
-    stages: &[&dyn Codec],
+    stages: &[StageFn<'_>],
     w: &[f32],
     rows: usize,
     cols: usize,
-    importance: Option<&[f32]>,
 ) -> Result<Vec<u8>> {
     let mut resid = w.to_vec();
     let mut parts = Vec::with_capacity(stages.len());
     for (k, st) in stages.iter().enumerate() {
-        let enc = st.encode_checked(&resid, rows, cols, importance)?;
+        let enc = st(&resid)?;
         if k + 1 < stages.len() {
             let dec = super::decode_vec(&enc)?;
             for (r, d) in resid.iter_mut().zip(&dec) {
@@ -319,8 +324,16 @@ impl Codec for Stages {
         cols: usize,
         importance: Option<&[f32]>,
     ) -> Result<Vec<u8>> {
-        let st: Vec<&dyn Codec> = self.0.iter().map(|c| c.as_ref()).collect();
-        encode_stages(&st, w, rows, cols, importance)
+        let fs: Vec<BoxedStage<'_>> = self
+            .0
+            .iter()
+            .map(|c| {
+                Box::new(move |r: &[f32]| c.encode_checked(r, rows, cols, importance))
+                    as BoxedStage<'_>
+            })
+            .collect();
+        let st: Vec<StageFn<'_>> = fs.iter().map(|f| f.as_ref()).collect();
+        encode_stages(&st, w, rows, cols)
     }
 
     fn encoded_len(&self, rows: usize, cols: usize) -> usize {
@@ -374,13 +387,24 @@ mod tests {
         let mut last = f64::INFINITY;
         for n in 1..=3 {
             let st: Vec<&dyn Codec> = [&lr as &dyn Codec, &vq, &i2][..n].to_vec();
-            let enc = encode_stages(&st, &w, rows, cols, None).expect("test");
+            let fs: Vec<BoxedStage<'_>> = st
+                .iter()
+                .map(|c| {
+                    let c = *c;
+                    Box::new(move |r: &[f32]| c.encode_checked(r, rows, cols, None))
+                        as BoxedStage<'_>
+                })
+                .collect();
+            let fr: Vec<StageFn<'_>> = fs.iter().map(|f| f.as_ref()).collect();
+            let enc = encode_stages(&fr, &w, rows, cols).expect("test");
             assert_eq!(enc.len(), stages_len(&st, rows, cols));
             let e = crate::quantize::rel_error(&w, &crate::codec::decode_vec(&enc).expect("test"));
             assert!(e < last, "{n} stages: {e} >= {last}");
             last = e;
         }
-        let enc = encode_stages(&[&lr, &vq], &w, rows, cols, None).expect("test");
+        let enc = Stages(vec![Box::new(lr), Box::new(vq)])
+            .encode(&w, rows, cols, None)
+            .expect("test");
         let mut bad = enc.clone();
         bad[HEADER_LEN] ^= 0xff; // first part length
         assert!(crate::codec::decode_vec(&bad).is_err());

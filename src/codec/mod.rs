@@ -493,9 +493,9 @@ impl CodecSpec {
                 "AWQ scaling applies to int4/int3/int2".into(),
             ));
         }
-        if self.gptq && !(scalar || self.kind == CodecKind::CalibratedVq) {
+        if self.gptq && self.kind == CodecKind::Int4Residual {
             return Err(Error::InvalidCodec(
-                "GPTQ error feedback applies to int4/int3/int2 and calibrated_vq".into(),
+                "GPTQ error feedback applies to int4/int3/int2, calibrated_vq and tenpak_x".into(),
             ));
         }
         if self.gptq && self.outlier_fraction > 0.0 {
@@ -636,8 +636,29 @@ impl CodecSpec {
                 let imp = c.importance(rows, cols)?;
                 match &c.hessian {
                     Some(h) if self.gptq && h.cols() == cols => {
-                        vq::Vq::new(self.vq_dim, self.vq_bits, self.group, vq::DEFAULT_ITERS)?
-                            .encode_gptq(w, rows, cols, Some(&imp), h)?
+                        let v =
+                            vq::Vq::new(self.vq_dim, self.vq_bits, self.group, vq::DEFAULT_ITERS)?;
+                        let vq_fb = |r: &[f32]| v.encode_gptq(r, rows, cols, Some(&imp), h);
+                        if self.kind == CodecKind::CalibratedVq {
+                            vq_fb(w)?
+                        } else {
+                            // tenpak_x: low rank, then VQ with error feedback on its
+                            // residual, then (optionally) INT2 on what is left.
+                            let lr = lowrank::LowRank::new(self.rank)?;
+                            let i2 = Int4::with_bits(
+                                2,
+                                self.residual_group.max(MIN_GROUP),
+                                false,
+                                self.refine_iters,
+                            )?;
+                            let lr_f = |r: &[f32]| lr.encode_checked(r, rows, cols, Some(&imp));
+                            let i2_f = |r: &[f32]| i2.encode_checked(r, rows, cols, Some(&imp));
+                            let mut st: Vec<lowrank::StageFn<'_>> = vec![&lr_f, &vq_fb];
+                            if self.residual_group > 0 {
+                                st.push(&i2_f);
+                            }
+                            lowrank::encode_stages(&st, w, rows, cols)?
+                        }
                     }
                     _ => {
                         if self.gptq {

@@ -338,7 +338,7 @@ fn calibrated_codecs_from_statistics() {
     let plain = run("plain", &g64);
     let e_plain = out_err("plain");
     let bpw = |v: &serde_json::Value| v["bits_per_weight_quantized"].as_f64().expect("bpw");
-    let cases: [(&str, Vec<&str>, &str, f64); 7] = [
+    let cases: [(&str, Vec<&str>, &str, f64); 8] = [
         (
             "gptq",
             [&g64[..], &["--gptq", "--stats", s]].concat(),
@@ -404,6 +404,22 @@ fn calibrated_codecs_from_statistics() {
             ],
             "x r4",
             1.0,
+        ),
+        (
+            "xgptq",
+            vec![
+                "--codec",
+                "tenpak_x",
+                "--rank",
+                "4",
+                "--vq-bits",
+                "8",
+                "--gptq",
+                "--stats",
+                s,
+            ],
+            "g64 gptq",
+            0.7,
         ),
     ];
     for (dir, args, tag, ratio) in cases {
