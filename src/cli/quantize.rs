@@ -65,8 +65,8 @@ pub struct CodecArgs {
     /// as fp16 multipliers (16/rows bits per weight). Needs --stats or --calibrate.
     #[arg(long)]
     pub awq: bool,
-    /// GPTQ-style error feedback for the int codecs and calibrated_vq (codebook fixed,
-    /// vectors assigned left to right): quantize column by column, moving each
+    /// GPTQ-style error feedback for the int codecs, calibrated_vq and tenpak_x's VQ stage
+    /// (codebook fixed, vectors assigned left to right): quantize column by column, moving each
     /// column's error onto the columns not yet quantized through the inverse input
     /// Hessian (damping 1% of its mean diagonal, whole-row blocks, no activation order).
     /// Combines with --awq. Needs --stats or --calibrate; layers whose statistics lack
@@ -118,6 +118,12 @@ impl CodecArgs {
                 spec.vq_bits = self.vq_bits.unwrap_or(spec.vq_bits);
                 spec.rank = self.rank.unwrap_or(spec.rank);
                 spec.residual_group = self.residual_group.unwrap_or(spec.residual_group);
+                if self.awq && spec.kind.scalar_bits().is_none() {
+                    bail!("--awq applies to the int codecs (int4, int3, int2)");
+                }
+                if self.gptq && spec.kind == tenpak::codec::CodecKind::Int4Residual {
+                    bail!("--gptq does not apply to int4_residual");
+                }
                 spec.validate()?;
                 Selection::Codec(spec)
             }
