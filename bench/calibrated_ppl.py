@@ -50,13 +50,17 @@ def levels(model):
             ("tenpak_x + GPTQ", f"--codec tenpak_x {x} --gptq --stats S"),
             ("budget planner + AWQ + GPTQ", f"--bits-per-weight {level} --awq --gptq --stats S"),
         ]
+        if bits < 4:
+            # 2 cores, one session: below 4 bits the combined and plain-VQ/X rows are left
+            # out (their 4.25 rows show how they relate to the ones kept).
+            drop = {"AWQ + GPTQ", "calibrated_vq", "tenpak_x"}
+            rows = [r for r in rows if r[0] not in drop]
         out.append((level, rows))
     if model == "smol":
         # SmolLM2 is judged at group 128 and 64 (its weights sit on a g32 Q4_1 grid); on
         # 2 cores the lower levels did not fit the session (GPTQ alone: bench/gptq_ppl.sh).
         c = "--codec int4 --group-size 64"
-        keep = {"round-to-nearest", "TenPak int (refined scales)", "AWQ + GPTQ", "calibrated_vq + GPTQ",
-                "budget planner + AWQ + GPTQ"}
+        keep = {"round-to-nearest", "TenPak int (refined scales)", "AWQ + GPTQ", "calibrated_vq + GPTQ"}
         out = [(out[0][0] + " (g128)", [r for r in out[0][1] if r[0] in keep]), ("4.5 (g64)", [
             ("round-to-nearest", f"{c} --refine-iters 0"),
             ("TenPak int (refined scales)", c),
@@ -163,7 +167,10 @@ def render(a):
     """The table from the .jsonl: per model, levels in order, rows as measured."""
     res = ROOT / "bench/results"
     rows = [json.loads(x) for x in (res / "calibrated_ppl.jsonl").read_text().splitlines()]
-    head = (ROOT / "bench/results/calibrated_ppl.md").read_text().split("| Model |")[0]
+    head = (ROOT / "bench/results/calibrated_ppl.md").read_text().split("| Model |")[0].rstrip()
+    note = (res / "calibrated_ppl.notes.md")
+    if note.exists():
+        head += "\n\n" + note.read_text().strip()
     out = [head.rstrip() + "\n", "| Model | Level | Method | Bits/weight | PPL | Δ vs unquantized | Encode (s) |",
            "|---|---|---|---:|---:|---:|---:|"]
     for name in MODELS:
