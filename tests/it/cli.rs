@@ -441,37 +441,9 @@ fn calibrated_codecs_from_statistics() {
         );
     }
 
-    // Misuse: --gptq / --awq without statistics; statistics without XᵀX; GPTQ with
-    // outliers; VQ parameters on an int codec.
-    for flag in ["--gptq", "--awq"] {
-        let o = crate::util::tenpak(&["quantize", m, "-o", "x", flag]);
-        assert!(!o.status.success());
-        assert!(String::from_utf8_lossy(&o.stderr).contains("--calibrate"));
-    }
-    let o = crate::util::tenpak(&[
-        "quantize",
-        m,
-        "-o",
-        "x",
-        "--gptq",
-        "--outliers",
-        "1",
-        "--stats",
-        s,
-    ]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("outliers"));
-    let o = crate::util::tenpak(&[
-        "quantize",
-        m,
-        "-o",
-        "x",
-        "--codec",
-        "int4",
-        "--vq-bits",
-        "4",
-    ]);
-    assert!(!o.status.success());
+    // Misuse, each refused with a message that names the problem: --gptq / --awq without
+    // statistics; GPTQ with outliers; VQ parameters on an int codec; AWQ on VQ; statistics
+    // without XᵀX for GPTQ.
     let bad = tmp.path().join("bad.safetensors");
     tenpak::source::writer::write_safetensors_f32(
         &bad,
@@ -479,15 +451,22 @@ fn calibrated_codecs_from_statistics() {
         &Default::default(),
     )
     .expect("write");
-    let o = crate::util::tenpak(&[
-        "quantize",
-        m,
-        "-o",
-        "x",
-        "--gptq",
-        "--stats",
-        bad.to_str().expect("utf8"),
-    ]);
-    assert!(!o.status.success());
-    assert!(String::from_utf8_lossy(&o.stderr).contains("input_xtx"));
+    let b = bad.to_str().expect("utf8");
+    let misuse: [(&[&str], &str); 6] = [
+        (&["--gptq"], "--calibrate"),
+        (&["--awq"], "--calibrate"),
+        (&["--gptq", "--outliers", "1", "--stats", s], "outliers"),
+        (&["--codec", "int4", "--vq-bits", "4"], "--vq-bits"),
+        (
+            &["--codec", "calibrated_vq", "--awq", "--stats", s],
+            "--awq",
+        ),
+        (&["--gptq", "--stats", b], "input_xtx"),
+    ];
+    for (extra, needle) in misuse {
+        let o = crate::util::tenpak(&[&["quantize", m, "-o", "x"], extra].concat());
+        assert!(!o.status.success(), "{extra:?}");
+        let err = String::from_utf8_lossy(&o.stderr);
+        assert!(err.contains(needle), "{extra:?}: {err}");
+    }
 }
