@@ -313,7 +313,8 @@ fn measure(
     }
     drop(w);
     let stats = match calib {
-        Some(c) => c.tensor(&meta.name, cands.iter().any(|c| c.gptq))?,
+        // Candidates are measured without GPTQ (see below): no inverse-Hessian factor.
+        Some(c) => c.tensor(&meta.name, false)?,
         None => None,
     };
     // Error weights: the Hessian diagonal per column with statistics, else 1.
