@@ -313,8 +313,8 @@ fn measure(
     }
     drop(w);
     let stats = match calib {
-        // Candidates are measured without GPTQ (see below): no inverse-Hessian factor.
-        Some(c) => c.tensor(&meta.name, false)?,
+        // Candidates are measured without AWQ and GPTQ (see below): no XᵀX, no factor.
+        Some(c) => c.tensor(&meta.name, false, false)?,
         None => None,
     };
     // Error weights: the Hessian diagonal per column with statistics, else 1.

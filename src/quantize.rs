@@ -95,9 +95,15 @@ impl Calib {
         )
     }
 
-    /// The statistics of the input of weight `tensor`, when the file has them; with
-    /// `want_factor`, GPTQ's factor too (when the file has that input's XᵀX).
-    pub fn tensor(&self, tensor: &str, want_factor: bool) -> Result<Option<codec::TensorCalib>> {
+    /// The statistics of the input of weight `tensor`, when the file has them: the
+    /// per-channel means always; the input's XᵀX (AWQ's search) with `want_xtx`; GPTQ's
+    /// factor with `want_factor` (both only when the file has that XᵀX).
+    pub fn tensor(
+        &self,
+        tensor: &str,
+        want_xtx: bool,
+        want_factor: bool,
+    ) -> Result<Option<codec::TensorCalib>> {
         let Some(linear) = tensor.strip_suffix(".weight") else {
             return Ok(None);
         };
@@ -118,7 +124,8 @@ impl Calib {
             .replace(".up_proj", ".gate_proj");
         let key = [format!("{linear}.input_xtx"), format!("{first}.input_xtx")]
             .into_iter()
-            .find(|k| names.contains(&k.as_str()));
+            .find(|k| names.contains(&k.as_str()))
+            .filter(|_| want_xtx || want_factor);
         let xtx = match &key {
             None => None,
             Some(key) => {
@@ -250,7 +257,9 @@ pub fn encode_decode(
 ) -> Result<Coded> {
     let (rows, cols) = (meta.shape[0], meta.numel() / meta.shape[0].max(1));
     let stats = match calib {
-        Some(c) if spec.uses_calibration() => c.tensor(&meta.name, spec.gptq)?,
+        Some(c) if spec.uses_calibration() => {
+            c.tensor(&meta.name, spec.awq || spec.gptq, spec.gptq)?
+        }
         _ => None,
     };
     let mut note = "";

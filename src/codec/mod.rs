@@ -340,9 +340,8 @@ pub struct TensorCalib {
 }
 
 impl TensorCalib {
-    /// Per-weight importance of a `[rows, cols]` matrix: the Hessian diagonal broadcast
-    /// over rows.
-    pub fn importance(&self, rows: usize, cols: usize) -> Result<Vec<f32>> {
+    /// Fails unless the statistics are for an input of `cols` channels.
+    pub fn check(&self, cols: usize) -> Result<()> {
         if self.sq_mean.len() != cols || self.abs_mean.len() != cols {
             return Err(Error::ShapeMismatch {
                 tensor: "calibration statistics".into(),
@@ -350,6 +349,13 @@ impl TensorCalib {
                 got: vec![self.sq_mean.len()],
             });
         }
+        Ok(())
+    }
+
+    /// Per-weight importance of a `[rows, cols]` matrix: the Hessian diagonal broadcast
+    /// over rows.
+    pub fn importance(&self, rows: usize, cols: usize) -> Result<Vec<f32>> {
+        self.check(cols)?;
         let mut out = Vec::with_capacity(rows * cols);
         for _ in 0..rows {
             out.extend_from_slice(&self.sq_mean);
@@ -521,30 +527,11 @@ impl CodecSpec {
                 self.residual_group,
                 self.refine_iters,
             )?),
-            CodecKind::CalibratedVq => Box::new(vq::Vq::new(
-                self.vq_dim,
-                self.vq_bits,
-                self.group,
-                vq::DEFAULT_ITERS,
-            )?),
+            CodecKind::CalibratedVq => Box::new(self.vq_codec()?),
             CodecKind::TenpakX => {
-                let mut st: Vec<Box<dyn Codec>> = vec![
-                    Box::new(lowrank::LowRank::new(self.rank)?),
-                    Box::new(vq::Vq::new(
-                        self.vq_dim,
-                        self.vq_bits,
-                        self.group,
-                        vq::DEFAULT_ITERS,
-                    )?),
-                ];
-                if self.residual_group > 0 {
-                    st.push(Box::new(Int4::with_bits(
-                        2,
-                        self.residual_group,
-                        false,
-                        self.refine_iters,
-                    )?));
-                }
+                let (lr, v, i2) = self.tenpak_x_parts()?;
+                let mut st: Vec<Box<dyn Codec>> = vec![Box::new(lr), Box::new(v)];
+                st.extend(i2.map(|c| Box::new(c) as Box<dyn Codec>));
                 Box::new(lowrank::Stages(st))
             }
         };
@@ -553,6 +540,19 @@ impl CodecSpec {
         } else {
             base
         })
+    }
+
+    /// The VQ codec of `calibrated_vq` (and of `tenpak_x`'s second stage).
+    fn vq_codec(&self) -> Result<vq::Vq> {
+        vq::Vq::new(self.vq_dim, self.vq_bits, self.group, vq::DEFAULT_ITERS)
+    }
+
+    /// `tenpak_x`'s stages: low rank, VQ, and the INT2 stage when `residual_group > 0`.
+    fn tenpak_x_parts(&self) -> Result<(lowrank::LowRank, vq::Vq, Option<Int4>)> {
+        let i2 = (self.residual_group > 0)
+            .then(|| Int4::with_bits(2, self.residual_group, false, self.refine_iters))
+            .transpose()?;
+        Ok((lowrank::LowRank::new(self.rank)?, self.vq_codec()?, i2))
     }
 
     /// Whether encoding needs calibration statistics.
@@ -568,6 +568,13 @@ impl CodecSpec {
 
     /// Exact encoded bytes for a `[rows, cols]` matrix.
     pub fn encoded_len(&self, rows: usize, cols: usize) -> Result<usize> {
+        let vq_kind = matches!(self.kind, CodecKind::CalibratedVq | CodecKind::TenpakX);
+        if vq_kind && cols % self.vq_dim.max(1) != 0 {
+            return Err(Error::InvalidCodec(format!(
+                "{cols} columns are not a multiple of the vector length {}",
+                self.vq_dim
+            )));
+        }
         let inner = self.build()?.encoded_len(rows, cols);
         Ok(inner + if self.awq { awq::overhead(cols) } else { 0 })
     }
@@ -606,7 +613,7 @@ impl CodecSpec {
                     None
                 };
                 if self.awq {
-                    c.importance(rows, cols)?;
+                    c.check(cols)?;
                     let act = awq::Activations {
                         abs_mean: &c.abs_mean,
                         sq_mean: &c.sq_mean,
@@ -636,25 +643,18 @@ impl CodecSpec {
                 let imp = c.importance(rows, cols)?;
                 match &c.hessian {
                     Some(h) if self.gptq && h.cols() == cols => {
-                        let v =
-                            vq::Vq::new(self.vq_dim, self.vq_bits, self.group, vq::DEFAULT_ITERS)?;
-                        let vq_fb = |r: &[f32]| v.encode_gptq(r, rows, cols, Some(&imp), h);
                         if self.kind == CodecKind::CalibratedVq {
-                            vq_fb(w)?
+                            self.vq_codec()?.encode_gptq(w, rows, cols, Some(&imp), h)?
                         } else {
-                            // tenpak_x: low rank, then VQ with error feedback on its
-                            // residual, then (optionally) INT2 on what is left.
-                            let lr = lowrank::LowRank::new(self.rank)?;
-                            let i2 = Int4::with_bits(
-                                2,
-                                self.residual_group.max(MIN_GROUP),
-                                false,
-                                self.refine_iters,
-                            )?;
+                            // tenpak_x: the same stages as `build`, the VQ stage with
+                            // error feedback on the low-rank residual.
+                            let (lr, v, i2) = self.tenpak_x_parts()?;
                             let lr_f = |r: &[f32]| lr.encode_checked(r, rows, cols, Some(&imp));
-                            let i2_f = |r: &[f32]| i2.encode_checked(r, rows, cols, Some(&imp));
-                            let mut st: Vec<lowrank::StageFn<'_>> = vec![&lr_f, &vq_fb];
-                            if self.residual_group > 0 {
+                            let vq_f = |r: &[f32]| v.encode_gptq(r, rows, cols, Some(&imp), h);
+                            let i2_f;
+                            let mut st: Vec<lowrank::StageFn<'_>> = vec![&lr_f, &vq_f];
+                            if let Some(c) = &i2 {
+                                i2_f = |r: &[f32]| c.encode_checked(r, rows, cols, Some(&imp));
                                 st.push(&i2_f);
                             }
                             lowrank::encode_stages(&st, w, rows, cols)?

@@ -588,5 +588,12 @@ mod tests {
         assert!(Vq::new(9, 8, 72, 5).is_err());
         let c = Vq::new(4, 8, 64, 5).expect("test");
         assert!(c.encode(&[0.0; 30], 3, 10, None).is_err()); // 10 % 4 != 0
+                                                             // The spec says so before any encode, so a bit budget can price it out.
+        assert!(crate::codec::CodecSpec::vq(4, 8, 64)
+            .encoded_len(3, 10)
+            .is_err());
+        assert!(crate::codec::CodecSpec::tenpak_x(2, 4, 8, 64, 0)
+            .encoded_len(3, 10)
+            .is_err());
     }
 }
