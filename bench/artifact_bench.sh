@@ -5,7 +5,7 @@
 #     `tenpak serve-file` vs from the local file, both from the page cache, as a ratio
 #     (goal >= 0.8), and time to first tensor; medians of 5 alternating runs.
 #
-#   bash bench/artifact_bench.sh         # needs ../shared/fixtures/fetch.sh run first
+#   bash bench/artifact_bench.sh         # needs scripts/fixtures.sh run first
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FIX="${TENPAK_FIXTURES:-$HOME/.cache/tenpak-fixtures}"

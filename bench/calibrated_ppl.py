@@ -10,7 +10,7 @@ layers (all overhead counted), PPL, delta vs the unquantized model, encode time.
 
 Writes bench/results/calibrated_ppl.md (rows appended as they finish) and .jsonl.
 Usage: python3 bench/calibrated_ppl.py [--work DIR] [--models gemma,smol] [--max-tokens N]
-Needs the fixtures (../shared/fixtures/fetch.sh) and a release build (done here).
+Needs the fixtures (scripts/fixtures.sh) and a release build (done here).
 """
 import argparse
 import json

@@ -10,7 +10,7 @@
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FIX="${TENPAK_FIXTURES:-$HOME/.cache/tenpak-fixtures}"
-REF=../shared/fixtures/reference
+REF=tests/data/reference
 cargo build --release --quiet
 BIN=./target/release/tenpak
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT

@@ -2,7 +2,7 @@
 # GPTQ error feedback vs plain refined INT4 at equal bits/weight, by perplexity.
 # Calibrate on the Brown corpus (32 windows of 512 tokens), evaluate on Emma (first 8192
 # tokens, windows of 512) — text calibration never saw. Writes bench/results/gptq_ppl.md.
-# Usage: bash bench/gptq_ppl.sh [WORK_DIR]   (needs the fixtures: ../shared/fixtures/fetch.sh)
+# Usage: bash bench/gptq_ppl.sh [WORK_DIR]   (needs the fixtures: scripts/fixtures.sh)
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FX="${TENPAK_FIXTURES:-$HOME/.cache/tenpak-fixtures}"

@@ -3,7 +3,7 @@
 plain round-to-nearest (--refine-iters 0) at the same settings beside each, so the effect
 of refinement is visible. Writes bench/results/quality_table.md.
 
-    python3 bench/quality_table.py            # needs ../shared/fixtures/fetch.sh run first
+    python3 bench/quality_table.py            # needs scripts/fixtures.sh run first
 
 Models are imported from the fixture GGUFs as bf16 (what `tenpak import` writes by
 default). Note: SmolLM2's weights lie on a Q4_1 grid of group 32 (fp16 scale and min), so
@@ -45,7 +45,7 @@ def main():
         for name, rel in MODELS:
             gguf = os.path.join(FIX, rel)
             if not os.path.exists(gguf):
-                sys.exit(f"missing {gguf}: run ../shared/fixtures/fetch.sh")
+                sys.exit(f"missing {gguf}: run scripts/fixtures.sh")
             hf = os.path.join(tmp, name)
             subprocess.run([BIN, "import", gguf, "-o", hf], check=True, capture_output=True)
             for label, args in SETTINGS:

@@ -3,7 +3,7 @@
 # import) against its `tenpak quantize --target T` output, on the first 8192 tokens of
 # Austen's Emma (ctx 512), recorded in bench/results/quant_ppl.md.
 #
-#   bash bench/quant_ppl.sh          # needs ../shared/fixtures/fetch.sh run first
+#   bash bench/quant_ppl.sh          # needs scripts/fixtures.sh run first
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FIX="${TENPAK_FIXTURES:-$HOME/.cache/tenpak-fixtures}"

@@ -11,19 +11,15 @@ use crate::util::{fixtures, tenpak_ok};
 /// Max |logit - reference| allowed (issue #4).
 const LOGIT_TOL: f32 = 1e-2;
 
-fn reference_dir(model: &str) -> Option<PathBuf> {
-    let d = PathBuf::from(env!("CARGO_MANIFEST_DIR"))
-        .join("../shared/fixtures/reference")
-        .join(model);
-    if d.join("logits.safetensors").exists() {
-        return Some(d);
-    }
+/// The committed reference of one fixture model (`tests/data/reference/<model>`).
+fn reference_dir(model: &str) -> PathBuf {
+    let d = crate::util::data(&format!("reference/{model}"));
     assert!(
-        std::env::var("CI").map_or(true, |v| v != "true"),
-        "reference logits missing under CI: {}",
+        d.join("logits.safetensors").exists(),
+        "reference logits missing from the repository: {}",
         d.display()
     );
-    None
+    d
 }
 
 fn read_ref(dir: &std::path::Path) -> (Vec<u32>, Vec<usize>, Vec<f32>, usize) {
@@ -51,9 +47,7 @@ fn logits_match_transformers_on_the_probe_window() {
         ("smollm2-135m", "models/SmolLM2-135M-Instruct.Q4_1.gguf"),
         ("gemma3-270m", "models/gemma-3-270m-q4_k_m.gguf"),
     ] {
-        let Some(rdir) = reference_dir(name) else {
-            return;
-        };
+        let rdir = reference_dir(name);
         let tmp = tempfile::tempdir().expect("tmp");
         let out = tmp.path().join("m");
         tenpak_ok(&[

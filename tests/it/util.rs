@@ -5,28 +5,36 @@ use std::process::{Command, Output};
 
 use tenpak::dtype::DType;
 
-/// The fixture directory (`$TENPAK_FIXTURES` or `~/.cache/tenpak-fixtures`) if the fetch
-/// script has filled it. Under `CI=true` a missing fixture is a failure, not a skip.
+/// The fixture directory (`$TENPAK_FIXTURES` or `~/.cache/tenpak-fixtures`) if
+/// `scripts/fixtures.sh` has filled it. Under `CI=true` a missing fixture is a failure, not
+/// a skip.
 pub fn fixtures() -> Option<PathBuf> {
     let dir = std::env::var_os("TENPAK_FIXTURES")
         .map(PathBuf::from)
         .or_else(|| {
             std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tenpak-fixtures"))
         })?;
-    let ok = dir.join("models/SmolLM2-135M-Instruct.Q4_1.gguf").exists()
-        && dir.join("models/gemma-3-270m-q4_k_m.gguf").exists()
-        && dir.join("text/emma.txt").exists();
-    if ok {
+    let missing: Vec<&str> = [
+        "models/SmolLM2-135M-Instruct.Q4_1.gguf",
+        "models/gemma-3-270m-q4_k_m.gguf",
+        "text/emma.txt",
+        "text/brown.txt",
+    ]
+    .into_iter()
+    .filter(|f| !dir.join(f).exists())
+    .collect();
+    if missing.is_empty() {
         return Some(dir);
     }
     if std::env::var("CI").is_ok_and(|v| v == "true") {
         panic!(
-            "fixtures missing in {} under CI: run ../shared/fixtures/fetch.sh",
-            dir.display()
+            "fixtures missing in {} under CI ({}): run scripts/fixtures.sh",
+            dir.display(),
+            missing.join(", ")
         );
     }
     eprintln!(
-        "skipping: fixtures not found in {} (run ../shared/fixtures/fetch.sh)",
+        "skipping: fixtures not found in {} (run scripts/fixtures.sh)",
         dir.display()
     );
     None
