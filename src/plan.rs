@@ -257,7 +257,7 @@ pub fn plan(
     selection: &Selection,
     quantize_embeddings: bool,
     tuning: Tuning,
-    calib: Option<&crate::quantize::Calib>,
+    calib: Option<&crate::calib::Calib>,
 ) -> Result<Vec<TensorPlan>> {
     let with_outliers = |s: CodecSpec| tuning.apply(s);
     let mut plans: Vec<TensorPlan> = src
@@ -301,7 +301,7 @@ fn measure(
     src: &dyn TensorSource,
     meta: &TensorMeta,
     cands: &[CodecSpec],
-    calib: Option<&crate::quantize::Calib>,
+    calib: Option<&crate::calib::Calib>,
 ) -> Result<Vec<(f64, f64)>> {
     let (rows, cols) = (meta.shape[0], meta.shape[1]);
     let w = src.read_f32(&meta.name)?;
@@ -361,7 +361,7 @@ fn allocate_budget(
     plans: &mut [TensorPlan],
     budget: f64,
     tuning: Tuning,
-    calib: Option<&crate::quantize::Calib>,
+    calib: Option<&crate::calib::Calib>,
 ) -> Result<()> {
     let mut cands: Vec<CodecSpec> = budget_candidates()
         .into_iter()
@@ -377,9 +377,7 @@ fn allocate_budget(
         .map(|(i, _)| i)
         .collect();
     if idx.is_empty() {
-        return Err(Error::Plan(
-            "no linear layers in the transformer blocks to spend a bit budget on".into(),
-        ));
+        return Err(Error::NothingToBudget);
     }
     let mut costs = Vec::with_capacity(idx.len());
     let mut total_weights = 0f64;
@@ -394,10 +392,10 @@ fn allocate_budget(
         .map(|c| c.iter().map(|x| x.0).fold(f64::INFINITY, f64::min))
         .sum();
     if min_bits > limit {
-        return Err(Error::Plan(format!(
-            "{budget} bits/weight is below the cheapest codec ({:.3} bits/weight over the blocks' linear layers)",
-            min_bits / total_weights
-        )));
+        return Err(Error::BudgetTooSmall {
+            requested: budget,
+            cheapest: min_bits / total_weights,
+        });
     }
     let choose = |lambda: f64| -> Vec<usize> {
         costs

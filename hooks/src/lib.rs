@@ -263,7 +263,9 @@ pub fn job_key(repo: &str, revision: &str) -> String {
     hex::encode(h.finalize())
 }
 
-fn is_full_sha(s: &str) -> bool {
+/// Whether `s` is a full 40-hex commit sha: what the Hub names an exact revision by. The
+/// one definition (`tenpak::hub` re-exports it).
+pub fn is_commit(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|c| c.is_ascii_hexdigit())
 }
 
@@ -339,7 +341,7 @@ pub fn decide(p: &Payload, policy: &Policy) -> Decision {
             None => return Decision::ignore("content update without headSha or updatedRefs"),
         },
     };
-    if !is_full_sha(&revision) {
+    if !is_commit(&revision) {
         return Decision::ignore(format!("{revision:?} is not a full commit sha"));
     }
     let revision = revision.to_ascii_lowercase();

@@ -82,16 +82,15 @@ async fn keys(State(ctx): State<Arc<Ctx>>) -> Response {
         "id": sign::key_id(&public),
         "algorithm": "ed25519",
         "public_key": hex,
-        "key_file": format!("tenpak-ed25519-public {hex}\n"),
+        "key_file": sign::public_key_line(&public),
     }]}))
     .into_response()
 }
 
 async fn key_file(State(ctx): State<Arc<Ctx>>) -> Response {
-    let hex = hex::encode(ctx.key.verifying_key().as_bytes());
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
-        format!("tenpak-ed25519-public {hex}\n"),
+        sign::public_key_line(&ctx.key.verifying_key()),
     )
         .into_response()
 }

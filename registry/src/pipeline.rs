@@ -196,7 +196,7 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<(), JobError> {
         let source = format!("{}@{commit}", job.repo);
         let n = targets.len() as f64;
         let report = blocking(move || {
-            let src = tenpak::source::open(&dir, DType::BF16)?;
+            let src = tenpak::models::open(&dir, DType::BF16)?;
             let total = src.tensors().len().max(1) as f64;
             let done = std::sync::atomic::AtomicUsize::new(0);
             let last = std::sync::Mutex::new(Instant::now());
@@ -410,10 +410,7 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<(), JobError> {
         repo: companion.clone(),
         commit: revision_id.clone(),
         files,
-        created_at: std::time::SystemTime::now()
-            .duration_since(std::time::UNIX_EPOCH)
-            .map(|d| d.as_secs_f64())
-            .unwrap_or(0.0),
+        created_at: crate::store::now(),
     })?;
     ctx.store
         .set_published(id, hub_commit.as_deref().unwrap_or(&revision_id), &upload)?;
@@ -445,7 +442,7 @@ fn measure(
 ) -> Vec<Result<f64, String>> {
     use tenpak::runtime::{perplexity, Model, Tokenizer, Windows};
     let base = (|| -> Result<(Vec<u32>, Option<u32>, Windows, f64), String> {
-        let src = tenpak::source::open(dir, DType::BF16).map_err(|e| e.to_string())?;
+        let src = tenpak::models::open(dir, DType::BF16).map_err(|e| e.to_string())?;
         let tok_bytes = tenpak::source::side_files(src.as_ref())
             .map_err(|e| e.to_string())?
             .into_iter()

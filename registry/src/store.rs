@@ -130,7 +130,8 @@ pub struct Store {
     conn: Mutex<Connection>,
 }
 
-fn now() -> f64 {
+/// Seconds since the Unix epoch (job and revision timestamps).
+pub(crate) fn now() -> f64 {
     SystemTime::now()
         .duration_since(UNIX_EPOCH)
         .map(|d| d.as_secs_f64())

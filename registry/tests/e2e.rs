@@ -33,7 +33,7 @@ fn check_artifact(bytes: &[u8], key: &ed25519_dalek::VerifyingKey, model: &std::
     let a = Artifact::open(Box::new(MemorySource::new(bytes.to_vec()))).expect("open artifact");
     a.verify_signature(key).expect("signed by the registry");
     a.verify_chunks(&|_| {}).expect("chunks verify");
-    let src = tenpak::source::open(model, DType::BF16).expect("source");
+    let src = tenpak::models::open(model, DType::BF16).expect("source");
     assert_eq!(a.manifest().tensors.len(), src.tensors().len());
     for t in src.tensors() {
         let want = src.read_f32(&t.name).expect("source tensor");

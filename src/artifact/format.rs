@@ -32,68 +32,7 @@ pub const MAX_MANIFEST_LEN: u64 = 256 << 20;
 /// Largest signature block a reader accepts.
 pub const MAX_SIGNATURE_LEN: u64 = 1 << 16;
 
-/// Why a `.tnpk` is rejected (wrapped into [`crate::Error::Artifact`]).
-#[derive(Debug, Clone, PartialEq, Eq, thiserror::Error)]
-#[non_exhaustive]
-pub enum FormatError {
-    /// Not a `.tnpk` at all.
-    #[error("not a .tnpk file (bad magic)")]
-    BadMagic,
-    /// A major version this reader does not know.
-    #[error("unsupported .tnpk major version {0} (this reader handles {MAJOR})")]
-    UnsupportedVersion(u16),
-    /// Flags set that this version does not define.
-    #[error("unknown header flags {0:#x}")]
-    UnknownFlags(u32),
-    /// Reserved header bytes not zero.
-    #[error("reserved header bytes are not zero")]
-    ReservedNotZero,
-    /// Header regions do not fit the file or each other.
-    #[error("bad layout: {0}")]
-    Layout(String),
-    /// The manifest does not hash to the digest in the header.
-    #[error("manifest digest mismatch: header says {expected}, manifest hashes to {actual}")]
-    ManifestDigest {
-        /// From the header.
-        expected: String,
-        /// Computed.
-        actual: String,
-    },
-    /// Manifest JSON invalid, non-canonical or inconsistent.
-    #[error("invalid manifest: {0}")]
-    Manifest(String),
-    /// A chunk's bytes do not hash to its recorded sha256.
-    #[error("chunk {chunk} (of {owner}) is corrupt: sha256 {actual}, manifest says {expected}")]
-    ChunkDigest {
-        /// Chunk index in the chunk table.
-        chunk: usize,
-        /// The tensor or file that uses it.
-        owner: String,
-        /// Recorded.
-        expected: String,
-        /// Computed.
-        actual: String,
-    },
-    /// Signature block malformed.
-    #[error("invalid signature block: {0}")]
-    SignatureBlock(String),
-    /// No signature by the requested key.
-    #[error("not signed by key {key_id}{}", if .signers.is_empty() { " (the artifact is unsigned)".to_string() } else { format!(" (signed by: {})", .signers.join(", ")) })]
-    NotSignedBy {
-        /// Requested key id.
-        key_id: String,
-        /// Key ids that did sign.
-        signers: Vec<String>,
-    },
-    /// A signature by the right key that does not verify.
-    #[error(
-        "signature by key {key_id} does not verify: the manifest or the signature was altered"
-    )]
-    BadSignature {
-        /// Key id.
-        key_id: String,
-    },
-}
+pub use crate::error::FormatError;
 
 /// The validated 128-byte header.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -146,7 +85,10 @@ impl Header {
         }
         let major = u16::from_le_bytes([b[8], b[9]]);
         if major != MAJOR {
-            return Err(FormatError::UnsupportedVersion(major));
+            return Err(FormatError::UnsupportedVersion {
+                found: major,
+                supported: MAJOR,
+            });
         }
         let flags = u32::from_le_bytes([b[12], b[13], b[14], b[15]]);
         if flags != 0 {
@@ -358,7 +300,13 @@ pub struct BaseRef {
 }
 
 /// The manifest: everything about an artifact except the chunk bytes.
+///
+/// Deserializing validates it (through [`RawManifest`]): a `Manifest` read from JSON has
+/// its chunk table sorted, aligned and non-overlapping, every reference in range, every
+/// length consistent and every file name plain. [`Manifest::parse`] adds the checks that
+/// need the file (canonical bytes, chunks inside the data region).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
+#[serde(try_from = "RawManifest")]
 pub struct Manifest {
     /// Always `"tnpk"`.
     pub format: String,
@@ -378,6 +326,50 @@ pub struct Manifest {
     pub tensors: Vec<TensorEntry>,
     /// Side files.
     pub files: Vec<FileEntry>,
+}
+
+/// A manifest as it is on the wire, before validation; only [`Manifest`]'s
+/// deserialization uses it.
+#[derive(Debug, Clone, Deserialize)]
+pub struct RawManifest {
+    /// Always `"tnpk"`.
+    pub format: String,
+    /// Chunk alignment in bytes.
+    pub alignment: u64,
+    /// Largest chunk the writer produced.
+    pub chunk_size: u64,
+    /// Writer name and version.
+    pub created_by: String,
+    /// Free-form string metadata (source, target, ...).
+    pub metadata: BTreeMap<String, String>,
+    /// Delta base (reserved).
+    pub base: Option<BaseRef>,
+    /// Chunk table, sorted by offset.
+    pub chunks: Vec<Chunk>,
+    /// Tensors, in write order.
+    pub tensors: Vec<TensorEntry>,
+    /// Side files.
+    pub files: Vec<FileEntry>,
+}
+
+impl TryFrom<RawManifest> for Manifest {
+    type Error = FormatError;
+
+    fn try_from(r: RawManifest) -> Result<Self, FormatError> {
+        let m = Manifest {
+            format: r.format,
+            alignment: r.alignment,
+            chunk_size: r.chunk_size,
+            created_by: r.created_by,
+            metadata: r.metadata,
+            base: r.base,
+            chunks: r.chunks,
+            tensors: r.tensors,
+            files: r.files,
+        };
+        m.validate()?;
+        Ok(m)
+    }
 }
 
 /// Lowercase hex sha256.
@@ -410,13 +402,37 @@ impl Manifest {
                 "floating-point numbers are not allowed".into(),
             ));
         }
-        let m: Manifest =
+        // The raw form first, so validation errors stay typed (serde would stringify them).
+        let raw: RawManifest =
             serde_json::from_value(value).map_err(|e| FormatError::Manifest(e.to_string()))?;
-        m.validate(data_start, data_end)?;
+        let m = Manifest::try_from(raw)?;
+        m.check_region(data_start, data_end)?;
         Ok(m)
     }
 
-    fn validate(&self, data_start: u64, data_end: u64) -> Result<(), FormatError> {
+    /// Fails unless every chunk lies in the data region `[data_start, data_end)` (the
+    /// table is sorted and non-overlapping already, so the first and last decide).
+    fn check_region(&self, data_start: u64, data_end: u64) -> Result<(), FormatError> {
+        if let Some(first) = self.chunks.first() {
+            if first.offset < data_start {
+                return Err(FormatError::Manifest(
+                    "chunk 0 precedes the data region".into(),
+                ));
+            }
+        }
+        if let Some(last) = self.chunks.last() {
+            if last.offset + last.length > data_end {
+                return Err(FormatError::Manifest(format!(
+                    "chunk {} ends past the data region",
+                    self.chunks.len() - 1
+                )));
+            }
+        }
+        Ok(())
+    }
+
+    /// The checks that need nothing but the manifest (run by deserialization).
+    fn validate(&self) -> Result<(), FormatError> {
         let bad = |s: String| Err(FormatError::Manifest(s));
         if self.format != "tnpk" {
             return bad(format!("format is {:?}, not \"tnpk\"", self.format));
@@ -427,7 +443,7 @@ impl Manifest {
                 self.alignment
             ));
         }
-        let mut prev_end = data_start;
+        let mut prev_end = 0u64;
         for (i, c) in self.chunks.iter().enumerate() {
             if c.length == 0 || c.offset % self.alignment != 0 {
                 return bad(format!(
@@ -440,9 +456,8 @@ impl Manifest {
                     "chunk {i} overlaps the previous chunk or precedes the data region"
                 ));
             }
-            let end = c.offset.checked_add(c.length).filter(|&e| e <= data_end);
-            let Some(end) = end else {
-                return bad(format!("chunk {i} ends past the data region"));
+            let Some(end) = c.offset.checked_add(c.length) else {
+                return bad(format!("chunk {i} ends past the end of any file"));
             };
             if c.sha256.len() != 64
                 || !c
@@ -562,7 +577,10 @@ mod tests {
         x[8] = 2;
         assert_eq!(
             Header::parse(&x, 4196),
-            Err(FormatError::UnsupportedVersion(2))
+            Err(FormatError::UnsupportedVersion {
+                found: 2,
+                supported: MAJOR
+            })
         );
         let mut x = b;
         x[12] = 1;
@@ -572,7 +590,10 @@ mod tests {
         assert_eq!(Header::parse(&x, 4196), Err(FormatError::ReservedNotZero));
         let mut x = h;
         x.manifest_len = u64::MAX;
-        assert!(Header::parse(&x.to_bytes(), 4196).is_err());
+        assert!(matches!(
+            Header::parse(&x.to_bytes(), 4196),
+            Err(FormatError::Layout(_))
+        ));
     }
 
     fn manifest() -> Manifest {
@@ -613,28 +634,52 @@ mod tests {
         ));
         let mut bad = m.clone();
         bad.chunks[0].offset = 4097;
-        assert!(Manifest::parse(&bad.to_canonical(), 4096, 8192).is_err());
+        assert!(matches!(
+            Manifest::parse(&bad.to_canonical(), 4096, 8192),
+            Err(FormatError::Manifest(_))
+        ));
         let mut bad = m.clone();
         bad.tensors[0].chunks = vec![3];
-        assert!(Manifest::parse(&bad.to_canonical(), 4096, 8192).is_err());
+        assert!(matches!(
+            Manifest::parse(&bad.to_canonical(), 4096, 8192),
+            Err(FormatError::Manifest(_))
+        ));
         let mut bad = m.clone();
         bad.tensors[0].shape = vec![3, 3];
-        assert!(Manifest::parse(&bad.to_canonical(), 4096, 8192).is_err());
+        assert!(matches!(
+            Manifest::parse(&bad.to_canonical(), 4096, 8192),
+            Err(FormatError::Manifest(_))
+        ));
         let mut bad = m.clone();
         bad.files.push(FileEntry {
             name: "../evil".into(),
             length: 8,
             chunks: vec![0],
         });
-        assert!(Manifest::parse(&bad.to_canonical(), 4096, 8192).is_err());
+        assert!(matches!(
+            Manifest::parse(&bad.to_canonical(), 4096, 8192),
+            Err(FormatError::Manifest(_))
+        ));
         assert!(
-            Manifest::parse(&m.to_canonical(), 4096, 4100).is_err(),
+            matches!(
+                Manifest::parse(&m.to_canonical(), 4096, 4100),
+                Err(FormatError::Manifest(_))
+            ),
             "chunk past the data region"
         );
+        // Deserializing validates too: an inconsistent manifest cannot be read back.
+        let mut bad = m.clone();
+        bad.tensors[0].chunks = vec![3];
+        let json = serde_json::to_string(&bad).expect("json");
+        assert!(serde_json::from_str::<Manifest>(&json)
+            .is_err_and(|e| e.to_string().contains("chunk 3 does not exist")));
         let with_float = String::from_utf8(bytes.clone())
             .expect("utf8")
             .replace("\"alignment\":4096", "\"alignment\":4096.0");
-        assert!(Manifest::parse(with_float.as_bytes(), 4096, 8192).is_err());
+        assert!(matches!(
+            Manifest::parse(with_float.as_bytes(), 4096, 8192),
+            Err(FormatError::Manifest(_))
+        ));
     }
 
     #[test]

@@ -183,24 +183,22 @@ impl Artifact {
 
     /// Decodes a tensor's verified bytes to f32.
     pub fn decode(&self, t: &TensorEntry, bytes: &[u8]) -> Result<Vec<f32>> {
-        let numel = usize::try_from(t.numel())
-            .map_err(|_| Error::Plan(format!("tensor {} too large", t.name)))?;
+        let numel = usize::try_from(t.numel()).map_err(|_| Error::LimitExceeded {
+            path: self.src.location().into(),
+            what: "tensor elements",
+            value: t.numel(),
+            limit: usize::MAX as u64,
+        })?;
         let mut out = vec![0f32; numel];
         match &t.encoding {
             Encoding::Raw => t.dtype.decode_into(bytes, &mut out),
             Encoding::Int4 { .. } | Encoding::Int4Residual { .. } | Encoding::Composite { .. } => {
-                codec::decode(bytes, &mut out).map_err(|e| match e {
-                    Error::CorruptEncoding(m) => {
-                        Error::CorruptEncoding(format!("tensor {}: {m}", t.name))
-                    }
-                    e => e,
-                })?
+                codec::decode(bytes, &mut out).map_err(|e| e.in_tensor(&t.name))?
             }
             Encoding::Unknown => {
-                return Err(Error::InvalidCodec(format!(
-                    "tensor {} uses a codec this version of tenpak does not know",
-                    t.name
-                )))
+                return Err(Error::UnknownCodec {
+                    tensor: t.name.clone(),
+                })
             }
         }
         Ok(out)
@@ -306,14 +304,13 @@ impl Artifact {
         progress: &dyn Fn(&TensorEntry),
     ) -> Result<Vec<String>> {
         if let Some(base) = &self.manifest.base {
-            return Err(Error::Plan(format!(
-                "this artifact is a delta against {}; applying deltas is not supported by this version",
-                base.digest
-            )));
+            return Err(Error::DeltaNeedsBase {
+                base: base.digest.clone(),
+            });
         }
         let chosen = self.select(sel);
         if chosen.is_empty() {
-            return Err(Error::Plan("no tensor matches the selection".into()));
+            return Err(Error::NothingSelected);
         }
         let metas: Vec<TensorMeta> = chosen
             .iter()

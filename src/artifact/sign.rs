@@ -41,6 +41,12 @@ pub fn generate() -> Result<SigningKey> {
     Ok(SigningKey::from_bytes(&seed))
 }
 
+/// The public key file's one line (`tenpak-ed25519-public <64 hex>\n`), as `keygen`
+/// writes it and the registry serves it.
+pub fn public_key_line(key: &VerifyingKey) -> String {
+    format!("{PUBLIC_TAG} {}\n", hex::encode(key.as_bytes()))
+}
+
 /// Writes `path` (secret, mode 0600 on Unix) and `path.pub` (public).
 pub fn write_keypair(key: &SigningKey, path: &Path) -> Result<()> {
     if path.exists() {
@@ -50,10 +56,7 @@ pub fn write_keypair(key: &SigningKey, path: &Path) -> Result<()> {
         });
     }
     let secret = format!("{SECRET_TAG} {}\n", hex::encode(key.to_bytes()));
-    let public = format!(
-        "{PUBLIC_TAG} {}\n",
-        hex::encode(key.verifying_key().as_bytes())
-    );
+    let public = public_key_line(&key.verifying_key());
     let mut opts = std::fs::OpenOptions::new();
     opts.write(true).create_new(true);
     #[cfg(unix)]
@@ -213,7 +216,10 @@ mod tests {
             verify(&tampered, &digest, &k.verifying_key()),
             Err(FormatError::BadSignature { .. })
         ));
-        assert!(parse_block(&block[..block.len() - 1]).is_err());
+        assert!(matches!(
+            parse_block(&block[..block.len() - 1]),
+            Err(FormatError::SignatureBlock(_))
+        ));
     }
 
     #[test]
@@ -222,7 +228,10 @@ mod tests {
         let p = dir.path().join("k");
         let k = generate().expect("key");
         write_keypair(&k, &p).expect("write");
-        assert!(write_keypair(&k, &p).is_err(), "no overwrite");
+        assert!(
+            matches!(write_keypair(&k, &p), Err(crate::Error::Key { .. })),
+            "no overwrite"
+        );
         assert_eq!(load_signing_key(&p).expect("sk").to_bytes(), k.to_bytes());
         assert_eq!(
             load_public_key(&public_path(&p)).expect("pk"),

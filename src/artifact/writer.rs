@@ -15,6 +15,7 @@ use sha2::{Digest, Sha256};
 use super::format::{self, Chunk, Encoding, FileEntry, Header, Manifest, TensorEntry};
 use super::sign;
 use crate::dtype::DType;
+use crate::error::WriterMisuse;
 use crate::{Error, Result};
 
 /// What [`ArtifactWriter::finish`] reports.
@@ -60,9 +61,12 @@ impl ArtifactWriter {
     /// Starts writing with an explicit alignment (power of two ≥ 64) and chunk size.
     pub fn with_layout(path: &Path, alignment: u64, chunk_size: u64) -> Result<Self> {
         if !alignment.is_power_of_two() || alignment < 64 || chunk_size == 0 {
-            return Err(Error::Plan(format!(
-                "alignment {alignment} / chunk size {chunk_size}"
-            )));
+            return Err(Error::InvalidOption {
+                option: "alignment/chunk size",
+                reason: format!(
+                    "alignment {alignment} must be a power of two ≥ 64 and chunk size {chunk_size} positive"
+                ),
+            });
         }
         let name = path
             .file_name()
@@ -99,7 +103,7 @@ impl ArtifactWriter {
         let out = self
             .out
             .as_mut()
-            .ok_or_else(|| Error::Plan("writer already finished".into()))?;
+            .ok_or_else(|| Error::Writer(WriterMisuse::Finished))?;
         out.write_all(bytes)
             .map_err(|e| Error::io("write", &self.tmp, e))?;
         self.pos += bytes.len() as u64;
@@ -118,7 +122,7 @@ impl ArtifactWriter {
             let pad = self.pos.next_multiple_of(self.alignment) - self.pos;
             self.write_bytes(&vec![0u8; pad as usize])?;
             let i = u32::try_from(self.chunks.len())
-                .map_err(|_| Error::Plan("more than 2^32 chunks".into()))?;
+                .map_err(|_| Error::Writer(WriterMisuse::TooManyChunks))?;
             self.chunks.push(Chunk {
                 offset: self.pos,
                 length: piece.len() as u64,
@@ -142,7 +146,7 @@ impl ArtifactWriter {
         encoded: &[u8],
     ) -> Result<()> {
         if self.tensors.iter().any(|t| t.name == name) {
-            return Err(Error::Plan(format!("tensor {name} added twice")));
+            return Err(Error::Writer(WriterMisuse::Duplicate(name.to_string())));
         }
         let chunks = self.add_chunks(encoded)?;
         self.tensors.push(TensorEntry {
@@ -196,7 +200,7 @@ impl ArtifactWriter {
         let out = self
             .out
             .take()
-            .ok_or_else(|| Error::Plan("writer already finished".into()))?;
+            .ok_or_else(|| Error::Writer(WriterMisuse::Finished))?;
         let placed = out
             .into_inner()
             .map_err(|e| Error::io("flush", &self.tmp, e.into_error()))

@@ -22,6 +22,10 @@
 //! tokens costs several times the forward passes; the Hessian diagonal above is the
 //! proxy the calibrated codecs use.
 
+mod file;
+
+pub use file::Calib;
+
 use std::collections::{BTreeMap, HashMap};
 use std::path::Path;
 
@@ -145,14 +149,16 @@ impl Observer for Stats {
 /// Evenly spaced windows of `seq` tokens over `ids`.
 pub fn windows(ids: &[u32], opts: CalibOptions) -> Result<Vec<&[u32]>> {
     if opts.samples == 0 || opts.seq == 0 {
-        return Err(Error::Plan("samples and seq must be positive".into()));
+        return Err(Error::InvalidOption {
+            option: "samples/seq",
+            reason: "must be positive".into(),
+        });
     }
     if ids.len() < opts.seq {
-        return Err(Error::Plan(format!(
-            "the text has {} tokens, fewer than one window of {}",
-            ids.len(),
-            opts.seq
-        )));
+        return Err(Error::TextTooShort {
+            tokens: ids.len(),
+            window: opts.seq,
+        });
     }
     let span = ids.len() - opts.seq;
     let n = opts.samples;

@@ -1,11 +1,8 @@
 //! `tenpak bench-gpu`: GPU decode checked against the CPU decode and timed, in one run.
 
-use std::io::Write;
 use std::path::PathBuf;
 
-use tenpak::gpu::{self, BenchOptions};
-
-/// Arguments of `tenpak bench-gpu` (needs a build with `--features cuda` and a GPU).
+/// Arguments of `tenpak bench-gpu` (needs a build with `--features bench-gpu` and a GPU).
 ///
 /// 1. Every kernel (int4 in several group sizes, both modes, ragged rows and odd groups;
 ///    int4_residual; fp16 outliers) decodes fresh random encodings to f32, bf16 and f16,
@@ -38,9 +35,20 @@ pub struct Args {
     pub json: bool,
 }
 
+/// Without the harness compiled in, says how to get it.
+#[cfg(not(feature = "bench-gpu"))]
+pub fn run(_: Args) -> anyhow::Result<()> {
+    anyhow::bail!(
+        "this tenpak was built without the GPU benchmark: cargo build --release --features bench-gpu"
+    )
+}
+
 /// Runs the benchmark.
+#[cfg(feature = "bench-gpu")]
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let r = gpu::bench(&BenchOptions {
+    use std::io::Write;
+    use tenpak::gpu::bench::{self, BenchOptions};
+    let r = bench::bench(&BenchOptions {
         rows: a.rows,
         cols: a.cols,
         reps: a.reps,

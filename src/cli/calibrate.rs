@@ -71,7 +71,7 @@ pub fn calibrate(
 ) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string(text_path)
         .with_context(|| format!("reading {}", text_path.display()))?;
-    let src = tenpak::source::open(model_path, DType::BF16)
+    let src = tenpak::models::open(model_path, DType::BF16)
         .with_context(|| format!("opening {}", model_path.display()))?;
     let tok = tenpak::source::side_files(src.as_ref())?
         .into_iter()

@@ -51,7 +51,7 @@ fn eval_one(
     w: Windows,
     what: &str,
 ) -> anyhow::Result<Perplexity> {
-    let src = tenpak::source::open(path, DType::BF16)
+    let src = tenpak::models::open(path, DType::BF16)
         .with_context(|| format!("opening {}", path.display()))?;
     let model = Model::load(src.as_ref()).with_context(|| format!("loading {}", path.display()))?;
     drop(src);
@@ -74,7 +74,7 @@ fn eval_one(
 pub fn run(a: Args) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.text)
         .with_context(|| format!("reading {}", a.text.display()))?;
-    let src = tenpak::source::open(&a.model, DType::BF16)
+    let src = tenpak::models::open(&a.model, DType::BF16)
         .with_context(|| format!("opening {}", a.model.display()))?;
     let tok_bytes = tenpak::source::side_files(src.as_ref())?
         .into_iter()

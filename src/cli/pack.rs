@@ -72,7 +72,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let (model_path, source) = resolve_model(&a.model)?;
     a.codecs
         .attach_calibration(&mut opts, &model_path, &a.output)?;
-    let src = tenpak::source::open(&model_path, a.codecs.gguf_dtype)
+    let src = tenpak::models::open(&model_path, a.codecs.gguf_dtype)
         .with_context(|| format!("opening {}", model_path.display()))?;
     let selection = a.codecs.describe(&opts);
     let pb = super::progress::bar(src.tensors().len() as u64, "pack");

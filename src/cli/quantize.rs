@@ -201,7 +201,7 @@ impl CodecArgs {
                 return Ok(());
             }
         };
-        let calib = tenpak::quantize::Calib::open(&path, tenpak::codec::gptq::DEFAULT_DAMP)
+        let calib = tenpak::calib::Calib::open(&path, tenpak::codec::gptq::DEFAULT_DAMP)
             .map_err(|e| anyhow::anyhow!("--stats: {e}"))?;
         if self.gptq && !calib.has_xtx() {
             bail!(
@@ -267,7 +267,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let mut opts = a.codecs.options(a.max_shard_size)?;
     a.codecs
         .attach_calibration(&mut opts, &a.model, &a.output)?;
-    let src = tenpak::source::open(&a.model, a.codecs.gguf_dtype)
+    let src = tenpak::models::open(&a.model, a.codecs.gguf_dtype)
         .with_context(|| format!("opening {}", a.model.display()))?;
     let pb = super::progress::bar(src.tensors().len() as u64, "quantize");
     let report = quantize(src.as_ref(), &a.output, &opts, &|t| {
@@ -293,11 +293,7 @@ pub fn print_table(out: &mut impl Write, r: &Report, all: bool) -> std::io::Resu
         "{:<52} {:>14} {:>8} {:<22} {:>7} {:>9}",
         "tensor", "shape", "source", "codec", "bpw", "rel.err"
     )?;
-    for t in r
-        .tensors
-        .iter()
-        .filter(|t| all || !t.codec.starts_with("keep"))
-    {
+    for t in r.tensors.iter().filter(|t| all || !t.kept) {
         writeln!(
             out,
             "{:<52} {:>14} {:>8} {:<22} {:>7.3} {:>9.5}",
@@ -309,11 +305,7 @@ pub fn print_table(out: &mut impl Write, r: &Report, all: bool) -> std::io::Resu
             t.rel_error
         )?;
     }
-    let kept = r
-        .tensors
-        .iter()
-        .filter(|t| t.codec.starts_with("keep"))
-        .count();
+    let kept = r.tensors.iter().filter(|t| t.kept).count();
     if !all && kept > 0 {
         writeln!(
             out,

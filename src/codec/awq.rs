@@ -28,8 +28,32 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::{f16_bytes, Codec, CodecId, Header, HEADER_LEN};
+use super::header::{CodecId, Header, HEADER_LEN};
+use super::spec::{CodecSpec, DEFAULT_AWQ_OUTLIERS};
+use super::spec::{EncodingRow, GpuDecode};
+use super::traits::{f16_bytes, Codec, Decoder};
+use crate::error::Corruption;
 use crate::{Error, Result};
+
+/// Codec id of the AWQ multiplier wrapper ("scaled").
+pub const ID: CodecId = CodecId(5);
+
+/// The wrapper's row: no kernel yet, so decoded on the CPU and uploaded.
+pub const ENCODING: EncodingRow = EncodingRow {
+    id: ID,
+    name: "scaled",
+    decode,
+    gpu: GpuDecode::CpuThenUpload,
+};
+
+/// `--codec int4_awq`: `int4` (default g128) + AWQ + the 0.1 % most salient weights as fp16.
+pub fn int4_awq_preset(group: Option<usize>) -> CodecSpec {
+    CodecSpec {
+        awq: true,
+        outlier_fraction: DEFAULT_AWQ_OUTLIERS,
+        ..CodecSpec::int4(group.unwrap_or(128))
+    }
+}
 
 /// Grid points of α in [0, 1).
 pub const GRID: usize = 20;
@@ -110,6 +134,7 @@ pub fn search(
     rows: usize,
     cols: usize,
     act: &Activations<'_>,
+    decode: Decoder,
 ) -> Result<(f64, Vec<f16>, Vec<f32>)> {
     check(act, cols)?;
     let take = rows.min(SEARCH_ROWS);
@@ -124,7 +149,8 @@ pub fn search(
         let (m, s) = scales_for(alpha, act);
         let (ws, imp) = scaled(&sample, cols, &s, act.sq_mean);
         let enc = inner.encode_checked(&ws, take, cols, Some(&imp))?;
-        let dec = super::decode_vec(&enc)?;
+        let mut dec = vec![0f32; sample.len()];
+        decode(&enc, &mut dec)?;
         let delta: Vec<f32> = dec
             .iter()
             .enumerate()
@@ -167,8 +193,9 @@ pub fn encode(
     cols: usize,
     act: &Activations<'_>,
     gptq_encode: Option<Feedback<'_>>,
+    decode: Decoder,
 ) -> Result<(f64, Vec<u8>)> {
-    let (alpha, m, s) = search(inner, w, rows, cols, act)?;
+    let (alpha, m, s) = search(inner, w, rows, cols, act, decode)?;
     let (ws, imp) = scaled(w, cols, &s, act.sq_mean);
     let body = match gptq_encode {
         Some(f) => f(&ws, &s)?,
@@ -180,7 +207,7 @@ pub fn encode(
 /// `Scaled` encoding of multipliers `m` around `inner`.
 pub fn wrap(m: &[f16], inner: &[u8], rows: usize, cols: usize) -> Vec<u8> {
     let mut buf = Vec::with_capacity(HEADER_LEN + 2 * cols + inner.len());
-    buf.extend_from_slice(&Header::new(CodecId::Scaled, rows, cols).to_bytes());
+    buf.extend_from_slice(&Header::new(ID, rows, cols).to_bytes());
     buf.extend(f16_bytes(m));
     buf.extend_from_slice(inner);
     buf
@@ -192,19 +219,32 @@ pub fn overhead(cols: usize) -> usize {
 }
 
 /// Decodes a `Scaled` encoding.
-pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+pub(crate) fn decode(
+    h: &Header,
+    bytes: &[u8],
+    out: &mut [f32],
+    inner_decode: Decoder,
+) -> Result<()> {
     let cols = h.cols as usize;
     let Some(m) = bytes.get(HEADER_LEN..HEADER_LEN + 2 * cols) else {
-        return Err(Error::CorruptEncoding("scaled encoding truncated".into()));
+        return Err(Error::corrupt(
+            ENCODING.name,
+            Corruption::Truncated {
+                what: "multipliers",
+                needed: (HEADER_LEN + 2 * cols) as u64,
+                len: bytes.len() as u64,
+            },
+        ));
     };
     let inner = &bytes[HEADER_LEN + 2 * cols..];
     let ih = Header::parse(inner)?;
-    if ih.id == CodecId::Scaled || ih.rows != h.rows || ih.cols != h.cols {
-        return Err(Error::CorruptEncoding(
-            "scaled encoding wraps a nested or differently shaped encoding".into(),
+    if ih.id == ID || ih.rows != h.rows || ih.cols != h.cols {
+        return Err(Error::corrupt(
+            ENCODING.name,
+            Corruption::Structure("scaled encoding wraps a nested or differently shaped encoding"),
         ));
     }
-    super::decode(inner, out)?;
+    inner_decode(inner, out)?;
     let mut mf = Vec::new();
     super::group::f16s_to_f32(m, &mut mf);
     let m = mf;
@@ -225,7 +265,7 @@ mod tests {
 
     /// Inputs with a few loud channels, as in real LLM activations.
     fn activations(n: usize, cols: usize) -> Vec<f32> {
-        let z = crate::synthetic::randn(n * cols, 5, 1.0);
+        let z = crate::rng::randn(n * cols, 5, 1.0);
         z.iter()
             .enumerate()
             .map(|(i, x)| if i % cols < 4 { x * 20.0 } else { *x })
@@ -268,7 +308,7 @@ mod tests {
     #[test]
     fn awq_lowers_output_error_and_roundtrips() {
         let (rows, cols) = (64, 128);
-        let w = crate::synthetic::randn(rows * cols, 11, 1.0);
+        let w = crate::rng::randn(rows * cols, 11, 1.0);
         let x = activations(256, cols);
         let (abs, sq, xtx) = stats(&x, cols);
         let inner = Int4::new(64, false, 5).expect("test");
@@ -280,7 +320,8 @@ mod tests {
                 sq_mean: &sq,
                 xtx: full.then_some(&xtx[..]),
             };
-            let (alpha, enc) = encode(&inner, &w, rows, cols, &act, None).expect("test");
+            let (alpha, enc) =
+                encode(&inner, &w, rows, cols, &act, None, crate::codec::decode).expect("test");
             assert_eq!(enc.len(), overhead(cols) + inner.encoded_len(rows, cols));
             let dec = crate::codec::decode_vec(&enc).expect("test");
             let (p, a) = (out_err(&w, &plain, &x, cols), out_err(&w, &dec, &x, cols));
@@ -292,7 +333,7 @@ mod tests {
     #[test]
     fn corrupt_wrappers_are_refused() {
         let inner = Int4::new(32, false, 0).expect("test");
-        let w = crate::synthetic::randn(8 * 64, 1, 1.0);
+        let w = crate::rng::randn(8 * 64, 1, 1.0);
         let body = inner.encode(&w, 8, 64, None).expect("test");
         let m = vec![f16::ONE; 64];
         let ok = wrap(&m, &body, 8, 64);
@@ -300,9 +341,15 @@ mod tests {
             crate::codec::decode_vec(&ok).expect("test"),
             crate::codec::decode_vec(&body).expect("test")
         );
-        assert!(crate::codec::decode_vec(&ok[..HEADER_LEN + 10]).is_err());
+        assert!(matches!(
+            crate::codec::decode_vec(&ok[..HEADER_LEN + 10]),
+            Err(crate::Error::CorruptEncoding { .. })
+        ));
         let nested = wrap(&m, &ok, 8, 64);
-        assert!(crate::codec::decode_vec(&nested).is_err());
+        assert!(matches!(
+            crate::codec::decode_vec(&nested),
+            Err(crate::Error::CorruptEncoding { .. })
+        ));
         let other = wrap(
             &[f16::ONE; 32],
             &inner.encode(&w, 16, 32, None).expect("test"),
@@ -311,6 +358,9 @@ mod tests {
         );
         let mut bad = other.clone();
         bad[4] = 8; // rows 8 in the outer header, 16 inside
-        assert!(crate::codec::decode_vec(&bad).is_err());
+        assert!(matches!(
+            crate::codec::decode_vec(&bad),
+            Err(crate::Error::CorruptEncoding { .. })
+        ));
     }
 }

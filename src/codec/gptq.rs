@@ -26,8 +26,13 @@
 
 use rayon::prelude::*;
 
-use super::group::{pack, Stage, StageData};
+use super::group::{pack, Stage, StageData, ROWS_PER_TASK};
+use crate::error::CodecProblem;
 use crate::{Error, Result};
+
+fn statistics(reason: String) -> Error {
+    Error::invalid_codec("gptq", CodecProblem::Statistics { reason })
+}
 
 /// Default damping (fraction of the mean Hessian diagonal added to it).
 pub const DEFAULT_DAMP: f64 = 0.01;
@@ -74,7 +79,7 @@ impl Hessian {
     /// Builds the factor from `E[x xᵀ]` (`cols × cols`, row-major) with damping `damp`.
     pub fn from_xtx(xtx: &[f32], cols: usize, damp: f64) -> Result<Self> {
         if xtx.len() != cols * cols || cols == 0 {
-            return Err(Error::InvalidCodec(format!(
+            return Err(statistics(format!(
                 "Hessian of {} values for {cols} columns",
                 xtx.len()
             )));
@@ -93,7 +98,7 @@ impl Hessian {
         }
         // H = L Lᵀ.
         cholesky(&mut h, cols).map_err(|j| {
-            Error::InvalidCodec(format!(
+            statistics(format!(
                 "Hessian not positive definite at column {j} (raise the damping)"
             ))
         })?;
@@ -139,9 +144,8 @@ impl Hessian {
             }
         }
         let mut l = hinv;
-        cholesky(&mut l, n).map_err(|j| {
-            Error::InvalidCodec(format!("inverse Hessian not positive definite at {j}"))
-        })?;
+        cholesky(&mut l, n)
+            .map_err(|j| statistics(format!("inverse Hessian not positive definite at {j}")))?;
         // H⁻¹ = L Lᵀ; GPTQ's recursion (torch.linalg.cholesky(H⁻¹, upper=True)) uses the
         // upper factor U with Uᵀ U = H⁻¹, so U = Lᵀ.
         let mut u = vec![0f32; n * n];
@@ -182,7 +186,7 @@ impl Hessian {
 /// Encodes `w` (`rows × cols`, row-major) with `stage` and error feedback from `h`.
 pub fn encode(stage: &Stage, w: &[f32], cols: usize, h: &Hessian) -> Result<StageData> {
     if h.cols != cols {
-        return Err(Error::InvalidCodec(format!(
+        return Err(statistics(format!(
             "Hessian is for {} columns, the tensor has {cols}",
             h.cols
         )));
@@ -191,7 +195,7 @@ pub fn encode(stage: &Stage, w: &[f32], cols: usize, h: &Hessian) -> Result<Stag
         return Ok(StageData::default());
     }
     let parts: Vec<StageData> = w
-        .par_chunks(cols * super::int4::ROWS_PER_TASK)
+        .par_chunks(cols * ROWS_PER_TASK)
         .map(|chunk| {
             let mut out = StageData::default();
             let mut row = vec![0f32; cols];
@@ -291,7 +295,7 @@ mod tests {
     fn inverse_factor_is_right() {
         // Uᵀ U must equal (H + damp)⁻¹: check (Uᵀ U) (H + damp) = I.
         let n = 6;
-        let x = crate::synthetic::randn(200 * n, 7, 1.0);
+        let x = crate::rng::randn(200 * n, 7, 1.0);
         let mut h = vec![0f32; n * n];
         for r in x.chunks(n) {
             for i in 0..n {
@@ -320,9 +324,9 @@ mod tests {
     #[test]
     fn error_feedback_lowers_output_error_on_correlated_inputs() {
         let (rows, cols) = (32, 256);
-        let w = crate::synthetic::randn(rows * cols, 3, 0.02);
+        let w = crate::rng::randn(rows * cols, 3, 0.02);
         // Correlated inputs with uneven channel scales: x = A z, A mixes neighbours.
-        let z = crate::synthetic::randn(1024 * cols, 5, 1.0);
+        let z = crate::rng::randn(1024 * cols, 5, 1.0);
         let mut x = vec![0f32; 1024 * cols];
         for (xr, zr) in x.chunks_mut(cols).zip(z.chunks(cols)) {
             for c in 0..cols {
@@ -362,7 +366,16 @@ mod tests {
             e_fed < 0.8 * e_plain,
             "GPTQ output error {e_fed:.3e} vs plain {e_plain:.3e}"
         );
-        assert!(Hessian::from_xtx(&h[..10], cols, 0.01).is_err());
-        assert!(encode(&stage, &w[..cols * 2], cols + 1, &hess).is_err());
+        assert!(matches!(
+            Hessian::from_xtx(&h[..10], cols, 0.01),
+            Err(crate::Error::InvalidCodec {
+                problem: crate::error::CodecProblem::Statistics { .. },
+                ..
+            })
+        ));
+        assert!(matches!(
+            encode(&stage, &w[..cols * 2], cols + 1, &hess),
+            Err(crate::Error::InvalidCodec { .. })
+        ));
     }
 }

@@ -21,6 +21,9 @@ use half::f16;
 /// (1.5·2^23): vectorises on baseline x86-64, unlike `f32::round`.
 const ROUND_MAGIC: f32 = 12_582_912.0;
 
+/// Rows per parallel work item of the grouped encoders (plain and GPTQ) and decoder.
+pub(crate) const ROWS_PER_TASK: usize = 16;
+
 /// Geometry and mode of one quantization stage.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
 pub struct Stage {

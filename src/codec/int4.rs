@@ -10,12 +10,87 @@
 
 use rayon::prelude::*;
 
-use super::group::{Stage, StageData};
-use super::{f16_bytes, Codec, CodecId, Header, HEADER_LEN};
+use super::group::{Stage, StageData, ROWS_PER_TASK};
+use super::header::{CodecId, Header, HEADER_LEN};
+use super::spec::{check_group, CodecSpec};
+use super::spec::{CodecKind, EncodingRow, Family, GpuDecode, ResidualGroup};
+use super::traits::{f16_bytes, Codec, Decoder};
+use crate::error::{CodecProblem, Corruption};
 use crate::{Error, Result};
 
-/// Rows per parallel work item.
-pub(crate) const ROWS_PER_TASK: usize = 16;
+/// Codec id of `int4`.
+pub const ID: CodecId = CodecId(1);
+/// Codec id of the same quantizer at 2 or 3 bits (`group2` = bits).
+pub const ID_N: CodecId = CodecId(4);
+
+/// The `int4` row of the codec table.
+pub const ENCODING: EncodingRow = EncodingRow {
+    id: ID,
+    name: "int4",
+    decode,
+    gpu: GpuDecode::GroupedInt,
+};
+
+/// The `int3`/`int2` row: no kernel yet, so decoded on the CPU and uploaded.
+pub const ENCODING_N: EncodingRow = EncodingRow {
+    id: ID_N,
+    name: "int3/int2",
+    decode,
+    gpu: GpuDecode::CpuThenUpload,
+};
+
+/// Code bits of the int kinds (4 for any other).
+fn int_bits(k: CodecKind) -> u32 {
+    match k {
+        CodecKind::Int3 => 3,
+        CodecKind::Int2 => 2,
+        _ => 4,
+    }
+}
+
+/// A corrupt-encoding error naming this file's codec of `h`.
+fn corrupt(h: &Header, problem: Corruption) -> Error {
+    let name = if h.id == ID_N {
+        ENCODING_N.name
+    } else {
+        ENCODING.name
+    };
+    Error::corrupt(name, problem)
+}
+
+const fn family(kind: CodecKind, name: &'static str, bits: u32) -> Family {
+    Family {
+        kind,
+        name,
+        preset: match bits {
+            4 => |g| CodecSpec::int(4, g.unwrap_or(128)),
+            3 => |g| CodecSpec::int(3, g.unwrap_or(128)),
+            _ => |g| CodecSpec::int(2, g.unwrap_or(64)),
+        },
+        build: |s, _| {
+            let bits = int_bits(s.kind);
+            Ok(Box::new(Int4::with_bits(
+                bits,
+                s.group,
+                s.symmetric,
+                s.refine_iters,
+            )?))
+        },
+        label: |s| format!("int{} g{}", int_bits(s.kind), s.group),
+        scalar_bits: Some(bits),
+        vq: false,
+        residual_group: ResidualGroup::No,
+        weighted: false,
+        gptq: None,
+    }
+}
+
+/// The `int4` family: grouped INT4 (default g128).
+pub const FAMILY_4: Family = family(CodecKind::Int4, "int4", 4);
+/// The `int3` family (default g128).
+pub const FAMILY_3: Family = family(CodecKind::Int3, "int3", 3);
+/// The `int2` family (default g64).
+pub const FAMILY_2: Family = family(CodecKind::Int2, "int2", 2);
 
 /// The `int4` codec.
 #[derive(Debug, Clone)]
@@ -24,18 +99,24 @@ pub struct Int4 {
 }
 
 impl Int4 {
-    /// Creates the codec; `group` within [`super::MIN_GROUP`]..=[`super::MAX_GROUP`].
+    /// Creates the codec; `group` within [`super::spec::MIN_GROUP`]..=[`super::spec::MAX_GROUP`].
     pub fn new(group: usize, symmetric: bool, refine_iters: u32) -> Result<Self> {
         Self::with_bits(4, group, symmetric, refine_iters)
     }
 
     /// The same codec with `bits` (2, 3 or 4) per code.
     pub fn with_bits(bits: u32, group: usize, symmetric: bool, refine_iters: u32) -> Result<Self> {
-        if !(super::MIN_GROUP..=super::MAX_GROUP).contains(&group) {
-            return Err(Error::InvalidCodec(format!("group size {group}")));
-        }
+        check_group("int", "group size", group)?;
         if !(2..=4).contains(&bits) {
-            return Err(Error::InvalidCodec(format!("{bits}-bit codes (2, 3 or 4)")));
+            return Err(Error::invalid_codec(
+                "int",
+                CodecProblem::OutOfRange {
+                    parameter: "code bits",
+                    value: bits as f64,
+                    min: 2.0,
+                    max: 4.0,
+                },
+            ));
         }
         Ok(Self {
             stage: Stage {
@@ -58,8 +139,8 @@ impl Int4 {
         cols: usize,
         h: &super::gptq::Hessian,
     ) -> Result<Vec<u8>> {
-        super::check_shape(w, rows, cols)?;
-        super::check_finite(w)?;
+        super::traits::check_shape(w, rows, cols)?;
+        super::traits::check_finite(w)?;
         let d = super::gptq::encode(&self.stage, w, cols, h)?;
         check_scales_finite(&d)?;
         let mut buf = Vec::with_capacity(self.encoded_len(rows, cols));
@@ -71,7 +152,7 @@ impl Int4 {
     fn header(&self, rows: usize, cols: usize) -> Header {
         let four = self.stage.bits == 4;
         Header {
-            id: if four { CodecId::Int4 } else { CodecId::IntN },
+            id: if four { ID } else { ID_N },
             symmetric: self.stage.symmetric,
             group: self.stage.group as u16,
             rows: rows as u32,
@@ -115,18 +196,23 @@ pub(crate) struct StageView<'a> {
 }
 
 /// Locates a stage's arrays at the start of `bytes`; returns them and the bytes they span.
-pub(crate) fn split_stage(
+pub(crate) fn split_stage<'a>(
+    codec: &'static str,
     stage: Stage,
-    bytes: &[u8],
+    bytes: &'a [u8],
     rows: usize,
     cols: usize,
-) -> Result<(StageView<'_>, usize)> {
+) -> Result<(StageView<'a>, usize)> {
     let need = stage.encoded_len(rows, cols);
     if bytes.len() < need {
-        return Err(Error::CorruptEncoding(format!(
-            "stage needs {need} bytes, {} left",
-            bytes.len()
-        )));
+        return Err(Error::corrupt(
+            codec,
+            Corruption::Truncated {
+                what: "stage arrays",
+                needed: need as u64,
+                len: bytes.len() as u64,
+            },
+        ));
     }
     let groups = rows * stage.groups_per_row(cols);
     let scales = &bytes[..2 * groups];
@@ -186,7 +272,7 @@ pub(crate) fn decode_stage(
     cols: usize,
     out: &mut [f32],
 ) -> Result<usize> {
-    let (v, used) = split_stage(stage, bytes, rows, cols)?;
+    let (v, used) = split_stage("int4", stage, bytes, rows, cols)?;
     decode_stages(&[v], cols, out);
     Ok(used)
 }
@@ -231,22 +317,35 @@ pub(crate) fn check_scales_finite(d: &StageData) -> Result<()> {
         .chain(&d.offsets)
         .position(|x| !x.is_finite())
     {
-        return Err(Error::InvalidCodec(format!(
-            "group {i}: weight range exceeds what an fp16 scale can hold; keep such weights as outliers"
-        )));
+        return Err(Error::invalid_codec(
+            "int",
+            CodecProblem::ScaleOverflow { group: i },
+        ));
     }
     Ok(())
 }
 
 pub(crate) fn stage_from_header(h: &Header, group: u16) -> Result<Stage> {
     let group = group as usize;
-    if !(super::MIN_GROUP..=super::MAX_GROUP).contains(&group) {
-        return Err(Error::CorruptEncoding(format!("group size {group}")));
+    if !(super::spec::MIN_GROUP..=super::spec::MAX_GROUP).contains(&group) {
+        return Err(corrupt(
+            h,
+            Corruption::Field {
+                field: "group size",
+                value: group as u64,
+            },
+        ));
     }
     let bits = match h.id {
-        CodecId::IntN if matches!(h.group2, 2 | 3) => h.group2 as u32,
-        CodecId::IntN => {
-            return Err(Error::CorruptEncoding(format!("{}-bit codes", h.group2)));
+        ID_N if matches!(h.group2, 2 | 3) => h.group2 as u32,
+        ID_N => {
+            return Err(corrupt(
+                h,
+                Corruption::Field {
+                    field: "code bits",
+                    value: h.group2 as u64,
+                },
+            ));
         }
         _ => 4,
     };
@@ -260,15 +359,19 @@ pub(crate) fn stage_from_header(h: &Header, group: u16) -> Result<Stage> {
 
 /// Decodes an `int4` (or `int3`/`int2`) encoding (header already parsed and checked
 /// against `out`).
-pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32], _: Decoder) -> Result<()> {
     let stage = stage_from_header(h, h.group)?;
     let body = &bytes[HEADER_LEN..];
     let used = decode_stage(stage, body, h.rows as usize, h.cols as usize, out)?;
     if used != body.len() {
-        return Err(Error::CorruptEncoding(format!(
-            "{} trailing bytes",
-            body.len() - used
-        )));
+        return Err(corrupt(
+            h,
+            Corruption::Length {
+                what: "bytes",
+                expected: (HEADER_LEN + used) as u64,
+                actual: bytes.len() as u64,
+            },
+        ));
     }
     Ok(())
 }

@@ -6,12 +6,48 @@
 //! (each `scales | offsets | codes`, as in [`super::int4`]).
 
 use super::group::Stage;
+use super::header::{CodecId, Header, HEADER_LEN};
 use super::int4::{
     check_scales_finite, decode_stage, decode_stages, encode_stage, push_stage, split_stage,
     stage_from_header,
 };
-use super::{Codec, CodecId, Header, HEADER_LEN};
+use super::spec::{check_group, CodecSpec};
+use super::spec::{CodecKind, EncodingRow, Family, GpuDecode, ResidualGroup};
+use super::traits::{Codec, Decoder};
+use crate::error::Corruption;
 use crate::{Error, Result};
+
+/// Codec id of `int4_residual`.
+pub const ID: CodecId = CodecId(2);
+
+/// The `int4_residual` row of the codec table: two grouped stages, decoded by the
+/// grouped-INT kernels on the GPU.
+pub const ENCODING: EncodingRow = EncodingRow {
+    id: ID,
+    name: "int4_residual",
+    decode,
+    gpu: GpuDecode::GroupedInt,
+};
+
+/// The `int4_residual` family (default g = g₂ = 16; `--group-size` sets both).
+pub const FAMILY: Family = Family {
+    kind: CodecKind::Int4Residual,
+    name: "int4_residual",
+    preset: |g| CodecSpec::int4_residual(g.unwrap_or(16), g.unwrap_or(16)),
+    build: |s, _| {
+        Ok(Box::new(Int4Residual::new(
+            s.group,
+            s.residual_group,
+            s.refine_iters,
+        )?))
+    },
+    label: |s| format!("int4+int2 g{}/{}", s.group, s.residual_group),
+    scalar_bits: None,
+    vq: false,
+    residual_group: ResidualGroup::Required,
+    weighted: false,
+    gptq: None,
+};
 
 /// The `int4_residual` codec.
 #[derive(Debug, Clone)]
@@ -23,11 +59,8 @@ pub struct Int4Residual {
 impl Int4Residual {
     /// Creates the codec.
     pub fn new(group: usize, residual_group: usize, refine_iters: u32) -> Result<Self> {
-        for g in [group, residual_group] {
-            if !(super::MIN_GROUP..=super::MAX_GROUP).contains(&g) {
-                return Err(Error::InvalidCodec(format!("group size {g}")));
-            }
-        }
+        check_group("int4_residual", "group size", group)?;
+        check_group("int4_residual", "residual group size", residual_group)?;
         Ok(Self {
             first: Stage {
                 bits: 4,
@@ -65,7 +98,7 @@ impl Codec for Int4Residual {
         let mut buf = Vec::with_capacity(self.encoded_len(rows, cols));
         buf.extend_from_slice(
             &Header {
-                id: CodecId::Int4Residual,
+                id: ID,
                 symmetric: false,
                 group: self.first.group as u16,
                 rows: rows as u32,
@@ -95,22 +128,32 @@ impl Codec for Int4Residual {
 }
 
 /// Decodes an `int4_residual` encoding.
-pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32], _: Decoder) -> Result<()> {
     if h.symmetric {
-        return Err(Error::CorruptEncoding("int4_residual is asymmetric".into()));
+        return Err(Error::corrupt(
+            ENCODING.name,
+            Corruption::Field {
+                field: "symmetric flag (int4_residual is asymmetric)",
+                value: 1,
+            },
+        ));
     }
     let first = stage_from_header(h, h.group)?;
     let mut second = stage_from_header(h, h.group2)?;
     second.bits = 2;
     let (rows, cols) = (h.rows as usize, h.cols as usize);
     let body = &bytes[HEADER_LEN..];
-    let (v1, n1) = split_stage(first, body, rows, cols)?;
-    let (v2, n2) = split_stage(second, &body[n1..], rows, cols)?;
+    let (v1, n1) = split_stage(ENCODING.name, first, body, rows, cols)?;
+    let (v2, n2) = split_stage(ENCODING.name, second, &body[n1..], rows, cols)?;
     if n1 + n2 != body.len() {
-        return Err(Error::CorruptEncoding(format!(
-            "{} trailing bytes",
-            body.len() - n1 - n2
-        )));
+        return Err(Error::corrupt(
+            ENCODING.name,
+            Corruption::Length {
+                what: "bytes",
+                expected: (HEADER_LEN + n1 + n2) as u64,
+                actual: bytes.len() as u64,
+            },
+        ));
     }
     decode_stages(&[v1, v2], cols, out);
     Ok(())

@@ -20,8 +20,108 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::{f16_bytes, Codec, CodecId, Header, HEADER_LEN};
+use super::header::{CodecId, Header, HEADER_LEN};
+use super::int4::Int4;
+use super::spec::CodecSpec;
+use super::spec::{CodecKind, EncodingRow, Family, GpuDecode, ResidualGroup};
+use super::traits::{f16_bytes, Codec, Decoder};
+use super::vq::Vq;
+use crate::error::{CodecProblem, Corruption};
 use crate::{Error, Result};
+
+/// Codec id of a low-rank term `L·R`.
+pub const ID: CodecId = CodecId(7);
+/// Codec id of a sum of same-shape encodings.
+pub const SUM_ID: CodecId = CodecId(8);
+
+/// The low-rank row: no kernel yet, so decoded on the CPU and uploaded.
+pub const ENCODING: EncodingRow = EncodingRow {
+    id: ID,
+    name: "low rank",
+    decode,
+    gpu: GpuDecode::CpuThenUpload,
+};
+
+/// The sum row (`tenpak_x`'s container): decoded on the CPU and uploaded.
+pub const ENCODING_SUM: EncodingRow = EncodingRow {
+    id: SUM_ID,
+    name: "sum",
+    decode: decode_sum,
+    gpu: GpuDecode::CpuThenUpload,
+};
+
+/// The `tenpak_x` family: rank 8 + VQ (d 2, 7-bit, g64), no INT2 stage by default.
+pub const FAMILY: Family = Family {
+    kind: CodecKind::TenpakX,
+    name: "tenpak_x",
+    preset: |g| CodecSpec::tenpak_x(8, 2, 7, g.unwrap_or(64), 0),
+    build: |s, decode| {
+        let (lr, v, i2) = tenpak_x_parts(s)?;
+        let mut parts: Vec<Box<dyn Codec>> = vec![Box::new(lr), Box::new(v)];
+        parts.extend(i2.map(|c| Box::new(c) as Box<dyn Codec>));
+        Ok(Box::new(Stages { parts, decode }))
+    },
+    label: |s| {
+        format!(
+            "x r{} vq d{} {}b g{}{}",
+            s.rank,
+            s.vq_dim,
+            s.vq_bits,
+            s.group,
+            if s.residual_group > 0 {
+                format!(" +int2 g{}", s.residual_group)
+            } else {
+                String::new()
+            }
+        )
+    },
+    scalar_bits: None,
+    vq: true,
+    residual_group: ResidualGroup::Optional,
+    weighted: true,
+    gptq: Some(tenpak_x_gptq),
+};
+
+/// A corrupt-encoding error naming this file's codec of `h`.
+fn corrupt(h: &Header, problem: Corruption) -> Error {
+    let name = if h.id == SUM_ID {
+        ENCODING_SUM.name
+    } else {
+        ENCODING.name
+    };
+    Error::corrupt(name, problem)
+}
+
+/// `tenpak_x`'s stages: low rank, VQ, and the INT2 stage when `residual_group > 0`.
+fn tenpak_x_parts(s: &CodecSpec) -> Result<(LowRank, Vq, Option<Int4>)> {
+    let i2 = (s.residual_group > 0)
+        .then(|| Int4::with_bits(2, s.residual_group, false, s.refine_iters))
+        .transpose()?;
+    Ok((LowRank::new(s.rank)?, Vq::from_spec(s)?, i2))
+}
+
+/// `tenpak_x` with GPTQ: the same stages as its `build`, the VQ stage with error feedback
+/// on the low-rank residual.
+fn tenpak_x_gptq(
+    s: &CodecSpec,
+    w: &[f32],
+    rows: usize,
+    cols: usize,
+    imp: &[f32],
+    h: &super::gptq::Hessian,
+    decode: Decoder,
+) -> Result<Vec<u8>> {
+    let (lr, v, i2) = tenpak_x_parts(s)?;
+    let lr_f = |r: &[f32]| lr.encode_checked(r, rows, cols, Some(imp));
+    let vq_f = |r: &[f32]| v.encode_gptq(r, rows, cols, Some(imp), h);
+    let i2_f;
+    let mut st: Vec<StageFn<'_>> = vec![&lr_f, &vq_f];
+    if let Some(c) = &i2 {
+        i2_f = |r: &[f32]| c.encode_checked(r, rows, cols, Some(imp));
+        st.push(&i2_f);
+    }
+    encode_stages(&st, w, rows, cols, decode)
+}
 
 /// Subspace-iteration rounds.
 pub const POWER_ITERS: usize = 8;
@@ -100,7 +200,7 @@ fn mul_t(a: &[f32], rows: usize, cols: usize, y: &[f32], r: usize) -> Vec<f32> {
 /// Rank-`r` factors `(L, R)` of `w` under column weights `c` (see the module docs).
 pub fn factor(w: &[f32], rows: usize, cols: usize, r: usize, c: &[f32]) -> (Vec<f32>, Vec<f32>) {
     let a: Vec<f32> = w.iter().enumerate().map(|(i, x)| x * c[i % cols]).collect();
-    let mut q = crate::synthetic::randn(rows * r, 0x10a7 + r as u64, 1.0);
+    let mut q = crate::rng::randn(rows * r, 0x10a7 + r as u64, 1.0);
     orthonormalise(&mut q, rows, r);
     for _ in 0..POWER_ITERS {
         let z = mul_t(&a, rows, cols, &q, r);
@@ -129,9 +229,15 @@ impl LowRank {
     /// Rank `r` in 1..=[`MAX_RANK`].
     pub fn new(rank: usize) -> Result<Self> {
         if !(1..=MAX_RANK).contains(&rank) {
-            return Err(Error::InvalidCodec(format!(
-                "rank {rank} outside 1..={MAX_RANK}"
-            )));
+            return Err(Error::invalid_codec(
+                "tenpak_x",
+                CodecProblem::OutOfRange {
+                    parameter: "rank",
+                    value: rank as f64,
+                    min: 1.0,
+                    max: MAX_RANK as f64,
+                },
+            ));
         }
         Ok(Self { rank })
     }
@@ -168,15 +274,18 @@ impl Codec for LowRank {
         let l16: Vec<f16> = l.iter().map(|&x| f16::from_f32(x)).collect();
         let r16: Vec<f16> = rr.iter().map(|&x| f16::from_f32(x)).collect();
         if r16.iter().any(|x| !x.is_finite()) {
-            return Err(Error::InvalidCodec(
-                "low-rank factor exceeds the fp16 range".into(),
+            return Err(Error::invalid_codec(
+                "tenpak_x",
+                CodecProblem::Fp16Range {
+                    what: "low-rank factor",
+                },
             ));
         }
         let mut buf = Vec::with_capacity(HEADER_LEN + 2 * r * (rows + cols));
         buf.extend_from_slice(
             &Header {
                 group: r as u16,
-                ..Header::new(CodecId::LowRank, rows, cols)
+                ..Header::new(ID, rows, cols)
             }
             .to_bytes(),
         );
@@ -192,13 +301,26 @@ impl Codec for LowRank {
 }
 
 /// Decodes a `LowRank` encoding: `out = L·R`.
-pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32], _: Decoder) -> Result<()> {
     let (rows, cols, r) = (h.rows as usize, h.cols as usize, h.group as usize);
-    if r == 0 || bytes.len() != HEADER_LEN + 2 * r * (rows + cols) {
-        return Err(Error::CorruptEncoding(format!(
-            "low-rank encoding of {} bytes for rank {r}, {rows}x{cols}",
-            bytes.len()
-        )));
+    if r == 0 {
+        return Err(corrupt(
+            h,
+            Corruption::Field {
+                field: "rank",
+                value: 0,
+            },
+        ));
+    }
+    if bytes.len() != HEADER_LEN + 2 * r * (rows + cols) {
+        return Err(corrupt(
+            h,
+            Corruption::Length {
+                what: "bytes",
+                expected: (HEADER_LEN + 2 * r * (rows + cols)) as u64,
+                actual: bytes.len() as u64,
+            },
+        ));
     }
     let (mut l, mut rr) = (Vec::new(), Vec::new());
     super::group::f16s_to_f32(&bytes[HEADER_LEN..HEADER_LEN + 2 * rows * r], &mut l);
@@ -224,7 +346,7 @@ pub fn sum(parts: &[Vec<u8>], rows: usize, cols: usize) -> Vec<u8> {
     buf.extend_from_slice(
         &Header {
             group2: parts.len() as u16,
-            ..Header::new(CodecId::Sum, rows, cols)
+            ..Header::new(SUM_ID, rows, cols)
         }
         .to_bytes(),
     );
@@ -236,42 +358,73 @@ pub fn sum(parts: &[Vec<u8>], rows: usize, cols: usize) -> Vec<u8> {
 }
 
 /// Decodes a `Sum` encoding.
-pub(crate) fn decode_sum(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+pub(crate) fn decode_sum(h: &Header, bytes: &[u8], out: &mut [f32], inner: Decoder) -> Result<()> {
     let mut rest = &bytes[HEADER_LEN..];
     let mut tmp = Vec::new();
     for k in 0..h.group2 {
         let Some(len) = rest.get(..8) else {
-            return Err(Error::CorruptEncoding("sum encoding truncated".into()));
+            return Err(corrupt(
+                h,
+                Corruption::Truncated {
+                    what: "part length",
+                    needed: 8,
+                    len: rest.len() as u64,
+                },
+            ));
         };
-        let len = u64::from_le_bytes(len.try_into().expect("8 bytes"));
+        let mut len8 = [0u8; 8];
+        len8.copy_from_slice(len);
+        let len = u64::from_le_bytes(len8);
         let len = usize::try_from(len)
             .ok()
             .filter(|&l| l <= rest.len() - 8)
-            .ok_or_else(|| Error::CorruptEncoding(format!("part length {len} exceeds the data")))?;
+            .ok_or_else(|| {
+                corrupt(
+                    h,
+                    Corruption::Length {
+                        what: "part bytes (at most what follows)",
+                        expected: (rest.len() - 8) as u64,
+                        actual: len,
+                    },
+                )
+            })?;
         let part = &rest[8..8 + len];
         let ph = Header::parse(part)?;
-        if ph.id == CodecId::Sum || ph.rows != h.rows || ph.cols != h.cols {
-            return Err(Error::CorruptEncoding(
-                "sum part is nested or differently shaped".into(),
+        if ph.id == SUM_ID || ph.rows != h.rows || ph.cols != h.cols {
+            return Err(corrupt(
+                h,
+                Corruption::Structure("sum part is nested or differently shaped"),
             ));
         }
         if k == 0 {
-            super::decode(part, out)?;
+            inner(part, out)?;
         } else {
             tmp.resize(out.len(), 0.0);
-            super::decode(part, &mut tmp)?;
+            inner(part, &mut tmp)?;
             for (o, t) in out.iter_mut().zip(&tmp) {
                 *o += t;
             }
         }
         rest = &rest[8 + len..];
     }
-    if h.group2 == 0 || !rest.is_empty() {
-        return Err(Error::CorruptEncoding(format!(
-            "sum of {} parts with {} trailing bytes",
-            h.group2,
-            rest.len()
-        )));
+    if h.group2 == 0 {
+        return Err(corrupt(
+            h,
+            Corruption::Field {
+                field: "parts",
+                value: 0,
+            },
+        ));
+    }
+    if !rest.is_empty() {
+        return Err(corrupt(
+            h,
+            Corruption::Length {
+                what: "trailing bytes",
+                expected: 0,
+                actual: rest.len() as u64,
+            },
+        ));
     }
     Ok(())
 }
@@ -288,13 +441,15 @@ pub fn encode_stages(
     w: &[f32],
     rows: usize,
     cols: usize,
+    decode: Decoder,
 ) -> Result<Vec<u8>> {
     let mut resid = w.to_vec();
     let mut parts = Vec::with_capacity(stages.len());
     for (k, st) in stages.iter().enumerate() {
         let enc = st(&resid)?;
         if k + 1 < stages.len() {
-            let dec = super::decode_vec(&enc)?;
+            let mut dec = vec![0f32; resid.len()];
+            decode(&enc, &mut dec)?;
             for (r, d) in resid.iter_mut().zip(&dec) {
                 *r -= d;
             }
@@ -305,12 +460,18 @@ pub fn encode_stages(
 }
 
 /// Stages whose decodes add up, each fitted to the residual of those before
-/// (`tenpak_x`'s codec).
-pub struct Stages(pub Vec<Box<dyn Codec>>);
+/// (`tenpak_x`'s codec); `decode` (the table's dispatcher) decodes each stage's encoding
+/// to find what the next one is fitted to.
+pub struct Stages {
+    /// The stages, in order.
+    pub parts: Vec<Box<dyn Codec>>,
+    /// Decodes any stage's encoding.
+    pub decode: Decoder,
+}
 
 impl Codec for Stages {
     fn describe(&self) -> String {
-        self.0
+        self.parts
             .iter()
             .map(|c| c.describe())
             .collect::<Vec<_>>()
@@ -325,7 +486,7 @@ impl Codec for Stages {
         importance: Option<&[f32]>,
     ) -> Result<Vec<u8>> {
         let fs: Vec<BoxedStage<'_>> = self
-            .0
+            .parts
             .iter()
             .map(|c| {
                 Box::new(move |r: &[f32]| c.encode_checked(r, rows, cols, importance))
@@ -333,11 +494,11 @@ impl Codec for Stages {
             })
             .collect();
         let st: Vec<StageFn<'_>> = fs.iter().map(|f| f.as_ref()).collect();
-        encode_stages(&st, w, rows, cols)
+        encode_stages(&st, w, rows, cols, self.decode)
     }
 
     fn encoded_len(&self, rows: usize, cols: usize) -> usize {
-        let st: Vec<&dyn Codec> = self.0.iter().map(|c| c.as_ref()).collect();
+        let st: Vec<&dyn Codec> = self.parts.iter().map(|c| c.as_ref()).collect();
         stages_len(&st, rows, cols)
     }
 }
@@ -359,8 +520,8 @@ mod tests {
     fn low_rank_matrix_is_recovered() {
         // W = A·B with rank 3: rank 3 factors reproduce it (up to fp16).
         let (rows, cols, r) = (40, 56, 3);
-        let a = crate::synthetic::randn(rows * r, 1, 1.0);
-        let b = crate::synthetic::randn(r * cols, 2, 1.0);
+        let a = crate::rng::randn(rows * r, 1, 1.0);
+        let b = crate::rng::randn(r * cols, 2, 1.0);
         let mut w = vec![0f32; rows * cols];
         for i in 0..rows {
             for j in 0..cols {
@@ -374,13 +535,16 @@ mod tests {
         let dec = crate::codec::decode_vec(&enc).expect("test");
         let rel = crate::quantize::rel_error(&w, &dec);
         assert!(rel < 2e-3, "relative error {rel}");
-        assert!(crate::codec::decode_vec(&enc[..enc.len() - 2]).is_err());
+        assert!(matches!(
+            crate::codec::decode_vec(&enc[..enc.len() - 2]),
+            Err(crate::Error::CorruptEncoding { .. })
+        ));
     }
 
     #[test]
     fn stages_add_up_and_each_lowers_the_error() {
         let (rows, cols) = (32, 64);
-        let w = crate::synthetic::randn(rows * cols, 4, 1.0);
+        let w = crate::rng::randn(rows * cols, 4, 1.0);
         let lr = LowRank::new(4).expect("test");
         let vq = super::super::vq::Vq::new(2, 6, 32, 20).expect("test");
         let i2 = super::super::Int4::with_bits(2, 32, false, 5).expect("test");
@@ -396,17 +560,23 @@ mod tests {
                 })
                 .collect();
             let fr: Vec<StageFn<'_>> = fs.iter().map(|f| f.as_ref()).collect();
-            let enc = encode_stages(&fr, &w, rows, cols).expect("test");
+            let enc = encode_stages(&fr, &w, rows, cols, crate::codec::decode).expect("test");
             assert_eq!(enc.len(), stages_len(&st, rows, cols));
             let e = crate::quantize::rel_error(&w, &crate::codec::decode_vec(&enc).expect("test"));
             assert!(e < last, "{n} stages: {e} >= {last}");
             last = e;
         }
-        let enc = Stages(vec![Box::new(lr), Box::new(vq)])
-            .encode(&w, rows, cols, None)
-            .expect("test");
+        let enc = Stages {
+            parts: vec![Box::new(lr), Box::new(vq)],
+            decode: crate::codec::decode,
+        }
+        .encode(&w, rows, cols, None)
+        .expect("test");
         let mut bad = enc.clone();
         bad[HEADER_LEN] ^= 0xff; // first part length
-        assert!(crate::codec::decode_vec(&bad).is_err());
+        assert!(matches!(
+            crate::codec::decode_vec(&bad),
+            Err(crate::Error::CorruptEncoding { .. })
+        ));
     }
 }

@@ -9,8 +9,22 @@
 
 use half::f16;
 
-use super::{Codec, CodecId, Header, HEADER_LEN};
+use super::header::{CodecId, Header, HEADER_LEN};
+use super::spec::{EncodingRow, GpuDecode};
+use super::traits::{Codec, Decoder};
+use crate::error::{CodecProblem, Corruption};
 use crate::{Error, Result};
+
+/// Codec id of the outlier wrapper.
+pub const ID: CodecId = CodecId(3);
+
+/// The outlier wrapper's row: on the GPU its base's path, then a scatter of the values.
+pub const ENCODING: EncodingRow = EncodingRow {
+    id: ID,
+    name: "outliers",
+    decode,
+    gpu: GpuDecode::Outliers,
+};
 
 /// A base codec plus fp16 outliers.
 pub struct WithOutliers {
@@ -22,7 +36,15 @@ impl WithOutliers {
     /// Wraps `base`, keeping `fraction` (0 < fraction ≤ 0.5) of weights as fp16.
     pub fn new(base: Box<dyn Codec>, fraction: f64) -> Result<Self> {
         if !(fraction > 0.0 && fraction <= 0.5) {
-            return Err(Error::InvalidCodec(format!("outlier fraction {fraction}")));
+            return Err(Error::invalid_codec(
+                "outliers",
+                CodecProblem::OutOfRange {
+                    parameter: "outlier fraction",
+                    value: fraction,
+                    min: 0.0,
+                    max: 0.5,
+                },
+            ));
         }
         Ok(Self { base, fraction })
     }
@@ -79,7 +101,7 @@ impl Codec for WithOutliers {
         let base = self.base.encode_checked(w, rows, cols, Some(&fit))?;
         drop(fit);
         let mut buf = Vec::with_capacity(self.encoded_len(rows, cols));
-        buf.extend_from_slice(&Header::new(CodecId::Outliers, rows, cols).to_bytes());
+        buf.extend_from_slice(&Header::new(ID, rows, cols).to_bytes());
         buf.extend_from_slice(&(idx.len() as u32).to_le_bytes());
         buf.extend_from_slice(&(base.len() as u64).to_le_bytes());
         buf.extend_from_slice(&base);
@@ -98,44 +120,100 @@ impl Codec for WithOutliers {
     }
 }
 
-/// Decodes an outlier-wrapped encoding.
-pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+/// The parts of an outlier-wrapped encoding, validated: where the base encoding lies and
+/// the kept values (indices checked against the matrix).
+pub struct Parts<'a> {
+    /// Offset of the base encoding in the bytes.
+    pub base_start: usize,
+    /// The base encoding (any codec but this wrapper).
+    pub base: &'a [u8],
+    /// Flat indices of the kept weights, ascending.
+    pub indices: Vec<u32>,
+    /// Their fp16 bits.
+    pub values: Vec<u16>,
+}
+
+/// Splits and checks an outlier-wrapped encoding (CPU and GPU decode share this).
+pub fn parts<'a>(h: &Header, bytes: &'a [u8]) -> Result<Parts<'a>> {
     let body = &bytes[HEADER_LEN..];
     let Some(extra) = body.get(..EXTRA) else {
-        return Err(Error::CorruptEncoding("outlier header truncated".into()));
+        return Err(Error::corrupt(
+            ENCODING.name,
+            Corruption::Truncated {
+                what: "outlier header",
+                needed: (HEADER_LEN + EXTRA) as u64,
+                len: bytes.len() as u64,
+            },
+        ));
     };
     let count = u32::from_le_bytes([extra[0], extra[1], extra[2], extra[3]]) as usize;
-    let base_len = u64::from_le_bytes(
-        extra[4..12]
-            .try_into()
-            .map_err(|_| Error::CorruptEncoding("len".into()))?,
-    );
+    let mut len8 = [0u8; 8];
+    len8.copy_from_slice(&extra[4..12]);
+    let base_len = u64::from_le_bytes(len8);
     let rest = &body[EXTRA..];
     let base_len = usize::try_from(base_len)
         .ok()
         .filter(|&l| l <= rest.len())
         .ok_or_else(|| {
-            Error::CorruptEncoding(format!("base encoding length {base_len} exceeds the data"))
+            Error::corrupt(
+                ENCODING.name,
+                Corruption::Length {
+                    what: "base encoding bytes (at most what follows)",
+                    expected: rest.len() as u64,
+                    actual: base_len,
+                },
+            )
         })?;
     let (base, tail) = rest.split_at(base_len);
-    if Header::parse(base)?.id == CodecId::Outliers {
-        return Err(Error::CorruptEncoding("nested outlier encodings".into()));
+    if Header::parse(base)?.id == ID {
+        return Err(Error::corrupt(
+            ENCODING.name,
+            Corruption::Structure("nested outlier encodings"),
+        ));
     }
     if count > h.numel() || tail.len() != count * 6 {
-        return Err(Error::CorruptEncoding(format!(
-            "{count} outliers need {} bytes, {} present",
-            count.saturating_mul(6),
-            tail.len()
-        )));
+        return Err(Error::corrupt(
+            ENCODING.name,
+            Corruption::Length {
+                what: "outlier array bytes",
+                expected: count.saturating_mul(6) as u64,
+                actual: tail.len() as u64,
+            },
+        ));
     }
-    super::decode(base, out)?;
     let (idx, vals) = tail.split_at(count * 4);
-    for (i, v) in idx.chunks_exact(4).zip(vals.chunks_exact(2)) {
-        let i = u32::from_le_bytes([i[0], i[1], i[2], i[3]]) as usize;
-        let slot = out
-            .get_mut(i)
-            .ok_or_else(|| Error::CorruptEncoding(format!("outlier index {i} out of range")))?;
-        *slot = f16::from_bits(u16::from_le_bytes([v[0], v[1]])).to_f32();
+    let indices: Vec<u32> = idx
+        .chunks_exact(4)
+        .map(|c| u32::from_le_bytes([c[0], c[1], c[2], c[3]]))
+        .collect();
+    if let Some(&i) = indices.iter().find(|&&i| i as usize >= h.numel()) {
+        return Err(Error::corrupt(
+            ENCODING.name,
+            Corruption::Index {
+                what: "outlier",
+                index: i as u64,
+                bound: h.numel() as u64,
+            },
+        ));
+    }
+    let values = vals
+        .chunks_exact(2)
+        .map(|c| u16::from_le_bytes([c[0], c[1]]))
+        .collect();
+    Ok(Parts {
+        base_start: HEADER_LEN + EXTRA,
+        base,
+        indices,
+        values,
+    })
+}
+
+/// Decodes an outlier-wrapped encoding.
+pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32], inner: Decoder) -> Result<()> {
+    let p = parts(h, bytes)?;
+    inner(p.base, out)?;
+    for (&i, &v) in p.indices.iter().zip(&p.values) {
+        out[i as usize] = f16::from_bits(v).to_f32();
     }
     Ok(())
 }

@@ -35,8 +35,53 @@
 use half::f16;
 use rayon::prelude::*;
 
-use super::{f16_bytes, Codec, CodecId, Header, HEADER_LEN};
+use super::header::{CodecId, Header, HEADER_LEN};
+use super::spec::{
+    CodecKind, CodecSpec, EncodingRow, Family, GpuDecode, ResidualGroup, MAX_GROUP, MIN_GROUP,
+};
+use super::traits::{f16_bytes, Codec, Decoder};
+use crate::error::{CodecProblem, Corruption};
 use crate::{Error, Result};
+
+/// Codec id of `calibrated_vq`.
+pub const ID: CodecId = CodecId(6);
+
+/// The `calibrated_vq` row: no kernel yet, so decoded on the CPU and uploaded.
+pub const ENCODING: EncodingRow = EncodingRow {
+    id: ID,
+    name: "calibrated_vq",
+    decode,
+    gpu: GpuDecode::CpuThenUpload,
+};
+
+/// The `calibrated_vq` family (default d 2, 8-bit indices, g64).
+pub const FAMILY: Family = Family {
+    kind: CodecKind::CalibratedVq,
+    name: "calibrated_vq",
+    preset: |g| CodecSpec::vq(2, 8, g.unwrap_or(64)),
+    build: |s, _| Ok(Box::new(Vq::from_spec(s)?)),
+    label: |s| format!("vq d{} {}b g{}", s.vq_dim, s.vq_bits, s.group),
+    scalar_bits: None,
+    vq: true,
+    residual_group: ResidualGroup::No,
+    weighted: true,
+    gptq: Some(|s, w, rows, cols, imp, h, _| {
+        Vq::from_spec(s)?.encode_gptq(w, rows, cols, Some(imp), h)
+    }),
+};
+
+fn invalid(problem: CodecProblem) -> Error {
+    Error::invalid_codec("calibrated_vq", problem)
+}
+
+fn out_of_range(parameter: &'static str, value: usize, min: usize, max: usize) -> Error {
+    invalid(CodecProblem::OutOfRange {
+        parameter,
+        value: value as f64,
+        min: min as f64,
+        max: max as f64,
+    })
+}
 
 /// Vectors used to learn the codebook (evenly spaced over the matrix).
 pub const TRAIN_VECTORS: usize = 1 << 16;
@@ -57,24 +102,32 @@ pub struct Vq {
 }
 
 impl Vq {
+    /// The VQ codec of a spec (`calibrated_vq`, and `tenpak_x`'s second stage).
+    pub fn from_spec(s: &CodecSpec) -> Result<Self> {
+        Self::new(s.vq_dim, s.vq_bits, s.group, DEFAULT_ITERS)
+    }
+
     /// Vector length `dim`, `bits` per index, one scale per `group` weights.
     pub fn new(dim: usize, bits: u32, group: usize, iters: u32) -> Result<Self> {
         if !(1..=MAX_DIM).contains(&dim) {
-            return Err(Error::InvalidCodec(format!(
-                "vector length {dim} outside 1..={MAX_DIM}"
-            )));
+            return Err(out_of_range("vector length", dim, 1, MAX_DIM));
         }
         if !(1..=MAX_BITS).contains(&bits) {
-            return Err(Error::InvalidCodec(format!(
-                "{bits}-bit indices (1..={MAX_BITS})"
-            )));
+            return Err(out_of_range(
+                "index bits",
+                bits as usize,
+                1,
+                MAX_BITS as usize,
+            ));
         }
-        if !(super::MIN_GROUP..=super::MAX_GROUP).contains(&group) || group % dim != 0 {
-            return Err(Error::InvalidCodec(format!(
-                "scale group {group}: must be a multiple of the vector length {dim} in {}..={}",
-                super::MIN_GROUP,
-                super::MAX_GROUP
-            )));
+        if !(MIN_GROUP..=MAX_GROUP).contains(&group) {
+            return Err(out_of_range("scale group", group, MIN_GROUP, MAX_GROUP));
+        }
+        if group % dim != 0 {
+            return Err(invalid(CodecProblem::NotApplicable {
+                option: "scale group",
+                reason: "must be a multiple of the vector length",
+            }));
         }
         Ok(Self {
             dim,
@@ -327,13 +380,12 @@ impl Vq {
         importance: Option<&[f32]>,
         h: &super::gptq::Hessian,
     ) -> Result<Vec<u8>> {
-        super::check_shape(w, rows, cols)?;
-        super::check_finite(w)?;
+        super::traits::check_shape(w, rows, cols)?;
+        super::traits::check_finite(w)?;
         if h.cols() != cols {
-            return Err(Error::InvalidCodec(format!(
-                "Hessian is for {} columns, the tensor has {cols}",
-                h.cols()
-            )));
+            return Err(invalid(CodecProblem::Statistics {
+                reason: format!("Hessian is for {} columns, the tensor has {cols}", h.cols()),
+            }));
         }
         self.encode_impl(w, rows, cols, importance, Some(h))
     }
@@ -397,9 +449,7 @@ impl Vq {
         drop((tu, th));
         let book16: Vec<f16> = book.iter().map(|&x| f16::from_f32(x)).collect();
         if book16.iter().any(|x| !x.is_finite()) {
-            return Err(Error::InvalidCodec(
-                "codebook exceeds the fp16 range".into(),
-            ));
+            return Err(invalid(CodecProblem::Fp16Range { what: "codebook" }));
         }
         let book: Vec<f32> = book16.iter().map(|x| x.to_f32()).collect();
         let mut idx = vec![0u32; n];
@@ -439,9 +489,9 @@ impl Vq {
         }
         let scales16: Vec<f16> = scales.iter().map(|&s| f16::from_f32(s)).collect();
         if scales16.iter().any(|x| !x.is_finite()) {
-            return Err(Error::InvalidCodec(
-                "a group's scale exceeds the fp16 range".into(),
-            ));
+            return Err(invalid(CodecProblem::Fp16Range {
+                what: "a group's scale",
+            }));
         }
         let mut buf = Vec::with_capacity(geo.len());
         buf.extend_from_slice(&self.header(rows, cols).to_bytes());
@@ -454,10 +504,14 @@ impl Vq {
 
     fn geo(&self, rows: usize, cols: usize) -> Result<Geo> {
         if cols % self.dim != 0 {
-            return Err(Error::InvalidCodec(format!(
-                "{cols} columns are not a multiple of the vector length {}",
-                self.dim
-            )));
+            return Err(invalid(CodecProblem::Geometry {
+                rows,
+                cols,
+                reason: format!(
+                    "columns are not a multiple of the vector length {}",
+                    self.dim
+                ),
+            }));
         }
         Ok(Geo {
             rows,
@@ -471,7 +525,7 @@ impl Vq {
 
     fn header(&self, rows: usize, cols: usize) -> Header {
         Header {
-            id: CodecId::Vq,
+            id: ID,
             symmetric: false,
             group: self.group as u16,
             rows: rows as u32,
@@ -483,18 +537,38 @@ impl Vq {
 }
 
 /// Decodes a `calibrated_vq` encoding.
-pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32], _: Decoder) -> Result<()> {
     let (d, bits, g) = (h.refine as usize, h.group2 as u32, h.group as usize);
-    let codec = Vq::new(d, bits, g, 0).map_err(|e| Error::CorruptEncoding(e.to_string()))?;
-    let geo = codec
-        .geo(h.rows as usize, h.cols as usize)
-        .map_err(|e| Error::CorruptEncoding(e.to_string()))?;
+    let field = |field, value: usize| {
+        Error::corrupt(
+            ENCODING.name,
+            Corruption::Field {
+                field,
+                value: value as u64,
+            },
+        )
+    };
+    if !(1..=MAX_DIM).contains(&d) {
+        return Err(field("vector length", d));
+    }
+    let geo = Vq::new(d, bits, g, 0)
+        .and_then(|c| c.geo(h.rows as usize, h.cols as usize))
+        .map_err(|_| match (1..=MAX_BITS).contains(&bits) {
+            false => field("index bits", bits as usize),
+            true if h.cols as usize % d != 0 => {
+                field("columns (not a multiple of d)", h.cols as usize)
+            }
+            true => field("scale group", g),
+        })?;
     if bytes.len() != geo.len() {
-        return Err(Error::CorruptEncoding(format!(
-            "vq encoding of {} bytes, expected {}",
-            bytes.len(),
-            geo.len()
-        )));
+        return Err(Error::corrupt(
+            ENCODING.name,
+            Corruption::Length {
+                what: "bytes",
+                expected: geo.len() as u64,
+                actual: bytes.len() as u64,
+            },
+        ));
     }
     let body = &bytes[HEADER_LEN..];
     let ns = geo.rows * geo.gpr();
@@ -539,7 +613,7 @@ mod tests {
     #[test]
     fn roundtrip_and_exact_length() {
         let (rows, cols) = (24, 96);
-        let w = crate::synthetic::randn(rows * cols, 3, 1.0);
+        let w = crate::rng::randn(rows * cols, 3, 1.0);
         let c = Vq::new(2, 6, 32, DEFAULT_ITERS).expect("test");
         let enc = c.encode(&w, rows, cols, None).expect("test");
         assert_eq!(enc.len(), c.encoded_len(rows, cols));
@@ -547,7 +621,10 @@ mod tests {
         let rel = (sse(&w, &dec, None) / sse(&w, &vec![0.0; w.len()], None)).sqrt();
         assert!(rel < 0.25, "relative error {rel}");
         // Truncated or extended encodings are refused.
-        assert!(crate::codec::decode_vec(&enc[..enc.len() - 1]).is_err());
+        assert!(matches!(
+            crate::codec::decode_vec(&enc[..enc.len() - 1]),
+            Err(crate::Error::CorruptEncoding { .. })
+        ));
     }
 
     #[test]
@@ -567,7 +644,7 @@ mod tests {
     #[test]
     fn importance_weighting_lowers_the_weighted_error() {
         let (rows, cols) = (64, 128);
-        let w = crate::synthetic::randn(rows * cols, 9, 1.0);
+        let w = crate::rng::randn(rows * cols, 9, 1.0);
         // A few columns matter 100× more.
         let h: Vec<f32> = (0..rows * cols)
             .map(|i| if i % cols < 8 { 100.0 } else { 1.0 })
@@ -583,12 +660,27 @@ mod tests {
 
     #[test]
     fn bad_geometry_is_refused() {
-        assert!(Vq::new(3, 8, 64, 5).is_err()); // 64 is not a multiple of 3
-        assert!(Vq::new(2, 13, 64, 5).is_err());
-        assert!(Vq::new(9, 8, 72, 5).is_err());
+        assert!(matches!(
+            Vq::new(3, 8, 64, 5),
+            Err(crate::Error::InvalidCodec { .. })
+        )); // 64 is not a multiple of 3
+        assert!(matches!(
+            Vq::new(2, 13, 64, 5),
+            Err(crate::Error::InvalidCodec { .. })
+        ));
+        assert!(matches!(
+            Vq::new(9, 8, 72, 5),
+            Err(crate::Error::InvalidCodec { .. })
+        ));
         let c = Vq::new(4, 8, 64, 5).expect("test");
-        assert!(c.encode(&[0.0; 30], 3, 10, None).is_err()); // 10 % 4 != 0
-                                                             // The spec says so before any encode, so a bit budget can price it out.
+        assert!(matches!(
+            c.encode(&[0.0; 30], 3, 10, None),
+            Err(crate::Error::InvalidCodec {
+                problem: crate::error::CodecProblem::Geometry { .. },
+                ..
+            })
+        )); // 10 % 4 != 0
+            // The spec says so before any encode, so a bit budget can price it out.
         assert!(crate::codec::CodecSpec::vq(4, 8, 64)
             .encoded_len(3, 10)
             .is_err());

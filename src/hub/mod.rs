@@ -187,11 +187,17 @@ pub(crate) fn split(repo: &str) -> Result<(&str, &str)> {
     })
 }
 
+/// HTTP statuses worth retrying: 429 (rate limited) and every 5xx.
+pub fn transient_status(status: u16) -> bool {
+    status == 429 || status >= 500
+}
+
 /// Whether an error is worth retrying (rate limits, server errors, connection trouble).
 pub fn is_transient(e: &Error) -> bool {
     match e {
-        Error::Hub { status, .. } => status.is_none_or(|s| s == 429 || s >= 500),
-        Error::Http { status, .. } => status.is_none_or(|s| s == 429 || s >= 500),
+        Error::Hub { status, .. } | Error::Http { status, .. } => {
+            status.is_none_or(transient_status)
+        }
         _ => false,
     }
 }
@@ -293,10 +299,7 @@ impl Hub {
         };
         let r = self.client.model(owner, name);
         let files = self.list_files(repo, &commit).await?;
-        let wanted: Vec<String> = files
-            .into_iter()
-            .filter(|f| MODEL_FILES.iter().any(|p| glob_match(p, f)))
-            .collect();
+        let wanted: Vec<String> = files.into_iter().filter(|f| wanted(f)).collect();
         if !wanted.iter().any(|f| f.ends_with(".safetensors")) {
             return Err(Error::Hub {
                 repo: repo.to_string(),
@@ -378,24 +381,15 @@ impl Hub {
     }
 }
 
-/// Whether `s` is a full 40-hex commit sha.
-pub fn is_commit(s: &str) -> bool {
-    s.len() == 40 && s.bytes().all(|c| c.is_ascii_hexdigit())
-}
+/// Whether `s` is a full 40-hex commit sha (the Hub's rule, kept in `tenpak-hooks`).
+pub use tenpak_hooks::is_commit;
 
-/// The `*` glob of [`MODEL_FILES`]: `*` matches any run of characters but `/`.
-fn glob_match(pattern: &str, path: &str) -> bool {
-    match pattern.split_once('*') {
-        None => pattern == path,
-        Some((pre, rest)) => {
-            let Some(tail) = path.strip_prefix(pre) else {
-                return false;
-            };
-            (0..=tail.len()).any(|i| {
-                tail.is_char_boundary(i) && !tail[..i].contains('/') && glob_match(rest, &tail[i..])
-            })
-        }
-    }
+/// Whether a repository file is one packing needs: a [`MODEL_FILES`] pattern matches it
+/// in the top directory (`*` does not cross `/`).
+fn wanted(path: &str) -> bool {
+    MODEL_FILES
+        .iter()
+        .any(|p| crate::glob::matches(p, path, Some(b'/')))
 }
 
 /// `path` as a globset pattern that matches only itself.
@@ -455,19 +449,13 @@ mod tests {
     }
 
     #[test]
-    fn globs() {
-        assert!(glob_match("*.safetensors", "model.safetensors"));
-        assert!(glob_match(
-            "*.safetensors",
-            "model-00001-of-00002.safetensors"
-        ));
-        assert!(!glob_match("*.safetensors", "sub/model.safetensors"));
-        assert!(!glob_match("*.safetensors", "model.safetensors.index.json"));
-        assert!(glob_match(
-            "*.safetensors.index.json",
-            "model.safetensors.index.json"
-        ));
-        assert!(glob_match("config.json", "config.json"));
-        assert!(!glob_match("config.json", "x/config.json"));
+    fn model_files_filter() {
+        assert!(wanted("model.safetensors"));
+        assert!(wanted("model-00001-of-00002.safetensors"));
+        assert!(!wanted("sub/model.safetensors"));
+        assert!(wanted("model.safetensors.index.json"));
+        assert!(wanted("config.json"));
+        assert!(!wanted("x/config.json"));
+        assert!(!wanted("pytorch_model.bin"));
     }
 }

@@ -84,10 +84,6 @@ struct Prepared {
 
 const RETRIES: u32 = 5;
 
-fn transient_status(s: u16) -> bool {
-    s == 429 || s >= 500
-}
-
 /// A failed request: its status (when one came back) and message.
 type Failure = (Option<u16>, String);
 
@@ -108,7 +104,7 @@ async fn send(
                 let body = resp.text().await.unwrap_or_default();
                 let body: String = body.chars().take(300).collect();
                 (
-                    transient_status(s),
+                    super::transient_status(s),
                     (Some(s), format!("{what}: HTTP {s}: {body}")),
                 )
             }

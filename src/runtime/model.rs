@@ -18,7 +18,9 @@ use crate::source::TensorSource;
 use crate::{Error, Result};
 
 pub(crate) fn ce(e: candle_core::Error) -> Error {
-    Error::Plan(format!("tensor computation failed: {e}"))
+    Error::Compute {
+        message: e.to_string(),
+    }
 }
 
 /// Observes the input of every linear layer (calibration).
@@ -206,13 +208,16 @@ impl Model {
         let cfg = &self.cfg;
         let t = tokens.len();
         if t == 0 {
-            return Err(Error::Plan("empty token sequence".into()));
+            return Err(Error::BadTokens {
+                id: None,
+                vocab: cfg.vocab,
+            });
         }
         if let Some(&bad) = tokens.iter().find(|&&x| x as usize >= cfg.vocab) {
-            return Err(Error::Plan(format!(
-                "token id {bad} outside the vocabulary of {}",
-                cfg.vocab
-            )));
+            return Err(Error::BadTokens {
+                id: Some(bad),
+                vocab: cfg.vocab,
+            });
         }
         let ids = Tensor::from_vec(tokens.to_vec(), t, &self.device).map_err(ce)?;
         let mut x = self.embed.index_select(&ids, 0).map_err(ce)?;

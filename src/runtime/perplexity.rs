@@ -48,10 +48,13 @@ pub struct Perplexity {
 /// The windows of `ids`: (start, end) of each, and the index from which it is scored.
 pub fn plan_windows(n: usize, w: Windows) -> Result<Vec<(usize, usize, usize)>> {
     if w.ctx < 2 || w.stride == 0 || w.stride > w.ctx {
-        return Err(Error::Plan(format!(
-            "ctx {} / stride {}: need ctx ≥ 2 and 1 ≤ stride ≤ ctx",
-            w.ctx, w.stride
-        )));
+        return Err(Error::InvalidOption {
+            option: "ctx/stride",
+            reason: format!(
+                "ctx {} / stride {}: need ctx ≥ 2 and 1 ≤ stride ≤ ctx",
+                w.ctx, w.stride
+            ),
+        });
     }
     let n = n.min(w.max_tokens);
     let mut out = vec![];
@@ -64,10 +67,10 @@ pub fn plan_windows(n: usize, w: Windows) -> Result<Vec<(usize, usize, usize)>> 
         start += w.stride;
     }
     if out.is_empty() {
-        return Err(Error::Plan(format!(
-            "the text has {n} tokens, fewer than one window of {}",
-            w.ctx
-        )));
+        return Err(Error::TextTooShort {
+            tokens: n,
+            window: w.ctx,
+        });
     }
     Ok(out)
 }

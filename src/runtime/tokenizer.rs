@@ -40,7 +40,9 @@ impl Tokenizer {
         Ok(self
             .inner
             .encode(text, false)
-            .map_err(|e| Error::Plan(format!("tokenization failed: {e}")))?
+            .map_err(|e| Error::Tokenizer {
+                message: e.to_string(),
+            })?
             .get_ids()
             .to_vec())
     }

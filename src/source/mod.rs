@@ -81,39 +81,6 @@ pub fn side_files(src: &dyn TensorSource) -> Result<Vec<(String, Vec<u8>)>> {
     Ok(out)
 }
 
-/// Opens a model: an HF directory, a `.gguf` file (imported on the fly), or a `.tnpk`
-/// artifact (a path or an http(s) URL; tensors decoded as they are read).
-pub fn open(path: &Path, gguf_dtype: DType) -> Result<Box<dyn TensorSource>> {
-    let text = path.to_string_lossy();
-    let is_url = text.starts_with("http://") || text.starts_with("https://");
-    if is_url
-        || path
-            .extension()
-            .is_some_and(|e| e.eq_ignore_ascii_case("tnpk"))
-    {
-        return Ok(Box::new(crate::artifact::ArtifactSource::open(&text)?));
-    }
-    if path.is_dir() {
-        Ok(Box::new(HfModelDir::open(path)?))
-    } else if path
-        .extension()
-        .is_some_and(|e| e.eq_ignore_ascii_case("gguf"))
-    {
-        Ok(Box::new(gguf::GgufSource::open(path, gguf_dtype)?))
-    } else if !path.exists() {
-        Err(Error::Missing {
-            path: path.to_path_buf(),
-            what: "model (no such file or directory)".into(),
-        })
-    } else {
-        Err(Error::malformed(
-            path,
-            "model",
-            "expected an HF model directory (config.json + safetensors), a .gguf or a .tnpk file",
-        ))
-    }
-}
-
 /// Atomically writes `bytes` to `path` (temporary file in the same directory, then rename).
 pub fn write_atomic(path: &Path, bytes: &[u8]) -> Result<()> {
     let tmp = path.with_extension(format!(

@@ -14,6 +14,7 @@ use std::path::{Path, PathBuf};
 use serde_json::json;
 
 use super::TensorMeta;
+use crate::error::WriterMisuse;
 use crate::{Error, Result};
 
 /// transformers' default `max_shard_size` ("5GB", decimal).
@@ -120,15 +121,16 @@ impl HfDirWriter {
     /// converting to its declared dtype.
     pub fn write(&mut self, name: &str, values: &[f32]) -> Result<()> {
         let Some(meta) = self.metas.get(self.next) else {
-            return Err(Error::Plan(format!(
-                "tensor {name} written after the last declared tensor"
-            )));
+            return Err(Error::Writer(WriterMisuse::OutOfOrder {
+                expected: String::new(),
+                got: name.to_string(),
+            }));
         };
         if meta.name != name {
-            return Err(Error::Plan(format!(
-                "tensor {name} written where {} was expected",
-                meta.name
-            )));
+            return Err(Error::Writer(WriterMisuse::OutOfOrder {
+                expected: meta.name.clone(),
+                got: name.to_string(),
+            }));
         }
         if values.len() != meta.numel() {
             return Err(Error::ShapeMismatch {
@@ -179,11 +181,11 @@ impl HfDirWriter {
     /// index when sharded. Returns the weight file names.
     pub fn finish(mut self) -> Result<Vec<String>> {
         if let Some(m) = self.metas.get(self.next) {
-            return Err(Error::Plan(format!("tensor {} was never written", m.name)));
+            return Err(Error::Writer(WriterMisuse::NeverWritten(m.name.clone())));
         }
         self.close_current()?;
         if self.metas.is_empty() {
-            return Err(Error::Plan("no tensors to write".into()));
+            return Err(Error::Writer(WriterMisuse::Empty));
         }
         // Remove weights a previous run left here, so loaders see only this model.
         if let Ok(rd) = std::fs::read_dir(&self.dir) {

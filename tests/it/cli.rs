@@ -312,9 +312,9 @@ fn calibrated_codecs_from_statistics() {
             .count()
     };
     // Layer output error on the calibration inputs, summed over the linears.
-    let src = tenpak::source::open(&model, tenpak::dtype::DType::F32).expect("src");
+    let src = tenpak::models::open(&model, tenpak::dtype::DType::F32).expect("src");
     let out_err = |dir: &str| -> f64 {
-        let q = tenpak::source::open(&tmp.path().join(dir), tenpak::dtype::DType::F32)
+        let q = tenpak::models::open(&tmp.path().join(dir), tenpak::dtype::DType::F32)
             .expect("quantized");
         let mut e = 0f64;
         for n in names.iter().filter(|n| n.contains("proj")) {

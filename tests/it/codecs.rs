@@ -3,6 +3,7 @@
 
 use proptest::prelude::*;
 use tenpak::codec::{self, Codec, CodecSpec, Int4, Int4Residual, WithOutliers};
+use tenpak::error::{CodecProblem, Corruption};
 use tenpak::Error;
 
 use crate::util::randn;
@@ -78,16 +79,34 @@ proptest! {
         for spec in [CodecSpec::int4(8), CodecSpec::int4_residual(8, 8), CodecSpec { outlier_fraction: 0.05, ..CodecSpec::int4(8) }] {
             let enc = spec.build().expect("build").encode(&w, 3, cols, None).expect("encode");
             let cut = cut % enc.len();
-            prop_assert!(codec::decode_vec(&enc[..cut]).is_err());
+            let truncated = matches!(
+                codec::decode_vec(&enc[..cut]),
+                Err(Error::CorruptEncoding { .. })
+            );
+            prop_assert!(truncated);
             let mut bad = enc.clone();
             bad.push(0);
-            prop_assert!(codec::decode_vec(&bad).is_err(), "trailing byte accepted");
+            let trailing = matches!(
+                codec::decode_vec(&bad),
+                Err(Error::CorruptEncoding {
+                    problem: Corruption::Length { .. },
+                    ..
+                })
+            );
+            prop_assert!(trailing, "trailing byte accepted");
             let mut bad = enc.clone();
             let i = flip % 16;
             bad[i] ^= 0xA5;
             let _ = codec::decode_vec(&bad); // may decode to garbage, must not panic
             let mut out = vec![0f32; 3 * cols + 1];
-            prop_assert!(matches!(codec::decode(&enc, &mut out), Err(Error::CorruptEncoding(_))));
+            let wrong_len = matches!(
+                codec::decode(&enc, &mut out),
+                Err(Error::CorruptEncoding {
+                    problem: Corruption::Length { what: "weights", .. },
+                    ..
+                })
+            );
+            prop_assert!(wrong_len);
         }
     }
 }
@@ -207,7 +226,10 @@ fn huge_outliers_kept_exactly_by_the_outlier_codec() {
     big[11] = -1e6;
     assert!(matches!(
         plain.encode(&big, 1, 64, None),
-        Err(Error::InvalidCodec(_))
+        Err(Error::InvalidCodec {
+            problem: CodecProblem::ScaleOverflow { .. },
+            ..
+        })
     ));
 }
 
@@ -256,11 +278,30 @@ fn presets_and_bad_parameters() {
             .residual_group,
         16
     );
-    for (name, g) in [("int4", Some(4)), ("int4", Some(5000)), ("int5", None)] {
+    for (name, g) in [("int4", Some(4)), ("int4", Some(5000))] {
         assert!(
-            matches!(CodecSpec::from_name(name, g), Err(Error::InvalidCodec(_))),
+            matches!(
+                CodecSpec::from_name(name, g),
+                Err(Error::InvalidCodec {
+                    problem: CodecProblem::OutOfRange {
+                        parameter: "group size",
+                        ..
+                    },
+                    ..
+                })
+            ),
             "{name} {g:?}"
         );
+    }
+    match CodecSpec::from_name("int5", None) {
+        Err(Error::InvalidCodec {
+            codec,
+            problem: CodecProblem::UnknownName { known },
+        }) => {
+            assert_eq!(codec, "int5");
+            assert!(known.contains("int4_residual") && known.contains("tenpak_x"));
+        }
+        other => panic!("int5: {other:?}"),
     }
     assert!(matches!(
         CodecSpec {
@@ -268,7 +309,13 @@ fn presets_and_bad_parameters() {
             ..CodecSpec::int4(32)
         }
         .build(),
-        Err(Error::InvalidCodec(_))
+        Err(Error::InvalidCodec {
+            problem: CodecProblem::OutOfRange {
+                parameter: "outlier fraction",
+                ..
+            },
+            ..
+        })
     ));
 }
 

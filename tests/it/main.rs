@@ -1,6 +1,7 @@
 //! The integration test binary of the `tenpak` package: shared helpers here, one module
 //! per area.
 
+mod architecture;
 mod artifact;
 mod cli;
 mod codecs;

@@ -1,0 +1,190 @@
+//! The codec table: every codec TenPak has, in one place.
+//!
+//! Two tables, one per level:
+//! - [`ENCODINGS`]: one row per *encoding* (the codec id in the header's first byte): its
+//!   name, its CPU decoder, and how the GPU decodes it ([`super::spec::GpuDecode`]: a kernel, or
+//!   "decoded on the CPU, then uploaded as values", stated per row). [`super::Header::parse`]
+//!   parses any id, [`decode`] accepts only these and dispatches through them, and
+//!   `tenpak::gpu` chooses kernels by them.
+//! - [`FAMILIES`]: one row per *codec family* a user or the planner picks (`int4`,
+//!   `calibrated_vq`, ...): its [`CodecKind`], its parameters' defaults and checks, how it
+//!   is built, labelled and calibrated. [`NAMES`] adds the presets the CLI accepts.
+//!
+//! Adding a codec: write its file (encoder implementing [`super::Codec`], `pub const ID`,
+//! `decode`, and for a family its `FAMILY` row), add its rows here (and its [`CodecKind`]
+//! variant), and document the encoding in `docs/FORMAT.md`. Nothing else dispatches on
+//! codec ids. The row types live in [`super::spec`] so that codec files need nothing
+//! from this file; the decoders of nested encodings get [`decode`] handed in.
+
+use super::header::{CodecId, Header};
+use super::spec::{CodecKind, CodecSpec, EncodingRow, Family, Name};
+use super::{awq, int4, int4_residual, lowrank, outliers, vq};
+use crate::error::Corruption;
+use crate::{Error, Result};
+
+/// Every encoding, by id.
+pub const ENCODINGS: &[EncodingRow] = &[
+    int4::ENCODING,
+    int4_residual::ENCODING,
+    outliers::ENCODING,
+    int4::ENCODING_N,
+    awq::ENCODING,
+    vq::ENCODING,
+    lowrank::ENCODING,
+    lowrank::ENCODING_SUM,
+];
+
+/// The row of codec id `id`.
+pub fn row(id: CodecId) -> Option<&'static EncodingRow> {
+    ENCODINGS.iter().find(|r| r.id == id)
+}
+
+/// Every family, one row per [`CodecKind`] variant.
+pub const FAMILIES: &[Family] = &[
+    int4::FAMILY_4,
+    int4_residual::FAMILY,
+    int4::FAMILY_3,
+    int4::FAMILY_2,
+    vq::FAMILY,
+    lowrank::FAMILY,
+];
+
+impl CodecKind {
+    /// The family's row.
+    pub fn family(self) -> &'static Family {
+        FAMILIES
+            .iter()
+            .find(|f| f.kind == self)
+            .unwrap_or(&FAMILIES[0])
+    }
+
+    /// Bits per code of the grouped scalar kinds.
+    pub fn scalar_bits(self) -> Option<u32> {
+        self.family().scalar_bits
+    }
+}
+
+/// Presets beside the family names.
+pub const PRESETS: &[Name] = &[
+    Name {
+        name: "int4_awq",
+        spec: awq::int4_awq_preset,
+    },
+    Name {
+        name: "int4_g8_fp16",
+        spec: |g| CodecSpec::int4(g.unwrap_or(8)),
+    },
+    Name {
+        name: "int4_opt_llama",
+        spec: |g| CodecSpec::int4(g.unwrap_or(128)),
+    },
+];
+
+/// Every name `--codec` accepts, in the order help texts list them.
+pub fn names() -> impl Iterator<Item = Name> {
+    FAMILIES
+        .iter()
+        .map(|f| Name {
+            name: f.name,
+            spec: f.preset,
+        })
+        .chain(PRESETS.iter().copied())
+}
+
+/// The names, comma-separated (for help and errors).
+pub fn name_list() -> String {
+    names().map(|n| n.name).collect::<Vec<_>>().join(", ")
+}
+
+/// The row's name for errors ("unknown" for an id no row has).
+fn row_name(h: &Header) -> &'static str {
+    row(h.id).map_or("unknown", |r| r.name)
+}
+
+/// Decodes any encoding in the table into `out`, checking its header against
+/// `out.len()` and its length against the header: the row of the header's codec id decodes
+/// it (and gets this function for the encodings nested inside).
+pub fn decode(bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    let h = Header::parse(bytes)?;
+    let Some(row) = row(h.id) else {
+        return Err(Error::corrupt(
+            "unknown",
+            Corruption::UnknownCodecId { id: h.id.0 },
+        ));
+    };
+    if h.numel() != out.len() {
+        return Err(Error::corrupt(
+            row.name,
+            Corruption::Length {
+                what: "weights",
+                expected: out.len() as u64,
+                actual: h.numel() as u64,
+            },
+        ));
+    }
+    (row.decode)(&h, bytes, out, decode)
+}
+
+/// Decodes into a new vector.
+pub fn decode_vec(bytes: &[u8]) -> Result<Vec<f32>> {
+    let h = Header::parse(bytes)?;
+    // No encoding here holds more than 4096 weights per byte (a rank-1 factor of a
+    // 4096-wide square matrix is 2048); a header claiming more is corrupt. Checked before
+    // allocating the output.
+    if h.numel() / 4096 > bytes.len() {
+        return Err(Error::corrupt(
+            row_name(&h),
+            Corruption::Length {
+                what: "bytes for the weights the header claims",
+                expected: (h.numel() / 4096) as u64,
+                actual: bytes.len() as u64,
+            },
+        ));
+    }
+    let mut out = vec![0f32; h.numel()];
+    decode(bytes, &mut out)?;
+    Ok(out)
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn ids_and_names_are_unique_and_families_cover_every_kind() {
+        let mut ids: Vec<u8> = ENCODINGS.iter().map(|r| r.id.0).collect();
+        ids.sort_unstable();
+        ids.dedup();
+        assert_eq!(ids.len(), ENCODINGS.len(), "duplicate codec id");
+        let mut all: Vec<&str> = names().map(|n| n.name).collect();
+        all.sort_unstable();
+        all.dedup();
+        assert_eq!(all.len(), names().count(), "duplicate codec name");
+        for (i, f) in FAMILIES.iter().enumerate() {
+            assert_eq!(f.kind.family().name, f.name, "row {i}");
+            let spec = (f.preset)(None);
+            assert_eq!(spec.kind, f.kind, "{}: preset of another kind", f.name);
+            spec.validate().expect("presets are valid");
+        }
+        // Every variant has a row (this match fails to compile when a variant is added).
+        for k in [
+            CodecKind::Int4,
+            CodecKind::Int4Residual,
+            CodecKind::Int3,
+            CodecKind::Int2,
+            CodecKind::CalibratedVq,
+            CodecKind::TenpakX,
+        ] {
+            match k {
+                CodecKind::Int4
+                | CodecKind::Int4Residual
+                | CodecKind::Int3
+                | CodecKind::Int2
+                | CodecKind::CalibratedVq
+                | CodecKind::TenpakX => {
+                    assert!(FAMILIES.iter().any(|f| f.kind == k), "{k:?} has no row")
+                }
+            }
+        }
+    }
+}
