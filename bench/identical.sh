@@ -22,7 +22,20 @@ for spec in "smollm2:SmolLM2-135M-Instruct.Q4_1.gguf" "gemma:gemma-3-270m-q4_k_m
   [ -s "$stats" ] || "$BIN" calibrate "$model" --text "$FX/text/brown.txt" --samples 4 --seq 128 -o "$stats" > /dev/null 2>&1
   # The statistics themselves, computed again: the calibration must be identical too.
   "$BIN" calibrate "$model" --text "$FX/text/brown.txt" --samples 4 --seq 128 -o "$WORK/again.safetensors" > /dev/null 2>&1
-  echo "$name calibrate $(sha256sum < "$WORK/again.safetensors" | cut -d' ' -f1)"
+  # By content (each tensor's name, dtype, shape and bytes; the metadata), not file bytes:
+  # the header's key order is the writer's business.
+  echo "$name calibrate $(python3 - "$WORK/again.safetensors" <<'PY'
+import hashlib, json, struct, sys
+b = open(sys.argv[1], "rb").read()
+n = struct.unpack("<Q", b[:8])[0]
+h = json.loads(b[8:8 + n])
+d = hashlib.sha256(json.dumps(h.pop("__metadata__", {}), sort_keys=True).encode())
+for k in sorted(h):
+    s, e = h[k]["data_offsets"]
+    d.update(json.dumps([k, h[k]["dtype"], h[k]["shape"]]).encode() + b[8 + n + s:8 + n + e])
+print(d.hexdigest())
+PY
+)"
   while IFS='|' read -r case args; do
     [ -n "$case" ] || continue
     out="$WORK/$name-$case.tnpk"

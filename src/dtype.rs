@@ -34,6 +34,15 @@ impl DType {
         }
     }
 
+    /// The `safetensors` crate's dtype.
+    pub const fn safetensors_dtype(self) -> safetensors::Dtype {
+        match self {
+            DType::F32 => safetensors::Dtype::F32,
+            DType::F16 => safetensors::Dtype::F16,
+            DType::BF16 => safetensors::Dtype::BF16,
+        }
+    }
+
     /// Parses a safetensors header dtype; `None` for types TenPak does not handle.
     pub fn from_safetensors_name(name: &str) -> Option<Self> {
         match name {

@@ -103,7 +103,7 @@ impl ArtifactWriter {
         let out = self
             .out
             .as_mut()
-            .ok_or_else(|| Error::Writer(WriterMisuse::Finished))?;
+            .ok_or(Error::Writer(WriterMisuse::Finished))?;
         out.write_all(bytes)
             .map_err(|e| Error::io("write", &self.tmp, e))?;
         self.pos += bytes.len() as u64;
@@ -200,7 +200,7 @@ impl ArtifactWriter {
         let out = self
             .out
             .take()
-            .ok_or_else(|| Error::Writer(WriterMisuse::Finished))?;
+            .ok_or(Error::Writer(WriterMisuse::Finished))?;
         let placed = out
             .into_inner()
             .map_err(|e| Error::io("flush", &self.tmp, e.into_error()))

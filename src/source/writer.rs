@@ -4,6 +4,8 @@
 //!
 //! The header of each shard depends only on names, shapes and dtypes, all known before
 //! the first byte of data, so tensors stream to disk one at a time in declaration order.
+//! The header is built and serialized by the `safetensors` crate; the streaming of the
+//! data is ours (the crate serializes from buffers it holds all at once).
 //! Shards are written to temporary names and renamed into place only by
 //! [`HfDirWriter::finish`]: an interrupted write never leaves a loadable half-model.
 
@@ -71,19 +73,29 @@ impl HfDirWriter {
             } else {
                 format!("model-{:05}-of-{:05}.safetensors", si + 1, n)
             };
-            let mut header = serde_json::Map::new();
-            header.insert("__metadata__".into(), json!({ "format": "pt" }));
-            let mut off = 0u64;
+            // The header through the safetensors crate's own `Metadata` (validated as it
+            // is built: offsets contiguous, sizes matching shapes); the data is streamed by
+            // `write` below, which the crate's whole-buffer serializer cannot do.
+            let mut infos = Vec::with_capacity(g.len());
+            let mut off = 0usize;
             for &i in &g {
                 let m = &metas[i];
-                let len = (m.numel() * m.dtype.size()) as u64;
-                header.insert(
+                let len = m.numel() * m.dtype.size();
+                infos.push((
                     m.name.clone(),
-                    json!({ "dtype": m.dtype.safetensors_name(), "shape": m.shape, "data_offsets": [off, off + len] }),
-                );
+                    safetensors::tensor::TensorInfo {
+                        dtype: m.dtype.safetensors_dtype(),
+                        shape: m.shape.clone(),
+                        data_offsets: (off, off + len),
+                    },
+                ));
                 off += len;
                 shard_of[i] = si;
             }
+            let format = [("format".to_string(), "pt".to_string())].into();
+            let header = safetensors::tensor::Metadata::new(Some(format), infos).map_err(|e| {
+                Error::malformed(dir.join(&file_name), "safetensors", e.to_string())
+            })?;
             let mut hb = serde_json::to_vec(&header).map_err(|e| Error::Json {
                 path: dir.join(&file_name),
                 message: e.to_string(),
@@ -232,15 +244,14 @@ impl Drop for HfDirWriter {
 }
 
 /// Writes one safetensors file of f32 tensors with string metadata, atomically. For
-/// small outputs (statistics) that are built in memory.
+/// small outputs (statistics) that are built in memory, so the `safetensors` crate
+/// serializes the whole file.
 pub fn write_safetensors_f32(
     path: &Path,
     tensors: &[NamedTensor],
     metadata: &std::collections::BTreeMap<String, String>,
 ) -> Result<()> {
-    let mut header = serde_json::Map::new();
-    header.insert("__metadata__".into(), json!(metadata));
-    let mut off = 0u64;
+    let mut bytes = Vec::with_capacity(tensors.len());
     for (name, shape, data) in tensors {
         if shape.iter().product::<usize>() != data.len() {
             return Err(Error::ShapeMismatch {
@@ -249,27 +260,29 @@ pub fn write_safetensors_f32(
                 got: vec![data.len()],
             });
         }
-        let len = data.len() as u64 * 4;
-        header.insert(
-            name.clone(),
-            json!({ "dtype": "F32", "shape": shape, "data_offsets": [off, off + len] }),
+        bytes.push(
+            data.iter()
+                .flat_map(|v| v.to_le_bytes())
+                .collect::<Vec<u8>>(),
         );
-        off += len;
     }
-    let mut hb = serde_json::to_vec(&header).map_err(|e| Error::Json {
-        path: path.to_path_buf(),
-        message: e.to_string(),
-    })?;
-    while hb.len() % 8 != 0 {
-        hb.push(b' ');
-    }
-    let mut bytes = Vec::with_capacity(8 + hb.len() + off as usize);
-    bytes.extend_from_slice(&(hb.len() as u64).to_le_bytes());
-    bytes.extend_from_slice(&hb);
-    for (_, _, data) in tensors {
-        bytes.extend(data.iter().flat_map(|v| v.to_le_bytes()));
-    }
-    super::write_atomic(path, &bytes)
+    let bad =
+        |e: safetensors::SafeTensorError| Error::malformed(path, "safetensors", e.to_string());
+    let views = tensors
+        .iter()
+        .zip(&bytes)
+        .map(|((name, shape, _), b)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), b)
+                .map(|v| (name.as_str(), v))
+                .map_err(bad)
+        })
+        .collect::<Result<Vec<_>>>()?;
+    let meta = metadata
+        .iter()
+        .map(|(k, v)| (k.clone(), v.clone()))
+        .collect();
+    let out = safetensors::serialize(views, Some(meta)).map_err(bad)?;
+    super::write_atomic(path, &out)
 }
 
 #[cfg(test)]
