@@ -9,6 +9,8 @@
 #
 # WORK_DIR keeps the statistics (computed on the first run, reused by the next, so both
 # runs pack from the same files on the same paths; paths are recorded in the artifacts).
+# IDENT_MODELS (default "smollm2 gemma") and IDENT_CASES (a grep -E pattern of case names,
+# default all) narrow the run.
 set -euo pipefail
 BIN="$(realpath "${1:?usage: identical.sh BIN WORK_DIR}")"
 WORK="${2:?usage: identical.sh BIN WORK_DIR}"
@@ -17,6 +19,7 @@ FX=$(bash scripts/fixtures.sh smollm2 gemma brown)
 mkdir -p "$WORK"
 for spec in "smollm2:SmolLM2-135M-Instruct.Q4_1.gguf" "gemma:gemma-3-270m-q4_k_m.gguf"; do
   IFS=: read -r name file <<< "$spec"
+  [[ " ${IDENT_MODELS:-smollm2 gemma} " == *" $name "* ]] || continue
   model="$FX/models/$file"
   stats="$WORK/$name.stats.safetensors"
   [ -s "$stats" ] || "$BIN" calibrate "$model" --text "$FX/text/brown.txt" --samples 4 --seq 128 -o "$stats" > /dev/null 2>&1
@@ -38,6 +41,7 @@ PY
 )"
   while IFS='|' read -r case args; do
     [ -n "$case" ] || continue
+    [[ "$case" =~ ^(${IDENT_CASES:-.*})$ ]] || continue
     out="$WORK/$name-$case.tnpk"
     # shellcheck disable=SC2086
     "$BIN" pack "$model" -o "$out" $args > /dev/null 2>&1 || { echo "$name $case FAILED"; continue; }

@@ -65,6 +65,31 @@ fn bench(c: &mut Criterion) {
             b.iter(|| pool.install(|| codec::decode(black_box(enc), &mut out).expect("decode")))
         });
     }
+    // Decode only (their encoders are slow single-core): every other codec family, so
+    // the table dispatch is measured for each (`-- decode` runs just these and the above).
+    let decode_only = [
+        ("int3_g128", CodecSpec::int(3, 128)),
+        (
+            "int4_g128_outliers0.5",
+            CodecSpec {
+                outlier_fraction: 0.005,
+                ..CodecSpec::int4(128)
+            },
+        ),
+        ("calibrated_vq_d2_8b_g64", CodecSpec::vq(2, 8, 64)),
+        ("tenpak_x_r8", CodecSpec::tenpak_x(8, 2, 7, 64, 0)),
+    ];
+    for (name, spec) in &decode_only {
+        let enc = spec
+            .build()
+            .expect("codec")
+            .encode(&w, ROWS, COLS, None)
+            .expect("encode");
+        let mut out = vec![0f32; n];
+        g.bench_with_input(BenchmarkId::new("decode", name), &enc, |b, enc| {
+            b.iter(|| pool.install(|| codec::decode(black_box(enc), &mut out).expect("decode")))
+        });
+    }
     g.finish();
 }
 

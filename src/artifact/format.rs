@@ -301,12 +301,12 @@ pub struct BaseRef {
 
 /// The manifest: everything about an artifact except the chunk bytes.
 ///
-/// Deserializing validates it (through [`RawManifest`]): a `Manifest` read from JSON has
+/// Deserializing validates it: a `Manifest` read from JSON has
 /// its chunk table sorted, aligned and non-overlapping, every reference in range, every
 /// length consistent and every file name plain. [`Manifest::parse`] adds the checks that
 /// need the file (canonical bytes, chunks inside the data region).
 #[derive(Debug, Clone, PartialEq, Serialize, Deserialize)]
-#[serde(try_from = "RawManifest")]
+#[serde(remote = "Self")]
 pub struct Manifest {
     /// Always `"tnpk"`.
     pub format: String,
@@ -328,46 +328,18 @@ pub struct Manifest {
     pub files: Vec<FileEntry>,
 }
 
-/// A manifest as it is on the wire, before validation; only [`Manifest`]'s
-/// deserialization uses it.
-#[derive(Debug, Clone, Deserialize)]
-pub struct RawManifest {
-    /// Always `"tnpk"`.
-    pub format: String,
-    /// Chunk alignment in bytes.
-    pub alignment: u64,
-    /// Largest chunk the writer produced.
-    pub chunk_size: u64,
-    /// Writer name and version.
-    pub created_by: String,
-    /// Free-form string metadata (source, target, ...).
-    pub metadata: BTreeMap<String, String>,
-    /// Delta base (reserved).
-    pub base: Option<BaseRef>,
-    /// Chunk table, sorted by offset.
-    pub chunks: Vec<Chunk>,
-    /// Tensors, in write order.
-    pub tensors: Vec<TensorEntry>,
-    /// Side files.
-    pub files: Vec<FileEntry>,
+// `remote = "Self"` makes the derives inherent functions (`Manifest::deserialize`: no
+// validation); the trait impls below add validation to deserialization.
+impl Serialize for Manifest {
+    fn serialize<S: serde::Serializer>(&self, s: S) -> Result<S::Ok, S::Error> {
+        Manifest::serialize(self, s)
+    }
 }
 
-impl TryFrom<RawManifest> for Manifest {
-    type Error = FormatError;
-
-    fn try_from(r: RawManifest) -> Result<Self, FormatError> {
-        let m = Manifest {
-            format: r.format,
-            alignment: r.alignment,
-            chunk_size: r.chunk_size,
-            created_by: r.created_by,
-            metadata: r.metadata,
-            base: r.base,
-            chunks: r.chunks,
-            tensors: r.tensors,
-            files: r.files,
-        };
-        m.validate()?;
+impl<'de> Deserialize<'de> for Manifest {
+    fn deserialize<D: serde::Deserializer<'de>>(d: D) -> Result<Self, D::Error> {
+        let m = Manifest::deserialize(d)?;
+        m.validate().map_err(serde::de::Error::custom)?;
         Ok(m)
     }
 }
@@ -402,10 +374,10 @@ impl Manifest {
                 "floating-point numbers are not allowed".into(),
             ));
         }
-        // The raw form first, so validation errors stay typed (serde would stringify them).
-        let raw: RawManifest =
-            serde_json::from_value(value).map_err(|e| FormatError::Manifest(e.to_string()))?;
-        let m = Manifest::try_from(raw)?;
+        // Unvalidated first (the inherent derive), so validation errors stay typed
+        // (through serde they would be stringified).
+        let m = Manifest::deserialize(value).map_err(|e| FormatError::Manifest(e.to_string()))?;
+        m.validate()?;
         m.check_region(data_start, data_end)?;
         Ok(m)
     }
