@@ -224,35 +224,40 @@ impl Encoding {
     pub fn label(&self, dtype: DType) -> String {
         match self {
             Encoding::Raw => format!("raw {dtype}"),
+            Encoding::Composite { description } => description.clone(),
+            Encoding::Unknown => "unknown codec".into(),
+            // The spec's own label: one labelling for reports and artifacts.
+            _ => self.spec().map(|s| s.label()).unwrap_or_default(),
+        }
+    }
+
+    /// The codec spec an `int4`/`int4_residual` entry describes (`None` for the others,
+    /// whose description is stored as written).
+    pub fn spec(&self) -> Option<CodecSpec> {
+        let ppm = |p: u32| p as f64 / 1e6;
+        match *self {
             Encoding::Int4 {
                 group,
                 symmetric,
+                refine_iters,
                 outliers_ppm,
-                ..
-            } => format!(
-                "int4 g{group}{}{}",
-                if *symmetric { " sym" } else { "" },
-                if *outliers_ppm > 0 {
-                    format!(" +{}% fp16", *outliers_ppm as f64 / 1e4)
-                } else {
-                    String::new()
-                }
-            ),
+            } => Some(CodecSpec {
+                symmetric,
+                refine_iters,
+                outlier_fraction: ppm(outliers_ppm),
+                ..CodecSpec::int4(group as usize)
+            }),
             Encoding::Int4Residual {
                 group,
                 residual_group,
+                refine_iters,
                 outliers_ppm,
-                ..
-            } => format!(
-                "int4+int2 g{group}/{residual_group}{}",
-                if *outliers_ppm > 0 {
-                    format!(" +{}% fp16", *outliers_ppm as f64 / 1e4)
-                } else {
-                    String::new()
-                }
-            ),
-            Encoding::Composite { description } => description.clone(),
-            Encoding::Unknown => "unknown codec".into(),
+            } => Some(CodecSpec {
+                refine_iters,
+                outlier_fraction: ppm(outliers_ppm),
+                ..CodecSpec::int4_residual(group as usize, residual_group as usize)
+            }),
+            _ => None,
         }
     }
 }
