@@ -29,8 +29,7 @@ use half::f16;
 use rayon::prelude::*;
 
 use super::header::{CodecId, Header, HEADER_LEN};
-use super::spec::{CodecSpec, DEFAULT_AWQ_OUTLIERS};
-use super::spec::{EncodingRow, GpuDecode};
+use super::spec::{CodecSpec, EncodingRow, GpuDecode, DEFAULT_AWQ_OUTLIERS};
 use super::traits::{f16_bytes, Codec, Decoder};
 use crate::error::Corruption;
 use crate::{Error, Result};

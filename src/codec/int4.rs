@@ -12,8 +12,9 @@ use rayon::prelude::*;
 
 use super::group::{Stage, StageData, ROWS_PER_TASK};
 use super::header::{CodecId, Header, HEADER_LEN};
-use super::spec::{check_group, CodecSpec};
-use super::spec::{CodecKind, EncodingRow, Family, GpuDecode, ResidualGroup};
+use super::spec::{
+    check_group, CodecKind, CodecSpec, EncodingRow, Family, GpuDecode, ResidualGroup,
+};
 use super::traits::{f16_bytes, Codec, Decoder};
 use crate::error::{CodecProblem, Corruption};
 use crate::{Error, Result};

@@ -11,8 +11,9 @@ use super::int4::{
     check_scales_finite, decode_stage, decode_stages, encode_stage, push_stage, split_stage,
     stage_from_header,
 };
-use super::spec::{check_group, CodecSpec};
-use super::spec::{CodecKind, EncodingRow, Family, GpuDecode, ResidualGroup};
+use super::spec::{
+    check_group, CodecKind, CodecSpec, EncodingRow, Family, GpuDecode, ResidualGroup,
+};
 use super::traits::{Codec, Decoder};
 use crate::error::Corruption;
 use crate::{Error, Result};

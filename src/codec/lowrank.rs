@@ -22,8 +22,7 @@ use rayon::prelude::*;
 
 use super::header::{CodecId, Header, HEADER_LEN};
 use super::int4::Int4;
-use super::spec::CodecSpec;
-use super::spec::{CodecKind, EncodingRow, Family, GpuDecode, ResidualGroup};
+use super::spec::{CodecKind, CodecSpec, EncodingRow, Family, GpuDecode, ResidualGroup};
 use super::traits::{f16_bytes, Codec, Decoder};
 use super::vq::Vq;
 use crate::error::{CodecProblem, Corruption};
