@@ -372,9 +372,6 @@ pub enum Corruption {
     /// A wrapper nested inside itself, or parts whose shapes disagree with the whole.
     #[error("{0}")]
     Structure(&'static str),
-    /// Non-finite scales or values stored in the encoding.
-    #[error("non-finite {0}")]
-    NonFinite(&'static str),
 }
 
 /// How a writer was misused ([`Error::Writer`]); each is a bug in the caller.

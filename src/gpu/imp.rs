@@ -60,9 +60,11 @@ pub(super) fn layout(bytes: &[u8]) -> Result<Option<Layout>> {
     let h = Header::parse(bytes)?;
     let row = table::row(h.id)
         .ok_or_else(|| Error::corrupt("unknown", Corruption::UnknownCodecId { id: h.id.0 }))?;
-    let (base_start, base_end, outliers) = match row.gpu {
+    // The grouped encoding the kernels read (the header itself, or an outlier wrapper's
+    // base, whose header `parts` has already parsed once).
+    let (bh, base_start, base_end, outliers) = match row.gpu {
         GpuDecode::CpuThenUpload => return Ok(None),
-        GpuDecode::GroupedInt => (0, bytes.len(), None),
+        GpuDecode::GroupedInt => (h, 0, bytes.len(), None),
         GpuDecode::Outliers => {
             let p = codec::outliers::parts(&h, bytes)?;
             let inner = Header::parse(p.base)?;
@@ -70,13 +72,13 @@ pub(super) fn layout(bytes: &[u8]) -> Result<Option<Layout>> {
                 return Ok(None);
             }
             (
+                inner,
                 p.base_start,
                 p.base_start + p.base.len(),
                 Some((p.indices, p.values)),
             )
         }
     };
-    let bh = Header::parse(&bytes[base_start..])?;
     let (rows, cols) = (bh.rows as usize, bh.cols as usize);
     let st = |g: u16, bits: u32, sym: bool| Stage {
         bits,
