@@ -195,6 +195,28 @@ pub enum Error {
         /// The base's digest (`sha256:<hex>`).
         base: String,
     },
+    /// A delta artifact paired with a base it was not made against.
+    #[error("wrong base: this delta was made against {expected}, but the base given is {found}")]
+    WrongBase {
+        /// The digest the delta names (`sha256:<hex>`).
+        expected: String,
+        /// The digest of the base given.
+        found: String,
+    },
+    /// A base given with an artifact that is not a delta.
+    #[error("{location} is a full model, not a delta; it needs no --base")]
+    NotADelta {
+        /// The artifact.
+        location: String,
+    },
+    /// A delta's base lacks a tensor the delta applies to, or holds it in another shape.
+    #[error("the base has no tensor {tensor} of shape {shape:?}, which the delta applies to")]
+    BaseMismatch {
+        /// The tensor.
+        tensor: String,
+        /// Its shape in the fine-tune.
+        shape: Vec<usize>,
+    },
     /// A `.tnpk` artifact is malformed, corrupt, or fails verification.
     #[error("{location}: {error}")]
     Artifact {
@@ -372,6 +394,16 @@ pub enum Corruption {
     /// A wrapper nested inside itself, or parts whose shapes disagree with the whole.
     #[error("{0}")]
     Structure(&'static str),
+    /// A delta encoding decoded without its base (see `docs/FORMAT.md` §6).
+    #[error("a delta encoding decodes only against its base tensor")]
+    NeedsBase,
+    /// A delta encoding whose base tensor is not what it was made against (another
+    /// length, or not the encoding a grid delta patches).
+    #[error("the base tensor does not match: {0}")]
+    BaseTensor(&'static str),
+    /// An entropy-coded stream that does not decode to what its header says.
+    #[error("compressed stream: {0}")]
+    Stream(String),
 }
 
 /// How a writer was misused ([`Error::Writer`]); each is a bug in the caller.

@@ -8,6 +8,7 @@
 pub mod artifact;
 pub mod calib;
 pub mod codec;
+pub mod delta;
 pub mod dtype;
 pub mod error;
 pub mod glob;

@@ -387,15 +387,34 @@ fn allocate_budget(
         costs.push(measure(src, meta, &cands, calib)?);
     }
     let limit = budget * total_weights;
+    let Some(best) = allocate(&costs, limit) else {
+        let min_bits: f64 = costs
+            .iter()
+            .map(|c| c.iter().map(|x| x.0).fold(f64::INFINITY, f64::min))
+            .sum();
+        return Err(Error::BudgetTooSmall {
+            requested: budget,
+            cheapest: min_bits / total_weights,
+        });
+    };
+    for (&i, &k) in idx.iter().zip(&best) {
+        plans[i].action = Action::Quantize(cands[k].clone());
+    }
+    Ok(())
+}
+
+/// Picks one candidate per item to minimise the total error with the total cost at most
+/// `limit`: a Lagrangian relaxation (for a multiplier λ each item takes its candidate of
+/// least `error + λ·cost`; λ bisected to the smallest that fits), then a greedy pass that
+/// spends what is left on the best error drop per unit of cost. `costs[i]` lists item
+/// `i`'s candidates as (cost, error). `None` when even the cheapest choice exceeds `limit`.
+pub fn allocate(costs: &[Vec<(f64, f64)>], limit: f64) -> Option<Vec<usize>> {
     let min_bits: f64 = costs
         .iter()
         .map(|c| c.iter().map(|x| x.0).fold(f64::INFINITY, f64::min))
         .sum();
     if min_bits > limit {
-        return Err(Error::BudgetTooSmall {
-            requested: budget,
-            cheapest: min_bits / total_weights,
-        });
+        return None;
     }
     let choose = |lambda: f64| -> Vec<usize> {
         costs
@@ -409,7 +428,7 @@ fn allocate_budget(
             })
             .collect()
     };
-    let bits_of = |ch: &[usize]| -> f64 { ch.iter().zip(&costs).map(|(&k, c)| c[k].0).sum() };
+    let bits_of = |ch: &[usize]| -> f64 { ch.iter().zip(costs).map(|(&k, c)| c[k].0).sum() };
     let (mut lo, mut hi) = (0f64, 1f64);
     while bits_of(&choose(hi)) > limit && hi < 1e30 {
         hi *= 4.0;
@@ -429,7 +448,18 @@ fn allocate_budget(
             }
         }
     }
-    // Greedy: spend the remaining bits on the best error drop per extra bit.
+    if bits_of(&best) > limit {
+        // λ = 1e30 still over: take each item's cheapest candidate (fits, checked above).
+        best = costs
+            .iter()
+            .map(|c| {
+                (0..c.len())
+                    .min_by(|&a, &b| c[a].0.total_cmp(&c[b].0).then(c[a].1.total_cmp(&c[b].1)))
+                    .unwrap_or(0)
+            })
+            .collect();
+    }
+    // Greedy: spend the remaining budget on the best error drop per extra unit.
     let mut used = bits_of(&best);
     loop {
         let mut pick: Option<(usize, usize, f64)> = None;
@@ -450,15 +480,25 @@ fn allocate_budget(
         used += costs[t][k].0 - costs[t][best[t]].0;
         best[t] = k;
     }
-    for (&i, &k) in idx.iter().zip(&best) {
-        plans[i].action = Action::Quantize(cands[k].clone());
-    }
-    Ok(())
+    Some(best)
 }
 
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn allocation_fits_the_limit_and_prefers_the_best_error_per_cost() {
+        // Two items: the first gains a lot from its second candidate, the second little.
+        let costs = vec![vec![(1.0, 10.0), (3.0, 1.0)], vec![(1.0, 2.0), (3.0, 1.9)]];
+        assert_eq!(allocate(&costs, 2.0), Some(vec![0, 0]));
+        assert_eq!(allocate(&costs, 4.0), Some(vec![1, 0]));
+        assert_eq!(allocate(&costs, 6.0), Some(vec![1, 1]));
+        assert_eq!(allocate(&costs, 1.5), None);
+        // Free candidates with an error are still chosen against costly exact ones.
+        let costs = vec![vec![(0.0, 5.0), (10.0, 0.0)], vec![(0.0, 0.0)]];
+        assert_eq!(allocate(&costs, 5.0), Some(vec![0, 0]));
+    }
 
     #[test]
     fn roles_from_names() {

@@ -94,3 +94,62 @@ pub fn write_llama(
     std::fs::write(&p, "{}").map_err(|e| crate::Error::io("write", &p, e))?;
     Ok(metas.into_iter().map(|m| m.name).collect())
 }
+
+/// Writes a synthetic fine-tune of the HF model at `base` into `dir`, with the structure
+/// real fine-tunes have: most matrices moved a little (a few units in the last bf16
+/// place, as an optimiser's small steps leave them), some tensors untouched (layer 0's
+/// attention and every norm but the last), a low-rank change on top in the MLPs, and
+/// the embedding rows of a few "seen" tokens moved a lot. Returns the names of the
+/// tensors left bit-identical.
+pub fn write_finetune(
+    base: &std::path::Path,
+    dir: &std::path::Path,
+    seed: u64,
+) -> crate::Result<Vec<String>> {
+    use crate::source::{HfDirWriter, HfModelDir, TensorSource};
+    let src = HfModelDir::open(base)?;
+    let metas = src.tensors().to_vec();
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io("create", dir, e))?;
+    let mut w = HfDirWriter::new(dir, metas.clone(), 1 << 40)?;
+    let mut untouched = vec![];
+    for (i, m) in metas.iter().enumerate() {
+        let mut v = src.read_f32(&m.name)?;
+        let s = seed.wrapping_mul(1000) + i as u64;
+        let keep = (m.name.contains("layers.0.self_attn") || m.name.contains("layernorm"))
+            && m.name != "model.norm.weight";
+        if keep {
+            untouched.push(m.name.clone());
+        } else if m.name.contains("embed_tokens") {
+            let cols = m.shape[1];
+            let d = randn(v.len(), s, 4e-4);
+            for (k, (x, e)) in v.iter_mut().zip(&d).enumerate() {
+                // Every fourth token row was "seen" by the fine-tune: a large update.
+                let row = k / cols;
+                *x += if row % 4 == 0 { e * 12.0 } else { *e };
+            }
+        } else if m.shape.len() == 2 {
+            let (rows, cols) = (m.shape[0], m.shape[1]);
+            let d = randn(v.len(), s, 3e-4);
+            let a = randn(rows * 4, s + 7, 1.0);
+            let b = randn(4 * cols, s + 11, 1.0);
+            let lowrank = m.name.contains("mlp");
+            for r in 0..rows {
+                for c in 0..cols {
+                    let mut u = d[r * cols + c];
+                    if lowrank {
+                        u += (0..4).map(|k| a[r * 4 + k] * b[k * cols + c]).sum::<f32>() * 2e-4;
+                    }
+                    v[r * cols + c] += u;
+                }
+            }
+        } else {
+            for (x, e) in v.iter_mut().zip(randn(m.numel(), s, 1e-2)) {
+                *x += e;
+            }
+        }
+        w.write(&m.name, &v)?;
+    }
+    w.finish()?;
+    src.write_side_files(dir)?;
+    Ok(untouched)
+}

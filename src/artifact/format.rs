@@ -21,8 +21,8 @@ pub const MAGIC: [u8; 8] = *b"\x89TNPK\r\n\x1a";
 pub const HEADER_LEN: usize = 128;
 /// Major version this code reads and writes.
 pub const MAJOR: u16 = 1;
-/// Minor version this code writes.
-pub const MINOR: u16 = 1;
+/// Minor version this code writes (1.2: delta artifacts, `docs/FORMAT.md` §6).
+pub const MINOR: u16 = 2;
 /// Default chunk alignment (direct I/O and GPU copies).
 pub const DEFAULT_ALIGNMENT: u64 = 4096;
 /// Default largest chunk.
@@ -186,6 +186,14 @@ pub enum Encoding {
         /// The codec and its parameters, for people (`int4 g128 awq +0.1% fp16`).
         description: String,
     },
+    /// (1.2, deltas only) The base's tensor of the same name, unchanged: no bytes.
+    Base,
+    /// (1.2, deltas only) A delta encoding of `docs/FORMAT.md` §4 applied to the base's
+    /// tensor of the same name (`delta_exact`, `delta_sign`, `delta_add`, `delta_grid`).
+    Delta {
+        /// The codec and its parameters, for people (`delta + int2 g64 sym`).
+        description: String,
+    },
     /// A codec this reader does not know (from a newer minor version); the tensor can be
     /// listed but not decoded.
     #[serde(other)]
@@ -224,7 +232,10 @@ impl Encoding {
     pub fn label(&self, dtype: DType) -> String {
         match self {
             Encoding::Raw => format!("raw {dtype}"),
-            Encoding::Composite { description } => description.clone(),
+            Encoding::Composite { description } | Encoding::Delta { description } => {
+                description.clone()
+            }
+            Encoding::Base => "= base".into(),
             Encoding::Unknown => "unknown codec".into(),
             // The spec's own label: one labelling for reports and artifacts.
             _ => self.spec().map(|s| s.label()).unwrap_or_default(),
@@ -297,7 +308,7 @@ pub struct FileEntry {
     pub chunks: Vec<u32>,
 }
 
-/// The base a delta artifact applies to (reserved in version 1.0: writers emit `null`).
+/// The base a delta artifact applies to (`docs/FORMAT.md` §6).
 #[derive(Debug, Clone, PartialEq, Eq, Serialize, Deserialize)]
 pub struct BaseRef {
     /// `sha256:<hex>` digest of the base artifact's manifest.
@@ -323,7 +334,7 @@ pub struct Manifest {
     pub created_by: String,
     /// Free-form string metadata (source, target, ...).
     pub metadata: BTreeMap<String, String>,
-    /// Delta base (reserved).
+    /// The base of a delta artifact; `None` for a full model.
     pub base: Option<BaseRef>,
     /// Chunk table, sorted by offset.
     pub chunks: Vec<Chunk>,
@@ -484,7 +495,27 @@ impl Manifest {
                     t.name, t.encoded_length
                 ));
             }
+            let against_base = matches!(t.encoding, Encoding::Base | Encoding::Delta { .. });
+            if against_base && self.base.is_none() {
+                return bad(format!(
+                    "tensor {}: a delta encoding in an artifact without a base",
+                    t.name
+                ));
+            }
+            if t.encoding == Encoding::Base && t.encoded_length != 0 {
+                return bad(format!("tensor {}: a base reference holds bytes", t.name));
+            }
             check_refs(&t.name, &t.chunks, t.encoded_length)?;
+        }
+        if let Some(b) = &self.base {
+            let hex = b.digest.strip_prefix("sha256:").unwrap_or("");
+            if hex.len() != 64
+                || !hex
+                    .bytes()
+                    .all(|c| c.is_ascii_digit() || (b'a'..=b'f').contains(&c))
+            {
+                return bad(format!("base digest {:?} is not sha256:<64 hex>", b.digest));
+            }
         }
         let mut fnames = HashSet::new();
         for f in &self.files {

@@ -52,6 +52,37 @@ impl Sink for ArtifactSink {
     }
 }
 
+/// Packs `src` losslessly: every tensor raw in its dtype (a base that deltas are made
+/// against exactly), side files included; written atomically, signed by `keys`.
+pub fn pack_raw(
+    src: &dyn TensorSource,
+    out: &Path,
+    keys: &[&SigningKey],
+    metadata: &[(&str, &str)],
+    progress: &(dyn Fn(&str) + Sync),
+) -> Result<Written> {
+    let mut w = ArtifactWriter::create(out)?;
+    for (k, v) in metadata {
+        w.set_metadata(k, v);
+    }
+    w.set_metadata("selection", "lossless (every tensor raw)");
+    for m in src.tensors() {
+        let values = src.read_f32(&m.name)?;
+        w.add_tensor(
+            &m.name,
+            &m.shape,
+            m.dtype,
+            Encoding::Raw,
+            &m.dtype.encode(&values),
+        )?;
+        progress(&m.name);
+    }
+    for (name, bytes) in crate::source::side_files(src)? {
+        w.add_file(&name, &bytes)?;
+    }
+    w.finish(keys)
+}
+
 /// Packs `src` into `out` (written atomically), signed by `keys`.
 pub fn pack(
     src: &dyn TensorSource,

@@ -200,21 +200,45 @@ impl Artifact {
                     tensor: t.name.clone(),
                 })
             }
+            Encoding::Base | Encoding::Delta { .. } => return Err(self.needs_base()),
         }
         Ok(out)
     }
 
-    /// Fetches, verifies and decodes one tensor.
-    pub fn load_tensor(&self, name: &str) -> Result<Vec<f32>> {
-        let t = self
-            .manifest
+    /// The error for decoding a delta's tensor without its base.
+    fn needs_base(&self) -> Error {
+        Error::DeltaNeedsBase {
+            base: self
+                .manifest
+                .base
+                .as_ref()
+                .map_or_else(String::new, |b| b.digest.clone()),
+        }
+    }
+
+    /// The manifest entry of a tensor.
+    pub fn entry(&self, name: &str) -> Result<&TensorEntry> {
+        self.manifest
             .tensors
             .iter()
             .find(|t| t.name == name)
             .ok_or_else(|| Error::TensorNotFound {
                 name: name.to_string(),
-            })?;
-        let bytes = self.fetch_many(&[(&t.name, &t.chunks)])?.remove(0);
+            })
+    }
+
+    /// Fetches one tensor's bytes, every chunk verified.
+    pub fn fetch_tensor(&self, t: &TensorEntry) -> Result<Bytes> {
+        if t.chunks.is_empty() {
+            return Ok(Bytes::new());
+        }
+        Ok(self.fetch_many(&[(&t.name, &t.chunks)])?.remove(0))
+    }
+
+    /// Fetches, verifies and decodes one tensor.
+    pub fn load_tensor(&self, name: &str) -> Result<Vec<f32>> {
+        let t = self.entry(name)?;
+        let bytes = self.fetch_tensor(t)?;
         self.decode(t, &bytes)
     }
 

@@ -48,6 +48,7 @@ pub struct ArtifactWriter {
     tensors: Vec<TensorEntry>,
     files: Vec<FileEntry>,
     metadata: BTreeMap<String, String>,
+    base: Option<format::BaseRef>,
     payload: u64,
     deduplicated: u64,
 }
@@ -89,6 +90,7 @@ impl ArtifactWriter {
             tensors: vec![],
             files: vec![],
             metadata: BTreeMap::new(),
+            base: None,
             payload: 0,
             deduplicated: 0,
         })
@@ -97,6 +99,13 @@ impl ArtifactWriter {
     /// Sets a metadata entry.
     pub fn set_metadata(&mut self, key: &str, value: &str) {
         self.metadata.insert(key.to_string(), value.to_string());
+    }
+
+    /// Makes this a delta artifact against the base artifact `digest` (`sha256:<hex>`).
+    pub fn set_base(&mut self, digest: &str) {
+        self.base = Some(format::BaseRef {
+            digest: digest.to_string(),
+        });
     }
 
     fn write_bytes(&mut self, bytes: &[u8]) -> Result<()> {
@@ -179,7 +188,7 @@ impl ArtifactWriter {
             chunk_size: self.chunk_size,
             created_by: format!("tenpak {}", env!("CARGO_PKG_VERSION")),
             metadata: std::mem::take(&mut self.metadata),
-            base: None,
+            base: self.base.take(),
             chunks: std::mem::take(&mut self.chunks),
             tensors: std::mem::take(&mut self.tensors),
             files: std::mem::take(&mut self.files),

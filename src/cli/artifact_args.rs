@@ -2,24 +2,61 @@
 
 use tenpak::artifact::source::{self, HttpOptions};
 use tenpak::artifact::Artifact;
+use tenpak::delta::DeltaSource;
 
 /// Where the artifact is and how to fetch it.
 #[derive(Debug, clap::Args)]
 pub struct SourceArgs {
     /// A `.tnpk` file, or an http(s) URL served with Range support.
     pub location: String,
+    /// The base artifact (file or URL) when LOCATION is a delta (`pack --base`): the
+    /// delta is applied to it; a base with another digest than the delta names is refused.
+    #[arg(long)]
+    pub base: Option<String>,
     /// Parallel HTTP range requests.
     #[arg(long, default_value_t = 4)]
     pub parallel: usize,
 }
 
+/// An opened artifact: a full model, or a delta with its base.
+pub enum Opened {
+    /// A full model.
+    Full(Box<Artifact>),
+    /// A delta and its base.
+    Delta(Box<DeltaSource>),
+}
+
 impl SourceArgs {
-    /// Opens the artifact (header and manifest validated).
-    pub fn open(&self) -> anyhow::Result<Artifact> {
-        let http = HttpOptions {
+    fn http(&self) -> HttpOptions {
+        HttpOptions {
             parallel: self.parallel.max(1),
             ..HttpOptions::default()
-        };
-        Ok(Artifact::open(source::open(&self.location, http)?)?)
+        }
+    }
+
+    /// Opens the artifact (header and manifest validated).
+    pub fn open(&self) -> anyhow::Result<Artifact> {
+        Ok(Artifact::open(source::open(&self.location, self.http())?)?)
+    }
+
+    /// Opens the artifact, with its base when it is a delta: a delta without `--base`,
+    /// or with the wrong base, and a `--base` for a full model are errors.
+    pub fn open_model(&self) -> anyhow::Result<Opened> {
+        let art = self.open()?;
+        match (&art.manifest().base, &self.base) {
+            (None, None) => Ok(Opened::Full(Box::new(art))),
+            (None, Some(_)) => Err(tenpak::Error::NotADelta {
+                location: self.location.clone(),
+            }
+            .into()),
+            (Some(b), None) => Err(tenpak::Error::DeltaNeedsBase {
+                base: b.digest.clone(),
+            }
+            .into()),
+            (Some(_), Some(base)) => {
+                let base = Artifact::open(source::open(base, self.http())?)?;
+                Ok(Opened::Delta(Box::new(DeltaSource::new(art, base)?)))
+            }
+        }
     }
 }

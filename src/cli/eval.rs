@@ -36,23 +36,44 @@ pub struct Args {
     /// Prepend BOS to each window: auto (if the tokenizer adds one by default), yes, no.
     #[arg(long, default_value = "auto", value_parser = ["auto", "yes", "no"])]
     pub bos: String,
+    /// The base artifact (file or URL) when MODEL is a delta `.tnpk` (`pack --base`).
+    #[arg(long)]
+    pub base: Option<String>,
     /// A second model evaluated on the same windows (e.g. the quantized one).
     #[arg(long)]
     pub compare: Option<PathBuf>,
+    /// The base artifact of --compare, when that is a delta.
+    #[arg(long, requires = "compare")]
+    pub compare_base: Option<String>,
     /// Print one JSON object: ppl, tokens, tokens_per_s (and ppl_compare, delta_pct).
     #[arg(long)]
     pub json: bool,
 }
 
+/// Opens a model, applying a delta to `base` where given.
+fn open_model(
+    path: &std::path::Path,
+    base: Option<&str>,
+) -> anyhow::Result<Box<dyn tenpak::source::TensorSource>> {
+    Ok(match base {
+        Some(b) => Box::new(
+            tenpak::delta::DeltaSource::open(&path.to_string_lossy(), b)
+                .with_context(|| format!("opening {} with base {b}", path.display()))?,
+        ),
+        None => tenpak::models::open(path, DType::BF16)
+            .with_context(|| format!("opening {}", path.display()))?,
+    })
+}
+
 fn eval_one(
     path: &std::path::Path,
+    base: Option<&str>,
     ids: &[u32],
     bos: Option<u32>,
     w: Windows,
     what: &str,
 ) -> anyhow::Result<Perplexity> {
-    let src = tenpak::models::open(path, DType::BF16)
-        .with_context(|| format!("opening {}", path.display()))?;
+    let src = open_model(path, base)?;
     let model = Model::load(src.as_ref()).with_context(|| format!("loading {}", path.display()))?;
     drop(src);
     let pb = indicatif::ProgressBar::new(0);
@@ -74,8 +95,7 @@ fn eval_one(
 pub fn run(a: Args) -> anyhow::Result<()> {
     let text = std::fs::read_to_string(&a.text)
         .with_context(|| format!("reading {}", a.text.display()))?;
-    let src = tenpak::models::open(&a.model, DType::BF16)
-        .with_context(|| format!("opening {}", a.model.display()))?;
+    let src = open_model(&a.model, a.base.as_deref())?;
     let tok_bytes = tenpak::source::side_files(src.as_ref())?
         .into_iter()
         .find(|(n, _)| n == "tokenizer.json")
@@ -100,9 +120,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if a.ctx == 0 {
         bail!("--ctx must be positive");
     }
-    let base = eval_one(&a.model, &ids, bos, w, "eval")?;
+    let base = eval_one(&a.model, a.base.as_deref(), &ids, bos, w, "eval")?;
     let cmp = match &a.compare {
-        Some(p) => Some(eval_one(p, &ids, bos, w, "compare")?),
+        Some(p) => Some(eval_one(
+            p,
+            a.compare_base.as_deref(),
+            &ids,
+            bos,
+            w,
+            "compare",
+        )?),
         None => None,
     };
     let mut out = std::io::stdout().lock();

@@ -31,6 +31,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         let v = serde_json::json!({
             "location": a.source.location,
             "digest": art.digest(),
+            "base": m.base.as_ref().map(|b| b.digest.clone()),
             "file_bytes": art.len(),
             "weights": weights,
             "source_bytes": source_bytes,
@@ -88,6 +89,19 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         source_bytes
     )?;
     writeln!(out, "digest        {}", art.digest())?;
+    if let Some(b) = &m.base {
+        let refs = m
+            .tensors
+            .iter()
+            .filter(|t| t.encoding == tenpak::artifact::Encoding::Base)
+            .count();
+        writeln!(
+            out,
+            "delta against {} ({refs} of {} tensors unchanged); read it with --base",
+            b.digest,
+            m.tensors.len()
+        )?;
+    }
     let signers = art.signers();
     writeln!(
         out,

@@ -6,7 +6,7 @@ use std::time::Instant;
 
 use tenpak::artifact::Selection;
 
-use super::artifact_args::SourceArgs;
+use super::artifact_args::{Opened, SourceArgs};
 
 /// Arguments of `tenpak load`.
 #[derive(Debug, clap::Args)]
@@ -29,7 +29,10 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     let sel =
         Selection::new(a.tensors.as_deref(), a.layers.as_deref()).map_err(anyhow::Error::msg)?;
     let t0 = Instant::now();
-    let art = a.source.open()?;
+    let art = match a.source.open_model()? {
+        Opened::Full(art) => *art,
+        Opened::Delta(d) => return load_delta(&a, &sel, &d, t0),
+    };
     let opened = t0.elapsed().as_secs_f64();
     let chosen = art.select(&sel);
     let mut first: Option<f64> = None;
@@ -68,6 +71,54 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             total,
             first.unwrap_or(total),
             encoded as f64 / 1e6 / total
+        )?;
+    }
+    writeln!(out)?;
+    Ok(())
+}
+
+fn load_delta(
+    a: &Args,
+    sel: &Selection,
+    d: &tenpak::delta::DeltaSource,
+    t0: Instant,
+) -> anyhow::Result<()> {
+    let opened = t0.elapsed().as_secs_f64();
+    let chosen = d.delta().select(sel);
+    let mut first: Option<f64> = None;
+    let mut weights = 0u64;
+    for t in &chosen {
+        weights += d.tensor(&t.name)?.len() as u64;
+        first.get_or_insert_with(|| t0.elapsed().as_secs_f64());
+    }
+    let total = t0.elapsed().as_secs_f64();
+    let fetched = d.delta().bytes_fetched() + d.base().bytes_fetched();
+    let v = serde_json::json!({
+        "location": a.source.location,
+        "base": d.base().digest(),
+        "tensors": chosen.len(),
+        "weights": weights,
+        "bytes_fetched": fetched,
+        "delta_bytes_fetched": d.delta().bytes_fetched(),
+        "base_bytes_fetched": d.base().bytes_fetched(),
+        "open_s": opened,
+        "time_to_first_tensor_s": first.unwrap_or(total),
+        "total_s": total,
+        "weights_per_s": weights as f64 / total,
+    });
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer(&mut out, &v)?;
+    } else {
+        write!(
+            out,
+            "loaded {} tensors ({} weights) of the delta on its base in {:.3} s; fetched {} delta + {} base bytes; first tensor after {:.3} s",
+            chosen.len(),
+            weights,
+            total,
+            d.delta().bytes_fetched(),
+            d.base().bytes_fetched(),
+            first.unwrap_or(total)
         )?;
     }
     writeln!(out)?;

@@ -26,6 +26,33 @@ pub struct Args {
     /// Print one JSON object instead of the table.
     #[arg(long)]
     pub json: bool,
+    #[command(flatten)]
+    pub delta: DeltaArgs,
+}
+
+/// How a fine-tune is stored against its base (`pack --base`).
+#[derive(Debug, clap::Args)]
+pub struct DeltaArgs {
+    /// Store the model as a delta against this base: a .tnpk file or URL (the base
+    /// artifact the delta names by digest), or an HF directory, .gguf or Hub id, which is
+    /// first packed losslessly to OUTPUT.base.tnpk (publish it beside the delta). The
+    /// delta is read back only with that base (`--base` on unpack, info, verify, load,
+    /// eval).
+    #[arg(long, value_name = "BASE")]
+    pub base: Option<String>,
+    /// exact: bit-identical reconstruction; auto: per tensor, the encoding that loses least
+    /// within --delta-bits-per-weight; sign: BitDelta sign × scale (a baseline); grid:
+    /// re-quantized on a quantized base's own grid (the rest exact).
+    #[arg(long, value_enum, default_value = "auto", requires = "base")]
+    pub delta: tenpak::delta::DeltaMode,
+    /// auto's budget, in bits per fine-tune weight, every byte of the delta file counted
+    /// (embeddings, headers, manifest, side files that differ from the base's).
+    #[arg(long, default_value_t = 2.0, requires = "base")]
+    pub delta_bits_per_weight: f64,
+    /// zstd level of the entropy-coded delta encodings (1-22; decode speed is the same).
+    #[arg(long, default_value_t = tenpak::codec::delta_exact::DEFAULT_LEVEL,
+          value_parser = clap::value_parser!(i32).range(1..=22), requires = "base")]
+    pub delta_level: i32,
 }
 
 /// A local path as is; otherwise `org/name[@rev]` downloaded from the Hub. Returns the
@@ -70,6 +97,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .collect::<Result<Vec<_>, _>>()?;
     let key_refs: Vec<_> = keys.iter().collect();
     let (model_path, source) = resolve_model(&a.model)?;
+    if let Some(base) = &a.delta.base {
+        return run_delta(&a, base, &model_path, &source, &key_refs, opts);
+    }
     a.codecs
         .attach_calibration(&mut opts, &model_path, &a.output)?;
     let src = tenpak::models::open(&model_path, a.codecs.gguf_dtype)
@@ -124,6 +154,133 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "wrote {} in {secs:.1} s ({:.0} MB/s of source weights)",
         a.output.display(),
         report.report.source_bytes as f64 / 1e6 / secs
+    )?;
+    Ok(())
+}
+
+/// Opens `--base`: a `.tnpk` (path or URL) as is; any other model packed losslessly to
+/// `OUTPUT.base.tnpk` first.
+fn open_base(
+    base: &str,
+    output: &std::path::Path,
+    gguf_dtype: tenpak::dtype::DType,
+    keys: &[&ed25519_dalek::SigningKey],
+) -> anyhow::Result<tenpak::artifact::Artifact> {
+    let is_artifact = base.starts_with("http://")
+        || base.starts_with("https://")
+        || base.to_ascii_lowercase().ends_with(".tnpk");
+    if is_artifact {
+        return tenpak::artifact::Artifact::open_location(base)
+            .with_context(|| format!("opening the base {base}"));
+    }
+    let (path, source) = resolve_model(std::path::Path::new(base))?;
+    let src = tenpak::models::open(&path, gguf_dtype)
+        .with_context(|| format!("opening the base {}", path.display()))?;
+    let mut name = output.as_os_str().to_owned();
+    name.push(".base.tnpk");
+    let out = std::path::PathBuf::from(name);
+    let pb = super::progress::bar(src.tensors().len() as u64, "base");
+    let w = pack::pack_raw(src.as_ref(), &out, keys, &[("source", &source)], &|t| {
+        pb.set_message(t.to_string());
+        pb.inc(1);
+    })?;
+    pb.finish_and_clear();
+    eprintln!(
+        "packed the base {source} losslessly -> {} ({}); publish it beside the delta",
+        out.display(),
+        w.digest
+    );
+    Ok(tenpak::artifact::Artifact::open_location(
+        &out.to_string_lossy(),
+    )?)
+}
+
+fn run_delta(
+    a: &Args,
+    base: &str,
+    model_path: &std::path::Path,
+    source: &str,
+    keys: &[&ed25519_dalek::SigningKey],
+    mut opts: tenpak::quantize::Options,
+) -> anyhow::Result<()> {
+    let base_art = open_base(base, &a.output, a.codecs.gguf_dtype, keys)?;
+    a.codecs
+        .attach_calibration(&mut opts, model_path, &a.output)?;
+    let src = tenpak::models::open(model_path, a.codecs.gguf_dtype)
+        .with_context(|| format!("opening {}", model_path.display()))?;
+    let dopts = tenpak::delta::DeltaOptions {
+        mode: a.delta.delta,
+        bits_per_weight: a.delta.delta_bits_per_weight,
+        level: a.delta.delta_level,
+        calib: opts.calib.clone(),
+    };
+    let passes = if dopts.mode == tenpak::delta::DeltaMode::Auto {
+        2
+    } else {
+        1
+    };
+    let pb = super::progress::bar(src.tensors().len() as u64 * passes, "delta");
+    let base_location = base.to_string();
+    let report = tenpak::delta::pack_delta(
+        src.as_ref(),
+        &base_art,
+        &a.output,
+        &dopts,
+        keys,
+        &[("source", source), ("base_location", &base_location)],
+        &|pass, t| {
+            pb.set_message(format!("{pass} {t}"));
+            pb.inc(1);
+        },
+    )?;
+    pb.finish_and_clear();
+    let mut out = std::io::stdout().lock();
+    if a.json {
+        serde_json::to_writer_pretty(&mut out, &report)?;
+        writeln!(out)?;
+        return Ok(());
+    }
+    writeln!(
+        out,
+        "{:<52} {:<26} {:>11} {:>7} {:>9} {:>9}",
+        "tensor", "stored as", "bytes", "bpw", "rel err", "Δ err"
+    )?;
+    for t in &report.tensors {
+        writeln!(
+            out,
+            "{:<52} {:<26} {:>11} {:>7.3} {:>9.2e} {:>9.2e}",
+            t.name, t.label, t.bytes, t.bits_per_weight, t.rel_error, t.rel_delta_error
+        )?;
+    }
+    writeln!(out)?;
+    writeln!(
+        out,
+        "delta ({:?})             {:>14}   bytes of tensor encodings; {} of {} tensors unchanged (references)",
+        report.mode, report.delta_bytes, report.references, report.tensors.len()
+    )?;
+    writeln!(
+        out,
+        "delta file                {:>14}   bytes = {:.4} bits per fine-tune weight, every byte counted",
+        report.file_bytes, report.bits_per_weight
+    )?;
+    writeln!(
+        out,
+        "vs the fine-tune          {:>14}   bytes in its own dtype: {:.4}x",
+        report.source_bytes, report.ratio_vs_source
+    )?;
+    writeln!(
+        out,
+        "vs packed on its own      {:>14}   bytes with the base's codecs: {:.4}x",
+        report.full_bytes, report.ratio_vs_full
+    )?;
+    writeln!(out, "base                      {}", report.base)?;
+    writeln!(out, "digest                    {}", report.digest)?;
+    writeln!(
+        out,
+        "wrote {} in {:.1} s ({:.1} MB/s of fine-tune weights)",
+        a.output.display(),
+        report.encode_seconds,
+        report.source_bytes as f64 / 1e6 / report.encode_seconds
     )?;
     Ok(())
 }

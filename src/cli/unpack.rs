@@ -5,7 +5,7 @@ use std::path::PathBuf;
 use tenpak::artifact::{sign, Artifact, Selection};
 use tenpak::dtype::DType;
 
-use super::artifact_args::SourceArgs;
+use super::artifact_args::{Opened, SourceArgs};
 
 /// Arguments of `tenpak unpack`.
 #[derive(Debug, clap::Args)]
@@ -34,7 +34,10 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let sel =
         Selection::new(a.tensors.as_deref(), a.layers.as_deref()).map_err(anyhow::Error::msg)?;
-    let art: Artifact = a.source.open()?;
+    let art: Artifact = match a.source.open_model()? {
+        Opened::Full(art) => *art,
+        Opened::Delta(d) => return unpack_delta(&a, &sel, &d),
+    };
     if let Some(k) = &a.key {
         art.verify_signature(&sign::load_public_key(k)?)?;
     }
@@ -54,6 +57,32 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         files.join(", "),
         art.bytes_fetched(),
         art.len(),
+        t0.elapsed().as_secs_f64()
+    );
+    Ok(())
+}
+
+fn unpack_delta(a: &Args, sel: &Selection, d: &tenpak::delta::DeltaSource) -> anyhow::Result<()> {
+    if let Some(k) = &a.key {
+        d.verify_signatures(&sign::load_public_key(k)?)?;
+    }
+    let n = d.delta().select(sel).len();
+    let pb = super::progress::bar(n as u64, "unpack");
+    let t0 = std::time::Instant::now();
+    let files = d.unpack(&a.output, sel, a.dtype, &|name| {
+        pb.set_message(name.to_string());
+        pb.inc(1);
+    })?;
+    pb.finish_and_clear();
+    println!(
+        "unpacked {n} tensors from the delta {} ({}) on the base {} -> {} [{}]; fetched {} + {} bytes in {:.1} s",
+        a.source.location,
+        d.delta().digest(),
+        d.base().digest(),
+        a.output.display(),
+        files.join(", "),
+        d.delta().bytes_fetched(),
+        d.base().bytes_fetched(),
         t0.elapsed().as_secs_f64()
     );
     Ok(())

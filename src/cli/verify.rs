@@ -1,47 +1,61 @@
-//! `tenpak verify`: signature and every chunk's sha256.
+//! `tenpak verify`: signature and every chunk's sha256 (of a delta and its base, with
+//! `--base`).
 
 use std::path::PathBuf;
 
 use tenpak::artifact::sign;
 
-use super::artifact_args::SourceArgs;
+use super::artifact_args::{Opened, SourceArgs};
 
 /// Arguments of `tenpak verify`.
 #[derive(Debug, clap::Args)]
 pub struct Args {
     #[command(flatten)]
     pub source: SourceArgs,
-    /// The signer's public key (`KEY.pub`); without it only integrity is checked.
+    /// The signer's public key (`KEY.pub`); without it only integrity is checked. With
+    /// `--base`, both the delta and the base must be signed by it.
     #[arg(long)]
     pub key: Option<PathBuf>,
 }
 
 /// Runs the command.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let art = a.source.open()?;
-    let signer = match &a.key {
-        Some(k) => {
-            let pk = sign::load_public_key(k)?;
-            art.verify_signature(&pk)?;
-            Some(sign::key_id(&pk))
+    let key = a
+        .key
+        .as_ref()
+        .map(|k| sign::load_public_key(k))
+        .transpose()?;
+    let (arts, what) = match a.source.open_model()? {
+        Opened::Full(art) => (vec![*art], ""),
+        Opened::Delta(d) => {
+            let (delta, base) = d.into_parts();
+            (vec![delta, base], " (delta and base)")
         }
-        None => None,
     };
-    let total: u64 = art
-        .manifest()
-        .tensors
+    for art in &arts {
+        if let Some(pk) = &key {
+            art.verify_signature(pk)?;
+        }
+    }
+    let total: u64 = arts
         .iter()
-        .map(|t| t.encoded_length)
+        .flat_map(|art| art.manifest().tensors.iter().map(|t| t.encoded_length))
         .sum();
     let pb = indicatif::ProgressBar::new(total);
-    art.verify_chunks(&|n| pb.inc(n))?;
+    for art in &arts {
+        art.verify_chunks(&|n| pb.inc(n))?;
+    }
     pb.finish_and_clear();
+    let digests: Vec<&str> = arts.iter().map(|a| a.digest()).collect();
     println!(
-        "OK {}: {} chunks verified{}",
-        art.digest(),
-        art.manifest().chunks.len(),
-        match signer {
-            Some(id) => format!(", signed by {id}"),
+        "OK {}: {} chunks verified{}{}",
+        digests.join(" on base "),
+        arts.iter()
+            .map(|a| a.manifest().chunks.len())
+            .sum::<usize>(),
+        what,
+        match &key {
+            Some(pk) => format!(", signed by {}", sign::key_id(pk)),
             None => " (signature not checked: pass --key)".into(),
         }
     );

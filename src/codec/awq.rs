@@ -30,7 +30,7 @@ use rayon::prelude::*;
 
 use super::header::{CodecId, Header, HEADER_LEN};
 use super::spec::{CodecSpec, EncodingRow, GpuDecode, DEFAULT_AWQ_OUTLIERS};
-use super::traits::{f16_bytes, Codec, Decoder};
+use super::traits::{f16_bytes, Codec, Decoder, Requantizer};
 use crate::error::Corruption;
 use crate::{Error, Result};
 
@@ -43,6 +43,8 @@ pub const ENCODING: EncodingRow = EncodingRow {
     name: "scaled",
     decode,
     gpu: GpuDecode::CpuThenUpload,
+    apply: None,
+    regrid: Some(regrid),
 };
 
 /// `--codec int4_awq`: `int4` (default g128) + AWQ + the 0.1 % most salient weights as fp16.
@@ -215,6 +217,40 @@ pub fn wrap(m: &[f16], inner: &[u8], rows: usize, cols: usize) -> Vec<u8> {
 /// Bytes the wrapper adds.
 pub fn overhead(cols: usize) -> usize {
     HEADER_LEN + 2 * cols
+}
+
+/// A `Scaled` encoding with `w` on its grid: the same multipliers, the inner encoding
+/// re-quantized (by the dispatcher) for `w / m`.
+pub(crate) fn regrid(h: &Header, bytes: &[u8], w: &[f32], inner: Requantizer) -> Result<Vec<u8>> {
+    let cols = h.cols as usize;
+    let Some(m) = bytes.get(HEADER_LEN..HEADER_LEN + 2 * cols) else {
+        return Err(Error::corrupt(
+            ENCODING.name,
+            Corruption::Truncated {
+                what: "multipliers",
+                needed: (HEADER_LEN + 2 * cols) as u64,
+                len: bytes.len() as u64,
+            },
+        ));
+    };
+    let mut mf = Vec::new();
+    super::group::f16s_to_f32(m, &mut mf);
+    let scaled: Vec<f32> = w
+        .iter()
+        .enumerate()
+        .map(|(i, x)| {
+            let k = mf[i % cols.max(1)];
+            if k != 0.0 {
+                x / k
+            } else {
+                0.0
+            }
+        })
+        .collect();
+    let new_inner = inner(&bytes[HEADER_LEN + 2 * cols..], &scaled)?;
+    let mut out = bytes[..HEADER_LEN + 2 * cols].to_vec();
+    out.extend_from_slice(&new_inner);
+    Ok(out)
 }
 
 /// Decodes a `Scaled` encoding.

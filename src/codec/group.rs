@@ -209,6 +209,36 @@ impl Stage {
         out
     }
 
+    /// Codes of rows of `w` on given parameters (the stage's fp16 scale and offset bytes
+    /// per group, as [`Stage::decode_rows`] reads them): round-to-nearest on a grid fixed
+    /// in advance — a fine-tune quantized on its base's grid (`delta_grid`).
+    pub fn codes_on_grid(&self, scales: &[u8], offsets: &[u8], w: &[f32], cols: usize) -> Vec<u8> {
+        let rows = w.len().checked_div(cols).unwrap_or(0);
+        let gpr = self.groups_per_row(cols);
+        let half = (1u32 << (self.bits - 1)) as f32;
+        let mut sc = Vec::new();
+        f16s_to_f32(scales, &mut sc);
+        let mut of = Vec::new();
+        if self.symmetric {
+            of.extend(sc.iter().map(|s| -half * s));
+        } else {
+            f16s_to_f32(offsets, &mut of);
+        }
+        let mut codes = Vec::with_capacity(rows * self.code_bytes_per_row(cols));
+        let mut q = vec![0f32; self.group];
+        for r in 0..rows {
+            for g in 0..gpr {
+                let a = r * cols + g * self.group;
+                let b = (a + self.group).min((r + 1) * cols);
+                let qg = &mut q[..b - a];
+                let k = r * gpr + g;
+                pass::<false>(&w[a..b], &w[a..b], sc[k], of[k], self.qmax(), qg);
+                pack(qg, self.bits, &mut codes);
+            }
+        }
+        codes
+    }
+
     /// Decodes `rows` rows from the stage arrays into `out` (`rows * cols` values).
     /// With `accumulate`, adds to `out` instead of overwriting (residual stages).
     ///

@@ -30,6 +30,8 @@ pub const ENCODING: EncodingRow = EncodingRow {
     name: "int4",
     decode,
     gpu: GpuDecode::GroupedInt,
+    apply: None,
+    regrid: Some(|h, b, w, _| requantize(h, b, w)),
 };
 
 /// The `int3`/`int2` row: no kernel yet, so decoded on the CPU and uploaded.
@@ -38,6 +40,8 @@ pub const ENCODING_N: EncodingRow = EncodingRow {
     name: "int3/int2",
     decode,
     gpu: GpuDecode::CpuThenUpload,
+    apply: None,
+    regrid: Some(|h, b, w, _| requantize(h, b, w)),
 };
 
 /// Code bits of the int kinds (4 for any other).
@@ -263,6 +267,61 @@ pub(crate) fn decode_stages(views: &[StageView<'_>], cols: usize, out: &mut [f32
                 );
             }
         });
+}
+
+/// Recomputes the codes of consecutive stages at the start of `body` (an encoding's
+/// bytes after its header) for `w`, keeping every stage's scales and offsets: `w` put on
+/// the grid of an existing encoding. A later stage is fitted to what the earlier ones
+/// leave, as its encoder does. Returns the bytes the stages span.
+pub(crate) fn regrid(
+    codec: &'static str,
+    stages: &[Stage],
+    body: &mut [u8],
+    rows: usize,
+    cols: usize,
+    w: &[f32],
+) -> Result<usize> {
+    let mut target = w.to_vec();
+    let mut pos = 0;
+    for (k, &stage) in stages.iter().enumerate() {
+        let (v, used) = split_stage(codec, stage, &body[pos..], rows, cols)?;
+        let codes = stage.codes_on_grid(v.scales, v.offsets, &target, cols);
+        let start = pos + used - codes.len();
+        body[start..pos + used].copy_from_slice(&codes);
+        if k + 1 < stages.len() {
+            let mut approx = vec![0f32; target.len()];
+            decode_stage(stage, &body[pos..], rows, cols, &mut approx)?;
+            target.iter_mut().zip(&approx).for_each(|(t, a)| *t -= a);
+        }
+        pos += used;
+    }
+    Ok(pos)
+}
+
+/// An `int4`/`intN` encoding with its codes recomputed for `w` on its own grid.
+pub(crate) fn requantize(h: &Header, base: &[u8], w: &[f32]) -> Result<Vec<u8>> {
+    let stage = stage_from_header(h, h.group)?;
+    let mut out = base.to_vec();
+    let (rows, cols) = (h.rows as usize, h.cols as usize);
+    let used = regrid(
+        ENCODING.name,
+        &[stage],
+        &mut out[HEADER_LEN..],
+        rows,
+        cols,
+        w,
+    )?;
+    if HEADER_LEN + used != out.len() {
+        return Err(corrupt(
+            h,
+            Corruption::Length {
+                what: "bytes",
+                expected: (HEADER_LEN + used) as u64,
+                actual: out.len() as u64,
+            },
+        ));
+    }
+    Ok(out)
 }
 
 /// Decodes one stage into `out` (overwriting); returns the bytes it consumed.

@@ -8,8 +8,8 @@
 use super::group::Stage;
 use super::header::{CodecId, Header, HEADER_LEN};
 use super::int4::{
-    check_scales_finite, decode_stage, decode_stages, encode_stage, push_stage, split_stage,
-    stage_from_header,
+    check_scales_finite, decode_stage, decode_stages, encode_stage, push_stage, regrid,
+    split_stage, stage_from_header,
 };
 use super::spec::{
     check_group, CodecKind, CodecSpec, EncodingRow, Family, GpuDecode, ResidualGroup,
@@ -28,6 +28,8 @@ pub const ENCODING: EncodingRow = EncodingRow {
     name: "int4_residual",
     decode,
     gpu: GpuDecode::GroupedInt,
+    apply: None,
+    regrid: Some(|h, b, w, _| requantize(h, b, w)),
 };
 
 /// The `int4_residual` family (default g = g₂ = 16; `--group-size` sets both).
@@ -128,8 +130,8 @@ impl Codec for Int4Residual {
     }
 }
 
-/// Decodes an `int4_residual` encoding.
-pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32], _: Decoder) -> Result<()> {
+/// The two stages a header describes.
+fn stages(h: &Header) -> Result<[Stage; 2]> {
     if h.symmetric {
         return Err(Error::corrupt(
             ENCODING.name,
@@ -142,6 +144,38 @@ pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32], _: Decoder) -> R
     let first = stage_from_header(h, h.group)?;
     let mut second = stage_from_header(h, h.group2)?;
     second.bits = 2;
+    Ok([first, second])
+}
+
+/// An `int4_residual` encoding with both stages' codes recomputed for `w` on its grid.
+pub(crate) fn requantize(h: &Header, base: &[u8], w: &[f32]) -> Result<Vec<u8>> {
+    let stages = stages(h)?;
+    let mut out = base.to_vec();
+    let (rows, cols) = (h.rows as usize, h.cols as usize);
+    let used = regrid(
+        ENCODING.name,
+        &stages,
+        &mut out[HEADER_LEN..],
+        rows,
+        cols,
+        w,
+    )?;
+    if HEADER_LEN + used != out.len() {
+        return Err(Error::corrupt(
+            ENCODING.name,
+            Corruption::Length {
+                what: "bytes",
+                expected: (HEADER_LEN + used) as u64,
+                actual: out.len() as u64,
+            },
+        ));
+    }
+    Ok(out)
+}
+
+/// Decodes an `int4_residual` encoding.
+pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32], _: Decoder) -> Result<()> {
+    let [first, second] = stages(h)?;
     let (rows, cols) = (h.rows as usize, h.cols as usize);
     let body = &bytes[HEADER_LEN..];
     let (v1, n1) = split_stage(ENCODING.name, first, body, rows, cols)?;

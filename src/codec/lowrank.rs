@@ -39,6 +39,8 @@ pub const ENCODING: EncodingRow = EncodingRow {
     name: "low rank",
     decode,
     gpu: GpuDecode::CpuThenUpload,
+    apply: None,
+    regrid: None,
 };
 
 /// The sum row (`tenpak_x`'s container): decoded on the CPU and uploaded.
@@ -47,6 +49,8 @@ pub const ENCODING_SUM: EncodingRow = EncodingRow {
     name: "sum",
     decode: decode_sum,
     gpu: GpuDecode::CpuThenUpload,
+    apply: None,
+    regrid: None,
 };
 
 /// The `tenpak_x` family: rank 8 + VQ (d 2, 7-bit, g64), no INT2 stage by default.

@@ -19,6 +19,12 @@
 //! | `calibrated_vq` | Hessian-weighted k-means VQ ([`vq`]) | b/d + 16/g + codebook |
 //! | `tenpak_x` | low rank + VQ (+ INT2) on the residuals ([`lowrank`]) | see [`lowrank`] |
 //!
+//! Delta encodings ([`DeltaCodec`], `docs/FORMAT.md` §6) store a fine-tuned tensor
+//! against its base tensor and decode with [`apply`]: [`delta_exact`] (lossless, ordered
+//! differences in byte planes, zstd), [`delta_sign`] (sign × scale per row, BitDelta),
+//! [`delta_add`] (base + any encoding of the difference: INTn, low rank, sums) and
+//! [`delta_grid`] (re-quantized on the base artifact's grid, an XOR patch of its codes).
+//!
 //! Calibrated options (`awq`, `gptq`) and the importance weighting of `calibrated_vq` and
 //! `tenpak_x` take a [`TensorCalib`] (the layer's input statistics) in
 //! [`CodecSpec::encode`].
@@ -32,6 +38,10 @@
 
 pub mod awq;
 pub mod choice;
+pub mod delta_add;
+pub mod delta_exact;
+pub mod delta_grid;
+pub mod delta_sign;
 pub mod gptq;
 pub mod group;
 pub mod header;
@@ -52,5 +62,5 @@ pub use spec::{
     check_group, CodecKind, CodecSpec, Encoded, TensorCalib, DEFAULT_AWQ_OUTLIERS,
     DEFAULT_REFINE_ITERS, MAX_GROUP, MIN_GROUP,
 };
-pub use table::{decode, decode_vec};
-pub use traits::{check_finite, Codec};
+pub use table::{apply, decode, decode_vec, is_delta, requantize};
+pub use traits::{check_finite, BaseView, Codec, DeltaCodec};

@@ -11,7 +11,7 @@ use half::f16;
 
 use super::header::{CodecId, Header, HEADER_LEN};
 use super::spec::{EncodingRow, GpuDecode};
-use super::traits::{Codec, Decoder};
+use super::traits::{Codec, Decoder, Requantizer};
 use crate::error::{CodecProblem, Corruption};
 use crate::{Error, Result};
 
@@ -24,6 +24,8 @@ pub const ENCODING: EncodingRow = EncodingRow {
     name: "outliers",
     decode,
     gpu: GpuDecode::Outliers,
+    apply: None,
+    regrid: Some(regrid),
 };
 
 /// A base codec plus fp16 outliers.
@@ -206,6 +208,28 @@ pub fn parts<'a>(h: &Header, bytes: &'a [u8]) -> Result<Parts<'a>> {
         indices,
         values,
     })
+}
+
+/// An outlier-wrapped encoding with `w` on its grid: the base encoding re-quantized (by
+/// the dispatcher), the kept values at the same positions taken from `w`.
+pub(crate) fn regrid(h: &Header, bytes: &[u8], w: &[f32], inner: Requantizer) -> Result<Vec<u8>> {
+    let p = parts(h, bytes)?;
+    let new_base = inner(p.base, w)?;
+    if new_base.len() != p.base.len() {
+        return Err(Error::corrupt(
+            ENCODING.name,
+            Corruption::Structure("re-quantized base encoding changed length"),
+        ));
+    }
+    let mut out = bytes.to_vec();
+    let base_end = p.base_start + p.base.len();
+    out[p.base_start..base_end].copy_from_slice(&new_base);
+    let values_at = base_end + 4 * p.indices.len();
+    for (k, &i) in p.indices.iter().enumerate() {
+        let v = f16::from_f32(w[i as usize]).to_bits().to_le_bytes();
+        out[values_at + 2 * k..values_at + 2 * k + 2].copy_from_slice(&v);
+    }
+    Ok(out)
 }
 
 /// Decodes an outlier-wrapped encoding.

@@ -6,7 +6,7 @@
 use serde::{Deserialize, Serialize};
 
 use super::header::{CodecId, Header};
-use super::traits::{Codec, Decoder};
+use super::traits::{BaseView, Codec, Decoder, Requantizer};
 use crate::error::CodecProblem;
 use crate::{Error, Result};
 
@@ -205,7 +205,25 @@ pub struct EncodingRow {
     pub decode: fn(&Header, &[u8], &mut [f32], Decoder) -> Result<()>,
     /// The GPU path.
     pub gpu: GpuDecode,
+    /// Delta encodings (`docs/FORMAT.md` §6): the fine-tune's values from the base
+    /// tensor and the bytes; their `decode` refuses (a delta needs its base).
+    pub apply: Option<ApplyDelta>,
+    /// Whether and how new values are put on this encoding's grid (a fine-tune quantized
+    /// on its base's scales, for `delta_grid`); nested encodings through the dispatcher.
+    pub regrid: Option<Regrid>,
 }
+
+/// The `decode` of delta rows: a delta encoding alone is not a tensor.
+pub(crate) fn delta_needs_base(_: &Header, _: &[u8], _: &mut [f32], _: Decoder) -> Result<()> {
+    Err(Error::corrupt("delta", crate::error::Corruption::NeedsBase))
+}
+
+/// A delta decoder: header, bytes, the base tensor, the output, the dispatcher.
+pub type ApplyDelta = fn(&Header, &[u8], &BaseView<'_>, &mut [f32], Decoder) -> Result<()>;
+
+/// A re-quantizer on an encoding's own grid: header, base encoding, new values, the
+/// dispatcher for nested encodings.
+pub type Regrid = fn(&Header, &[u8], &[f32], Requantizer) -> Result<Vec<u8>>;
 
 /// A codec family: what [`CodecSpec`] builds for its [`CodecKind`].
 #[derive(Debug, Clone, Copy)]

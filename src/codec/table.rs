@@ -18,7 +18,10 @@
 
 use super::header::{CodecId, Header};
 use super::spec::{CodecKind, CodecSpec, EncodingRow, Family, Name};
-use super::{awq, int4, int4_residual, lowrank, outliers, vq};
+use super::traits::BaseView;
+use super::{
+    awq, delta_add, delta_exact, delta_grid, delta_sign, int4, int4_residual, lowrank, outliers, vq,
+};
 use crate::error::Corruption;
 use crate::{Error, Result};
 
@@ -32,6 +35,10 @@ pub const ENCODINGS: &[EncodingRow] = &[
     vq::ENCODING,
     lowrank::ENCODING,
     lowrank::ENCODING_SUM,
+    delta_exact::ENCODING,
+    delta_sign::ENCODING,
+    delta_add::ENCODING,
+    delta_grid::ENCODING,
 ];
 
 /// The row of codec id `id`.
@@ -107,6 +114,12 @@ fn row_name(h: &Header) -> &'static str {
 /// `out.len()` and its length against the header: the row of the header's codec id decodes
 /// it (and gets this function for the encodings nested inside).
 pub fn decode(bytes: &[u8], out: &mut [f32]) -> Result<()> {
+    let (h, row) = checked_row(bytes, out.len())?;
+    (row.decode)(&h, bytes, out, decode)
+}
+
+/// The header of `bytes` and its row, checked against `n` output values.
+fn checked_row(bytes: &[u8], n: usize) -> Result<(Header, &'static EncodingRow)> {
     let h = Header::parse(bytes)?;
     let Some(row) = row(h.id) else {
         return Err(Error::corrupt(
@@ -114,17 +127,63 @@ pub fn decode(bytes: &[u8], out: &mut [f32]) -> Result<()> {
             Corruption::UnknownCodecId { id: h.id.0 },
         ));
     };
-    if h.numel() != out.len() {
+    if h.numel() != n {
         return Err(Error::corrupt(
             row.name,
             Corruption::Length {
                 what: "weights",
-                expected: out.len() as u64,
+                expected: n as u64,
                 actual: h.numel() as u64,
             },
         ));
     }
-    (row.decode)(&h, bytes, out, decode)
+    Ok((h, row))
+}
+
+/// Whether `bytes` is a delta encoding (one that needs its base tensor).
+pub fn is_delta(bytes: &[u8]) -> bool {
+    Header::parse(bytes)
+        .ok()
+        .and_then(|h| row(h.id))
+        .is_some_and(|r| r.apply.is_some())
+}
+
+/// Applies a delta encoding to its base tensor: the fine-tune's values into `out`.
+pub fn apply(bytes: &[u8], base: &BaseView<'_>, out: &mut [f32]) -> Result<()> {
+    let (h, row) = checked_row(bytes, out.len())?;
+    if base.values.len() != out.len() {
+        return Err(Error::corrupt(
+            row.name,
+            Corruption::BaseTensor("the base tensor has another number of weights"),
+        ));
+    }
+    match row.apply {
+        Some(apply) => apply(&h, bytes, base, out, decode),
+        None => Err(Error::corrupt(
+            row.name,
+            Corruption::Structure("not a delta encoding"),
+        )),
+    }
+}
+
+/// `w` on the grid of the encoding `enc` (its scales, offsets, multipliers and outlier
+/// positions kept, its codes recomputed); `None` where the encoding has no grid to keep
+/// (VQ, low rank).
+pub fn requantize(enc: &[u8], w: &[f32]) -> Result<Option<Vec<u8>>> {
+    let (h, row) = checked_row(enc, w.len())?;
+    match row.regrid {
+        Some(regrid) => regrid(&h, enc, w, requantize_nested).map(Some),
+        None => Ok(None),
+    }
+}
+
+fn requantize_nested(enc: &[u8], w: &[f32]) -> Result<Vec<u8>> {
+    requantize(enc, w)?.ok_or_else(|| {
+        Error::corrupt(
+            "regrid",
+            Corruption::Structure("a wrapper around an encoding without a grid"),
+        )
+    })
 }
 
 /// Decodes into a new vector.

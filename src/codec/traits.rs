@@ -93,3 +93,67 @@ pub(crate) fn check_shape(w: &[f32], rows: usize, cols: usize) -> Result<()> {
 pub(crate) fn f16_bytes(v: &[half::f16]) -> impl Iterator<Item = u8> + '_ {
     v.iter().flat_map(|x| x.to_bits().to_le_bytes())
 }
+
+/// A re-quantizer of any encoding on its own grid (the codec table's dispatcher for the
+/// rows that can): `(base encoding, new values) → encoding` with the base's scales,
+/// offsets, multipliers and outlier positions, only the codes and kept values recomputed.
+pub type Requantizer = fn(&[u8], &[f32]) -> Result<Vec<u8>>;
+
+/// The base tensor a delta encoding applies to: its values as the base artifact decodes
+/// them, and, where the base stores it with a codec, that encoding (what `delta_grid`
+/// patches).
+#[derive(Debug, Clone, Copy)]
+pub struct BaseView<'a> {
+    /// The base's decoded values (row-major, `rows × cols`).
+    pub values: &'a [f32],
+    /// The base's encoding, when it is not stored raw.
+    pub encoded: Option<&'a [u8]>,
+}
+
+/// A delta codec: encodes a fine-tuned matrix against its base and reports exactly what
+/// that costs. Decoding is the encoding row's `apply` (base in, fine-tune out).
+pub trait DeltaCodec: Send + Sync {
+    /// Name and parameters for reports (`delta int2 g64`).
+    fn describe(&self) -> String;
+
+    /// Encodes `ft` against `base`. `importance`, when given, weights each element's
+    /// squared error. Shapes are checked here for every delta codec; implementations
+    /// provide [`DeltaCodec::encode_checked`]. `Ok(None)`: this codec cannot encode
+    /// against this base (a grid delta over a raw base).
+    fn encode(
+        &self,
+        ft: &[f32],
+        base: &BaseView<'_>,
+        rows: usize,
+        cols: usize,
+        importance: Option<&[f32]>,
+    ) -> Result<Option<Vec<u8>>> {
+        check_shape(ft, rows, cols)?;
+        check_finite(ft)?;
+        if base.values.len() != ft.len() {
+            return Err(Error::ShapeMismatch {
+                tensor: "base".into(),
+                expected: vec![rows, cols],
+                got: vec![base.values.len()],
+            });
+        }
+        if importance.is_some_and(|h| h.len() != ft.len()) {
+            return Err(Error::ShapeMismatch {
+                tensor: "importance".into(),
+                expected: vec![rows, cols],
+                got: vec![importance.map_or(0, |h| h.len())],
+            });
+        }
+        self.encode_checked(ft, base, rows, cols, importance)
+    }
+
+    /// [`DeltaCodec::encode`] on validated inputs.
+    fn encode_checked(
+        &self,
+        ft: &[f32],
+        base: &BaseView<'_>,
+        rows: usize,
+        cols: usize,
+        importance: Option<&[f32]>,
+    ) -> Result<Option<Vec<u8>>>;
+}

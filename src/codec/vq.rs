@@ -52,6 +52,8 @@ pub const ENCODING: EncodingRow = EncodingRow {
     name: "calibrated_vq",
     decode,
     gpu: GpuDecode::CpuThenUpload,
+    apply: None,
+    regrid: None,
 };
 
 /// The `calibrated_vq` family (default d 2, 8-bit indices, g64).

@@ -337,6 +337,11 @@ fn prepare<'a>(
         Encoding::Unknown => Err(Error::UnknownCodec {
             tensor: t.name.clone(),
         }),
+        // A delta's tensors are applied to their base on the CPU (tenpak::delta), then
+        // uploaded as values; this path sees full artifacts only.
+        Encoding::Base | Encoding::Delta { .. } => Err(Error::DeltaNeedsBase {
+            base: t.name.clone(),
+        }),
         _ => match layout(bytes).map_err(|e| e.in_tensor(&t.name))? {
             Some(l) if l.numel != n => Err(Error::corrupt(
                 "int4",

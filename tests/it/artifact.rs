@@ -1,16 +1,14 @@
 //! `.tnpk` end to end: pack/unpack round trips, tamper and truncation detection, keys,
 //! and streaming through the range server.
 
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 
 use serde_json::Value;
 use tenpak::artifact::{Artifact, FormatError};
 use tenpak::dtype::DType;
-use tenpak::serve::{file_router, ServedFile};
 use tenpak::Error;
 
-use crate::util::{tenpak, tenpak_ok, tiny_llama};
+use crate::util::{serve, tenpak, tenpak_ok, tiny_llama};
 
 struct Packed {
     _tmp: tempfile::TempDir,
@@ -232,31 +230,6 @@ fn identical_tensors_are_stored_once() {
         art.load_tensor("model.norm.weight").expect("load"),
         vec![1.0; 256]
     );
-}
-
-/// An in-process range server (the stand-in for any static host or CDN serving the
-/// artifact) on a free loopback port; returns its URL and served-bytes counter.
-fn serve(path: &Path) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
-    let art = Artifact::open_location(s(path)).expect("open");
-    let served = ServedFile::new(
-        path.to_path_buf(),
-        art.digest().trim_start_matches("sha256:"),
-    )
-    .expect("serve");
-    let counter = served.counter();
-    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    std::thread::spawn(move || {
-        let rt = tokio::runtime::Runtime::new().expect("rt");
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            tx.send(l.local_addr().expect("addr")).expect("send");
-            let _ = tenpak::serve::run(l, file_router(served)).await;
-        });
-    });
-    let addr = rx.recv().expect("addr");
-    (format!("http://{addr}/m.tnpk"), counter)
 }
 
 #[test]

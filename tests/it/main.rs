@@ -5,6 +5,7 @@ mod architecture;
 mod artifact;
 mod cli;
 mod codecs;
+mod delta;
 mod fixtures;
 mod hub;
 mod hub_standin;

@@ -76,3 +76,28 @@ pub fn tiny_llama(dir: &Path, dtype: DType) -> Vec<String> {
     tenpak::synthetic::write_llama(dir, dtype, tenpak::synthetic::LlamaShape::TINY)
         .expect("tiny llama")
 }
+
+/// An in-process range server (the stand-in for any static host or CDN serving the
+/// artifact) on a free loopback port; returns its URL and served-bytes counter.
+pub fn serve(path: &Path) -> (String, std::sync::Arc<std::sync::atomic::AtomicU64>) {
+    let art = tenpak::artifact::Artifact::open_location(&path.to_string_lossy()).expect("open");
+    let served = tenpak::serve::ServedFile::new(
+        path.to_path_buf(),
+        art.digest().trim_start_matches("sha256:"),
+    )
+    .expect("serve");
+    let counter = served.counter();
+    let (tx, rx) = std::sync::mpsc::channel::<std::net::SocketAddr>();
+    std::thread::spawn(move || {
+        let rt = tokio::runtime::Runtime::new().expect("rt");
+        rt.block_on(async move {
+            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
+                .await
+                .expect("bind");
+            tx.send(l.local_addr().expect("addr")).expect("send");
+            let _ = tenpak::serve::run(l, tenpak::serve::file_router(served)).await;
+        });
+    });
+    let addr = rx.recv().expect("addr");
+    (format!("http://{addr}/m.tnpk"), counter)
+}
