@@ -7,10 +7,12 @@
 //! those integers from the base's, zig-zag coded. A fine-tune's small updates are then
 //! small integers — a change of a few units in the last place, whatever the value's
 //! exponent — where XOR against the base flips a run of bits at every carry. The
-//! differences are cut into byte planes (low bytes, high bytes, ...), and each plane of
-//! each block of [`BLOCK`] values is compressed with zstd: the high planes are nearly all
-//! zero, the low plane is a narrow distribution that zstd's Huffman stage codes near its
-//! entropy. Blocks decode independently (in parallel).
+//! differences are put in the order of the base value's exponent (stable; the decoder
+//! derives the same order from the base), cut into byte planes (low bytes, high bytes,
+//! ...), and each plane of each block of [`BLOCK`] values is compressed with zstd: the
+//! high planes are nearly all zero, the low plane is a narrow distribution per exponent
+//! that zstd's per-block Huffman tables code near its entropy. Blocks decode
+//! independently (in parallel).
 //!
 //! Layout after the header (`group2` = dtype: 1 bf16, 2 f16, 3 f32): `block` (u32, values
 //! per block), then per block and plane the compressed length (u32), then the zstd frames
@@ -38,8 +40,8 @@ pub const ENCODING: EncodingRow = EncodingRow {
     regrid: None,
 };
 
-/// Values per independently compressed block.
-pub const BLOCK: usize = 1 << 20;
+/// Values per independently compressed block (blocks encode and decode in parallel).
+pub const BLOCK: usize = 1 << 18;
 
 /// zstd level of [`DeltaExact::new`]'s default (`--delta-level`).
 pub const DEFAULT_LEVEL: i32 = 19;
@@ -98,6 +100,42 @@ fn value_of(dtype: DType, b: u32) -> f32 {
         DType::F16 => half::f16::from_bits(b as u16).to_f32(),
         DType::F32 => f32::from_bits(b),
     }
+}
+
+/// The exponent field of a pattern: the context the differences are grouped by. An
+/// optimiser moves weights by similar absolute amounts, so the difference in units in the
+/// last place depends on the weight's exponent; values of one exponent are coded
+/// together, and zstd's per-block Huffman tables follow the change of distribution.
+#[inline(always)]
+fn exponent(dtype: DType, b: u32) -> usize {
+    match dtype {
+        DType::BF16 => (b >> 7 & 0xff) as usize,
+        DType::F16 => (b >> 10 & 0x1f) as usize,
+        DType::F32 => (b >> 23 & 0xff) as usize,
+    }
+}
+
+/// The order in which a block's values are coded: stable by the base's exponent (a
+/// counting sort; the decoder computes the same order from the same base). Returns for
+/// each coded position the value's index in the block.
+fn coded_order(dtype: DType, base: &[f32]) -> Vec<u32> {
+    let mut count = [0usize; 257];
+    let keys: Vec<u8> = base
+        .iter()
+        .map(|&x| exponent(dtype, bits_of(dtype, x)) as u8)
+        .collect();
+    for &k in &keys {
+        count[k as usize + 1] += 1;
+    }
+    for i in 1..257 {
+        count[i] += count[i - 1];
+    }
+    let mut order = vec![0u32; base.len()];
+    for (i, &k) in keys.iter().enumerate() {
+        order[count[k as usize]] = i as u32;
+        count[k as usize] += 1;
+    }
+    order
 }
 
 /// Width in bits, and the mask of a pattern.
@@ -165,7 +203,8 @@ impl DeltaCodec for DeltaExact {
             .map(|(f, b)| {
                 let n = f.len();
                 let mut plane = vec![vec![0u8; n]; planes];
-                for i in 0..n {
+                for (at, &i) in coded_order(self.dtype, b).iter().enumerate() {
+                    let i = i as usize;
                     let z = zigzag_diff(
                         bits_of(self.dtype, f[i]),
                         bits_of(self.dtype, b[i]),
@@ -173,7 +212,7 @@ impl DeltaCodec for DeltaExact {
                         mask,
                     );
                     for (k, p) in plane.iter_mut().enumerate() {
-                        p[i] = (z >> (8 * k)) as u8;
+                        p[at] = (z >> (8 * k)) as u8;
                     }
                 }
                 plane
@@ -268,15 +307,18 @@ fn apply(h: &Header, bytes: &[u8], base: &BaseView<'_>, out: &mut [f32], _: Deco
                 }
             }
             let n = o.len();
+            let order = coded_order(dtype, b);
             if planes == 2 {
                 let (lo, hi) = plane.split_at(n);
-                for i in 0..n {
-                    let z = lo[i] as u32 | (hi[i] as u32) << 8;
+                for (at, &i) in order.iter().enumerate() {
+                    let i = i as usize;
+                    let z = lo[at] as u32 | (hi[at] as u32) << 8;
                     o[i] = value_of(dtype, undo(z, bits_of(dtype, b[i]), w, mask));
                 }
             } else {
-                for i in 0..n {
-                    let z = (0..planes).fold(0u32, |z, k| z | (plane[k * n + i] as u32) << (8 * k));
+                for (at, &i) in order.iter().enumerate() {
+                    let i = i as usize;
+                    let z = (0..planes).fold(0u32, |z, k| z | (plane[k * n + at] as u32) << (8 * k));
                     o[i] = value_of(dtype, undo(z, bits_of(dtype, b[i]), w, mask));
                 }
             }

@@ -42,6 +42,7 @@ pub mod delta_add;
 pub mod delta_exact;
 pub mod delta_grid;
 pub mod delta_sign;
+pub mod factored;
 pub mod gptq;
 pub mod group;
 pub mod header;

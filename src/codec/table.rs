@@ -20,7 +20,8 @@ use super::header::{CodecId, Header};
 use super::spec::{CodecKind, CodecSpec, EncodingRow, Family, Name};
 use super::traits::BaseView;
 use super::{
-    awq, delta_add, delta_exact, delta_grid, delta_sign, int4, int4_residual, lowrank, outliers, vq,
+    awq, delta_add, delta_exact, delta_grid, delta_sign, factored, int4, int4_residual, lowrank,
+    outliers, vq,
 };
 use crate::error::Corruption;
 use crate::{Error, Result};
@@ -39,6 +40,7 @@ pub const ENCODINGS: &[EncodingRow] = &[
     delta_sign::ENCODING,
     delta_add::ENCODING,
     delta_grid::ENCODING,
+    factored::ENCODING,
 ];
 
 /// The row of codec id `id`.

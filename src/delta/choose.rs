@@ -17,6 +17,7 @@ use crate::codec::delta_add::DeltaAdd;
 use crate::codec::delta_exact::DeltaExact;
 use crate::codec::delta_grid::DeltaGrid;
 use crate::codec::delta_sign::DeltaSign;
+use crate::codec::factored::QuantLowRank;
 use crate::codec::lowrank::{LowRank, Stages};
 use crate::codec::{self, BaseView, DeltaCodec, Int4};
 use crate::dtype::DType;
@@ -91,6 +92,13 @@ pub enum Choice {
         /// Rank.
         rank: usize,
     },
+    /// `delta_add` of a rank-`rank` factorisation whose factors are `bits`-bit INT.
+    QuantLowRank {
+        /// Rank.
+        rank: usize,
+        /// Bits of the factors.
+        bits: u32,
+    },
     /// `delta_add` of low rank plus grouped INT of what it leaves.
     LowRankInt {
         /// Rank.
@@ -115,6 +123,7 @@ impl Choice {
             Choice::Sign => "sign x scale/row".into(),
             Choice::Int { bits, group } => format!("+ int{bits} g{group}"),
             Choice::LowRank { rank } => format!("+ rank {rank}"),
+            Choice::QuantLowRank { rank, bits } => format!("+ rank {rank} int{bits}"),
             Choice::LowRankInt { rank, bits, group } => {
                 format!("+ rank {rank} + int{bits} g{group}")
             }
@@ -144,6 +153,12 @@ impl Choice {
             Choice::Sign => Some(Box::new(DeltaSign)),
             Choice::Int { bits, group } => Some(add(int(bits, group)?)),
             Choice::LowRank { rank } => Some(add(Box::new(LowRank::new(rank)?))),
+            Choice::QuantLowRank { rank, bits } => Some(add(Box::new(QuantLowRank {
+                rank,
+                bits,
+                group: 128,
+                decode: codec::decode,
+            }))),
             Choice::LowRankInt { rank, bits, group } => Some(add(Box::new(Stages {
                 parts: vec![Box::new(LowRank::new(rank)?), int(bits, group)?],
                 decode: codec::decode,
@@ -177,7 +192,10 @@ pub fn candidates(mode: DeltaMode, matrix: bool, encoded: bool) -> Vec<Choice> {
             let mut c = vec![
                 Choice::Drop,
                 Choice::LowRank { rank: 4 },
-                Choice::LowRank { rank: 16 },
+                Choice::QuantLowRank { rank: 16, bits: 4 },
+                Choice::QuantLowRank { rank: 32, bits: 4 },
+                Choice::QuantLowRank { rank: 64, bits: 4 },
+                Choice::QuantLowRank { rank: 128, bits: 4 },
                 Choice::Sign,
                 Choice::Int {
                     bits: 2,
