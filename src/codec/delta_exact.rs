@@ -318,7 +318,8 @@ fn apply(h: &Header, bytes: &[u8], base: &BaseView<'_>, out: &mut [f32], _: Deco
             } else {
                 for (at, &i) in order.iter().enumerate() {
                     let i = i as usize;
-                    let z = (0..planes).fold(0u32, |z, k| z | (plane[k * n + at] as u32) << (8 * k));
+                    let z =
+                        (0..planes).fold(0u32, |z, k| z | (plane[k * n + at] as u32) << (8 * k));
                     o[i] = value_of(dtype, undo(z, bits_of(dtype, b[i]), w, mask));
                 }
             }
