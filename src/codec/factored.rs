@@ -121,20 +121,7 @@ impl Codec for QuantLowRank {
         importance: Option<&[f32]>,
     ) -> Result<Vec<u8>> {
         let r = self.rank_for(rows, cols);
-        let c: Vec<f32> = match importance {
-            Some(h) => {
-                let mut m = vec![0f64; cols];
-                for row in h.chunks(cols.max(1)) {
-                    for (a, v) in m.iter_mut().zip(row) {
-                        *a += *v as f64;
-                    }
-                }
-                m.iter()
-                    .map(|v| ((v / rows.max(1) as f64).sqrt()) as f32)
-                    .collect()
-            }
-            None => vec![1.0; cols],
-        };
+        let c = super::lowrank::column_weights(importance, rows, cols);
         let (l, _) = super::lowrank::factor(w, rows, cols, r, &c);
         let l_enc = self.l_codec(r)?.encode_checked(&l, rows, r, None)?;
         let mut lq = vec![0f32; rows * r];
@@ -242,15 +229,7 @@ fn decode(h: &Header, bytes: &[u8], out: &mut [f32], inner: Decoder) -> Result<(
     if cols == 0 {
         return Ok(());
     }
-    out.par_chunks_mut(cols).enumerate().for_each(|(i, o)| {
-        o.fill(0.0);
-        for k in 0..r {
-            let lk = l[i * r + k];
-            for (x, v) in o.iter_mut().zip(&rr[k * cols..(k + 1) * cols]) {
-                *x += lk * v;
-            }
-        }
-    });
+    super::lowrank::product(&l, &rr, r, cols, out);
     Ok(())
 }
 

@@ -209,12 +209,9 @@ impl Stage {
         out
     }
 
-    /// Codes of rows of `w` on given parameters (the stage's fp16 scale and offset bytes
-    /// per group, as [`Stage::decode_rows`] reads them): round-to-nearest on a grid fixed
-    /// in advance — a fine-tune quantized on its base's grid (`delta_grid`).
-    pub fn codes_on_grid(&self, scales: &[u8], offsets: &[u8], w: &[f32], cols: usize) -> Vec<u8> {
-        let rows = w.len().checked_div(cols).unwrap_or(0);
-        let gpr = self.groups_per_row(cols);
+    /// The groups' fp16 scales and offsets as f32, converted in one go (vectorised where
+    /// the CPU has F16C); symmetric stages get their implied offsets `−2^(b−1)·s`.
+    fn params(&self, scales: &[u8], offsets: &[u8]) -> (Vec<f32>, Vec<f32>) {
         let half = (1u32 << (self.bits - 1)) as f32;
         let mut sc = Vec::new();
         f16s_to_f32(scales, &mut sc);
@@ -224,6 +221,16 @@ impl Stage {
         } else {
             f16s_to_f32(offsets, &mut of);
         }
+        (sc, of)
+    }
+
+    /// Codes of rows of `w` on given parameters (the stage's fp16 scale and offset bytes
+    /// per group, as [`Stage::decode_rows`] reads them): round-to-nearest on a grid fixed
+    /// in advance — a fine-tune quantized on its base's grid (`delta_grid`).
+    pub fn codes_on_grid(&self, scales: &[u8], offsets: &[u8], w: &[f32], cols: usize) -> Vec<u8> {
+        let rows = w.len().checked_div(cols).unwrap_or(0);
+        let gpr = self.groups_per_row(cols);
+        let (sc, of) = self.params(scales, offsets);
         let mut codes = Vec::with_capacity(rows * self.code_bytes_per_row(cols));
         let mut q = vec![0f32; self.group];
         for r in 0..rows {
@@ -253,16 +260,7 @@ impl Stage {
         accumulate: bool,
     ) {
         let gpr = self.groups_per_row(cols);
-        let half = (1u32 << (self.bits - 1)) as f32;
-        // Convert the block's fp16 parameters in one go (vectorised where the CPU has F16C).
-        let mut sc = Vec::new();
-        f16s_to_f32(scales, &mut sc);
-        let mut of = Vec::new();
-        if self.symmetric {
-            of.extend(sc.iter().map(|s| -half * s));
-        } else {
-            f16s_to_f32(offsets, &mut of);
-        }
+        let (sc, of) = self.params(scales, offsets);
         match (self.bits, accumulate) {
             (4, false) => self.decode_groups(&sc, &of, codes, cols, out, decode4::<false>),
             (4, true) => self.decode_groups(&sc, &of, codes, cols, out, decode4::<true>),

@@ -259,20 +259,7 @@ impl Codec for LowRank {
         importance: Option<&[f32]>,
     ) -> Result<Vec<u8>> {
         let r = self.rank.min(rows).min(cols).max(1);
-        let c: Vec<f32> = match importance {
-            Some(h) => {
-                let mut m = vec![0f64; cols];
-                for row in h.chunks(cols.max(1)) {
-                    for (a, v) in m.iter_mut().zip(row) {
-                        *a += *v as f64;
-                    }
-                }
-                m.iter()
-                    .map(|v| ((v / rows.max(1) as f64).sqrt()) as f32)
-                    .collect()
-            }
-            None => vec![1.0; cols],
-        };
+        let c = column_weights(importance, rows, cols);
         let (l, rr) = factor(w, rows, cols, r, &c);
         let l16: Vec<f16> = l.iter().map(|&x| f16::from_f32(x)).collect();
         let r16: Vec<f16> = rr.iter().map(|&x| f16::from_f32(x)).collect();
@@ -331,6 +318,31 @@ pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32], _: Decoder) -> R
     if cols == 0 {
         return Ok(());
     }
+    product(&l, &rr, r, cols, out);
+    Ok(())
+}
+
+/// Per-column weights of the factorisation: the root mean importance of each column
+/// (1 everywhere without importance).
+pub fn column_weights(importance: Option<&[f32]>, rows: usize, cols: usize) -> Vec<f32> {
+    match importance {
+        Some(h) => {
+            let mut m = vec![0f64; cols];
+            for row in h.chunks(cols.max(1)) {
+                for (a, v) in m.iter_mut().zip(row) {
+                    *a += *v as f64;
+                }
+            }
+            m.iter()
+                .map(|v| ((v / rows.max(1) as f64).sqrt()) as f32)
+                .collect()
+        }
+        None => vec![1.0; cols],
+    }
+}
+
+/// `out = L·R` (`L` is `rows × r`, `R` is `r × cols`, `out` `rows × cols`), rows in parallel.
+pub fn product(l: &[f32], rr: &[f32], r: usize, cols: usize, out: &mut [f32]) {
     out.par_chunks_mut(cols).enumerate().for_each(|(i, o)| {
         o.fill(0.0);
         for k in 0..r {
@@ -340,7 +352,6 @@ pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32], _: Decoder) -> R
             }
         }
     });
-    Ok(())
 }
 
 /// A `Sum` of same-shape encodings.
