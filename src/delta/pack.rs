@@ -127,7 +127,16 @@ pub(crate) fn load_base(base: &Artifact, t: &TensorEntry) -> Result<BaseTensor> 
 
 /// Whether `ft` equals `base` bit for bit in the fine-tune's dtype.
 fn identical(meta: &TensorMeta, ft: &[f32], base: &[f32]) -> bool {
-    ft.len() == base.len() && meta.dtype.encode(ft) == meta.dtype.encode(base)
+    let same = |a: f32, b: f32| match meta.dtype {
+        crate::dtype::DType::F32 => a.to_bits() == b.to_bits(),
+        crate::dtype::DType::F16 => {
+            half::f16::from_f32(a).to_bits() == half::f16::from_f32(b).to_bits()
+        }
+        crate::dtype::DType::BF16 => {
+            half::bf16::from_f32(a).to_bits() == half::bf16::from_f32(b).to_bits()
+        }
+    };
+    ft.len() == base.len() && ft.iter().zip(base).all(|(&a, &b)| same(a, b))
 }
 
 /// Input-channel weights of a tensor's error, from calibration statistics.
