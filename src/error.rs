@@ -209,6 +209,17 @@ pub enum Error {
         /// The artifact.
         location: String,
     },
+    /// A base that is not the fine-tune's: too few of the fine-tune's weights have a base
+    /// tensor of the same name and shape (another architecture, other sizes).
+    #[error("the base is not this model's: only {matched} of {weights} weights have a base tensor of the same name and shape (for example {example})")]
+    IncompatibleBase {
+        /// Weights with a counterpart in the base.
+        matched: u64,
+        /// Weights of the fine-tune.
+        weights: u64,
+        /// A tensor without a counterpart, and what the base holds under its name.
+        example: String,
+    },
     /// A delta's base lacks a tensor the delta applies to, or holds it in another shape.
     #[error("the base has no tensor {tensor} of shape {shape:?}, which the delta applies to")]
     BaseMismatch {

@@ -153,3 +153,73 @@ pub fn write_finetune(
     src.write_side_files(dir)?;
     Ok(untouched)
 }
+
+/// Writes a PEFT LoRA adapter of the Llama model in `base` to `dir`
+/// (`adapter_config.json` naming `base_repo`, `adapter_model.safetensors` in f32 with
+/// PEFT's key names) on `q_proj` and `v_proj` of every layer, rank `rank`, `lora_alpha`
+/// `alpha`; returns the adapted tensor names. For tests: real layout, synthetic values.
+pub fn write_lora_adapter(
+    base: &std::path::Path,
+    dir: &std::path::Path,
+    base_repo: &str,
+    rank: usize,
+    alpha: f64,
+    seed: u64,
+) -> crate::Result<Vec<String>> {
+    use crate::source::{HfModelDir, TensorSource};
+    let src = HfModelDir::open(base)?;
+    std::fs::create_dir_all(dir).map_err(|e| crate::Error::io("create", dir, e))?;
+    let mut adapted = vec![];
+    let mut tensors: Vec<(String, Vec<usize>, Vec<u8>)> = vec![];
+    for (i, m) in src.tensors().iter().enumerate() {
+        if !(m.name.ends_with("q_proj.weight") || m.name.ends_with("v_proj.weight")) {
+            continue;
+        }
+        let (rows, cols) = (m.shape[0], m.shape[1]);
+        let module = format!("base_model.model.{}", m.name.trim_end_matches(".weight"));
+        let s = seed.wrapping_mul(7919) + i as u64;
+        let a = randn(rank * cols, s, 0.02);
+        let b = randn(rows * rank, s + 1, 0.01);
+        tensors.push((
+            format!("{module}.lora_A.weight"),
+            vec![rank, cols],
+            crate::dtype::DType::F32.encode(&a),
+        ));
+        tensors.push((
+            format!("{module}.lora_B.weight"),
+            vec![rows, rank],
+            crate::dtype::DType::F32.encode(&b),
+        ));
+        adapted.push(m.name.clone());
+    }
+    let views: Vec<(String, safetensors::tensor::TensorView<'_>)> = tensors
+        .iter()
+        .map(|(n, shape, bytes)| {
+            safetensors::tensor::TensorView::new(safetensors::Dtype::F32, shape.clone(), bytes)
+                .map(|v| (n.clone(), v))
+                .map_err(|e| crate::Error::Compute {
+                    message: format!("{n}: {e}"),
+                })
+        })
+        .collect::<crate::Result<_>>()?;
+    let path = dir.join("adapter_model.safetensors");
+    safetensors::serialize_to_file(views, None, &path).map_err(|e| crate::Error::Compute {
+        message: format!("{}: {e}", path.display()),
+    })?;
+    let config = serde_json::json!({
+        "peft_type": "LORA",
+        "base_model_name_or_path": base_repo,
+        "r": rank,
+        "lora_alpha": alpha,
+        "lora_dropout": 0.0,
+        "target_modules": ["q_proj", "v_proj"],
+        "task_type": "CAUSAL_LM",
+        "bias": "none",
+        "fan_in_fan_out": false,
+        "use_rslora": false,
+    });
+    let p = dir.join("adapter_config.json");
+    std::fs::write(&p, serde_json::to_vec_pretty(&config).unwrap_or_default())
+        .map_err(|e| crate::Error::io("write", &p, e))?;
+    Ok(adapted)
+}

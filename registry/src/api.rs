@@ -157,6 +157,7 @@ async fn webhook(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
                 targets: &targets,
                 origin: "webhook",
                 companion: &companion,
+                kind: crate::store::KIND_AUTO,
             });
             let en = match r {
                 Ok(en) => en,
@@ -280,6 +281,7 @@ async fn compress(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) 
         targets: &targets_s,
         origin: "api",
         companion: &companion,
+        kind: crate::store::KIND_AUTO,
     }) {
         Ok(en) => en,
         Err(e) => return internal(e),
@@ -299,6 +301,7 @@ async fn status(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Response
         Ok(Some(job)) => {
             let artifacts = ctx.store.artifacts_of_job(id).unwrap_or_default();
             let mut v = serde_json::to_value(&job).unwrap_or_default();
+            v["waited_on_by"] = json!(ctx.store.waiters(id).unwrap_or_default());
             v["artifacts"] = json!(artifacts
                 .iter()
                 .map(|a| json!({ "id": a, "url": format!("/artifact/{a}") }))

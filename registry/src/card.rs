@@ -23,6 +23,25 @@ pub struct CardRow {
     pub ppl_delta: Result<f64, String>,
     /// Manifest digest.
     pub digest: String,
+    /// Set when the file is a delta (or adapter) against a base artifact.
+    pub delta: Option<CardDelta>,
+    /// Why a derived model's file was packed in full (the base could not be used).
+    pub note: Option<String>,
+}
+
+/// The base artifact a delta row is applied to.
+#[derive(Debug, Clone)]
+pub struct CardDelta {
+    /// The base's companion repository.
+    pub base_repo: String,
+    /// The base artifact's file name there.
+    pub base_file: String,
+    /// The base artifact's manifest digest (`sha256:…`), which the delta names.
+    pub base_digest: String,
+    /// What the model costs packed on its own with the base's codecs, in bytes.
+    pub own_bytes: u64,
+    /// An adapter (merged on load) rather than a fine-tune's delta.
+    pub adapter: bool,
 }
 
 /// What the card says about the source and the signer.
@@ -99,6 +118,51 @@ pub fn render(info: &CardInfo<'_>, rows: &[CardRow]) -> String {
     if let Some(e) = &info.eval {
         let _ = writeln!(s, "\nPerplexity: {e}.");
     }
+    let deltas: Vec<_> = rows
+        .iter()
+        .filter_map(|r| r.delta.as_ref().map(|d| (r, d)))
+        .collect();
+    if !deltas.is_empty() {
+        let _ = writeln!(s, "\n## Against the base\n");
+        for (r, d) in &deltas {
+            let what = if d.adapter {
+                "holds the adapter's own factors, merged into the base's matrices on load"
+            } else {
+                "holds only what this fine-tune changed"
+            };
+            let _ = writeln!(
+                s,
+                "- `{}` {what}, against [`{}`](https://huggingface.co/{}/blob/main/{}) of \
+                 [{}](https://huggingface.co/{}) (digest `{}`): {} instead of {} packed on its own \
+                 ({:.1}% of it).",
+                r.file,
+                d.base_file,
+                d.base_repo,
+                d.base_file,
+                d.base_repo,
+                d.base_repo,
+                d.base_digest,
+                mb(r.bytes),
+                mb(d.own_bytes),
+                100.0 * r.bytes as f64 / d.own_bytes.max(1) as f64
+            );
+        }
+        let (r, d) = deltas[0];
+        let _ = writeln!(
+            s,
+            "\nLoad with the base (both signatures and every chunk of both are checked):\n\n```\n\
+             tenpak unpack {} --base {} -o model/\n```",
+            r.file, d.base_file
+        );
+    }
+    for r in rows.iter().filter(|r| r.note.is_some()) {
+        let _ = writeln!(
+            s,
+            "\n`{}` is packed in full, not against its base: {}.",
+            r.file,
+            r.note.as_deref().unwrap_or_default()
+        );
+    }
     let _ = writeln!(
         s,
         "\n## Verify\n\nSigned with ed25519 key `{}` (public key `{}`). Save the line \
@@ -135,11 +199,66 @@ mod tests {
             source_bytes: 3_200_000,
             ppl_delta: Err("no evaluation text configured".into()),
             digest: "sha256:00".into(),
+            delta: None,
+            note: None,
         }];
         let card = render(&info, &rows);
+        assert!(!card.contains("## Against the base"));
         assert!(
             card.starts_with("---\nbase_model: \"acme/tiny\"\nbase_model_relation: quantized\n")
         );
         assert!(card.contains("| `tiny-balanced.tnpk` | balanced | 4.312 | 5.100 | 1.0 MB | 3.20× smaller | not measured"));
+    }
+
+    #[test]
+    fn delta_rows_name_the_base_artifact_and_notes_say_why_full() {
+        let info = CardInfo {
+            source: "acme/tiny-ft",
+            commit: "abc",
+            source_dtype: "bf16",
+            key_id: "k",
+            public_key: "00",
+            eval: None,
+        };
+        let row = |file: &str, delta: Option<CardDelta>, note: Option<&str>| CardRow {
+            file: file.into(),
+            target: "balanced".into(),
+            bits_quantized: 0.5,
+            bits_file: 0.5,
+            bytes: 100_000,
+            source_bytes: 3_200_000,
+            ppl_delta: Ok(0.25),
+            digest: "sha256:11".into(),
+            delta,
+            note: note.map(str::to_string),
+        };
+        let card = render(
+            &info,
+            &[
+                row(
+                    "tiny-ft-balanced.tnpk",
+                    Some(CardDelta {
+                        base_repo: "acme/tiny-tnpk".into(),
+                        base_file: "tiny-balanced.tnpk".into(),
+                        base_digest: "sha256:22".into(),
+                        own_bytes: 1_000_000,
+                        adapter: false,
+                    }),
+                    None,
+                ),
+                row(
+                    "tiny-ft-quality.tnpk",
+                    None,
+                    Some("the base has no quality artifact"),
+                ),
+            ],
+        );
+        assert!(card.contains("## Against the base"));
+        assert!(card.contains("[`tiny-balanced.tnpk`](https://huggingface.co/acme/tiny-tnpk/blob/main/tiny-balanced.tnpk)"));
+        assert!(card.contains(
+            "(digest `sha256:22`): 0.1 MB instead of 1.0 MB packed on its own (10.0% of it)"
+        ));
+        assert!(card.contains("tenpak unpack tiny-ft-balanced.tnpk --base tiny-balanced.tnpk"));
+        assert!(card.contains("`tiny-ft-quality.tnpk` is packed in full, not against its base: the base has no quality artifact."));
     }
 }

@@ -132,6 +132,38 @@ impl ChunkStore {
         Ok(sha)
     }
 
+    /// Writes the file made of `pieces` to `dest` (a base artifact a delta job packs
+    /// against), checking each piece's sha256 and the whole file's against `sha256`.
+    pub fn materialize(
+        &self,
+        pieces: &[(String, u64)],
+        sha256: &str,
+        dest: &Path,
+    ) -> std::io::Result<()> {
+        let mut whole = Sha256::new();
+        let mut tmp = tempfile::NamedTempFile::new_in(dest.parent().unwrap_or(Path::new(".")))?;
+        for (sha, n) in pieces {
+            let path = self
+                .path(sha)
+                .ok_or_else(|| std::io::Error::other(format!("bad piece name {sha}")))?;
+            let bytes = std::fs::read(&path)?;
+            if bytes.len() as u64 != *n || hex::encode(Sha256::digest(&bytes)) != *sha {
+                return Err(std::io::Error::other(format!(
+                    "stored piece {sha} is damaged (length or sha256 differs)"
+                )));
+            }
+            whole.update(&bytes);
+            tmp.write_all(&bytes)?;
+        }
+        if hex::encode(whole.finalize()) != sha256 {
+            return Err(std::io::Error::other(format!(
+                "the pieces do not make the file {sha256}"
+            )));
+        }
+        tmp.persist(dest).map_err(|e| e.error)?;
+        Ok(())
+    }
+
     /// A file made of `pieces`, served under entity tag `etag` (unquoted).
     pub fn assemble(&self, pieces: &[(String, u64)], etag: &str) -> std::io::Result<Assembled> {
         let mut parts = Vec::with_capacity(pieces.len());

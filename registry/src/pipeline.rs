@@ -20,10 +20,13 @@ use tenpak::plan::Target;
 use tenpak::quantize::Options;
 use tokio::sync::Notify;
 
-use crate::card::{self, CardInfo, CardRow};
+use crate::card::{self, CardDelta, CardInfo, CardRow};
 use crate::chunks::ChunkStore;
 use crate::config::{target_name, Settings};
-use crate::store::{ArtifactRow, Job, RepoFile, RepoRevision, Store};
+use crate::store::{
+    ArtifactRow, Job, NewJob, RepoFile, RepoRevision, Store, DONE, FAILED, KIND_ADAPTER,
+    KIND_DELTA, KIND_FULL, WAITING,
+};
 
 /// What every worker and handler shares.
 pub struct Ctx {
@@ -100,14 +103,19 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                 let id = job.id;
                 let attempts = job.attempts;
                 match run(&ctx, job).await {
-                    Ok(()) => {
+                    Ok(Outcome::Published) => {
                         if let Err(e) = ctx.store.finish(id) {
                             eprintln!("worker {n}: job {id}: {e}");
                         }
+                        // Jobs waiting on this one (fine-tunes of it) may run now.
+                        ctx.wake.notify_waiters();
                         eprintln!(
                             "worker {n}: job {id} published in {:.1} s",
                             t0.elapsed().as_secs_f64()
                         );
+                    }
+                    Ok(Outcome::Waiting(on)) => {
+                        eprintln!("worker {n}: job {id} waits for job {on} (its base)");
                     }
                     Err(e) => {
                         let retry = e.transient && attempts < ctx.settings.max_attempts;
@@ -121,6 +129,9 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                         }
                         if let Err(e) = ctx.store.fail(id, &e.message, retry) {
                             eprintln!("worker {n}: job {id}: {e}");
+                        }
+                        if !retry {
+                            ctx.wake.notify_waiters();
                         }
                     }
                 }
@@ -150,10 +161,62 @@ pub fn artifact_file(repo: &str, target: Target) -> String {
     format!("{name}-{}.tnpk", target_name(target))
 }
 
+/// What a job packs, decided from the repository's card and files when it runs.
+enum Plan {
+    /// The model on its own (`note`: why a derived model is not a delta).
+    Full { note: Option<String> },
+    /// Deltas (or an adapter) against the base job's artifacts.
+    Derived {
+        adapter: bool,
+        base_repo: String,
+        base_commit: String,
+        base_job: Job,
+        base_rows: Vec<ArtifactRow>,
+    },
+    /// The base's job must finish first.
+    Wait(i64),
+}
+
+/// What a run ended with.
+enum Outcome {
+    Published,
+    Waiting(i64),
+}
+
+/// A delta target's base and report.
+struct DeltaPacked {
+    base_path: PathBuf,
+    base_repo: String,
+    base_file: String,
+    report: tenpak::delta::DeltaReport,
+}
+
 struct Packed {
     target: Target,
     path: PathBuf,
-    report: pack::PackReport,
+    /// The full pack's report (`None` for a delta).
+    report: Option<pack::PackReport>,
+    delta: Option<DeltaPacked>,
+    /// Why this target was packed in full although the model is derived.
+    note: Option<String>,
+}
+
+impl Packed {
+    fn digest(&self) -> &str {
+        match (&self.report, &self.delta) {
+            (Some(r), _) => &r.digest,
+            (_, Some(d)) => &d.report.digest,
+            _ => "",
+        }
+    }
+
+    fn file_bytes(&self) -> u64 {
+        match (&self.report, &self.delta) {
+            (Some(r), _) => r.file_bytes,
+            (_, Some(d)) => d.report.file_bytes,
+            _ => 0,
+        }
+    }
 }
 
 async fn blocking<T: Send + 'static>(
@@ -164,11 +227,123 @@ async fn blocking<T: Send + 'static>(
         .map_err(|e| JobError::permanent(format!("worker thread failed: {e}")))?
 }
 
-async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<(), JobError> {
+/// Reads the card (and adapter config) of `job.repo` at `commit` and decides what the
+/// job packs. A base that cannot be had makes a fine-tune a full job with the reason;
+/// an adapter has no weights of its own, so it fails instead.
+async fn plan(ctx: &Arc<Ctx>, job: &Job, commit: &str) -> Result<Plan, JobError> {
+    use tenpak::delta::adapter;
+    use tenpak::hub::card::{Derived, Lineage};
+    if job.kind == KIND_FULL {
+        return Ok(Plan::Full {
+            note: job.note.clone(),
+        });
+    }
+    let files = ctx.hub.list_files(&job.repo, commit).await?;
+    let is_adapter = files.iter().any(|f| f == adapter::CONFIG_FILE)
+        && files.iter().any(|f| f == adapter::WEIGHTS_FILE);
+    let lineage = if files.iter().any(|f| f == "README.md") {
+        let card = ctx
+            .hub
+            .read_small_file(&job.repo, commit, "README.md")
+            .await?
+            .unwrap_or_default();
+        match Lineage::from_card(&String::from_utf8_lossy(&card)) {
+            Ok(l) => l,
+            Err(reason) => {
+                return Ok(Plan::Full {
+                    note: Some(format!("model card: {reason}")),
+                })
+            }
+        }
+    } else {
+        Lineage::default()
+    };
+    let adapter_base = if is_adapter {
+        let bytes = ctx
+            .hub
+            .read_small_file(&job.repo, commit, adapter::CONFIG_FILE)
+            .await?
+            .unwrap_or_default();
+        adapter::AdapterConfig::parse(&bytes)?.base
+    } else {
+        None
+    };
+    let unusable = |reason: String| -> Result<Plan, JobError> {
+        if is_adapter {
+            Err(JobError::permanent(format!(
+                "an adapter needs its base: {reason}"
+            )))
+        } else {
+            Ok(Plan::Full { note: Some(reason) })
+        }
+    };
+    let base = match lineage.derived_from(is_adapter, adapter_base.as_deref()) {
+        Derived::Standalone => return Ok(Plan::Full { note: None }),
+        Derived::Other { reason } => return unusable(reason),
+        Derived::FineTune { base } | Derived::Adapter { base } => base,
+    };
+    if base == job.repo {
+        return unusable(format!(
+            "the card names the repository itself ({base}) as its base"
+        ));
+    }
+    let base_commit = match ctx.hub.resolve(&base, "main").await {
+        Ok(c) => c,
+        Err(e) if tenpak::hub::is_transient(&e) => return Err(e.into()),
+        Err(e) => return unusable(format!("the base {base} cannot be read: {e}")),
+    };
+    match ctx.store.job_for(&base, &base_commit)? {
+        None => {
+            let en = ctx.store.enqueue(&NewJob {
+                key: &tenpak_hooks::job_key(&base, &base_commit),
+                repo: &base,
+                revision: &base_commit,
+                targets: &job.targets,
+                origin: "base",
+                companion: &ctx.settings.companion_of(&base),
+                kind: KIND_FULL,
+            })?;
+            ctx.wake.notify_waiters();
+            Ok(Plan::Wait(en.job.id))
+        }
+        Some(j) if j.state == DONE && j.kind != KIND_FULL => unusable(format!(
+            "the base {base}'s artifacts are themselves {} artifacts (job {}); chains of deltas are not made",
+            j.kind, j.id
+        )),
+        Some(j) if j.state == DONE => Ok(Plan::Derived {
+            adapter: is_adapter,
+            base_repo: base,
+            base_commit,
+            base_rows: ctx.store.artifact_rows_of_job(j.id)?,
+            base_job: j,
+        }),
+        Some(j) if j.state == FAILED => unusable(format!(
+            "packing the base {base}@{} failed (job {}): {}",
+            &base_commit[..12],
+            j.id,
+            j.error.unwrap_or_default()
+        )),
+        Some(j) if j.state == WAITING => unusable(format!(
+            "the base {base} waits for its own base (job {}); chains of deltas are not made",
+            j.id
+        )),
+        Some(j) => Ok(Plan::Wait(j.id)),
+    }
+}
+
+/// Whether a delta error means "this is not the model's base" (then: packed in full).
+fn base_unfit(e: &tenpak::Error) -> bool {
+    matches!(
+        e,
+        tenpak::Error::IncompatibleBase { .. } | tenpak::Error::BaseMismatch { .. }
+    )
+}
+
+async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
     let id = job.id;
     if job.published_commit.is_some() {
         // Published before an interruption; only the final mark was missing.
-        return Ok(());
+        return Ok(Outcome::Published);
     }
     stage(ctx, id, "resolve", 0.01);
     let commit = if tenpak::hub::is_commit(&job.revision) {
@@ -178,8 +353,44 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<(), JobError> {
         ctx.store.set_revision(id, &c)?;
         c
     };
+    let plan = plan(ctx, &job, &commit).await?;
+    let (derived, note) = match plan {
+        Plan::Wait(on) => {
+            ctx.store.wait_on(id, on)?;
+            return Ok(Outcome::Waiting(on));
+        }
+        Plan::Full { note } => {
+            ctx.store.set_kind(id, KIND_FULL, None, note.as_deref())?;
+            (None, note)
+        }
+        Plan::Derived {
+            adapter,
+            base_repo,
+            base_commit,
+            base_job,
+            base_rows,
+        } => {
+            let kind = if adapter { KIND_ADAPTER } else { KIND_DELTA };
+            let b = format!("{base_repo}@{base_commit}");
+            ctx.store.set_kind(id, kind, Some(&b), None)?;
+            (Some((adapter, base_repo, base_job, base_rows)), None)
+        }
+    };
     stage(ctx, id, "download", 0.02);
-    let snap = ctx.hub.download_model(&job.repo, &commit).await?;
+    let adapter = derived.as_ref().is_some_and(|d| d.0);
+    let model_dir = if adapter {
+        let mut dir = None;
+        for f in [
+            tenpak::delta::adapter::CONFIG_FILE,
+            tenpak::delta::adapter::WEIGHTS_FILE,
+        ] {
+            let p = ctx.hub.download_file(&job.repo, &commit, f).await?;
+            dir = p.parent().map(Path::to_path_buf);
+        }
+        dir.ok_or_else(|| JobError::permanent("the adapter's files have no directory"))?
+    } else {
+        ctx.hub.download_model(&job.repo, &commit).await?.dir
+    };
     let work = ctx.settings.data_dir.join("work").join(format!("job-{id}"));
     if work.exists() {
         std::fs::remove_dir_all(&work)?;
@@ -188,12 +399,108 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<(), JobError> {
     let targets = crate::config::parse_targets(std::slice::from_ref(&job.targets))
         .map_err(JobError::permanent)?;
 
-    // Pack every target, signed.
+    // Pack every target, signed: a delta against the base's artifact of the same target
+    // where there is one, else the model on its own.
     let mut packed = Vec::new();
     for (k, &target) in targets.iter().enumerate() {
         let out = work.join(artifact_file(&job.repo, target));
-        let (ctx2, dir, out2) = (ctx.clone(), snap.dir.clone(), out.clone());
         let source = format!("{}@{commit}", job.repo);
+        let tname = target_name(target);
+        let mut target_note = note.clone();
+        if let Some((adapter, base_repo, base_job, rows)) = &derived {
+            match rows.iter().find(|r| r.target == tname) {
+                None => {
+                    target_note = Some(format!(
+                        "the base {base_repo} has no {tname} artifact (job {} packed {})",
+                        base_job.id, base_job.targets
+                    ))
+                }
+                Some(row) => {
+                    let base_path = work.join(format!("base-{}", row.path));
+                    let (chunks, pieces, sha) =
+                        (ctx.chunks.clone(), row.pieces.clone(), row.sha256.clone());
+                    let bp = base_path.clone();
+                    blocking(move || Ok(chunks.materialize(&pieces, &sha, &bp)?)).await?;
+                    let (ctx2, dir, out2, adapter) =
+                        (ctx.clone(), model_dir.clone(), out.clone(), *adapter);
+                    let base_location = format!("{}/{}", row.repo, row.path);
+                    let bp = base_path.clone();
+                    let n = targets.len() as f64;
+                    let source = source.clone();
+                    let r = blocking(move || {
+                        let base = Artifact::open_location(&bp.display().to_string())?;
+                        base.verify_signature(&ctx2.key.verifying_key())?;
+                        let total = base.manifest().tensors.len().max(1) as f64;
+                        let done = std::sync::atomic::AtomicUsize::new(0);
+                        let tick = |_: &str, _: &str| {
+                            let d = done.fetch_add(1, std::sync::atomic::Ordering::Relaxed) + 1;
+                            let p = 0.2 + 0.6 * (k as f64 + d as f64 / total) / n;
+                            stage(&ctx2, id, &format!("delta {tname}"), p);
+                        };
+                        let meta = [
+                            ("source", source.as_str()),
+                            ("selection", &format!("delta against {tname}")),
+                            ("base_location", &base_location),
+                            ("packed_by", "tenpak-registry"),
+                        ];
+                        let r = if adapter {
+                            tenpak::delta::pack_adapter(
+                                &dir,
+                                &base,
+                                &out2,
+                                &[&ctx2.key],
+                                &meta,
+                                &tick,
+                            )
+                        } else {
+                            let ft = tenpak::models::open(&dir, DType::BF16)?;
+                            tenpak::delta::pack_delta(
+                                ft.as_ref(),
+                                &base,
+                                &out2,
+                                &tenpak::delta::DeltaOptions {
+                                    mode: tenpak::delta::DeltaMode::Grid,
+                                    ..Default::default()
+                                },
+                                &[&ctx2.key],
+                                &meta,
+                                &tick,
+                            )
+                        };
+                        Ok(r)
+                    })
+                    .await?;
+                    match r {
+                        Ok(report) => {
+                            packed.push(Packed {
+                                target,
+                                path: out,
+                                report: None,
+                                delta: Some(DeltaPacked {
+                                    base_path,
+                                    base_repo: row.repo.clone(),
+                                    base_file: row.path.clone(),
+                                    report,
+                                }),
+                                note: None,
+                            });
+                            continue;
+                        }
+                        Err(e) if base_unfit(&e) && !adapter => {
+                            target_note = Some(format!("{base_repo} is not this model's base: {e}"))
+                        }
+                        Err(e) => return Err(e.into()),
+                    }
+                }
+            }
+            if *adapter {
+                return Err(JobError::permanent(format!(
+                    "an adapter needs its base: {}",
+                    target_note.unwrap_or_default()
+                )));
+            }
+        }
+        let (ctx2, dir, out2) = (ctx.clone(), model_dir.clone(), out.clone());
         let n = targets.len() as f64;
         let report = blocking(move || {
             let src = tenpak::models::open(&dir, DType::BF16)?;
@@ -230,19 +537,49 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<(), JobError> {
         packed.push(Packed {
             target,
             path: out,
-            report,
+            report: Some(report),
+            delta: None,
+            note: target_note,
         });
     }
 
-    // Verify what was written, as a downloader would.
+    // A derived model some of whose targets could not use the base: say so on the job.
+    let notes: Vec<&str> = packed.iter().filter_map(|p| p.note.as_deref()).collect();
+    if derived.is_some() && !notes.is_empty() {
+        let kind = if packed.iter().all(|p| p.delta.is_none()) {
+            KIND_FULL
+        } else if adapter {
+            KIND_ADAPTER
+        } else {
+            KIND_DELTA
+        };
+        let base = ctx.store.job(id)?.and_then(|j| j.base);
+        ctx.store
+            .set_kind(id, kind, base.as_deref(), Some(&notes.join("; ")))?;
+    }
+
+    // Verify what was written, as a downloader would (a delta with its base).
     stage(ctx, id, "verify", 0.8);
     let public = ctx.key.verifying_key();
     for p in &packed {
         let path = p.path.clone();
+        let base = p.delta.as_ref().map(|d| d.base_path.clone());
         blocking(move || {
             let a = Artifact::open_location(&path.display().to_string())?;
-            a.verify_signature(&public)?;
-            a.verify_chunks(&|_| {})?;
+            match base {
+                None => {
+                    a.verify_signature(&public)?;
+                    a.verify_chunks(&|_| {})?;
+                }
+                Some(b) => {
+                    let d = tenpak::delta::DeltaSource::new(
+                        a,
+                        Artifact::open_location(&b.display().to_string())?,
+                    )?;
+                    d.verify_signatures(&public)?;
+                    d.verify_chunks(&|_| {})?;
+                }
+            }
             Ok(())
         })
         .await?;
@@ -250,13 +587,25 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<(), JobError> {
 
     // Perplexity, where configured and the architecture is supported.
     stage(ctx, id, "evaluate", 0.85);
-    let deltas = match &ctx.settings.eval_text {
-        None => vec![Err("no evaluation text configured".to_string()); packed.len()],
-        Some(text) => {
-            let (text, dir, tokens) = (text.clone(), snap.dir.clone(), ctx.settings.eval_tokens);
-            let paths: Vec<PathBuf> = packed.iter().map(|p| p.path.clone()).collect();
-            let n = paths.len();
-            blocking(move || Ok(measure(&dir, &paths, &text, tokens)))
+    let deltas = match (&ctx.settings.eval_text, adapter) {
+        (None, _) => vec![Err("no evaluation text configured".to_string()); packed.len()],
+        (_, true) => vec![
+            Err("an adapter has no model of its own to compare with".to_string());
+            packed.len()
+        ],
+        (Some(text), false) => {
+            let (text, dir, tokens) = (text.clone(), model_dir.clone(), ctx.settings.eval_tokens);
+            let arts: Vec<(PathBuf, Option<PathBuf>)> = packed
+                .iter()
+                .map(|p| {
+                    (
+                        p.path.clone(),
+                        p.delta.as_ref().map(|d| d.base_path.clone()),
+                    )
+                })
+                .collect();
+            let n = arts.len();
+            blocking(move || Ok(measure(&dir, &arts, &text, tokens)))
                 .await
                 .unwrap_or_else(|e| vec![Err(e.message); n])
         }
@@ -275,50 +624,71 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<(), JobError> {
             a.manifest().chunks.clone()
         };
         let ing = blocking(move || Ok(chunks.ingest(&path, &manifest_chunks)?)).await?;
-        let digest_hex = p.report.digest.trim_start_matches("sha256:").to_string();
+        let digest_hex = p.digest().trim_start_matches("sha256:").to_string();
         let file = artifact_file(&job.repo, p.target);
+        let (bits_q, bits_file, source_bytes) = match (&p.report, &p.delta) {
+            (Some(r), _) => (
+                r.report.bits_per_weight_quantized,
+                r.bits_per_weight_artifact,
+                r.report.source_bytes,
+            ),
+            (_, Some(d)) => (
+                d.report.bits_per_weight,
+                d.report.bits_per_weight,
+                d.report.source_bytes,
+            ),
+            _ => (0.0, 0.0, 0),
+        };
         ctx.store.add_artifact(&ArtifactRow {
             id: digest_hex.clone(),
             job_id: id,
             repo: companion.clone(),
             path: file.clone(),
-            size: p.report.file_bytes,
+            size: p.file_bytes(),
             source: format!("{}@{commit}", job.repo),
             target: target_name(p.target).into(),
-            bits_per_weight: p.report.report.bits_per_weight_quantized,
+            bits_per_weight: bits_q,
             sha256: ing.sha256.clone(),
             pieces: ing.pieces.clone(),
         })?;
         files.push(RepoFile {
             path: file.clone(),
             sha256: ing.sha256,
-            size: p.report.file_bytes,
+            size: p.file_bytes(),
             artifact: Some(digest_hex),
         });
         rows.push(CardRow {
             file,
             target: target_name(p.target).into(),
-            bits_quantized: p.report.report.bits_per_weight_quantized,
-            bits_file: p.report.bits_per_weight_artifact,
-            bytes: p.report.file_bytes,
-            source_bytes: p.report.report.source_bytes,
+            bits_quantized: bits_q,
+            bits_file,
+            bytes: p.file_bytes(),
+            source_bytes,
             ppl_delta: delta,
-            digest: p.report.digest.clone(),
+            digest: p.digest().to_string(),
+            delta: p.delta.as_ref().map(|d| CardDelta {
+                base_repo: d.base_repo.clone(),
+                base_file: d.base_file.clone(),
+                base_digest: d.report.base.clone(),
+                own_bytes: d.report.full_bytes,
+                adapter,
+            }),
+            note: p.note.clone(),
         });
     }
     let public_hex = hex::encode(public.as_bytes());
     let key_id = sign::key_id(&public);
     let source_dtype = packed
         .first()
-        .map(|p| {
-            let b = p.report.report.source_bits_per_weight;
-            if b >= 32.0 {
+        .and_then(|p| p.report.as_ref())
+        .map(|r| {
+            if r.report.source_bits_per_weight >= 32.0 {
                 "f32"
             } else {
                 "bf16/fp16"
             }
         })
-        .unwrap_or("bf16");
+        .unwrap_or("bf16/fp16");
     let card_text = card::render(
         &CardInfo {
             source: &job.repo,
@@ -415,7 +785,7 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<(), JobError> {
     ctx.store
         .set_published(id, hub_commit.as_deref().unwrap_or(&revision_id), &upload)?;
     let _ = std::fs::remove_dir_all(&work);
-    Ok(())
+    Ok(Outcome::Published)
 }
 
 /// The registry's own revision id of a companion state: 40 hex of the sha256 of its
@@ -436,7 +806,7 @@ pub fn revision_id(repo: &str, files: &[RepoFile]) -> String {
 /// Perplexity change of each artifact against the source on `text`.
 fn measure(
     dir: &Path,
-    artifacts: &[PathBuf],
+    artifacts: &[(PathBuf, Option<PathBuf>)],
     text: &Path,
     tokens: usize,
 ) -> Vec<Result<f64, String>> {
@@ -469,10 +839,18 @@ fn measure(
     };
     artifacts
         .iter()
-        .map(|a| {
-            let src = tenpak::artifact::ArtifactSource::open(&a.display().to_string())
-                .map_err(|e| e.to_string())?;
-            let model = Model::load(&src).map_err(|e| e.to_string())?;
+        .map(|(a, base)| {
+            let a = a.display().to_string();
+            let src: Box<dyn tenpak::source::TensorSource> = match base {
+                None => {
+                    Box::new(tenpak::artifact::ArtifactSource::open(&a).map_err(|e| e.to_string())?)
+                }
+                Some(b) => Box::new(
+                    tenpak::delta::DeltaSource::open(&a, &b.display().to_string())
+                        .map_err(|e| e.to_string())?,
+                ),
+            };
+            let model = Model::load(src.as_ref()).map_err(|e| e.to_string())?;
             let r = perplexity(&model, &ids, bos, w, &|_, _| {}).map_err(|e| e.to_string())?;
             Ok((r.ppl / base_ppl - 1.0) * 100.0)
         })

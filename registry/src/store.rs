@@ -21,6 +21,17 @@ pub const RUNNING: &str = "running";
 pub const DONE: &str = "done";
 /// Gave up (error kept).
 pub const FAILED: &str = "failed";
+/// Waits for another job (its base's) to finish; then queued again.
+pub const WAITING: &str = "waiting";
+
+/// Job kinds: decided when the job runs, from the model card (`base_model`).
+pub const KIND_AUTO: &str = "auto";
+/// A model packed on its own (also every job made to provide a base).
+pub const KIND_FULL: &str = "full";
+/// A fine-tune packed as deltas against its base's artifacts.
+pub const KIND_DELTA: &str = "delta";
+/// A PEFT adapter packed against its base's artifacts.
+pub const KIND_ADAPTER: &str = "adapter";
 
 /// One job, as the Studio API shows it.
 #[derive(Debug, Clone, Serialize, PartialEq)]
@@ -36,8 +47,16 @@ pub struct Job {
     pub targets: String,
     /// `webhook` or `api`.
     pub origin: String,
-    /// queued / running / done / failed.
+    /// queued / running / waiting / done / failed.
     pub state: String,
+    /// auto (not decided yet) / full / delta / adapter.
+    pub kind: String,
+    /// The base `owner/name@commit` a delta or adapter job is packed against.
+    pub base: Option<String>,
+    /// The job this one waits for (the base's).
+    pub waits_on: Option<i64>,
+    /// Why a derived model was packed in full (base unreadable, not its base, ...).
+    pub note: Option<String>,
     /// The pipeline stage last entered.
     pub stage: String,
     /// 0–1.
@@ -159,6 +178,7 @@ CREATE TABLE IF NOT EXISTS jobs (
     finished_at REAL
 );
 CREATE INDEX IF NOT EXISTS jobs_state ON jobs(state, id);
+CREATE INDEX IF NOT EXISTS jobs_repo ON jobs(repo, revision);
 CREATE TABLE IF NOT EXISTS deliveries (
     id INTEGER PRIMARY KEY AUTOINCREMENT,
     received_at REAL NOT NULL,
@@ -199,6 +219,10 @@ fn job_of(r: &Row<'_>) -> rusqlite::Result<Job> {
         targets: r.get("targets")?,
         origin: r.get("origin")?,
         state: r.get("state")?,
+        kind: r.get("kind")?,
+        base: r.get("base")?,
+        waits_on: r.get("waits_on")?,
+        note: r.get("note")?,
         stage: r.get("stage")?,
         progress: r.get("progress")?,
         attempts: r.get("attempts")?,
@@ -238,6 +262,29 @@ pub struct NewJob<'a> {
     pub origin: &'a str,
     /// Companion repository.
     pub companion: &'a str,
+    /// [`KIND_AUTO`], or [`KIND_FULL`] for a job that provides a base.
+    pub kind: &'a str,
+}
+
+/// Columns added after the first schema: added to older databases on open.
+const ADDED_COLUMNS: &[(&str, &str)] = &[
+    ("kind", "TEXT NOT NULL DEFAULT 'auto'"),
+    ("base", "TEXT"),
+    ("waits_on", "INTEGER"),
+    ("note", "TEXT"),
+];
+
+fn migrate(conn: &Connection) -> Result<()> {
+    let have: Vec<String> = conn
+        .prepare("SELECT name FROM pragma_table_info('jobs')")?
+        .query_map([], |r| r.get(0))?
+        .collect::<rusqlite::Result<_>>()?;
+    for (name, ty) in ADDED_COLUMNS {
+        if !have.iter().any(|h| h == name) {
+            conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {name} {ty}"))?;
+        }
+    }
+    Ok(())
 }
 
 impl Store {
@@ -248,6 +295,7 @@ impl Store {
         conn.pragma_update(None, "synchronous", "NORMAL")?;
         conn.busy_timeout(std::time::Duration::from_secs(5))?;
         conn.execute_batch(SCHEMA)?;
+        migrate(&conn)?;
         Ok(Self {
             conn: Mutex::new(conn),
         })
@@ -275,8 +323,8 @@ impl Store {
         let t = now();
         let n = c.execute(
             "INSERT INTO jobs (key, repo, revision, targets, origin, state, stage, companion,
-                               created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?8)
+                               kind, created_at, updated_at)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?9)
              ON CONFLICT(key) DO NOTHING",
             params![
                 j.key,
@@ -286,6 +334,7 @@ impl Store {
                 j.origin,
                 QUEUED,
                 j.companion,
+                j.kind,
                 t
             ],
         )?;
@@ -327,9 +376,14 @@ impl Store {
         let id: Option<i64> = c
             .query_row(
                 "UPDATE jobs SET state = ?1, attempts = attempts + 1, updated_at = ?2, error = NULL
-                 WHERE id = (SELECT id FROM jobs WHERE state = ?3 ORDER BY id LIMIT 1)
+                 WHERE id = (SELECT j.id FROM jobs j
+                             WHERE j.state = ?3
+                                OR (j.state = ?4 AND NOT EXISTS (
+                                      SELECT 1 FROM jobs b WHERE b.id = j.waits_on
+                                      AND b.state NOT IN (?5, ?6)))
+                             ORDER BY j.id LIMIT 1)
                  RETURNING id",
-                params![RUNNING, t, QUEUED],
+                params![RUNNING, t, QUEUED, WAITING, DONE, FAILED],
                 |r| r.get(0),
             )
             .optional()?;
@@ -341,6 +395,65 @@ impl Store {
                 job_of,
             )?)),
         }
+    }
+
+    /// Records what a job turned out to be (its kind, its base, why it is packed in full).
+    pub fn set_kind(
+        &self,
+        id: i64,
+        kind: &str,
+        base: Option<&str>,
+        note: Option<&str>,
+    ) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET kind = ?2, base = ?3, note = ?4, updated_at = ?5 WHERE id = ?1",
+            params![id, kind, base, note, now()],
+        )?;
+        Ok(())
+    }
+
+    /// Parks a running job until job `on` (its base's) is done or failed. The attempt
+    /// it used is given back: waiting is not failing.
+    pub fn wait_on(&self, id: i64, on: i64) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET state = ?2, waits_on = ?3, attempts = MAX(attempts - 1, 0),
+                    stage = 'waiting for job ' || ?3, updated_at = ?4 WHERE id = ?1",
+            params![id, WAITING, on, now()],
+        )?;
+        Ok(())
+    }
+
+    /// The job that provides `repo` at `commit`: a done one first, then one still
+    /// underway, then a failed one (newest first within each).
+    pub fn job_for(&self, repo: &str, commit: &str) -> Result<Option<Job>> {
+        Ok(self
+            .conn()
+            .query_row(
+                "SELECT * FROM jobs WHERE repo = ?1 AND revision = ?2
+                 ORDER BY CASE state WHEN ?3 THEN 0 WHEN ?4 THEN 2 ELSE 1 END, id DESC LIMIT 1",
+                params![repo, commit, DONE, FAILED],
+                job_of,
+            )
+            .optional()?)
+    }
+
+    /// Jobs waiting on job `id`.
+    pub fn waiters(&self, id: i64) -> Result<Vec<i64>> {
+        let c = self.conn();
+        let mut st =
+            c.prepare("SELECT id FROM jobs WHERE waits_on = ?1 AND state = ?2 ORDER BY id")?;
+        let rows = st
+            .query_map(params![id, WAITING], |r| r.get(0))?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        Ok(rows)
+    }
+
+    /// Artifacts a job produced, with their rows.
+    pub fn artifact_rows_of_job(&self, job_id: i64) -> Result<Vec<ArtifactRow>> {
+        self.artifacts_of_job(job_id)?
+            .iter()
+            .filter_map(|id| self.artifact(id).transpose())
+            .collect()
     }
 
     /// Updates a running job's stage and progress.

@@ -100,6 +100,16 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if let Some(base) = &a.delta.base {
         return run_delta(&a, base, &model_path, &source, &key_refs, opts);
     }
+    if tenpak::delta::adapter::is_adapter_dir(&model_path) {
+        let named = tenpak::delta::adapter::read_config(&model_path)?.base;
+        anyhow::bail!(
+            "{} is a PEFT adapter: pack it against its base artifact with --base{}",
+            model_path.display(),
+            named
+                .map(|b| format!(" (its config names {b})"))
+                .unwrap_or_default()
+        );
+    }
     a.codecs
         .attach_calibration(&mut opts, &model_path, &a.output)?;
     let src = tenpak::models::open(&model_path, a.codecs.gguf_dtype)
@@ -204,6 +214,24 @@ fn run_delta(
     mut opts: tenpak::quantize::Options,
 ) -> anyhow::Result<()> {
     let base_art = open_base(base, &a.output, a.codecs.gguf_dtype, keys)?;
+    let base_location = base.to_string();
+    if tenpak::delta::adapter::is_adapter_dir(model_path) {
+        let n = base_art.manifest().tensors.len() as u64;
+        let pb = super::progress::bar(n, "adapter");
+        let report = tenpak::delta::pack_adapter(
+            model_path,
+            &base_art,
+            &a.output,
+            keys,
+            &[("source", source), ("base_location", &base_location)],
+            &|pass, t| {
+                pb.set_message(format!("{pass} {t}"));
+                pb.inc(1);
+            },
+        )?;
+        pb.finish_and_clear();
+        return print_delta_report(a, &report);
+    }
     a.codecs
         .attach_calibration(&mut opts, model_path, &a.output)?;
     let src = tenpak::models::open(model_path, a.codecs.gguf_dtype)
@@ -220,7 +248,6 @@ fn run_delta(
         1
     };
     let pb = super::progress::bar(src.tensors().len() as u64 * passes, "delta");
-    let base_location = base.to_string();
     let report = tenpak::delta::pack_delta(
         src.as_ref(),
         &base_art,
@@ -234,9 +261,14 @@ fn run_delta(
         },
     )?;
     pb.finish_and_clear();
+    print_delta_report(a, &report)
+}
+
+/// Prints a delta's report (per tensor, then totals), or its JSON.
+fn print_delta_report(a: &Args, report: &tenpak::delta::DeltaReport) -> anyhow::Result<()> {
     let mut out = std::io::stdout().lock();
     if a.json {
-        serde_json::to_writer_pretty(&mut out, &report)?;
+        serde_json::to_writer_pretty(&mut out, report)?;
         writeln!(out)?;
         return Ok(());
     }

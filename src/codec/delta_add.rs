@@ -50,11 +50,17 @@ impl DeltaCodec for DeltaAdd {
     ) -> Result<Option<Vec<u8>>> {
         let d: Vec<f32> = ft.par_iter().zip(base.values).map(|(f, b)| f - b).collect();
         let inner = self.inner.encode_checked(&d, rows, cols, importance)?;
-        let mut buf = Vec::with_capacity(HEADER_LEN + inner.len());
-        buf.extend_from_slice(&Header::new(ID, rows, cols).to_bytes());
-        buf.extend_from_slice(&inner);
-        Ok(Some(buf))
+        Ok(Some(wrap(&inner, rows, cols)))
     }
+}
+
+/// `delta_add` of an inner encoding of the difference (made by any codec, or built from
+/// known factors such as a LoRA adapter's).
+pub fn wrap(inner: &[u8], rows: usize, cols: usize) -> Vec<u8> {
+    let mut buf = Vec::with_capacity(HEADER_LEN + inner.len());
+    buf.extend_from_slice(&Header::new(ID, rows, cols).to_bytes());
+    buf.extend_from_slice(inner);
+    buf
 }
 
 fn apply(

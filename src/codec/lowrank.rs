@@ -261,33 +261,61 @@ impl Codec for LowRank {
         let r = self.rank.min(rows).min(cols).max(1);
         let c = column_weights(importance, rows, cols);
         let (l, rr) = factor(w, rows, cols, r, &c);
-        let l16: Vec<f16> = l.iter().map(|&x| f16::from_f32(x)).collect();
-        let r16: Vec<f16> = rr.iter().map(|&x| f16::from_f32(x)).collect();
-        if r16.iter().any(|x| !x.is_finite()) {
-            return Err(Error::invalid_codec(
-                "tenpak_x",
-                CodecProblem::Fp16Range {
-                    what: "low-rank factor",
-                },
-            ));
-        }
-        let mut buf = Vec::with_capacity(HEADER_LEN + 2 * r * (rows + cols));
-        buf.extend_from_slice(
-            &Header {
-                group: r as u16,
-                ..Header::new(ID, rows, cols)
-            }
-            .to_bytes(),
-        );
-        buf.extend(f16_bytes(&l16));
-        buf.extend(f16_bytes(&r16));
-        Ok(buf)
+        encode_factors(&l, &rr, rows, cols, r)
     }
 
     fn encoded_len(&self, rows: usize, cols: usize) -> usize {
         let r = self.rank.min(rows).min(cols).max(1);
         HEADER_LEN + 2 * r * (rows + cols)
     }
+}
+
+/// The `LowRank` encoding of given factors `L` (`rows × r`) and `R` (`r × cols`), row
+/// major, stored as fp16 (an adapter's own factors, or fitted ones).
+pub fn encode_factors(
+    l: &[f32],
+    rr: &[f32],
+    rows: usize,
+    cols: usize,
+    r: usize,
+) -> Result<Vec<u8>> {
+    if l.len() != rows * r || rr.len() != r * cols || r == 0 || r > u16::MAX as usize {
+        return Err(Error::invalid_codec(
+            "low rank",
+            CodecProblem::Geometry {
+                rows,
+                cols,
+                reason: format!(
+                    "factors of rank {r} need {} + {} values; L has {} and R {}",
+                    rows * r,
+                    r * cols,
+                    l.len(),
+                    rr.len()
+                ),
+            },
+        ));
+    }
+    let l16: Vec<f16> = l.iter().map(|&x| f16::from_f32(x)).collect();
+    let r16: Vec<f16> = rr.iter().map(|&x| f16::from_f32(x)).collect();
+    if l16.iter().chain(&r16).any(|x| !x.is_finite()) {
+        return Err(Error::invalid_codec(
+            "tenpak_x",
+            CodecProblem::Fp16Range {
+                what: "low-rank factor",
+            },
+        ));
+    }
+    let mut buf = Vec::with_capacity(HEADER_LEN + 2 * r * (rows + cols));
+    buf.extend_from_slice(
+        &Header {
+            group: r as u16,
+            ..Header::new(ID, rows, cols)
+        }
+        .to_bytes(),
+    );
+    buf.extend(f16_bytes(&l16));
+    buf.extend(f16_bytes(&r16));
+    Ok(buf)
 }
 
 /// Decodes a `LowRank` encoding: `out = L·R`.

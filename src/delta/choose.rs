@@ -39,6 +39,10 @@ pub enum DeltaMode {
     /// Every tensor the base stores with a codec re-quantized on the base's grid (an
     /// XOR patch of its codes); the others exact.
     Grid,
+    /// A PEFT LoRA adapter: `B·A·α/r` added to the base's adapted matrices, every other
+    /// tensor a reference (made from adapter repositories, not chosen with `--delta`).
+    #[value(skip)]
+    Adapter,
 }
 
 /// Options of a delta pack.
@@ -110,6 +114,11 @@ pub enum Choice {
     },
     /// `delta_grid`.
     Grid,
+    /// `delta_add` of a LoRA adapter's own factors (scaled `B`, `A`).
+    Adapter {
+        /// The adapter's rank.
+        rank: usize,
+    },
 }
 
 impl Choice {
@@ -128,6 +137,7 @@ impl Choice {
                 format!("+ rank {rank} + int{bits} g{group}")
             }
             Choice::Grid => "on the base's grid".into(),
+            Choice::Adapter { rank } => format!("+ LoRA rank {rank}"),
         }
     }
 
@@ -148,7 +158,7 @@ impl Choice {
             })
         };
         Ok(match *self {
-            Choice::Reference | Choice::Drop | Choice::Full => None,
+            Choice::Reference | Choice::Drop | Choice::Full | Choice::Adapter { .. } => None,
             Choice::Exact => Some(Box::new(DeltaExact { dtype, level })),
             Choice::Sign => Some(Box::new(DeltaSign)),
             Choice::Int { bits, group } => Some(add(int(bits, group)?)),
@@ -187,7 +197,7 @@ pub fn candidates(mode: DeltaMode, matrix: bool, encoded: bool) -> Vec<Choice> {
         DeltaMode::Exact => vec![Choice::Exact],
         DeltaMode::Sign => vec![Choice::Sign],
         DeltaMode::Grid if encoded => vec![Choice::Grid],
-        DeltaMode::Grid => vec![Choice::Exact],
+        DeltaMode::Grid | DeltaMode::Adapter => vec![Choice::Exact],
         DeltaMode::Auto => {
             let mut c = vec![
                 Choice::Drop,

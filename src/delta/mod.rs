@@ -11,13 +11,17 @@
 //! - [`choose`]: the modes (`exact`, `auto` under a bit budget, `sign`, `grid`), the
 //!   candidates per tensor, and how they are measured and allocated;
 //! - [`pack`]: fine-tune + base artifact → signed delta `.tnpk`, with its report;
+//! - [`adapter`]: a PEFT LoRA adapter → delta `.tnpk` whose adapted matrices are the
+//!   adapter's own factors (merged on load);
 //! - [`source`]: a delta opened with its base as a model ([`crate::source::TensorSource`]):
 //!   digests matched, both artifacts' chunks verified, tensors applied as read.
 
+pub mod adapter;
 pub mod choose;
 pub mod pack;
 pub mod source;
 
+pub use adapter::pack_adapter;
 pub use choose::{Choice, DeltaMode, DeltaOptions};
-pub use pack::{pack_delta, DeltaReport, DeltaTensorReport};
+pub use pack::{check_compatible, pack_delta, DeltaReport, DeltaTensorReport};
 pub use source::DeltaSource;

@@ -249,6 +249,40 @@ fn encoding_of(choice: Choice, label: &str) -> Encoding {
     }
 }
 
+/// Refuses a base that is not this model's: fewer than half of the fine-tune's weights
+/// have a base tensor of the same name and shape. (A few unmatched tensors are normal:
+/// embeddings resized for added tokens are stored in full.)
+pub fn check_compatible(metas: &[TensorMeta], base: &Artifact) -> Result<()> {
+    let weights: u64 = metas.iter().map(|m| m.numel() as u64).sum();
+    let matched: u64 = metas
+        .iter()
+        .filter(|m| base_entry(base, &m.name, &m.shape).is_some())
+        .map(|m| m.numel() as u64)
+        .sum();
+    if matched * 2 >= weights {
+        return Ok(());
+    }
+    let example = metas
+        .iter()
+        .find(|m| base_entry(base, &m.name, &m.shape).is_none())
+        .map(|m| {
+            let other = base
+                .manifest()
+                .tensors
+                .iter()
+                .find(|t| t.name == m.name)
+                .map(|t| format!("{:?}", t.shape))
+                .unwrap_or_else(|| "no such tensor".into());
+            format!("{} {:?}, base: {other}", m.name, m.shape)
+        })
+        .unwrap_or_default();
+    Err(Error::IncompatibleBase {
+        matched,
+        weights,
+        example,
+    })
+}
+
 /// Packs the fine-tune `ft` as a delta against the base artifact `base` into `out`
 /// (written atomically), signed by `keys`. `progress` is called once per tensor and pass.
 pub fn pack_delta(
@@ -277,6 +311,7 @@ pub fn pack_delta(
     }
     let t0 = std::time::Instant::now();
     let metas = ft.tensors();
+    check_compatible(metas, base)?;
     // Side files: only those that differ from the base's are stored.
     let base_files: std::collections::HashMap<String, Vec<u8>> = base
         .manifest()
@@ -326,6 +361,51 @@ pub fn pack_delta(
     } else {
         None
     };
+    let mode = opts.mode;
+    let plan = plan.as_deref();
+    write_delta(
+        base,
+        out,
+        mode,
+        keys,
+        metadata,
+        metas,
+        files,
+        t0,
+        &mut |i, m| {
+            progress("encode", &m.name);
+            let o = offer(ft, base, m, opts, plan.map(|p| p[i]))?;
+            let (choice, got) = o
+                .choices
+                .into_iter()
+                .zip(o.measured)
+                .next()
+                .ok_or_else(|| Error::Compute {
+                    message: format!("{}: nothing to store", m.name),
+                })?;
+            Ok((choice, choice.label(), got))
+        },
+    )
+}
+
+/// One tensor of a delta: what it became, its label, and its bytes and error.
+pub(crate) type Produced = (Choice, String, Measured);
+
+/// Writes a delta artifact against `base`: every tensor of `metas` as `produce` makes
+/// it, then the side `files`, signed; returns the report. Shared by fine-tune deltas and
+/// adapters.
+#[allow(clippy::too_many_arguments)]
+pub(crate) fn write_delta(
+    base: &Artifact,
+    out: &Path,
+    mode: DeltaMode,
+    keys: &[&SigningKey],
+    metadata: &[(&str, &str)],
+    metas: &[TensorMeta],
+    files: Vec<(String, Vec<u8>)>,
+    t0: std::time::Instant,
+    produce: &mut dyn FnMut(usize, &TensorMeta) -> Result<Produced>,
+) -> Result<DeltaReport> {
     let mut w = ArtifactWriter::with_layout(
         out,
         DELTA_ALIGNMENT,
@@ -335,21 +415,10 @@ pub fn pack_delta(
     for (k, v) in metadata {
         w.set_metadata(k, v);
     }
-    w.set_metadata("delta_mode", &format!("{:?}", opts.mode).to_lowercase());
+    w.set_metadata("delta_mode", &format!("{mode:?}").to_lowercase());
     let mut rows = Vec::with_capacity(metas.len());
     for (i, m) in metas.iter().enumerate() {
-        progress("encode", &m.name);
-        let only = plan.as_ref().map(|p| p[i]);
-        let o = offer(ft, base, m, opts, only)?;
-        let (choice, got) = o
-            .choices
-            .into_iter()
-            .zip(o.measured)
-            .next()
-            .ok_or_else(|| Error::Compute {
-                message: format!("{}: nothing to store", m.name),
-            })?;
-        let label = choice.label();
+        let (choice, label, got) = produce(i, m)?;
         w.add_tensor(
             &m.name,
             &m.shape,
@@ -374,6 +443,7 @@ pub fn pack_delta(
         w.add_file(n, b)?;
     }
     let written = w.finish(keys)?;
+    let weights: u64 = metas.iter().map(|m| m.numel() as u64).sum();
     let source_bytes: u64 = metas
         .iter()
         .map(|m| (m.numel() * m.dtype.size()) as u64)
@@ -392,7 +462,7 @@ pub fn pack_delta(
             .filter(|r| matches!(r.choice, Choice::Reference))
             .count(),
         tensors: rows,
-        mode: opts.mode,
+        mode,
         base: base.digest().to_string(),
         digest: written.digest,
         delta_bytes,

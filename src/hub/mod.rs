@@ -19,6 +19,7 @@ use hf_hub::{HFClient, HFError, RepoTypeModel};
 
 use crate::{Error, Result};
 
+pub mod card;
 mod upload;
 pub use upload::{CommitReport, ProgressFn, Transfer, UploadProgress};
 
@@ -32,6 +33,7 @@ pub const MODEL_FILES: &[&str] = &[
     "tokenizer.json",
     "tokenizer_config.json",
     "special_tokens_map.json",
+    "adapter_config.json",
 ];
 
 /// Where the Hub is and who we are to it.
@@ -341,6 +343,25 @@ impl Hub {
             .send()
             .await
             .map_err(|e| hub_error(repo, "download", e))
+    }
+
+    /// The contents of a small file of `repo` at `revision` (a model card, an adapter
+    /// config), or `None` when the repository has no such file.
+    pub async fn read_small_file(
+        &self,
+        repo: &str,
+        revision: &str,
+        path: &str,
+    ) -> Result<Option<Vec<u8>>> {
+        match self.download_file(repo, revision, path).await {
+            Ok(p) => Ok(Some(
+                std::fs::read(&p).map_err(|e| Error::io("read", &p, e))?,
+            )),
+            Err(Error::Hub {
+                status: Some(404), ..
+            }) => Ok(None),
+            Err(e) => Err(e),
+        }
     }
 
     /// Every file path of `repo` at `revision`.

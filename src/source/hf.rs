@@ -349,6 +349,31 @@ impl SafetensorsFile {
             .unwrap_or_default()
     }
 
+    /// The shape and safetensors dtype name of a tensor.
+    pub fn info(&self, name: &str) -> Option<(&str, &[usize])> {
+        self.entries
+            .get(name)
+            .map(|(dt, shape, _, _)| (dt.as_str(), shape.as_slice()))
+    }
+
+    /// A floating-point tensor (F32, F16 or BF16) as f32 values, with its shape and dtype.
+    pub fn read_float(&self, name: &str) -> Result<(Vec<f32>, Vec<usize>, DType)> {
+        let dt =
+            self.info(name)
+                .map(|(d, _)| d.to_string())
+                .ok_or_else(|| Error::TensorNotFound {
+                    name: name.to_string(),
+                })?;
+        let dtype = DType::from_safetensors_name(&dt).ok_or_else(|| Error::UnsupportedDtype {
+            tensor: name.to_string(),
+            dtype: dt.clone(),
+        })?;
+        let (b, shape) = self.get(name, &dt)?;
+        let mut out = vec![0f32; b.len() / dtype.size()];
+        dtype.decode_into(b, &mut out);
+        Ok((out, shape, dtype))
+    }
+
     /// An I64 tensor.
     pub fn read_i64(&self, name: &str) -> Result<Vec<i64>> {
         let (b, _) = self.get(name, "I64")?;
