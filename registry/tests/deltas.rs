@@ -7,7 +7,7 @@
 
 mod common;
 
-use std::path::{Path, PathBuf};
+use std::path::Path;
 use std::time::{Duration, Instant};
 
 use common::*;
@@ -29,17 +29,6 @@ fn companion(repo: &str) -> String {
 
 fn file_of(repo: &str) -> String {
     format!("{}-balanced.tnpk", repo.rsplit('/').next().expect("name"))
-}
-
-/// A fine-tune of `base` in `dir` whose card says `card_base`.
-fn finetune(base: &Path, dir: &Path, seed: u64, card_base: &str) -> PathBuf {
-    tenpak::synthetic::write_finetune(base, dir, seed).expect("fine-tune");
-    std::fs::write(
-        dir.join("README.md"),
-        format!("---\nlicense: apache-2.0\nbase_model: {card_base}\ntags:\n- text-generation\n---\n\n# A fine-tune\n"),
-    )
-    .expect("card");
-    dir.to_path_buf()
 }
 
 fn repo(name: &str, sha: &str, dir: &Path) -> hub::ModelRepo {

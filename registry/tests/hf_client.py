@@ -25,6 +25,7 @@ print(
         {
             "version": huggingface_hub.__version__,
             "url": url,
+            "path": path,
             "sha256": hashlib.sha256(data).hexdigest(),
             "size": len(data),
             "range_status": r.status_code,

@@ -169,6 +169,11 @@ impl Hub {
         self.commit_gate.send_replace(open);
     }
 
+    /// Serves one more model repository.
+    pub fn add_model(&self, m: ModelRepo) {
+        self.inner.lock().expect("lock").models.push(m);
+    }
+
     /// Opens or closes the gate on weight downloads.
     pub fn set_gate(&self, open: bool) {
         self.gate.send_replace(open);

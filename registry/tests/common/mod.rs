@@ -34,6 +34,18 @@ pub fn model_dir(root: &Path) -> PathBuf {
     dir
 }
 
+/// A synthetic fine-tune of the model in `base`, written to `dir`, whose model card
+/// names `card_base` as `base_model` (as fine-tunes on the Hub do).
+pub fn finetune(base: &Path, dir: &Path, seed: u64, card_base: &str) -> PathBuf {
+    tenpak::synthetic::write_finetune(base, dir, seed).expect("fine-tune");
+    std::fs::write(
+        dir.join("README.md"),
+        format!("---\nlicense: apache-2.0\nbase_model: {card_base}\ntags:\n- text-generation\n---\n\n# A fine-tune\n"),
+    )
+    .expect("card");
+    dir.to_path_buf()
+}
+
 /// A temporary directory with the tiny model, and the Hub stand-in serving it as
 /// `REPO` at `SHA`.
 pub struct Fixture {
