@@ -251,6 +251,26 @@ impl Gpu {
         Ok(())
     }
 
+    /// Widens bf16 values to f32 (a raw bf16 tensor a delta is added to).
+    pub fn bf16_to_f32(
+        &self,
+        input: &CudaView<'_, u16>,
+        out: &mut CudaViewMut<'_, f32>,
+    ) -> Result<()> {
+        let n = input.len() as u64;
+        if out.len() < input.len() {
+            return Err(Error::Launch(
+                "bf16_to_f32 needs an output of the input's length".into(),
+            ));
+        }
+        let f = self.func("bf16_to_f32")?;
+        let mut b = self.stream.launch_builder(&f);
+        b.arg(input).arg(out).arg(&n);
+        // SAFETY: matches `bf16_to_f32`: n inputs, n f32 outputs.
+        unsafe { b.launch(grid(n)) }.map_err(drv)?;
+        Ok(())
+    }
+
     /// Writes fp16 outliers into `out` (element type `ty`).
     pub fn scatter(
         &self,

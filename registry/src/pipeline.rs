@@ -170,7 +170,7 @@ enum Plan {
         adapter: bool,
         base_repo: String,
         base_commit: String,
-        base_job: Job,
+        base_job: Box<Job>,
         base_rows: Vec<ArtifactRow>,
     },
     /// The base's job must finish first.
@@ -315,7 +315,7 @@ async fn plan(ctx: &Arc<Ctx>, job: &Job, commit: &str) -> Result<Plan, JobError>
             base_repo: base,
             base_commit,
             base_rows: ctx.store.artifact_rows_of_job(j.id)?,
-            base_job: j,
+            base_job: Box::new(j),
         }),
         Some(j) if j.state == FAILED => unusable(format!(
             "packing the base {base}@{} failed (job {}): {}",

@@ -57,12 +57,20 @@ pub(super) struct Layout {
 /// The layout for the GPU kernels, or `None` where the codec table says the encoding is
 /// decoded on the CPU and uploaded as values.
 pub(super) fn layout(bytes: &[u8]) -> Result<Option<Layout>> {
+    layout_of(bytes, false)
+}
+
+/// [`layout`], and with `int2` also 2-bit grouped encodings (read by the generic stage
+/// kernel; the flat kernels are 4-bit only), as a delta's difference is added.
+fn layout_of(bytes: &[u8], int2: bool) -> Result<Option<Layout>> {
     let h = Header::parse(bytes)?;
     let row = table::row(h.id)
         .ok_or_else(|| Error::corrupt("unknown", Corruption::UnknownCodecId { id: h.id.0 }))?;
+    let two_bit = int2 && h.id == codec::int4::ID_N && h.group2 == 2;
     // The grouped encoding the kernels read (the header itself, or an outlier wrapper's
     // base, whose header `parts` has already parsed once).
     let (bh, base_start, base_end, outliers) = match row.gpu {
+        _ if two_bit => (h, 0, bytes.len(), None),
         GpuDecode::CpuThenUpload => return Ok(None),
         GpuDecode::GroupedInt => (h, 0, bytes.len(), None),
         GpuDecode::Outliers => {
@@ -86,8 +94,9 @@ pub(super) fn layout(bytes: &[u8]) -> Result<Option<Layout>> {
         symmetric: sym,
         refine_iters: 0,
     };
+    let bits = if two_bit { 2 } else { 4 };
     let mut stages = vec![stage_at(
-        st(bh.group, 4, bh.symmetric),
+        st(bh.group, bits, bh.symmetric),
         rows,
         cols,
         base_start + HEADER_LEN,
@@ -168,7 +177,11 @@ pub(super) fn decode_uploaded_into(
         up.buf
             .slice(up.pad + st.codes..up.pad + st.codes + st.code_len)
     };
-    let flat = l.stages.iter().all(|st| st.geo.is_flat());
+    let flat = l
+        .stages
+        .iter()
+        .enumerate()
+        .all(|(k, st)| st.geo.is_flat() && st.geo.bits == if k == 0 { 4 } else { 2 });
     match (l.stages.as_slice(), flat) {
         ([a], true) => {
             let off = if a.geo.symmetric {
@@ -337,11 +350,11 @@ fn prepare<'a>(
         Encoding::Unknown => Err(Error::UnknownCodec {
             tensor: t.name.clone(),
         }),
-        // A delta's tensors are applied to their base on the CPU (tenpak::delta), then
-        // uploaded as values; this path sees full artifacts only.
-        Encoding::Base | Encoding::Delta { .. } => Err(Error::DeltaNeedsBase {
-            base: t.name.clone(),
-        }),
+        // A delta's tensors need its base: `load_delta` loads those.
+        Encoding::Base | Encoding::Delta { .. } => Err(Error::Gpu(format!(
+            "{} belongs to a delta artifact: load it with its base (gpu::load_delta)",
+            t.name
+        ))),
         _ => match layout(bytes).map_err(|e| e.in_tensor(&t.name))? {
             Some(l) if l.numel != n => Err(Error::corrupt(
                 "int4",
@@ -368,6 +381,11 @@ pub(super) fn load_with(
     sel: &crate::artifact::Selection,
     dtype: DType,
 ) -> Result<GpuTensors> {
+    if let Some(b) = &art.manifest().base {
+        return Err(Error::DeltaNeedsBase {
+            base: b.digest.clone(),
+        });
+    }
     let s = gpu.stream();
     let ty = out_type(dtype);
     let chosen = art.select(sel);
@@ -415,6 +433,11 @@ pub(super) fn load_pinned_with(
     sel: &crate::artifact::Selection,
     dtype: DType,
 ) -> Result<GpuTensors> {
+    if let Some(b) = &art.manifest().base {
+        return Err(Error::DeltaNeedsBase {
+            base: b.digest.clone(),
+        });
+    }
     use tenpak_kernels::cudarc::driver::{result, DevicePtrMut};
     let compute = gpu.stream().clone();
     let copy = gpu.context().new_stream().map_err(ge)?;
@@ -474,4 +497,218 @@ pub(super) fn load_pinned_with(
         tensors,
         dtype,
     })
+}
+
+/// A `delta_add` whose difference the kernels read (grouped INT4 or INT2 stages, no
+/// outliers): the inner encoding's offset in the bytes and its layout.
+fn add_layout(bytes: &[u8]) -> Result<Option<(usize, Layout)>> {
+    let h = Header::parse(bytes)?;
+    if h.id != codec::delta_add::ID {
+        return Ok(None);
+    }
+    let inner = bytes.get(HEADER_LEN..).unwrap_or_default();
+    let ih = Header::parse(inner)?;
+    if (ih.rows, ih.cols) != (h.rows, h.cols) {
+        return Err(Error::corrupt(
+            "delta_add",
+            Corruption::Structure("the inner encoding has another shape"),
+        ));
+    }
+    Ok(match layout_of(inner, true)? {
+        Some(l) if l.outliers.is_none() => Some((HEADER_LEN, l)),
+        _ => None,
+    })
+}
+
+/// A base tensor as f32 on the GPU (4·n bytes): raw bf16 widened by a kernel, encodings
+/// with a kernel decoded there, anything else decoded on the CPU and uploaded.
+fn base_f32(
+    gpu: &Gpu,
+    base: &crate::artifact::Artifact,
+    t: &crate::artifact::format::TensorEntry,
+    bytes: &[u8],
+) -> Result<CudaSlice<u8>> {
+    use crate::artifact::Encoding;
+    let n = t.numel() as usize;
+    let s = gpu.stream();
+    let mut acc = alloc_out(gpu, 4 * n)?;
+    match t.encoding {
+        Encoding::Raw if t.dtype == DType::BF16 => {
+            let raw = s.clone_htod(bytes).map_err(ge)?;
+            // SAFETY: n bf16 values are 2·n bytes; the f32 view covers the 4·n bytes of `acc`.
+            let (src, mut dst) = unsafe {
+                (
+                    raw.transmute::<u16>(n)
+                        .ok_or_else(|| Error::Gpu("u16 view".into()))?,
+                    acc.transmute_mut::<f32>(n)
+                        .ok_or_else(|| Error::Gpu("f32 view".into()))?,
+                )
+            };
+            gpu.bf16_to_f32(&src, &mut dst).map_err(ge)?;
+            s.synchronize().map_err(ge)?;
+        }
+        _ => match layout(bytes).map_err(|e| e.in_tensor(&t.name))? {
+            Some(l) if l.numel == n && t.encoding != Encoding::Raw => {
+                let up = upload(gpu, bytes, &l)?;
+                decode_uploaded_into(gpu, &up, &l, OutType::F32, &mut acc)?;
+            }
+            _ => {
+                let v = base.decode(t, bytes)?;
+                s.memcpy_htod(&DType::F32.encode(&v), &mut acc)
+                    .map_err(ge)?;
+            }
+        },
+    }
+    Ok(acc)
+}
+
+/// Adds the difference of a `delta_add` (laid out by [`add_layout`]) onto `acc` (f32).
+fn add_on_gpu(
+    gpu: &Gpu,
+    acc: &mut CudaSlice<u8>,
+    bytes: &[u8],
+    at: usize,
+    l: &Layout,
+) -> Result<()> {
+    let up = upload(gpu, &bytes[at..], l)?;
+    for st in &l.stages {
+        let off = if st.geo.symmetric {
+            u16_view(&up, st.scales, 1)?
+        } else {
+            u16_view(&up, st.offsets, st.groups)?
+        };
+        let codes = up
+            .buf
+            .slice(up.pad + st.codes..up.pad + st.codes + st.code_len);
+        // SAFETY: `acc` holds 4·numel bytes (allocated by `base_f32` for this tensor).
+        let mut f = unsafe { acc.transmute_mut::<f32>(l.numel) }
+            .ok_or_else(|| Error::Gpu("f32 view".into()))?;
+        gpu.stage_generic(
+            &st.geo,
+            &codes,
+            &u16_view(&up, st.scales, st.groups)?,
+            &off,
+            &mut f,
+            true,
+        )
+        .map_err(ge)?;
+    }
+    Ok(())
+}
+
+/// f32 values on the GPU as `ty` (the buffer itself for f32).
+fn finish_f32(gpu: &Gpu, acc: CudaSlice<u8>, n: usize, ty: OutType) -> Result<CudaSlice<u8>> {
+    if ty == OutType::F32 {
+        return Ok(acc);
+    }
+    let mut out = alloc_out(gpu, n * ty.size())?;
+    // SAFETY: `acc` holds n f32 values.
+    let f = unsafe { acc.transmute::<f32>(n) }.ok_or_else(|| Error::Gpu("f32 view".into()))?;
+    gpu.convert(&f, &mut out.slice_mut(..), ty).map_err(ge)?;
+    Ok(out)
+}
+
+/// How each tensor of a delta reached the GPU (for reports and tests).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeltaPaths {
+    /// References: the base's tensor, decoded on the GPU where its codec has a kernel.
+    pub reference: usize,
+    /// `delta_add` of grouped INT: the base and the difference decoded and added there.
+    pub gpu_add: usize,
+    /// Applied on the CPU (exact, sign, grid, low rank), then uploaded as values.
+    pub cpu_apply: usize,
+    /// Stored in full in the delta.
+    pub full: usize,
+}
+
+/// Loads the selected tensors of a delta opened with its base into GPU 0 as `dtype`:
+/// references decode the base's tensor on the GPU, `delta_add` of grouped INT decodes the
+/// base and adds the difference there, the other delta codecs apply on the CPU and upload
+/// (chunks of both artifacts sha256-checked as they are fetched, as on the CPU).
+pub fn load_delta(
+    d: &crate::delta::DeltaSource,
+    sel: &crate::artifact::Selection,
+    dtype: DType,
+) -> Result<(GpuTensors, DeltaPaths)> {
+    load_delta_with(
+        &std::sync::Arc::new(Gpu::new(0).map_err(ge)?),
+        d,
+        sel,
+        dtype,
+    )
+}
+
+pub(super) fn load_delta_with(
+    gpu: &std::sync::Arc<Gpu>,
+    d: &crate::delta::DeltaSource,
+    sel: &crate::artifact::Selection,
+    dtype: DType,
+) -> Result<(GpuTensors, DeltaPaths)> {
+    use crate::artifact::Encoding;
+    let (delta, base) = (d.delta(), d.base());
+    let s = gpu.stream();
+    let ty = out_type(dtype);
+    let chosen = delta.select(sel);
+    let mut tensors = Vec::with_capacity(chosen.len());
+    let mut paths = DeltaPaths::default();
+    delta.for_each_encoded(&chosen, |t, bytes| {
+        let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
+        let n = t.numel() as usize;
+        let base_entry = || {
+            crate::delta::pack::base_entry(base, &t.name, &shape).ok_or_else(|| {
+                Error::BaseMismatch {
+                    tensor: t.name.clone(),
+                    shape: shape.clone(),
+                }
+            })
+        };
+        let out = match &t.encoding {
+            Encoding::Base => {
+                paths.reference += 1;
+                let bt = base_entry()?;
+                let bb = base.fetch_tensor(bt)?;
+                match prepare(bt, &bb, dtype)? {
+                    (payload, None) => s.clone_htod(&payload[..]).map_err(ge)?,
+                    (payload, Some(l)) => {
+                        decode_uploaded(gpu, &upload(gpu, &payload, &l)?, &l, ty)?
+                    }
+                }
+            }
+            Encoding::Delta { .. } => match add_layout(&bytes).map_err(|e| e.in_tensor(&t.name))? {
+                Some((at, l)) if l.numel == n => {
+                    paths.gpu_add += 1;
+                    let bt = base_entry()?;
+                    let bb = base.fetch_tensor(bt)?;
+                    let mut acc = base_f32(gpu, base, bt, &bb)?;
+                    add_on_gpu(gpu, &mut acc, &bytes, at, &l)?;
+                    finish_f32(gpu, acc, n, ty)?
+                }
+                _ => {
+                    paths.cpu_apply += 1;
+                    s.clone_htod(&dtype.encode(&d.tensor(&t.name)?))
+                        .map_err(ge)?
+                }
+            },
+            _ => {
+                paths.full += 1;
+                match prepare(t, &bytes, dtype)? {
+                    (payload, None) => s.clone_htod(&payload[..]).map_err(ge)?,
+                    (payload, Some(l)) => {
+                        decode_uploaded(gpu, &upload(gpu, &payload, &l)?, &l, ty)?
+                    }
+                }
+            }
+        };
+        tensors.push((t.name.clone(), shape, out));
+        Ok(())
+    })?;
+    gpu.sync().map_err(ge)?;
+    Ok((
+        GpuTensors {
+            gpu: gpu.clone(),
+            tensors,
+            dtype,
+        },
+        paths,
+    ))
 }

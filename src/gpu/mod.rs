@@ -11,7 +11,7 @@ mod imp;
 mod stand_in;
 
 #[cfg(feature = "cuda")]
-pub use imp::{load_artifact, load_artifact_pinned, GpuTensors};
+pub use imp::{load_artifact, load_artifact_pinned, load_delta, DeltaPaths, GpuTensors};
 
 /// The `bench-gpu` harness: kernels checked against the CPU decode and timed, and the
 /// whole-model load against bf16 safetensors. Not part of the library's API: built only

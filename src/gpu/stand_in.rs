@@ -5,6 +5,19 @@ use crate::{Error, Result};
 /// Stand-in for GPU-resident tensors (never constructed without CUDA).
 pub struct GpuTensors(());
 
+impl GpuTensors {
+    /// Names, in load order (none: never constructed).
+    pub fn names(&self) -> Vec<&str> {
+        vec![]
+    }
+    /// Always fails: this build has no CUDA.
+    pub fn to_host(&self, _name: &str) -> Result<Vec<u8>> {
+        Err(Error::Gpu(
+            tenpak_kernels::Error::NotCompiledWithCuda.to_string(),
+        ))
+    }
+}
+
 /// Always fails: this build has no CUDA.
 pub fn load_artifact(
     _art: &crate::artifact::Artifact,
@@ -23,4 +36,28 @@ pub fn load_artifact_pinned(
     dtype: crate::dtype::DType,
 ) -> Result<GpuTensors> {
     load_artifact(art, sel, dtype)
+}
+
+/// How each tensor of a delta reached the GPU (never constructed without CUDA).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeltaPaths {
+    /// References.
+    pub reference: usize,
+    /// `delta_add` of grouped INT added on the GPU.
+    pub gpu_add: usize,
+    /// Applied on the CPU, then uploaded.
+    pub cpu_apply: usize,
+    /// Stored in full in the delta.
+    pub full: usize,
+}
+
+/// Always fails: this build has no CUDA.
+pub fn load_delta(
+    _d: &crate::delta::DeltaSource,
+    _sel: &crate::artifact::Selection,
+    _dtype: crate::dtype::DType,
+) -> Result<(GpuTensors, DeltaPaths)> {
+    Err(Error::Gpu(
+        tenpak_kernels::Error::NotCompiledWithCuda.to_string(),
+    ))
 }
