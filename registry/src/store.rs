@@ -651,3 +651,80 @@ impl Store {
         }
     }
 }
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn job(store: &Store, key: &str, repo: &str, kind: &str) -> Job {
+        store
+            .enqueue(&NewJob {
+                key,
+                repo,
+                revision: "c7a1f5f4e3b2a1908f7e6d5c4b3a29180f7e6d5c",
+                targets: "balanced",
+                origin: "webhook",
+                companion: "x/y-tnpk",
+                kind,
+            })
+            .expect("enqueue")
+            .job
+    }
+
+    #[test]
+    fn a_database_of_the_first_schema_gains_the_new_columns() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("jobs.db");
+        {
+            // The jobs table as the first registry created it.
+            let c = Connection::open(&path).expect("db");
+            c.execute_batch(
+                "CREATE TABLE jobs (id INTEGER PRIMARY KEY AUTOINCREMENT, key TEXT NOT NULL UNIQUE,
+                 repo TEXT NOT NULL, revision TEXT NOT NULL, targets TEXT NOT NULL,
+                 origin TEXT NOT NULL, state TEXT NOT NULL, stage TEXT NOT NULL DEFAULT '',
+                 progress REAL NOT NULL DEFAULT 0, attempts INTEGER NOT NULL DEFAULT 0, error TEXT,
+                 companion TEXT NOT NULL, published_commit TEXT, upload TEXT,
+                 created_at REAL NOT NULL, updated_at REAL NOT NULL, finished_at REAL);
+                 INSERT INTO jobs (key, repo, revision, targets, origin, state, companion,
+                   created_at, updated_at) VALUES ('k', 'a/b', 'main', 'balanced', 'api',
+                   'done', 'a/b-tnpk', 1, 1);",
+            )
+            .expect("old schema");
+        }
+        let s = Store::open(&path).expect("open and migrate");
+        let old = s.job(1).expect("read").expect("the old job");
+        assert_eq!(old.kind, KIND_AUTO);
+        assert_eq!((old.base, old.waits_on, old.note), (None, None, None));
+        // Opening again changes nothing.
+        drop(s);
+        Store::open(&path).expect("open again");
+    }
+
+    #[test]
+    fn a_waiting_job_is_claimed_only_once_its_base_job_has_finished() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let s = Store::open(&tmp.path().join("jobs.db")).expect("open");
+        let ft = job(&s, "ft", "a/ft", KIND_AUTO);
+        assert_eq!(s.claim().expect("claim").map(|j| j.id), Some(ft.id));
+        let base = job(&s, "base", "a/base", KIND_FULL);
+        s.wait_on(ft.id, base.id).expect("wait");
+        let w = s.job(ft.id).expect("job").expect("ft");
+        assert_eq!(
+            (w.state.as_str(), w.waits_on, w.attempts),
+            (WAITING, Some(base.id), 0)
+        );
+        assert_eq!(s.waiters(base.id).expect("waiters"), vec![ft.id]);
+        // The base runs first; the fine-tune stays parked while it does.
+        assert_eq!(s.claim().expect("claim").map(|j| j.id), Some(base.id));
+        assert_eq!(s.claim().expect("claim"), None);
+        s.finish(base.id).expect("finish");
+        let again = s.claim().expect("claim").expect("the fine-tune");
+        assert_eq!((again.id, again.attempts), (ft.id, 1));
+        assert_eq!(
+            s.job_for("a/base", "c7a1f5f4e3b2a1908f7e6d5c4b3a29180f7e6d5c")
+                .expect("lookup")
+                .map(|j| j.id),
+            Some(base.id)
+        );
+    }
+}

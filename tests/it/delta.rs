@@ -354,3 +354,101 @@ fn streaming_one_layer_of_a_delta_fetches_only_that_layer_of_delta_and_base() {
     assert_eq!(bn, need(&base), "base bytes served for one layer");
     assert!(bn < base.len() / 2);
 }
+
+#[test]
+fn a_lora_adapter_packs_against_its_base_and_merges_on_unpack() {
+    let p = pair();
+    let lora = p.dir.join("lora");
+    let adapted =
+        tenpak::synthetic::write_lora_adapter(&p.dir.join("base"), &lora, "acme/base", 4, 8.0, 5)
+            .expect("adapter");
+    // Without --base: a clear error naming the base the adapter config gives.
+    let o = tenpak(&["pack", s(&lora), "-o", s(&p.dir.join("x.tnpk"))]);
+    assert!(!o.status.success());
+    let e = String::from_utf8_lossy(&o.stderr);
+    assert!(e.contains("PEFT adapter") && e.contains("acme/base"), "{e}");
+    let out = p.dir.join("lora.tnpk");
+    let report = tenpak_ok(&["pack", s(&lora), "-o", s(&out), "--base", s(&p.base)]);
+    assert!(report.contains("+ LoRA rank 4"), "{report}");
+    let dir = p.dir.join("merged");
+    tenpak_ok(&["unpack", s(&out), "--base", s(&p.base), "-o", s(&dir)]);
+    let merged = HfModelDir::open(&dir).expect("merged");
+    let base = HfModelDir::open(&p.dir.join("base")).expect("base");
+    let st = HfModelDir::open_file(&lora.join("adapter_model.safetensors")).expect("weights");
+    for m in base.tensors() {
+        let b = base.read_f32(&m.name).expect("base");
+        let got = merged.read_f32(&m.name).expect("merged");
+        if !adapted.contains(&m.name) {
+            assert_eq!(got, b, "{} is the base's", m.name);
+            continue;
+        }
+        let module = format!("base_model.model.{}", m.name.trim_end_matches(".weight"));
+        let (a, _, _) = st
+            .read_float(&format!("{module}.lora_A.weight"))
+            .expect("A");
+        let (bb, _, _) = st
+            .read_float(&format!("{module}.lora_B.weight"))
+            .expect("B");
+        let (rows, cols) = (m.shape[0], m.shape[1]);
+        let mut worst = 0f32;
+        for i in 0..rows {
+            for j in 0..cols {
+                let u: f32 = (0..4).map(|k| bb[i * 4 + k] * a[k * cols + j]).sum::<f32>() * 2.0;
+                let size: f32 = (0..4)
+                    .map(|k| (bb[i * 4 + k] * a[k * cols + j]).abs())
+                    .sum::<f32>()
+                    * 2.0;
+                let want = half::bf16::from_f32(b[i * cols + j] + u).to_f32();
+                // bf16 output: within one unit in the last place of the merged value
+                // (of the larger of base and merged, where they nearly cancel), plus the
+                // fp16 rounding of the factors.
+                let ulp =
+                    want.abs().max(b[i * cols + j].abs()) * 2f32.powi(-7) + 2e-3 * size + 1e-9;
+                worst = worst.max((got[i * cols + j] - want).abs() / ulp);
+            }
+        }
+        assert!(worst <= 1.0, "{}: off by {worst} ulp", m.name);
+    }
+    // An adapter whose matrices the base lacks is refused with the tensor's name.
+    let other = p.dir.join("other");
+    tenpak::synthetic::write_llama(
+        &other,
+        DType::BF16,
+        tenpak::synthetic::LlamaShape {
+            hidden: 128,
+            ff: 256,
+            vocab: 64,
+            layers: 2,
+        },
+    )
+    .expect("other");
+    let src = HfModelDir::open(&other).expect("other");
+    let other_tnpk = p.dir.join("other.tnpk");
+    pack::pack_raw(&src, &other_tnpk, &[], &[], &|_| {}).expect("pack other");
+    let o = tenpak(&[
+        "pack",
+        s(&lora),
+        "-o",
+        s(&p.dir.join("y.tnpk")),
+        "--base",
+        s(&other_tnpk),
+    ]);
+    assert!(!o.status.success());
+    assert!(String::from_utf8_lossy(&o.stderr).contains("q_proj"));
+    // A fine-tune against a base of other sizes: a typed error, nothing written.
+    let ft = HfModelDir::open(&p.ft).expect("ft");
+    let base = Artifact::open_location(s(&other_tnpk)).expect("base");
+    let out = p.dir.join("z.tnpk");
+    let e = pack_delta(
+        &ft,
+        &base,
+        &out,
+        &opts(DeltaMode::Exact, 2.0),
+        &[],
+        &[],
+        &|_, _| {},
+    )
+    .expect_err("not its base");
+    assert!(matches!(e, Error::IncompatibleBase { .. }), "{e}");
+    assert!(!out.exists());
+}
