@@ -53,6 +53,15 @@ pub struct DeltaArgs {
     #[arg(long, default_value_t = tenpak::codec::delta_exact::DEFAULT_LEVEL,
           value_parser = clap::value_parser!(i32).range(1..=22), requires = "base")]
     pub delta_level: i32,
+    /// On a quantized base's grid (`grid`, and `auto`'s grid candidate), let a group take
+    /// its own scale and offset where they lose less than this times the error on the
+    /// base's (0: keep every group's grid; 1: refit wherever it lowers the error; larger:
+    /// refit even where it does not, which on a base already on a 4-bit grid keeps more
+    /// of the fine-tune's update). Refitted groups cost their codes and parameters in the
+    /// patch.
+    #[arg(long, default_value_t = tenpak::delta::choose::DEFAULT_GRID_REFIT,
+          value_parser = parse_refit, requires = "base")]
+    pub delta_grid_refit: f32,
 }
 
 /// A local path as is; otherwise `org/name[@rev]` downloaded from the Hub. Returns the
@@ -240,6 +249,7 @@ fn run_delta(
         mode: a.delta.delta,
         bits_per_weight: a.delta.delta_bits_per_weight,
         level: a.delta.delta_level,
+        grid_refit: a.delta.delta_grid_refit,
         calib: opts.calib.clone(),
     };
     let passes = if dopts.mode == tenpak::delta::DeltaMode::Auto {
@@ -315,4 +325,11 @@ fn print_delta_report(a: &Args, report: &tenpak::delta::DeltaReport) -> anyhow::
         report.source_bytes as f64 / 1e6 / report.encode_seconds
     )?;
     Ok(())
+}
+
+fn parse_refit(s: &str) -> Result<f32, String> {
+    match s.parse::<f32>() {
+        Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
+        _ => Err(format!("{s} is not a non-negative ratio")),
+    }
 }

@@ -221,7 +221,13 @@ pub fn overhead(cols: usize) -> usize {
 
 /// A `Scaled` encoding with `w` on its grid: the same multipliers, the inner encoding
 /// re-quantized (by the dispatcher) for `w / m`.
-pub(crate) fn regrid(h: &Header, bytes: &[u8], w: &[f32], inner: Requantizer) -> Result<Vec<u8>> {
+pub(crate) fn regrid(
+    h: &Header,
+    bytes: &[u8],
+    w: &[f32],
+    refit: f32,
+    inner: Requantizer,
+) -> Result<Vec<u8>> {
     let cols = h.cols as usize;
     let Some(m) = bytes.get(HEADER_LEN..HEADER_LEN + 2 * cols) else {
         return Err(Error::corrupt(
@@ -247,7 +253,7 @@ pub(crate) fn regrid(h: &Header, bytes: &[u8], w: &[f32], inner: Requantizer) ->
             }
         })
         .collect();
-    let new_inner = inner(&bytes[HEADER_LEN + 2 * cols..], &scaled)?;
+    let new_inner = inner(&bytes[HEADER_LEN + 2 * cols..], &scaled, refit)?;
     let mut out = bytes[..HEADER_LEN + 2 * cols].to_vec();
     out.extend_from_slice(&new_inner);
     Ok(out)

@@ -34,7 +34,7 @@ pub const ENCODING: EncodingRow = EncodingRow {
 
 /// The codec table's re-quantizer: an encoding and new values → the values on its grid,
 /// `None` where the encoding has none.
-pub type OnGrid = fn(&[u8], &[f32]) -> Result<Option<Vec<u8>>>;
+pub type OnGrid = fn(&[u8], &[f32], f32) -> Result<Option<Vec<u8>>>;
 
 /// Re-quantize on the base's grid, store the XOR patch.
 #[derive(Debug, Clone, Copy)]
@@ -43,13 +43,21 @@ pub struct DeltaGrid {
     pub requantize: OnGrid,
     /// zstd level.
     pub level: i32,
+    /// Refit a group's own scale and offset where that loses less than this times the
+    /// error on the base's (0: keep every group's; see [`crate::codec::table::requantize`]).
+    pub refit: f32,
 }
 
 /// The fine-tune's encoding on the base's grid, or `None` where the base has no
 /// encoding with a grid.
-pub fn on_grid(requantize: OnGrid, ft: &[f32], base: &BaseView<'_>) -> Result<Option<Vec<u8>>> {
+pub fn on_grid(
+    requantize: OnGrid,
+    ft: &[f32],
+    base: &BaseView<'_>,
+    refit: f32,
+) -> Result<Option<Vec<u8>>> {
     match base.encoded {
-        Some(enc) => requantize(enc, ft),
+        Some(enc) => requantize(enc, ft, refit),
         None => Ok(None),
     }
 }
@@ -67,8 +75,10 @@ impl DeltaCodec for DeltaGrid {
         cols: usize,
         _: Option<&[f32]>,
     ) -> Result<Option<Vec<u8>>> {
-        let (Some(enc), Some(base_enc)) = (on_grid(self.requantize, ft, base)?, base.encoded)
-        else {
+        let (Some(enc), Some(base_enc)) = (
+            on_grid(self.requantize, ft, base, self.refit)?,
+            base.encoded,
+        ) else {
             return Ok(None);
         };
         let xor: Vec<u8> = enc.iter().zip(base_enc).map(|(a, b)| a ^ b).collect();

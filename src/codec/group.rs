@@ -224,22 +224,51 @@ impl Stage {
         (sc, of)
     }
 
-    /// Codes of rows of `w` on given parameters (the stage's fp16 scale and offset bytes
-    /// per group, as [`Stage::decode_rows`] reads them): round-to-nearest on a grid fixed
-    /// in advance — a fine-tune quantized on its base's grid (`delta_grid`).
-    pub fn codes_on_grid(&self, scales: &[u8], offsets: &[u8], w: &[f32], cols: usize) -> Vec<u8> {
+    /// Codes of rows of `w` on given parameters, round-to-nearest on a grid fixed in
+    /// advance (a fine-tune quantized on its base's grid, `delta_grid`): `params` holds the
+    /// stage's fp16 scale bytes then (when asymmetric) its offset bytes. With `refit` > 0, a group whose own fit
+    /// ([`Stage::fit`]) has less than `refit` times the error of the kept grid gets its
+    /// own parameters written into `params` and its own codes ("scales that moved").
+    pub fn codes_on_grid_refit(
+        &self,
+        params: &mut [u8],
+        w: &[f32],
+        cols: usize,
+        refit: f32,
+    ) -> Vec<u8> {
         let rows = w.len().checked_div(cols).unwrap_or(0);
         let gpr = self.groups_per_row(cols);
+        let groups = rows * gpr;
+        let (scales, offsets) = params.split_at_mut(2 * groups);
         let (sc, of) = self.params(scales, offsets);
         let mut codes = Vec::with_capacity(rows * self.code_bytes_per_row(cols));
         let mut q = vec![0f32; self.group];
+        let mut own = vec![0f32; self.group];
         for r in 0..rows {
             for g in 0..gpr {
                 let a = r * cols + g * self.group;
                 let b = (a + self.group).min((r + 1) * cols);
+                let wg = &w[a..b];
                 let qg = &mut q[..b - a];
                 let k = r * gpr + g;
-                pass::<false>(&w[a..b], &w[a..b], sc[k], of[k], self.qmax(), qg);
+                let [err, ..] = pass::<false>(wg, wg, sc[k], of[k], self.qmax(), qg);
+                if refit > 0.0 && err > 0.0 {
+                    let og = &mut own[..b - a];
+                    let (s16, m16) = self.fit(wg, None, og);
+                    let m = if self.symmetric {
+                        -((1u32 << (self.bits - 1)) as f32) * s16.to_f32()
+                    } else {
+                        m16.to_f32()
+                    };
+                    let [own_err, ..] = pass::<false>(wg, wg, s16.to_f32(), m, self.qmax(), og);
+                    if s16.is_finite() && m16.is_finite() && own_err < refit * err {
+                        scales[2 * k..2 * k + 2].copy_from_slice(&s16.to_le_bytes());
+                        if !self.symmetric {
+                            offsets[2 * k..2 * k + 2].copy_from_slice(&m16.to_le_bytes());
+                        }
+                        qg.copy_from_slice(og);
+                    }
+                }
                 pack(qg, self.bits, &mut codes);
             }
         }

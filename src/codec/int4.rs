@@ -31,7 +31,7 @@ pub const ENCODING: EncodingRow = EncodingRow {
     decode,
     gpu: GpuDecode::GroupedInt,
     apply: None,
-    regrid: Some(|h, b, w, _| requantize(h, b, w)),
+    regrid: Some(|h, b, w, refit, _| requantize(h, b, w, refit)),
 };
 
 /// The `int3`/`int2` row: no kernel yet, so decoded on the CPU and uploaded.
@@ -41,7 +41,7 @@ pub const ENCODING_N: EncodingRow = EncodingRow {
     decode,
     gpu: GpuDecode::CpuThenUpload,
     apply: None,
-    regrid: Some(|h, b, w, _| requantize(h, b, w)),
+    regrid: Some(|h, b, w, refit, _| requantize(h, b, w, refit)),
 };
 
 /// Code bits of the int kinds (4 for any other).
@@ -280,12 +280,21 @@ pub(crate) fn regrid(
     rows: usize,
     cols: usize,
     w: &[f32],
+    refit: f32,
 ) -> Result<usize> {
     let mut target = w.to_vec();
     let mut pos = 0;
     for (k, &stage) in stages.iter().enumerate() {
-        let (v, used) = split_stage(codec, stage, &body[pos..], rows, cols)?;
-        let codes = stage.codes_on_grid(v.scales, v.offsets, &target, cols);
+        let (_, used) = split_stage(codec, stage, &body[pos..], rows, cols)?;
+        let groups = rows * stage.groups_per_row(cols);
+        let params = if stage.symmetric { 2 } else { 4 } * groups;
+        // Only the first stage refits: a residual's grid follows the stage before it.
+        let codes = stage.codes_on_grid_refit(
+            &mut body[pos..pos + params],
+            &target,
+            cols,
+            if k == 0 { refit } else { 0.0 },
+        );
         let start = pos + used - codes.len();
         body[start..pos + used].copy_from_slice(&codes);
         if k + 1 < stages.len() {
@@ -299,7 +308,7 @@ pub(crate) fn regrid(
 }
 
 /// An `int4`/`intN` encoding with its codes recomputed for `w` on its own grid.
-pub(crate) fn requantize(h: &Header, base: &[u8], w: &[f32]) -> Result<Vec<u8>> {
+pub(crate) fn requantize(h: &Header, base: &[u8], w: &[f32], refit: f32) -> Result<Vec<u8>> {
     let stage = stage_from_header(h, h.group)?;
     let mut out = base.to_vec();
     let (rows, cols) = (h.rows as usize, h.cols as usize);
@@ -310,6 +319,7 @@ pub(crate) fn requantize(h: &Header, base: &[u8], w: &[f32]) -> Result<Vec<u8>> 
         rows,
         cols,
         w,
+        refit,
     )?;
     if HEADER_LEN + used != out.len() {
         return Err(corrupt(

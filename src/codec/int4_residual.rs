@@ -29,7 +29,7 @@ pub const ENCODING: EncodingRow = EncodingRow {
     decode,
     gpu: GpuDecode::GroupedInt,
     apply: None,
-    regrid: Some(|h, b, w, _| requantize(h, b, w)),
+    regrid: Some(|h, b, w, refit, _| requantize(h, b, w, refit)),
 };
 
 /// The `int4_residual` family (default g = g₂ = 16; `--group-size` sets both).
@@ -148,7 +148,7 @@ fn stages(h: &Header) -> Result<[Stage; 2]> {
 }
 
 /// An `int4_residual` encoding with both stages' codes recomputed for `w` on its grid.
-pub(crate) fn requantize(h: &Header, base: &[u8], w: &[f32]) -> Result<Vec<u8>> {
+pub(crate) fn requantize(h: &Header, base: &[u8], w: &[f32], refit: f32) -> Result<Vec<u8>> {
     let stages = stages(h)?;
     let mut out = base.to_vec();
     let (rows, cols) = (h.rows as usize, h.cols as usize);
@@ -159,6 +159,7 @@ pub(crate) fn requantize(h: &Header, base: &[u8], w: &[f32]) -> Result<Vec<u8>> 
         rows,
         cols,
         w,
+        refit,
     )?;
     if HEADER_LEN + used != out.len() {
         return Err(Error::corrupt(

@@ -212,9 +212,15 @@ pub fn parts<'a>(h: &Header, bytes: &'a [u8]) -> Result<Parts<'a>> {
 
 /// An outlier-wrapped encoding with `w` on its grid: the base encoding re-quantized (by
 /// the dispatcher), the kept values at the same positions taken from `w`.
-pub(crate) fn regrid(h: &Header, bytes: &[u8], w: &[f32], inner: Requantizer) -> Result<Vec<u8>> {
+pub(crate) fn regrid(
+    h: &Header,
+    bytes: &[u8],
+    w: &[f32],
+    refit: f32,
+    inner: Requantizer,
+) -> Result<Vec<u8>> {
     let p = parts(h, bytes)?;
-    let new_base = inner(p.base, w)?;
+    let new_base = inner(p.base, w, refit)?;
     if new_base.len() != p.base.len() {
         return Err(Error::corrupt(
             ENCODING.name,

@@ -223,7 +223,7 @@ pub type ApplyDelta = fn(&Header, &[u8], &BaseView<'_>, &mut [f32], Decoder) -> 
 
 /// A re-quantizer on an encoding's own grid: header, base encoding, new values, the
 /// dispatcher for nested encodings.
-pub type Regrid = fn(&Header, &[u8], &[f32], Requantizer) -> Result<Vec<u8>>;
+pub type Regrid = fn(&Header, &[u8], &[f32], f32, Requantizer) -> Result<Vec<u8>>;
 
 /// A codec family: what [`CodecSpec`] builds for its [`CodecKind`].
 #[derive(Debug, Clone, Copy)]

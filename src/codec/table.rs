@@ -170,17 +170,19 @@ pub fn apply(bytes: &[u8], base: &BaseView<'_>, out: &mut [f32]) -> Result<()> {
 
 /// `w` on the grid of the encoding `enc` (its scales, offsets, multipliers and outlier
 /// positions kept, its codes recomputed); `None` where the encoding has no grid to keep
-/// (VQ, low rank).
-pub fn requantize(enc: &[u8], w: &[f32]) -> Result<Option<Vec<u8>>> {
+/// (VQ, low rank). With `refit` > 0, a group whose own fit (scale, offset) loses less
+/// than `refit` times the error on the kept grid takes its own parameters ("scales that
+/// moved"; `delta_grid` then patches those bytes too).
+pub fn requantize(enc: &[u8], w: &[f32], refit: f32) -> Result<Option<Vec<u8>>> {
     let (h, row) = checked_row(enc, w.len())?;
     match row.regrid {
-        Some(regrid) => regrid(&h, enc, w, requantize_nested).map(Some),
+        Some(regrid) => regrid(&h, enc, w, refit, requantize_nested).map(Some),
         None => Ok(None),
     }
 }
 
-fn requantize_nested(enc: &[u8], w: &[f32]) -> Result<Vec<u8>> {
-    requantize(enc, w)?.ok_or_else(|| {
+fn requantize_nested(enc: &[u8], w: &[f32], refit: f32) -> Result<Vec<u8>> {
+    requantize(enc, w, refit)?.ok_or_else(|| {
         Error::corrupt(
             "regrid",
             Corruption::Structure("a wrapper around an encoding without a grid"),

@@ -97,7 +97,7 @@ pub(crate) fn f16_bytes(v: &[half::f16]) -> impl Iterator<Item = u8> + '_ {
 /// A re-quantizer of any encoding on its own grid (the codec table's dispatcher for the
 /// rows that can): `(base encoding, new values) → encoding` with the base's scales,
 /// offsets, multipliers and outlier positions, only the codes and kept values recomputed.
-pub type Requantizer = fn(&[u8], &[f32]) -> Result<Vec<u8>>;
+pub type Requantizer = fn(&[u8], &[f32], f32) -> Result<Vec<u8>>;
 
 /// The base tensor a delta encoding applies to: its values as the base artifact decodes
 /// them, and, where the base stores it with a codec, that encoding (what `delta_grid`

@@ -56,6 +56,9 @@ pub struct DeltaOptions {
     pub level: i32,
     /// Calibration statistics (weights the error by each input channel's energy).
     pub calib: Option<Arc<Calib>>,
+    /// On the base's grid, a group takes its own scale and offset where they lose less
+    /// than this times the error on the base's (0: never; 1: wherever they are better).
+    pub grid_refit: f32,
 }
 
 impl Default for DeltaOptions {
@@ -65,9 +68,13 @@ impl Default for DeltaOptions {
             bits_per_weight: 2.0,
             level: codec::delta_exact::DEFAULT_LEVEL,
             calib: None,
+            grid_refit: DEFAULT_GRID_REFIT,
         }
     }
 }
+
+/// [`DeltaOptions::grid_refit`]'s default.
+pub const DEFAULT_GRID_REFIT: f32 = 0.0;
 
 /// One way to store a tensor of a fine-tune.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, Serialize)]
@@ -142,7 +149,13 @@ impl Choice {
     }
 
     /// The delta codec (`None` for the choices without bytes, and for `Full`).
-    pub fn codec(&self, dtype: DType, level: i32) -> Result<Option<Box<dyn DeltaCodec>>> {
+    /// `grid_refit`: [`DeltaGrid::refit`].
+    pub fn codec(
+        &self,
+        dtype: DType,
+        level: i32,
+        grid_refit: f32,
+    ) -> Result<Option<Box<dyn DeltaCodec>>> {
         let int = |bits: u32, group: usize| -> Result<Box<dyn codec::Codec>> {
             Ok(Box::new(Int4::with_bits(
                 bits,
@@ -176,6 +189,7 @@ impl Choice {
             Choice::Grid => Some(Box::new(DeltaGrid {
                 requantize: codec::requantize,
                 level,
+                refit: grid_refit,
             })),
         })
     }
@@ -259,6 +273,7 @@ pub fn measure(
     cols: usize,
     dtype: DType,
     level: i32,
+    grid_refit: f32,
     h: Option<&[f32]>,
 ) -> Result<Option<Measured>> {
     let importance: Option<Vec<f32>> = h.map(|h| {
@@ -268,17 +283,18 @@ pub fn measure(
         }
         v
     });
-    let (bytes, recon): (Vec<u8>, std::borrow::Cow<'_, [f32]>) = match choice.codec(dtype, level)? {
-        None => (vec![], std::borrow::Cow::Borrowed(base.values)),
-        Some(c) => {
-            let Some(bytes) = c.encode(ft, base, rows, cols, importance.as_deref())? else {
-                return Ok(None);
-            };
-            let mut out = vec![0f32; ft.len()];
-            codec::apply(&bytes, base, &mut out)?;
-            (bytes, std::borrow::Cow::Owned(out))
-        }
-    };
+    let (bytes, recon): (Vec<u8>, std::borrow::Cow<'_, [f32]>) =
+        match choice.codec(dtype, level, grid_refit)? {
+            None => (vec![], std::borrow::Cow::Borrowed(base.values)),
+            Some(c) => {
+                let Some(bytes) = c.encode(ft, base, rows, cols, importance.as_deref())? else {
+                    return Ok(None);
+                };
+                let mut out = vec![0f32; ft.len()];
+                codec::apply(&bytes, base, &mut out)?;
+                (bytes, std::borrow::Cow::Owned(out))
+            }
+        };
     let (mut sse, mut energy, mut plain, mut norm, mut dnorm) = (0f64, 0f64, 0f64, 0f64, 0f64);
     for (i, ((&f, &r), &b)) in ft.iter().zip(recon.iter()).zip(base.values).enumerate() {
         let w = h.map_or(1.0, |h| h[i % cols.max(1)] as f64);

@@ -210,6 +210,7 @@ fn offer(
             cols,
             meta.dtype,
             opts.level,
+            opts.grid_refit,
             h.as_deref(),
         )
         .map_err(|e| e.in_tensor(&meta.name))?;
@@ -228,6 +229,7 @@ fn offer(
             cols,
             meta.dtype,
             opts.level,
+            opts.grid_refit,
             None,
         )?
         .ok_or_else(|| Error::Compute {

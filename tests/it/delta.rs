@@ -58,6 +58,7 @@ fn opts(mode: DeltaMode, bits: f64) -> DeltaOptions {
         bits_per_weight: bits,
         level: 9,
         calib: None,
+        grid_refit: 0.0,
     }
 }
 
@@ -172,7 +173,7 @@ fn grid_delta_patches_a_quantized_base_and_decodes_to_the_fine_tune_on_its_grid(
         let e = base.entry(&t.name).expect("entry");
         let enc = base.fetch_tensor(e).expect("fetch");
         let w = ft.read_f32(&t.name).expect("ft");
-        let on_grid = tenpak::codec::requantize(&enc, &w)
+        let on_grid = tenpak::codec::requantize(&enc, &w, 0.0)
             .expect("regrid")
             .expect("has grid");
         let want = tenpak::codec::decode_vec(&on_grid).expect("decode");
@@ -187,6 +188,45 @@ fn grid_delta_patches_a_quantized_base_and_decodes_to_the_fine_tune_on_its_grid(
         );
     }
     assert!(grid >= 10, "{grid} grid tensors");
+
+    // Scales that moved: with refit, groups whose own fit is better take it; the error
+    // never grows, and the reconstruction is the re-quantization with refit.
+    let mut o = opts(DeltaMode::Grid, 0.0);
+    o.grid_refit = 1.0;
+    let (out2, r2) = delta(&p, &q, "grid-refit.tnpk", &o);
+    let d2 = DeltaSource::open(s(&out2), s(&q)).expect("open");
+    let (mut e0, mut e1, mut moved) = (0f64, 0f64, 0);
+    for t in r2.tensors.iter().filter(|t| t.choice == Choice::Grid) {
+        let e = base.entry(&t.name).expect("entry");
+        let enc = base.fetch_tensor(e).expect("fetch");
+        let w = ft.read_f32(&t.name).expect("ft");
+        let refit = tenpak::codec::requantize(&enc, &w, 1.0)
+            .expect("regrid")
+            .expect("has grid");
+        let got = d2.tensor(&t.name).expect("delta");
+        assert_eq!(
+            got,
+            tenpak::codec::decode_vec(&refit).expect("decode"),
+            "{}",
+            t.name
+        );
+        let kept = d.tensor(&t.name).expect("delta");
+        let sq = |v: &[f32]| {
+            w.iter()
+                .zip(v)
+                .map(|(a, b)| ((a - b) as f64).powi(2))
+                .sum::<f64>()
+        };
+        let (a, b) = (sq(&kept), sq(&got));
+        assert!(b <= a * (1.0 + 1e-9), "{}: {b} > {a}", t.name);
+        e0 += a;
+        e1 += b;
+        moved += usize::from(got != kept);
+    }
+    assert!(
+        moved > 0 && e1 < e0,
+        "refit changed {moved} tensors: {e1} vs {e0}"
+    );
 }
 
 #[test]
