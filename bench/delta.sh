@@ -27,13 +27,15 @@ run auto2 --base "$B" --delta auto --delta-bits-per-weight 2
 "$T" pack "$BASE" -o "$W/base-balanced.tnpk" --json > "$W/base-balanced.json"
 "$T" pack "$FT" -o "$W/ft-balanced.tnpk" --json > "$W/ft-balanced.json"
 run grid --base "$W/base-balanced.tnpk" --delta grid
+run grid0 --base "$W/base-balanced.tnpk" --delta grid --delta-grid-refit 0
+run gridb --base "$W/base-balanced.tnpk" --delta grid --delta-bits-per-weight 0.7
 
 ev() { echo "[eval] $1" >&2; "$T" eval "${@:2}" "${EV[@]}" > "$W/ppl-$1.json"; }
 ev base "$BASE"
 ev ft "$FT"
 for m in exact sign auto1 auto2; do ev "$m" "$W/$m.tnpk" --base "$B"; done
 ev ft-balanced "$W/ft-balanced.tnpk"
-ev grid "$W/grid.tnpk" --base "$W/base-balanced.tnpk"
+for m in grid grid0 gridb; do ev "$m" "$W/$m.tnpk" --base "$W/base-balanced.tnpk"; done
 
 python3 - "$W" > bench/results/delta.md <<'PY'
 import json, sys, os
@@ -48,16 +50,17 @@ print("by the fine-tune), ctx 512, first 8192 tokens, `tenpak eval`. Produced by
 print(f"base PPL {base:.4f}; fine-tune PPL {ft:.4f}; fine-tune packed on its own at `balanced` PPL {ftb:.4f}\n")
 print("| mode | delta file bytes | bits/delta weight (file) | vs bf16 fine-tune | vs packed on its own | PPL | vs fine-tune | pack MB/s (2 cores) |")
 print("|---|---|---|---|---|---|---|---|")
-rows = [("exact", "exact"), ("sign x scale/row (BitDelta-style)", "sign"), ("auto, budget 1 bit", "auto1"), ("auto, budget 2 bits", "auto2"), ("on the base's grid (vs `balanced` base)", "grid")]
+rows = [("exact", "exact"), ("sign x scale/row (BitDelta-style)", "sign"), ("auto, budget 1 bit", "auto1"), ("auto, budget 2 bits", "auto2"), ("on the base's grid (vs `balanced` base), groups refitted (default 1.5)", "grid"), ("on the base's grid, no refit (`--delta-grid-refit 0`)", "grid0"), ("on the base's grid, budget 0.7 bits (embeddings lossy)", "gridb")]
 for label, n in rows:
     r = j(f"{n}.json"); p = ppl(n)
-    ref = ftb if n == "grid" else ft
+    ref = ftb if n.startswith("grid") else ft
     speed = r["source_bytes"] / 1e6 / r["encode_seconds"]
     print(f"| {label} | {r['file_bytes']:,} | {r['bits_per_weight']:.4f} | {r['ratio_vs_source']:.4f}x | {r['ratio_vs_full']:.4f}x | {p:.4f} | {100*(p/ref-1):+.2f}% | {speed:.1f} |")
 fb = os.path.getsize(os.path.join(w, "ft-balanced.tnpk"))
-g = j("grid.json")
-print(f"\nThe grid delta is {g['file_bytes']/fb:.4f}x of the fine-tune's own `balanced` artifact ({fb:,} bytes); its PPL is compared with that artifact's.")
-for n in ["auto1", "auto2"]:
+for n in ["grid", "grid0", "gridb"]:
+    g = j(f"{n}.json")
+    print(f"\n`{n}` is {g['file_bytes']/fb:.4f}x of the fine-tune's own `balanced` artifact ({fb:,} bytes); its PPL is compared with that artifact's.")
+for n in ["auto1", "auto2", "gridb"]:
     r = j(f"{n}.json"); c = {}
     for t in r["tensors"]:
         c[t["label"]] = c.get(t["label"], 0) + 1

@@ -252,11 +252,7 @@ fn run_delta(
         grid_refit: a.delta.delta_grid_refit,
         calib: opts.calib.clone(),
     };
-    let passes = if dopts.mode == tenpak::delta::DeltaMode::Auto {
-        2
-    } else {
-        1
-    };
+    let passes = if dopts.mode.allocates() { 2 } else { 1 };
     let pb = super::progress::bar(src.tensors().len() as u64 * passes, "delta");
     let report = tenpak::delta::pack_delta(
         src.as_ref(),

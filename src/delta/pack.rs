@@ -327,7 +327,7 @@ pub fn pack_delta(
         .collect();
     let weights: u64 = metas.iter().map(|m| m.numel() as u64).sum();
     // Pass 1 (auto): every candidate measured, then the budget allocated.
-    let plan: Option<Vec<Choice>> = if opts.mode == DeltaMode::Auto {
+    let plan: Option<Vec<Choice>> = if opts.mode.allocates() {
         let mut costs = Vec::with_capacity(metas.len());
         let mut offers = Vec::with_capacity(metas.len());
         for m in metas {

@@ -159,7 +159,9 @@ fn grid_delta_patches_a_quantized_base_and_decodes_to_the_fine_tune_on_its_grid(
     let p = pair();
     let q = p.dir.join("base-balanced.tnpk");
     tenpak_ok(&["pack", s(&p.dir.join("base")), "-o", s(&q)]);
-    let (out, r) = delta(&p, &q, "grid.tnpk", &opts(DeltaMode::Grid, 0.0));
+    let mut o = opts(DeltaMode::Grid, 16.0);
+    o.grid_refit = 0.0;
+    let (out, r) = delta(&p, &q, "grid.tnpk", &o);
     let base = Artifact::open_location(s(&q)).expect("base");
     let d = DeltaSource::open(s(&out), s(&q)).expect("open");
     let ft = HfModelDir::open(&p.ft).expect("ft");
@@ -191,7 +193,6 @@ fn grid_delta_patches_a_quantized_base_and_decodes_to_the_fine_tune_on_its_grid(
 
     // Scales that moved: with refit, groups whose own fit is better take it; the error
     // never grows, and the reconstruction is the re-quantization with refit.
-    let mut o = opts(DeltaMode::Grid, 0.0);
     o.grid_refit = 1.0;
     let (out2, r2) = delta(&p, &q, "grid-refit.tnpk", &o);
     let d2 = DeltaSource::open(s(&out2), s(&q)).expect("open");
