@@ -43,6 +43,12 @@ pub struct Settings {
     pub eval_text: Option<PathBuf>,
     /// Tokens of `eval_text` evaluated.
     pub eval_tokens: usize,
+    /// A delta job's budget in bits per fine-tune weight (`TENPAK_DELTA_BITS`; every
+    /// byte counted): the tensors its base keeps raw (embeddings) are stored exactly
+    /// when it allows, lossily (chosen by measured error) below. 2.0 keeps them exact on
+    /// typical models; 0.7 made a SmolLM2 fine-tune's delta 0.093x of its own `balanced`
+    /// artifact at +0.26% perplexity (bench/results/delta.md).
+    pub delta_bits_per_weight: f64,
     /// Where the secrets came from (for the startup log).
     pub secret_files: Vec<PathBuf>,
 }
@@ -77,6 +83,8 @@ pub struct FileConfig {
     pub eval_text: Option<PathBuf>,
     /// See [`Settings::eval_tokens`].
     pub eval_tokens: Option<usize>,
+    /// See [`Settings::delta_bits_per_weight`].
+    pub delta_bits_per_weight: Option<f64>,
 }
 
 /// Default listen address.
@@ -194,6 +202,16 @@ impl Settings {
         if !companion.contains("{name}") {
             bail!("companion pattern {companion:?} must contain {{name}}");
         }
+        let delta_bits_per_weight = match env("TENPAK_DELTA_BITS") {
+            Some(v) => v
+                .trim()
+                .parse::<f64>()
+                .with_context(|| format!("TENPAK_DELTA_BITS={v:?} is not a number"))?,
+            None => file.delta_bits_per_weight.unwrap_or(2.0),
+        };
+        if !(delta_bits_per_weight.is_finite() && delta_bits_per_weight > 0.0) {
+            bail!("delta_bits_per_weight must be a positive number, not {delta_bits_per_weight}");
+        }
         let max_attempts = file.max_attempts.unwrap_or(3);
         if max_attempts < 1 {
             bail!("max_attempts must be at least 1");
@@ -216,6 +234,7 @@ impl Settings {
             max_attempts,
             eval_text: file.eval_text,
             eval_tokens: file.eval_tokens.unwrap_or(4096),
+            delta_bits_per_weight,
             secret_files,
         })
     }
@@ -234,5 +253,33 @@ impl Settings {
             .rsplit_once("{name}")
             .map(|(_, s)| s.to_string())
             .unwrap_or_default()
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    fn load_with(toml: &str) -> anyhow::Result<Settings> {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let cfg = tmp.path().join("registry.toml");
+        std::fs::write(&cfg, toml).expect("config");
+        Settings::load(&tmp.path().join("data"), Some(&cfg), &Overrides::default())
+    }
+
+    #[test]
+    fn the_delta_budget_comes_from_the_config_and_is_checked() {
+        if std::env::var_os("TENPAK_DELTA_BITS").is_some() {
+            return; // the environment overrides the file; nothing to check here
+        }
+        assert_eq!(load_with("").expect("defaults").delta_bits_per_weight, 2.0);
+        let s = load_with("delta_bits_per_weight = 0.7").expect("config");
+        assert_eq!(s.delta_bits_per_weight, 0.7);
+        for bad in [
+            "delta_bits_per_weight = -1.0",
+            "delta_bits_per_weight = 0.0",
+        ] {
+            assert!(load_with(bad).is_err(), "{bad}");
+        }
     }
 }

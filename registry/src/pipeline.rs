@@ -460,6 +460,7 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
                                 &out2,
                                 &tenpak::delta::DeltaOptions {
                                     mode: tenpak::delta::DeltaMode::Grid,
+                                    bits_per_weight: ctx2.settings.delta_bits_per_weight,
                                     ..Default::default()
                                 },
                                 &[&ctx2.key],
