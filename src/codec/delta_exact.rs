@@ -110,9 +110,18 @@ fn exponent(dtype: DType, b: u32) -> usize {
 /// differences both use them).
 fn base_bits(dtype: DType, base: &[f32]) -> Vec<u32> {
     match dtype {
+        // A base stored as bf16 decodes to values whose low half is zero: their
+        // pattern is the high half (the rounding conversion only for the others).
         DType::BF16 => base
             .iter()
-            .map(|&x| half::bf16::from_f32(x).to_bits() as u32)
+            .map(|&x| {
+                let u = x.to_bits();
+                if u & 0xffff == 0 {
+                    u >> 16
+                } else {
+                    half::bf16::from_f32(x).to_bits() as u32
+                }
+            })
             .collect(),
         DType::F16 => base
             .iter()
@@ -122,22 +131,32 @@ fn base_bits(dtype: DType, base: &[f32]) -> Vec<u32> {
     }
 }
 
+/// Where each exponent's run starts in a block's coded order (the counting sort's
+/// prefix sums): values are coded grouped by the base's exponent, stably.
+fn bucket_starts(dtype: DType, bits: &[u32]) -> [usize; 256] {
+    let mut count = [0usize; 256];
+    for &b in bits {
+        count[exponent(dtype, b)] += 1;
+    }
+    let mut at = 0;
+    for c in count.iter_mut() {
+        let n = *c;
+        *c = at;
+        at += n;
+    }
+    count
+}
+
 /// The order in which a block's values are coded: stable by the base's exponent (a
-/// counting sort; the decoder computes the same order from the same base). Returns for
-/// each coded position the value's index in the block.
+/// counting sort; the decoder derives the same positions from the same base). Returns
+/// for each coded position the value's index in the block.
 fn coded_order(dtype: DType, bits: &[u32]) -> Vec<u32> {
-    let mut count = [0usize; 257];
-    let keys: Vec<u8> = bits.iter().map(|&b| exponent(dtype, b) as u8).collect();
-    for &k in &keys {
-        count[k as usize + 1] += 1;
-    }
-    for i in 1..257 {
-        count[i] += count[i - 1];
-    }
+    let mut next = bucket_starts(dtype, bits);
     let mut order = vec![0u32; bits.len()];
-    for (i, &k) in keys.iter().enumerate() {
-        order[count[k as usize]] = i as u32;
-        count[k as usize] += 1;
+    for (i, &b) in bits.iter().enumerate() {
+        let e = exponent(dtype, b);
+        order[next[e]] = i as u32;
+        next[e] += 1;
     }
     order
 }
@@ -303,32 +322,38 @@ fn apply(h: &Header, bytes: &[u8], base: &BaseView<'_>, out: &mut [f32], _: Deco
                 }
             }
             let n = o.len();
+            // Walk the block in its natural order (the output and the base's patterns
+            // stream through memory) and take each value's difference from its
+            // exponent's run of the planes (one-byte gathers that stay in cache); the
+            // coded order is never materialized.
             let bb = base_bits(dtype, b);
-            let order = coded_order(dtype, &bb);
+            let mut next = bucket_starts(dtype, &bb);
+            let (lo, rest) = plane.split_at(n);
             match dtype {
-                DType::BF16 => {
-                    let (lo, hi) = plane.split_at(n);
-                    for ((&i, &l), &h) in order.iter().zip(lo).zip(hi) {
-                        let i = i as usize;
-                        let z = l as u32 | (h as u32) << 8;
+                DType::BF16 | DType::F16 => {
+                    let hi = &rest[..n];
+                    for (o, &bits) in o.iter_mut().zip(&bb) {
+                        let e = exponent(dtype, bits);
+                        let at = next[e];
+                        next[e] += 1;
+                        let z = lo[at] as u32 | (hi[at] as u32) << 8;
                         // Width and mask as constants: the shifts and masks fold.
-                        o[i] = f32::from_bits(undo(z, bb[i], 16, 0xffff) << 16);
-                    }
-                }
-                DType::F16 => {
-                    let (lo, hi) = plane.split_at(n);
-                    for ((&i, &l), &h) in order.iter().zip(lo).zip(hi) {
-                        let i = i as usize;
-                        let z = l as u32 | (h as u32) << 8;
-                        o[i] = half::f16::from_bits(undo(z, bb[i], 16, 0xffff) as u16).to_f32();
+                        let r = undo(z, bits, 16, 0xffff);
+                        *o = if dtype == DType::BF16 {
+                            f32::from_bits(r << 16)
+                        } else {
+                            half::f16::from_bits(r as u16).to_f32()
+                        };
                     }
                 }
                 DType::F32 => {
-                    for (at, &i) in order.iter().enumerate() {
-                        let i = i as usize;
+                    for (o, &bits) in o.iter_mut().zip(&bb) {
+                        let e = exponent(dtype, bits);
+                        let at = next[e];
+                        next[e] += 1;
                         let z = (0..planes)
                             .fold(0u32, |z, k| z | (plane[k * n + at] as u32) << (8 * k));
-                        o[i] = f32::from_bits(undo(z, bb[i], 32, u32::MAX));
+                        *o = f32::from_bits(undo(z, bits, 32, u32::MAX));
                     }
                 }
             }
