@@ -354,14 +354,14 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
         c
     };
     let plan = plan(ctx, &job, &commit).await?;
-    let (derived, note) = match plan {
+    let (derived, note, base_of_job) = match plan {
         Plan::Wait(on) => {
             ctx.store.wait_on(id, on)?;
             return Ok(Outcome::Waiting(on));
         }
         Plan::Full { note } => {
             ctx.store.set_kind(id, KIND_FULL, None, note.as_deref())?;
-            (None, note)
+            (None, note, None)
         }
         Plan::Derived {
             adapter,
@@ -373,7 +373,11 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
             let kind = if adapter { KIND_ADAPTER } else { KIND_DELTA };
             let b = format!("{base_repo}@{base_commit}");
             ctx.store.set_kind(id, kind, Some(&b), None)?;
-            (Some((adapter, base_repo, base_job, base_rows)), None)
+            (
+                Some((adapter, base_repo, base_job, base_rows)),
+                None,
+                Some(b),
+            )
         }
     };
     stage(ctx, id, "download", 0.02);
@@ -554,9 +558,8 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
         } else {
             KIND_DELTA
         };
-        let base = ctx.store.job(id)?.and_then(|j| j.base);
         ctx.store
-            .set_kind(id, kind, base.as_deref(), Some(&notes.join("; ")))?;
+            .set_kind(id, kind, base_of_job.as_deref(), Some(&notes.join("; ")))?;
     }
 
     // Verify what was written, as a downloader would (a delta with its base).

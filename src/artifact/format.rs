@@ -295,6 +295,16 @@ impl TensorEntry {
     pub fn numel(&self) -> u64 {
         self.shape.iter().product()
     }
+
+    /// The tensor as a model source lists it (its own dtype, its encoding's label).
+    pub fn meta(&self) -> crate::source::TensorMeta {
+        crate::source::TensorMeta {
+            name: self.name.clone(),
+            shape: self.shape.iter().map(|&d| d as usize).collect(),
+            dtype: self.dtype,
+            stored_as: self.encoding.label(self.dtype),
+        }
+    }
 }
 
 /// A non-tensor file (config, tokenizer) carried by the artifact.

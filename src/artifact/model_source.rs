@@ -31,17 +31,7 @@ impl ArtifactSource {
             })?,
             None => serde_json::Value::Object(Default::default()),
         };
-        let metas = art
-            .manifest()
-            .tensors
-            .iter()
-            .map(|t| TensorMeta {
-                name: t.name.clone(),
-                shape: t.shape.iter().map(|&d| d as usize).collect(),
-                dtype: t.dtype,
-                stored_as: t.encoding.label(t.dtype),
-            })
-            .collect();
+        let metas = art.manifest().tensors.iter().map(|t| t.meta()).collect();
         Ok(Self { art, metas, config })
     }
 

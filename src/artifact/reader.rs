@@ -339,10 +339,8 @@ impl Artifact {
         let metas: Vec<TensorMeta> = chosen
             .iter()
             .map(|t| TensorMeta {
-                name: t.name.clone(),
-                shape: t.shape.iter().map(|&d| d as usize).collect(),
                 dtype: dtype.unwrap_or(t.dtype),
-                stored_as: t.encoding.label(t.dtype),
+                ..t.meta()
             })
             .collect();
         let mut writer = HfDirWriter::new(out, metas, DEFAULT_MAX_SHARD_BYTES)?;

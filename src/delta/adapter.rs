@@ -17,7 +17,7 @@ use std::path::Path;
 use ed25519_dalek::SigningKey;
 
 use super::choose::{Choice, DeltaMode, Measured};
-use super::pack::{base_entry, write_delta, DeltaReport};
+use super::pack::{base_entry, require_full_base, write_delta, DeltaReport};
 use crate::artifact::Artifact;
 use crate::codec::{delta_add, lowrank};
 use crate::source::{HfModelDir, TensorMeta};
@@ -148,15 +148,7 @@ pub fn pack_adapter(
     metadata: &[(&str, &str)],
     progress: &(dyn Fn(&str, &str) + Sync),
 ) -> Result<DeltaReport> {
-    if let Some(b) = &base.manifest().base {
-        return Err(Error::InvalidOption {
-            option: "--base",
-            reason: format!(
-                "the base is itself a delta (against {}); give a full artifact",
-                b.digest
-            ),
-        });
-    }
+    require_full_base(base)?;
     let t0 = std::time::Instant::now();
     let cfg = read_config(dir)?;
     let scale = cfg.scale() as f32;
@@ -208,17 +200,7 @@ pub fn pack_adapter(
             });
         }
     }
-    let metas: Vec<TensorMeta> = base
-        .manifest()
-        .tensors
-        .iter()
-        .map(|t| TensorMeta {
-            name: t.name.clone(),
-            shape: t.shape.iter().map(|&d| d as usize).collect(),
-            dtype: t.dtype,
-            stored_as: t.encoding.label(t.dtype),
-        })
-        .collect();
+    let metas: Vec<TensorMeta> = base.manifest().tensors.iter().map(|t| t.meta()).collect();
     let files = vec![(CONFIG_FILE.to_string(), {
         let p = dir.join(CONFIG_FILE);
         std::fs::read(&p).map_err(|e| Error::io("read", &p, e))?

@@ -251,6 +251,21 @@ fn encoding_of(choice: Choice, label: &str) -> Encoding {
     }
 }
 
+/// Refuses a base that is itself a delta: deltas are made and read against full
+/// artifacts only (no chains).
+pub(crate) fn require_full_base(base: &Artifact) -> Result<()> {
+    match &base.manifest().base {
+        None => Ok(()),
+        Some(b) => Err(Error::InvalidOption {
+            option: "--base",
+            reason: format!(
+                "the base is itself a delta (against {}); give a full artifact",
+                b.digest
+            ),
+        }),
+    }
+}
+
 /// Refuses a base that is not this model's: fewer than half of the fine-tune's weights
 /// have a base tensor of the same name and shape. (A few unmatched tensors are normal:
 /// embeddings resized for added tokens are stored in full.)
@@ -296,15 +311,7 @@ pub fn pack_delta(
     metadata: &[(&str, &str)],
     progress: &(dyn Fn(&str, &str) + Sync),
 ) -> Result<DeltaReport> {
-    if let Some(b) = &base.manifest().base {
-        return Err(Error::InvalidOption {
-            option: "--base",
-            reason: format!(
-                "the base is itself a delta (against {}); give a full artifact",
-                b.digest
-            ),
-        });
-    }
+    require_full_base(base)?;
     if !(opts.bits_per_weight.is_finite() && opts.bits_per_weight >= 0.0) {
         return Err(Error::InvalidOption {
             option: "--delta-bits-per-weight",

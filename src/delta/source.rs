@@ -7,7 +7,7 @@
 
 use std::path::Path;
 
-use super::pack::{base_entry, load_base};
+use super::pack::{base_entry, load_base, require_full_base};
 use crate::artifact::format::Encoding;
 use crate::artifact::{Artifact, Selection};
 use crate::dtype::DType;
@@ -52,12 +52,7 @@ impl DeltaSource {
                 found: base.digest().to_string(),
             });
         }
-        if let Some(b) = &base.manifest().base {
-            return Err(Error::InvalidOption {
-                option: "--base",
-                reason: format!("the base is itself a delta (against {})", b.digest),
-            });
-        }
+        require_full_base(&base)?;
         // Side files: the delta's, then the base's it does not override.
         let file = |name: &str| -> Result<Option<Vec<u8>>> {
             for a in [&delta, &base] {
@@ -74,17 +69,7 @@ impl DeltaSource {
             })?,
             None => serde_json::Value::Object(Default::default()),
         };
-        let metas = delta
-            .manifest()
-            .tensors
-            .iter()
-            .map(|t| TensorMeta {
-                name: t.name.clone(),
-                shape: t.shape.iter().map(|&d| d as usize).collect(),
-                dtype: t.dtype,
-                stored_as: t.encoding.label(t.dtype),
-            })
-            .collect();
+        let metas = delta.manifest().tensors.iter().map(|t| t.meta()).collect();
         Ok(Self {
             delta,
             base,

@@ -375,27 +375,44 @@ fn prepare<'a>(
     }
 }
 
+/// Refuses a delta on the paths for full artifacts (it needs its base: [`load_delta`]).
+fn full_only(art: &crate::artifact::Artifact) -> Result<()> {
+    match &art.manifest().base {
+        None => Ok(()),
+        Some(b) => Err(Error::DeltaNeedsBase {
+            base: b.digest.clone(),
+        }),
+    }
+}
+
+/// A tensor of a full artifact into GPU memory as `dtype`: decoded there where its
+/// encoding has a kernel, else decoded on the CPU and uploaded as values.
+fn to_gpu(
+    gpu: &Gpu,
+    t: &crate::artifact::format::TensorEntry,
+    bytes: &[u8],
+    dtype: DType,
+) -> Result<CudaSlice<u8>> {
+    match prepare(t, bytes, dtype)? {
+        (payload, None) => gpu.stream().clone_htod(&payload[..]).map_err(ge),
+        (payload, Some(l)) => {
+            decode_uploaded(gpu, &upload(gpu, &payload, &l)?, &l, out_type(dtype))
+        }
+    }
+}
+
 pub(super) fn load_with(
     gpu: &std::sync::Arc<Gpu>,
     art: &crate::artifact::Artifact,
     sel: &crate::artifact::Selection,
     dtype: DType,
 ) -> Result<GpuTensors> {
-    if let Some(b) = &art.manifest().base {
-        return Err(Error::DeltaNeedsBase {
-            base: b.digest.clone(),
-        });
-    }
-    let s = gpu.stream();
-    let ty = out_type(dtype);
+    full_only(art)?;
     let chosen = art.select(sel);
     let mut tensors = Vec::with_capacity(chosen.len());
     art.for_each_encoded(&chosen, |t, bytes| {
         let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
-        let out = match prepare(t, &bytes, dtype)? {
-            (payload, None) => s.clone_htod(&payload[..]).map_err(ge)?,
-            (payload, Some(l)) => decode_uploaded(gpu, &upload(gpu, &payload, &l)?, &l, ty)?,
-        };
+        let out = to_gpu(gpu, t, &bytes, dtype)?;
         tensors.push((t.name.clone(), shape, out));
         Ok(())
     })?;
@@ -433,11 +450,7 @@ pub(super) fn load_pinned_with(
     sel: &crate::artifact::Selection,
     dtype: DType,
 ) -> Result<GpuTensors> {
-    if let Some(b) = &art.manifest().base {
-        return Err(Error::DeltaNeedsBase {
-            base: b.digest.clone(),
-        });
-    }
+    full_only(art)?;
     use tenpak_kernels::cudarc::driver::{result, DevicePtrMut};
     let compute = gpu.stream().clone();
     let copy = gpu.context().new_stream().map_err(ge)?;
@@ -608,19 +621,6 @@ fn finish_f32(gpu: &Gpu, acc: CudaSlice<u8>, n: usize, ty: OutType) -> Result<Cu
     Ok(out)
 }
 
-/// How each tensor of a delta reached the GPU (for reports and tests).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct DeltaPaths {
-    /// References: the base's tensor, decoded on the GPU where its codec has a kernel.
-    pub reference: usize,
-    /// `delta_add` of grouped INT: the base and the difference decoded and added there.
-    pub gpu_add: usize,
-    /// Applied on the CPU (exact, sign, grid, low rank), then uploaded as values.
-    pub cpu_apply: usize,
-    /// Stored in full in the delta.
-    pub full: usize,
-}
-
 /// Loads the selected tensors of a delta opened with its base into GPU 0 as `dtype`:
 /// references decode the base's tensor on the GPU, `delta_add` of grouped INT decodes the
 /// base and adds the difference there, the other delta codecs apply on the CPU and upload
@@ -629,7 +629,7 @@ pub fn load_delta(
     d: &crate::delta::DeltaSource,
     sel: &crate::artifact::Selection,
     dtype: DType,
-) -> Result<(GpuTensors, DeltaPaths)> {
+) -> Result<(GpuTensors, super::DeltaPaths)> {
     load_delta_with(
         &std::sync::Arc::new(Gpu::new(0).map_err(ge)?),
         d,
@@ -643,14 +643,14 @@ pub(super) fn load_delta_with(
     d: &crate::delta::DeltaSource,
     sel: &crate::artifact::Selection,
     dtype: DType,
-) -> Result<(GpuTensors, DeltaPaths)> {
+) -> Result<(GpuTensors, super::DeltaPaths)> {
     use crate::artifact::Encoding;
     let (delta, base) = (d.delta(), d.base());
     let s = gpu.stream();
     let ty = out_type(dtype);
     let chosen = delta.select(sel);
     let mut tensors = Vec::with_capacity(chosen.len());
-    let mut paths = DeltaPaths::default();
+    let mut paths = super::DeltaPaths::default();
     delta.for_each_encoded(&chosen, |t, bytes| {
         let shape: Vec<usize> = t.shape.iter().map(|&d| d as usize).collect();
         let n = t.numel() as usize;
@@ -666,13 +666,7 @@ pub(super) fn load_delta_with(
             Encoding::Base => {
                 paths.reference += 1;
                 let bt = base_entry()?;
-                let bb = base.fetch_tensor(bt)?;
-                match prepare(bt, &bb, dtype)? {
-                    (payload, None) => s.clone_htod(&payload[..]).map_err(ge)?,
-                    (payload, Some(l)) => {
-                        decode_uploaded(gpu, &upload(gpu, &payload, &l)?, &l, ty)?
-                    }
-                }
+                to_gpu(gpu, bt, &base.fetch_tensor(bt)?, dtype)?
             }
             Encoding::Delta { .. } => match add_layout(&bytes).map_err(|e| e.in_tensor(&t.name))? {
                 Some((at, l)) if l.numel == n => {
@@ -691,12 +685,7 @@ pub(super) fn load_delta_with(
             },
             _ => {
                 paths.full += 1;
-                match prepare(t, &bytes, dtype)? {
-                    (payload, None) => s.clone_htod(&payload[..]).map_err(ge)?,
-                    (payload, Some(l)) => {
-                        decode_uploaded(gpu, &upload(gpu, &payload, &l)?, &l, ty)?
-                    }
-                }
+                to_gpu(gpu, t, &bytes, dtype)?
             }
         };
         tensors.push((t.name.clone(), shape, out));

@@ -11,7 +11,7 @@ mod imp;
 mod stand_in;
 
 #[cfg(feature = "cuda")]
-pub use imp::{load_artifact, load_artifact_pinned, load_delta, DeltaPaths, GpuTensors};
+pub use imp::{load_artifact, load_artifact_pinned, load_delta, GpuTensors};
 
 /// The `bench-gpu` harness: kernels checked against the CPU decode and timed, and the
 /// whole-model load against bf16 safetensors. Not part of the library's API: built only
@@ -20,3 +20,16 @@ pub use imp::{load_artifact, load_artifact_pinned, load_delta, DeltaPaths, GpuTe
 pub mod bench;
 #[cfg(not(feature = "cuda"))]
 pub use stand_in::*;
+
+/// How each tensor of a delta reached the GPU ([`load_delta`]'s report).
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
+pub struct DeltaPaths {
+    /// References: the base's tensor, decoded on the GPU where its codec has a kernel.
+    pub reference: usize,
+    /// `delta_add` of grouped INT: the base and the difference decoded and added there.
+    pub gpu_add: usize,
+    /// Applied on the CPU (exact, sign, grid, low rank, INT3), then uploaded as values.
+    pub cpu_apply: usize,
+    /// Stored in full in the delta.
+    pub full: usize,
+}

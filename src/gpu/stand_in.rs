@@ -38,25 +38,12 @@ pub fn load_artifact_pinned(
     load_artifact(art, sel, dtype)
 }
 
-/// How each tensor of a delta reached the GPU (never constructed without CUDA).
-#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, serde::Serialize)]
-pub struct DeltaPaths {
-    /// References.
-    pub reference: usize,
-    /// `delta_add` of grouped INT added on the GPU.
-    pub gpu_add: usize,
-    /// Applied on the CPU, then uploaded.
-    pub cpu_apply: usize,
-    /// Stored in full in the delta.
-    pub full: usize,
-}
-
 /// Always fails: this build has no CUDA.
 pub fn load_delta(
     _d: &crate::delta::DeltaSource,
     _sel: &crate::artifact::Selection,
     _dtype: crate::dtype::DType,
-) -> Result<(GpuTensors, DeltaPaths)> {
+) -> Result<(GpuTensors, super::DeltaPaths)> {
     Err(Error::Gpu(
         tenpak_kernels::Error::NotCompiledWithCuda.to_string(),
     ))
