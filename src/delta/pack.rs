@@ -3,9 +3,11 @@
 //! Tensors are read one at a time from the fine-tune and from the base artifact (its
 //! chunks verified as they are fetched). In `auto` mode every candidate of every tensor is
 //! encoded and measured first (sizes and errors kept, bytes dropped), the budget is
-//! allocated, and the chosen encodings are made again in a second pass that writes them;
-//! the other modes write in one pass. Memory holds a tensor's fine-tune and base values
-//! and its candidates' encodings, never the model.
+//! allocated, and the chosen encodings are made again in a second pass that writes them
+//! (a tensor with a single candidate keeps its first-pass encoding); the other modes
+//! write in one pass. Memory holds a tensor's fine-tune and base values and its
+//! candidates' encodings, plus the kept single-candidate encodings (at most the delta's
+//! own size), never the model.
 
 use std::path::Path;
 
@@ -334,18 +336,25 @@ pub fn pack_delta(
         .collect();
     let weights: u64 = metas.iter().map(|m| m.numel() as u64).sum();
     // Pass 1 (auto): every candidate measured, then the budget allocated.
+    // A tensor with one candidate (a reference, a vector, a grid) has nothing to choose:
+    // its pass-1 encoding is kept and written as is (at most the delta's own size).
+    let mut kept: Vec<Option<(Choice, Measured)>> = Vec::new();
     let plan: Option<Vec<Choice>> = if opts.mode.allocates() {
         let mut costs = Vec::with_capacity(metas.len());
         let mut offers = Vec::with_capacity(metas.len());
         for m in metas {
             progress("measure", &m.name);
-            let o = offer(ft, base, m, opts, None)?;
+            let mut o = offer(ft, base, m, opts, None)?;
             costs.push(
                 o.measured
                     .iter()
                     .map(|x| (8.0 * x.bytes.len() as f64, x.error))
                     .collect::<Vec<_>>(),
             );
+            kept.push(match (o.choices.as_slice(), o.measured.len()) {
+                ([c], 1) => o.measured.pop().map(|x| (*c, x)),
+                _ => None,
+            });
             offers.push(o.choices);
         }
         let overhead: u64 = files
@@ -383,6 +392,9 @@ pub fn pack_delta(
         t0,
         &mut |i, m| {
             progress("encode", &m.name);
+            if let Some((choice, got)) = kept.get_mut(i).and_then(Option::take) {
+                return Ok((choice, choice.label(), got));
+            }
             let o = offer(ft, base, m, opts, plan.map(|p| p[i]))?;
             let (choice, got) = o
                 .choices
