@@ -69,7 +69,7 @@ pub struct StageGeometry {
 impl StageGeometry {
     /// Whether the flat fast path applies: groups tile rows exactly, 8 weights per thread.
     pub fn is_flat(&self) -> bool {
-        self.group % 8 == 0 && self.cols % self.group == 0
+        self.group.is_multiple_of(8) && self.cols.is_multiple_of(self.group)
     }
 }
 

@@ -16,7 +16,7 @@ use tenpak_hooks::{check_secret, decide, job_key, Decision, Payload, Policy, SEC
 
 use crate::config::{parse_targets, target_name};
 use crate::pipeline::Ctx;
-use crate::store::{NewJob, RepoRevision};
+use crate::store::{Enqueued, NewJob, RepoRevision, FAILED};
 
 /// Builds the router.
 pub fn router(ctx: Arc<Ctx>) -> Router {
@@ -28,6 +28,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/compress", post(compress))
         .route("/status/{id}", get(status))
         .route("/jobs", get(jobs))
+        .route("/jobs/{id}/retry", post(retry))
         .route("/artifact/{id}", get(artifact))
         .route("/api/models/{owner}/{name}", get(model_info))
         .route(
@@ -43,8 +44,21 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
     (status, Json(json!({ "error": message.to_string() }))).into_response()
 }
 
+/// A failure of the registry itself (database, disk): the cause goes to the log under an
+/// incident number, the client gets a stable message with that number and nothing of the
+/// cause (SQL text, paths, URLs).
 fn internal(e: impl std::fmt::Display) -> Response {
-    error(StatusCode::INTERNAL_SERVER_ERROR, e)
+    static INCIDENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
+    let n = INCIDENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
+    eprintln!("internal error (incident {n}): {e}");
+    (
+        StatusCode::INTERNAL_SERVER_ERROR,
+        Json(json!({
+            "error": format!("internal error (incident {n}; the registry's log has the cause)"),
+            "code": "internal",
+        })),
+    )
+        .into_response()
 }
 
 async fn root(State(ctx): State<Arc<Ctx>>) -> Response {
@@ -159,11 +173,15 @@ async fn webhook(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
                 companion: &companion,
                 kind: crate::store::KIND_AUTO,
             });
-            let en = match r {
+            let en = match r.and_then(|en| retry_failed(&ctx, en)) {
                 Ok(en) => en,
                 Err(e) => return internal(e),
             };
-            let what = if en.created { "compress" } else { "duplicate" };
+            let what = match (en.created, en.retried) {
+                (true, _) => "compress",
+                (false, true) => "retry",
+                (false, false) => "duplicate",
+            };
             if let Err(e) = record(what, Some(en.job.id)) {
                 return internal(e);
             }
@@ -176,15 +194,27 @@ async fn webhook(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
     }
 }
 
-/// The answer to an enqueue: 202 for a new job (and a worker woken), 200 for an
-/// existing one; `body` gets `job_id` and `status_url`.
-fn enqueued(ctx: &Ctx, en: &crate::store::Enqueued, mut body: serde_json::Value) -> Response {
-    if en.created {
+/// A request for a model and commit whose job failed is a retry: the failed job goes back
+/// to the queue (its idempotency key stays unique; the job keeps its id and history).
+fn retry_failed(ctx: &Ctx, mut en: Enqueued) -> Result<Enqueued, crate::store::StoreError> {
+    if !en.created && en.job.state == FAILED {
+        if let Some((job, true)) = ctx.store.retry(en.job.id)? {
+            en.job = job;
+            en.retried = true;
+        }
+    }
+    Ok(en)
+}
+
+/// The answer to an enqueue: 202 for a new or retried job (and a worker woken), 200 for
+/// an existing one; `body` gets `job_id` and `status_url`.
+fn enqueued(ctx: &Ctx, en: &Enqueued, mut body: serde_json::Value) -> Response {
+    if en.created || en.retried {
         ctx.wake.notify_one();
     }
     body["job_id"] = json!(en.job.id);
     body["status_url"] = json!(format!("/status/{}", en.job.id));
-    let status = if en.created {
+    let status = if en.created || en.retried {
         StatusCode::ACCEPTED
     } else {
         StatusCode::OK
@@ -250,22 +280,40 @@ async fn compress(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) 
         .clone()
         .or(mref.revision.clone())
         .unwrap_or_else(|| "main".into());
-    let commit = if tenpak::hub::is_commit(&revision) {
-        revision.to_ascii_lowercase()
-    } else {
-        match ctx.hub.resolve(&mref.repo, &revision).await {
-            Ok(c) => c,
-            Err(e) => {
-                let status = match &e {
-                    tenpak::Error::Hub {
-                        status: Some(s), ..
-                    } if *s == 404 || *s == 401 || *s == 403 => StatusCode::NOT_FOUND,
-                    _ => StatusCode::BAD_GATEWAY,
-                };
-                return error(status, e);
-            }
+    // Who may read the model decides whether it is packed at all: the same rule as for
+    // webhooks (a private or gated source only with allow_private, and then its
+    // companion is private too).
+    let access = match ctx.hub.access(&mref.repo, &revision).await {
+        Ok(a) => a,
+        Err(e) => {
+            let status = match &e {
+                tenpak::Error::Hub {
+                    status: Some(s), ..
+                } if *s == 404 || *s == 401 || *s == 403 => StatusCode::NOT_FOUND,
+                _ => StatusCode::BAD_GATEWAY,
+            };
+            eprintln!("compress {}: {e}", mref.repo);
+            return error(
+                status,
+                format!("{}@{revision} cannot be read on the Hub", mref.repo),
+            );
         }
     };
+    if access.restricted() && !ctx.settings.allow_private {
+        return (
+            StatusCode::FORBIDDEN,
+            Json(json!({
+                "error": format!(
+                    "{} is {}: its weights are not republished (allow_private is off)",
+                    mref.repo,
+                    access.describe()
+                ),
+                "code": "restricted_source",
+            })),
+        )
+            .into_response();
+    }
+    let commit = access.commit;
     let names: Vec<&str> = targets.iter().map(|t| target_name(*t)).collect();
     let targets_s = names.join(",");
     let key = if targets == ctx.settings.targets {
@@ -274,23 +322,63 @@ async fn compress(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) 
         format!("{}:{targets_s}", job_key(&mref.repo, &commit))
     };
     let companion = ctx.settings.companion_of(&mref.repo);
-    let en = match ctx.store.enqueue(&NewJob {
-        key: &key,
-        repo: &mref.repo,
-        revision: &commit,
-        targets: &targets_s,
-        origin: "api",
-        companion: &companion,
-        kind: crate::store::KIND_AUTO,
-    }) {
+    let en = match ctx
+        .store
+        .enqueue(&NewJob {
+            key: &key,
+            repo: &mref.repo,
+            revision: &commit,
+            targets: &targets_s,
+            origin: "api",
+            companion: &companion,
+            kind: crate::store::KIND_AUTO,
+        })
+        .and_then(|en| retry_failed(&ctx, en))
+    {
         Ok(en) => en,
         Err(e) => return internal(e),
     };
     enqueued(
         &ctx,
         &en,
-        json!({ "created": en.created, "repo": mref.repo, "revision": commit, "targets": names }),
+        json!({ "created": en.created, "retried": en.retried, "repo": mref.repo,
+                "revision": commit, "targets": names }),
     )
+}
+
+/// `POST /jobs/{id}/retry` (bearer token): a failed job back to the queue, its attempts
+/// counted afresh. 409 for a job that has not failed.
+async fn retry(
+    State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
+    Path(id): Path<String>,
+) -> Response {
+    if let Err(r) = authorize(&ctx, &headers) {
+        return *r;
+    }
+    let Ok(id) = id.parse::<i64>() else {
+        return error(StatusCode::BAD_REQUEST, "job id is a number");
+    };
+    match ctx.store.retry(id) {
+        Ok(Some((job, true))) => {
+            ctx.wake.notify_one();
+            (
+                StatusCode::ACCEPTED,
+                Json(json!({ "job_id": id, "state": job.state, "status_url": format!("/status/{id}") })),
+            )
+                .into_response()
+        }
+        Ok(Some((job, false))) => (
+            StatusCode::CONFLICT,
+            Json(json!({
+                "error": format!("job {id} is {}; only a failed job is retried", job.state),
+                "state": job.state,
+            })),
+        )
+            .into_response(),
+        Ok(None) => error(StatusCode::NOT_FOUND, format!("no job {id}")),
+        Err(e) => internal(e),
+    }
 }
 
 async fn status(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Response {
@@ -317,15 +405,28 @@ async fn status(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Response
 struct Page {
     limit: Option<i64>,
     offset: Option<i64>,
+    state: Option<String>,
 }
 
+/// `GET /jobs[?state=S][&limit=N&offset=K]`: jobs, newest first; `state=failed` is the
+/// dead-letter view (each with its error; `POST /jobs/{id}/retry` puts one back).
 async fn jobs(State(ctx): State<Arc<Ctx>>, Query(p): Query<Page>) -> Response {
     let limit = p.limit.unwrap_or(20).clamp(1, 200);
     let offset = p.offset.unwrap_or(0).max(0);
-    match ctx.store.jobs(limit, offset) {
+    let state = p.state.as_deref();
+    if let Some(s) = state {
+        if !crate::store::STATES.contains(&s) {
+            return error(
+                StatusCode::BAD_REQUEST,
+                format!("state {s:?} is none of {}", crate::store::STATES.join(", ")),
+            );
+        }
+    }
+    match ctx.store.jobs(state, limit, offset) {
         Ok((jobs, total)) => {
+            let filter = state.map(|s| format!("state={s}&")).unwrap_or_default();
             let next = (offset + limit < total)
-                .then(|| format!("/jobs?limit={limit}&offset={}", offset + limit));
+                .then(|| format!("/jobs?{filter}limit={limit}&offset={}", offset + limit));
             Json(json!({ "jobs": jobs, "total": total, "limit": limit, "offset": offset, "next": next }))
                 .into_response()
         }
@@ -342,8 +443,8 @@ async fn artifact(
 ) -> Response {
     let id = id.trim_start_matches("sha256:").to_string();
     let row = match ctx.store.artifact(&id) {
-        Ok(Some(r)) => r,
-        Ok(None) => return error(StatusCode::NOT_FOUND, format!("no artifact {id}")),
+        Ok(Some(r)) if !r.private || authorize(&ctx, &headers).is_ok() => r,
+        Ok(_) => return error(StatusCode::NOT_FOUND, format!("no artifact {id}")),
         Err(e) => return internal(e),
     };
     let rep = match ctx.chunks.assemble(&row.pieces, &row.sha256) {
@@ -357,16 +458,20 @@ async fn artifact(
     tenpak::serve::range_response_with(&rep, &method, &headers, h)
 }
 
+/// A companion revision, as the Hub shows it: one made from a private or gated source
+/// exists only for a caller with the API token (to anyone else it is not found, as a
+/// private repository on the Hub is).
 fn companion_revision(
     ctx: &Ctx,
+    headers: &HeaderMap,
     owner: &str,
     name: &str,
     rev: &str,
 ) -> Result<RepoRevision, Box<Response>> {
     let repo = format!("{owner}/{name}");
     match ctx.store.revision(&repo, rev) {
-        Ok(Some(r)) => Ok(r),
-        Ok(None) => Err(Box::new(
+        Ok(Some(r)) if !r.private || authorize(ctx, headers).is_ok() => Ok(r),
+        Ok(_) => Err(Box::new(
             (
                 StatusCode::NOT_FOUND,
                 [("x-error-code", "RepoNotFound")],
@@ -385,7 +490,7 @@ fn model_json(r: &RepoRevision) -> serde_json::Value {
         "modelId": r.repo,
         "author": r.repo.split('/').next(),
         "sha": r.commit,
-        "private": false,
+        "private": r.private,
         "disabled": false,
         "gated": false,
         "library_name": "tenpak",
@@ -401,9 +506,10 @@ fn model_json(r: &RepoRevision) -> serde_json::Value {
 /// `GET /api/models/{owner}/{name}`: the Hub's model-info shape, with `siblings`.
 async fn model_info(
     State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
     Path((owner, name)): Path<(String, String)>,
 ) -> Response {
-    match companion_revision(&ctx, &owner, &name, "main") {
+    match companion_revision(&ctx, &headers, &owner, &name, "main") {
         Ok(r) => Json(model_json(&r)).into_response(),
         Err(resp) => *resp,
     }
@@ -411,9 +517,10 @@ async fn model_info(
 
 async fn model_info_rev(
     State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
     Path((owner, name, rev)): Path<(String, String, String)>,
 ) -> Response {
-    match companion_revision(&ctx, &owner, &name, &rev) {
+    match companion_revision(&ctx, &headers, &owner, &name, &rev) {
         Ok(r) => Json(model_json(&r)).into_response(),
         Err(resp) => *resp,
     }
@@ -422,9 +529,10 @@ async fn model_info_rev(
 /// `GET /api/models/{owner}/{name}/tree/{rev}`: the Hub's tree listing (flat repos).
 async fn tree(
     State(ctx): State<Arc<Ctx>>,
+    headers: HeaderMap,
     Path((owner, name, rev)): Path<(String, String, String)>,
 ) -> Response {
-    match companion_revision(&ctx, &owner, &name, &rev) {
+    match companion_revision(&ctx, &headers, &owner, &name, &rev) {
         Ok(r) => Json(
             r.files
                 .iter()
@@ -451,7 +559,7 @@ async fn resolve(
     method: Method,
     headers: HeaderMap,
 ) -> Response {
-    let r = match companion_revision(&ctx, &owner, &name, &rev) {
+    let r = match companion_revision(&ctx, &headers, &owner, &name, &rev) {
         Ok(r) => r,
         Err(resp) => return *resp,
     };

@@ -59,6 +59,11 @@ pub struct CardInfo<'a> {
     pub public_key: &'a str,
     /// Perplexity protocol, when measured (text and tokens).
     pub eval: Option<String>,
+    /// The source card's licence and gating terms, as front-matter lines
+    /// ([`tenpak::hub::card::licence_lines`]): a derivative carries them.
+    pub licence: &'a [String],
+    /// Who may read the source ("public", "private", "gated (manual approval)").
+    pub access: &'a str,
 }
 
 fn yaml_str(s: &str) -> String {
@@ -76,6 +81,9 @@ pub fn render(info: &CardInfo<'_>, rows: &[CardRow]) -> String {
     let _ = writeln!(s, "base_model: {}", yaml_str(info.source));
     let _ = writeln!(s, "base_model_relation: quantized");
     let _ = writeln!(s, "library_name: tenpak");
+    for l in info.licence {
+        let _ = writeln!(s, "{l}");
+    }
     let _ = writeln!(s, "tags:\n- tenpak\n- quantized\n- int4");
     let _ = writeln!(s, "---\n");
     let _ = writeln!(s, "# {} — TenPak artifacts\n", info.source);
@@ -87,6 +95,19 @@ pub fn render(info: &CardInfo<'_>, rows: &[CardRow]) -> String {
         src = info.source,
         commit = info.commit
     );
+    if info.access != "public" {
+        let _ = writeln!(
+            s,
+            "The source is {}: this repository is private, as what is made from it must be.\n",
+            info.access
+        );
+    }
+    if !info.licence.is_empty() {
+        let _ = writeln!(
+            s,
+            "The source's licence and terms apply to these artifacts (carried in this card's metadata).\n"
+        );
+    }
     let _ = writeln!(
         s,
         "| File | Target | Bits/weight (quantized linears) | Bits/weight (whole file) | Size | vs source ({}) | Perplexity Δ |",
@@ -160,7 +181,7 @@ pub fn render(info: &CardInfo<'_>, rows: &[CardRow]) -> String {
             s,
             "\n`{}` is packed in full, not against its base: {}.",
             r.file,
-            r.note.as_deref().unwrap_or_default()
+            crate::redact::redact(r.note.as_deref().unwrap_or_default())
         );
     }
     let _ = writeln!(
@@ -189,6 +210,8 @@ mod tests {
             key_id: "k",
             public_key: "00",
             eval: None,
+            licence: &[],
+            access: "public",
         };
         let rows = vec![CardRow {
             file: "tiny-balanced.tnpk".into(),
@@ -204,6 +227,25 @@ mod tests {
         }];
         let card = render(&info, &rows);
         assert!(!card.contains("## Against the base"));
+        assert!(!card.contains("licence"));
+        let licence = vec![
+            "license: llama3.2".to_string(),
+            "extra_gated_prompt: Agree".into(),
+        ];
+        let gated = render(
+            &CardInfo {
+                licence: &licence,
+                access: "gated (manual approval)",
+                ..info.clone()
+            },
+            &rows,
+        );
+        let front = tenpak::hub::card::front_matter(&gated).expect("front matter");
+        assert!(
+            front.contains("\nlicense: llama3.2\nextra_gated_prompt: Agree\n"),
+            "{front}"
+        );
+        assert!(gated.contains("The source is gated (manual approval): this repository is private"));
         assert!(
             card.starts_with("---\nbase_model: \"acme/tiny\"\nbase_model_relation: quantized\n")
         );
@@ -219,6 +261,8 @@ mod tests {
             key_id: "k",
             public_key: "00",
             eval: None,
+            licence: &[],
+            access: "public",
         };
         let row = |file: &str, delta: Option<CardDelta>, note: Option<&str>| CardRow {
             file: file.into(),

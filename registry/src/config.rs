@@ -51,6 +51,8 @@ pub struct Settings {
     pub delta_bits_per_weight: f64,
     /// Where the secrets came from (for the startup log).
     pub secret_files: Vec<PathBuf>,
+    /// Connection and request limits of the HTTP server.
+    pub limits: crate::server::Limits,
 }
 
 /// The config file: every key optional.
@@ -85,6 +87,16 @@ pub struct FileConfig {
     pub eval_tokens: Option<usize>,
     /// See [`Settings::delta_bits_per_weight`].
     pub delta_bits_per_weight: Option<f64>,
+    /// See [`crate::server::Limits::max_connections`].
+    pub max_connections: Option<usize>,
+    /// See [`crate::server::Limits::header_timeout`] (seconds).
+    pub header_timeout_s: Option<f64>,
+    /// See [`crate::server::Limits::body_timeout`] (seconds).
+    pub body_timeout_s: Option<f64>,
+    /// See [`crate::server::Limits::request_timeout`] (seconds).
+    pub request_timeout_s: Option<f64>,
+    /// See [`crate::server::Limits::max_body_bytes`].
+    pub max_body_bytes: Option<usize>,
 }
 
 /// Default listen address.
@@ -162,8 +174,7 @@ impl Settings {
     /// Builds the settings for `data_dir` from the config file, the environment and
     /// the flags; creates the data dir and missing secrets.
     pub fn load(data_dir: &Path, config: Option<&Path>, flags: &Overrides) -> anyhow::Result<Self> {
-        std::fs::create_dir_all(data_dir)
-            .with_context(|| format!("creating data dir {}", data_dir.display()))?;
+        private_dir(data_dir)?;
         let file: FileConfig = match config {
             Some(p) => {
                 let text = std::fs::read_to_string(p)
@@ -199,8 +210,24 @@ impl Settings {
         let companion = file
             .companion
             .unwrap_or_else(|| "{owner}/{name}-tnpk".to_string());
-        if !companion.contains("{name}") {
-            bail!("companion pattern {companion:?} must contain {{name}}");
+        check_companion(&companion)?;
+        for (what, v) in [
+            ("webhook_secret", &webhook_secret),
+            ("api_token", &api_token),
+        ] {
+            if v.trim().is_empty() {
+                bail!(
+                    "{what} is empty: leave it unset to have one generated, or give a real secret"
+                );
+            }
+        }
+        let hub_token = env("HF_TOKEN").or(file.hub_token);
+        if hub_token.as_deref().is_none_or(|t| t.trim().is_empty()) {
+            bail!(
+                "no Hub token: set HF_TOKEN or hub_token in the config file (a token with \
+                 write access to the companion repos' owners). The registry does not fall back \
+                 to the token file of `huggingface-cli login`: that is the operator's own."
+            );
         }
         let delta_bits_per_weight = match env("TENPAK_DELTA_BITS") {
             Some(v) => v
@@ -212,6 +239,31 @@ impl Settings {
         if !(delta_bits_per_weight.is_finite() && delta_bits_per_weight > 0.0) {
             bail!("delta_bits_per_weight must be a positive number, not {delta_bits_per_weight}");
         }
+        let d = crate::server::Limits::default();
+        let secs = |what: &str, v: Option<f64>, default: std::time::Duration| match v {
+            None => Ok(default),
+            Some(s) if s.is_finite() && s > 0.0 && s < 1e6 => {
+                Ok(std::time::Duration::from_secs_f64(s))
+            }
+            Some(s) => Err(anyhow::anyhow!(
+                "{what} must be a positive number of seconds, not {s}"
+            )),
+        };
+        let limits = crate::server::Limits {
+            max_connections: match file.max_connections.unwrap_or(d.max_connections) {
+                0 => bail!("max_connections must be at least 1"),
+                n => n,
+            },
+            header_timeout: secs("header_timeout_s", file.header_timeout_s, d.header_timeout)?,
+            body_timeout: secs("body_timeout_s", file.body_timeout_s, d.body_timeout)?,
+            request_timeout: secs(
+                "request_timeout_s",
+                file.request_timeout_s,
+                d.request_timeout,
+            )?,
+            max_body_bytes: file.max_body_bytes.unwrap_or(d.max_body_bytes),
+            shutdown_grace: d.shutdown_grace,
+        };
         let max_attempts = file.max_attempts.unwrap_or(3);
         if max_attempts < 1 {
             bail!("max_attempts must be at least 1");
@@ -223,7 +275,7 @@ impl Settings {
                 .or(file.listen)
                 .unwrap_or_else(|| DEFAULT_LISTEN.parse().expect("default address")),
             hub_endpoint: env("HF_ENDPOINT").or(file.hub_endpoint),
-            hub_token: env("HF_TOKEN").or(file.hub_token),
+            hub_token,
             webhook_secret,
             api_token,
             targets,
@@ -236,6 +288,7 @@ impl Settings {
             eval_tokens: file.eval_tokens.unwrap_or(4096),
             delta_bits_per_weight,
             secret_files,
+            limits,
         })
     }
 
@@ -256,6 +309,50 @@ impl Settings {
     }
 }
 
+/// Creates the data dir readable by its owner only (it holds the Hub cache, which may
+/// hold private weights, the database and the secrets), and tightens an existing one.
+fn private_dir(dir: &Path) -> anyhow::Result<()> {
+    use std::os::unix::fs::{DirBuilderExt, PermissionsExt};
+    std::fs::DirBuilder::new()
+        .recursive(true)
+        .mode(0o700)
+        .create(dir)
+        .with_context(|| format!("creating data dir {}", dir.display()))?;
+    let mode = std::fs::metadata(dir)
+        .with_context(|| format!("data dir {}", dir.display()))?
+        .permissions()
+        .mode();
+    if mode & 0o077 != 0 {
+        std::fs::set_permissions(dir, std::fs::Permissions::from_mode(mode & 0o700)).with_context(
+            || format!("making data dir {} private (mode {mode:o})", dir.display()),
+        )?;
+    }
+    Ok(())
+}
+
+/// A companion pattern must name a repository of the source's owner other than the
+/// source itself: `{owner}` (else owners' models collide) and `{name}` with something
+/// added (else the registry overwrites the source's card and reacts to its own pushes).
+fn check_companion(pattern: &str) -> anyhow::Result<()> {
+    if !pattern.contains("{name}") || !pattern.contains("{owner}") {
+        bail!("companion pattern {pattern:?} must contain {{owner}} and {{name}}");
+    }
+    if pattern.matches('/').count() != 1 {
+        bail!("companion pattern {pattern:?} must be owner/name (one '/')");
+    }
+    let (owner, name) = pattern.split_once('/').unwrap_or_default();
+    if name == "{name}" && owner == "{owner}" {
+        bail!(
+            "companion pattern {pattern:?} names the source repository itself; \
+             add a suffix such as {{owner}}/{{name}}-tnpk"
+        );
+    }
+    if !name.contains("{name}") {
+        bail!("companion pattern {pattern:?} must have {{name}} in the repository name");
+    }
+    Ok(())
+}
+
 #[cfg(test)]
 mod tests {
     use super::*;
@@ -263,8 +360,52 @@ mod tests {
     fn load_with(toml: &str) -> anyhow::Result<Settings> {
         let tmp = tempfile::tempdir().expect("tmp");
         let cfg = tmp.path().join("registry.toml");
-        std::fs::write(&cfg, toml).expect("config");
+        std::fs::write(&cfg, format!("hub_token = \"hf_test\"\n{toml}")).expect("config");
         Settings::load(&tmp.path().join("data"), Some(&cfg), &Overrides::default())
+    }
+
+    #[test]
+    fn configs_that_must_not_be_accepted_are_refused() {
+        for bad in [
+            "webhook_secret = \"\"",
+            "api_token = \"  \"",
+            "companion = \"{owner}/{name}\"",
+            "companion = \"tenpak/{name}\"",
+            "companion = \"{owner}/tnpk\"",
+            "companion = \"{owner}/{name}/x\"",
+            "companion = \"{name}-{owner}\"",
+        ] {
+            if std::env::var_os("TENPAK_WEBHOOK_SECRET").is_some()
+                || std::env::var_os("TENPAK_API_TOKEN").is_some()
+            {
+                break; // the environment overrides the file
+            }
+            let e = load_with(bad).expect_err(bad);
+            eprintln!("{bad}: {e}");
+        }
+        load_with("companion = \"{owner}/{name}-int4\"").expect("a good pattern");
+        load_with("companion = \"{owner}/tnpk-{name}\"").expect("a good pattern");
+        // No token at all: refused (the operator's own login token is never used).
+        if std::env::var_os("HF_TOKEN").is_none() {
+            let tmp = tempfile::tempdir().expect("tmp");
+            let e = Settings::load(&tmp.path().join("d"), None, &Overrides::default())
+                .expect_err("no token");
+            assert!(e.to_string().contains("no Hub token"), "{e}");
+        }
+    }
+
+    #[test]
+    fn the_data_dir_is_private_to_its_owner() {
+        use std::os::unix::fs::PermissionsExt;
+        let tmp = tempfile::tempdir().expect("tmp");
+        let open = tmp.path().join("open");
+        std::fs::create_dir(&open).expect("dir");
+        std::fs::set_permissions(&open, std::fs::Permissions::from_mode(0o755)).expect("chmod");
+        for d in [tmp.path().join("new/data"), open] {
+            private_dir(&d).expect("data dir");
+            let mode = std::fs::metadata(&d).expect("meta").permissions().mode();
+            assert_eq!(mode & 0o777, 0o700, "{}", d.display());
+        }
     }
 
     #[test]

@@ -6,6 +6,8 @@
 //! - [`chunks`]: the content-addressed chunk store;
 //! - [`pipeline`]: workers and the per-job pipeline;
 //! - [`card`]: the companion repo's model card;
+//! - [`redact`]: what of an error's text the public API may show;
+//! - [`server`]: the HTTP server loop with connection and request limits;
 //! - [`config`]: settings from defaults, file, environment and flags.
 
 pub mod api;
@@ -13,6 +15,8 @@ pub mod card;
 pub mod chunks;
 pub mod config;
 pub mod pipeline;
+pub mod redact;
+pub mod server;
 pub mod store;
 
 use std::sync::Arc;
@@ -34,12 +38,22 @@ pub fn signing_key(dir: &std::path::Path) -> anyhow::Result<ed25519_dalek::Signi
 /// Opens everything the registry needs; requeues interrupted jobs.
 pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
     let dir = settings.data_dir.clone();
+    let lock = lock_data_dir(&dir)?;
     let key = signing_key(&dir)?;
     let store = store::Store::open(&dir.join("registry.sqlite3"))
         .with_context(|| format!("opening the job store in {}", dir.display()))?;
-    let requeued = store.requeue_interrupted()?;
-    if requeued > 0 {
-        eprintln!("requeued {requeued} job(s) interrupted by the last shutdown");
+    let i = store.requeue_interrupted(settings.max_attempts)?;
+    if i.requeued > 0 {
+        eprintln!(
+            "requeued {} job(s) interrupted by the last shutdown",
+            i.requeued
+        );
+    }
+    if i.failed > 0 {
+        eprintln!(
+            "failed {} job(s) interrupted in each of their {} attempts",
+            i.failed, settings.max_attempts
+        );
     }
     let chunks = chunks::ChunkStore::open(&dir.join("chunks"))?;
     let hub = tenpak::hub::Hub::new(&tenpak::hub::HubConfig {
@@ -54,7 +68,32 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
         hub,
         key,
         wake: tokio::sync::Notify::new(),
+        _lock: lock,
     }))
+}
+
+/// Takes the data dir's lock for as long as the returned file is open: a second
+/// registry on the same data dir would requeue and run the first one's running jobs.
+/// The lock is the operating system's (released when the process dies, even by kill -9).
+pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
+    let path = dir.join("registry.lock");
+    let f = std::fs::File::options()
+        .create(true)
+        .truncate(false)
+        .write(true)
+        .open(&path)
+        .with_context(|| format!("opening {}", path.display()))?;
+    match f.try_lock() {
+        Ok(()) => Ok(f),
+        Err(std::fs::TryLockError::WouldBlock) => anyhow::bail!(
+            "another tenpak-registry is running on {} (it holds {}); one process per data dir",
+            dir.display(),
+            path.display()
+        ),
+        Err(std::fs::TryLockError::Error(e)) => {
+            Err(e).with_context(|| format!("locking {}", path.display()))
+        }
+    }
 }
 
 /// Ctrl-C or SIGTERM (systemd, docker stop).
@@ -106,8 +145,7 @@ pub async fn serve(ctx: Arc<pipeline::Ctx>) -> anyhow::Result<()> {
     for n in 0..ctx.settings.workers {
         tokio::spawn(pipeline::worker(ctx.clone(), n));
     }
-    axum::serve(listener, api::router(ctx))
-        .with_graceful_shutdown(shutdown_signal())
-        .await?;
+    let limits = ctx.settings.limits;
+    server::serve(listener, api::router(ctx), limits, shutdown_signal()).await?;
     Ok(())
 }

@@ -40,6 +40,15 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// Put a failed job back in the queue, its attempts counted afresh (the same as
+    /// `POST /jobs/{id}/retry`; a running registry picks it up within seconds).
+    Retry {
+        /// The job id (`/jobs?state=failed` lists them).
+        id: i64,
+        /// The registry's data dir.
+        #[arg(long, default_value = "tenpak-registry-data")]
+        data_dir: PathBuf,
+    },
 }
 
 fn main() -> anyhow::Result<()> {
@@ -63,6 +72,23 @@ fn main() -> anyhow::Result<()> {
             // A job mid-pack is not waited for: it is requeued at the next start.
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
             r
+        }
+        Command::Retry { id, data_dir } => {
+            let db = data_dir.join("registry.sqlite3");
+            if !db.exists() {
+                anyhow::bail!("no registry database at {}", db.display());
+            }
+            let store = tenpak_registry::store::Store::open(&db)?;
+            match store.retry(id)? {
+                Some((_, true)) => {
+                    println!("job {id} queued again");
+                    Ok(())
+                }
+                Some((job, false)) => {
+                    anyhow::bail!("job {id} is {}; only a failed job is retried", job.state)
+                }
+                None => anyhow::bail!("no job {id} in {}", db.display()),
+            }
         }
     }
 }

@@ -42,6 +42,8 @@ pub struct Ctx {
     pub key: SigningKey,
     /// Wakes idle workers when a job is queued.
     pub wake: Notify,
+    /// The data dir's lock ([`crate::lock_data_dir`]), held while the registry runs.
+    pub _lock: std::fs::File,
 }
 
 /// A failed attempt: the message, and whether trying again could help.
@@ -65,9 +67,27 @@ impl JobError {
 impl From<tenpak::Error> for JobError {
     fn from(e: tenpak::Error) -> Self {
         Self {
-            transient: tenpak::hub::is_transient(&e),
+            transient: tenpak::hub::is_transient(&e) || local_trouble(&e),
             message: e.to_string(),
         }
+    }
+}
+
+/// A local I/O failure that says nothing about the model: a full disk or quota, a busy
+/// or interrupted device, memory. Worth another attempt once the operator has made room.
+fn local_trouble(e: &tenpak::Error) -> bool {
+    use std::io::ErrorKind as K;
+    match e {
+        tenpak::Error::Io { source, .. } => matches!(
+            source.kind(),
+            K::StorageFull
+                | K::QuotaExceeded
+                | K::ResourceBusy
+                | K::Interrupted
+                | K::TimedOut
+                | K::OutOfMemory
+        ),
+        _ => false,
     }
 }
 
@@ -131,6 +151,9 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                             eprintln!("worker {n}: job {id}: {e}");
                         }
                         if !retry {
+                            // Nothing of a failed job stays on disk (its download stays
+                            // in the Hub cache for a retry).
+                            let _ = std::fs::remove_dir_all(work_dir(&ctx, id));
                             ctx.wake.notify_waiters();
                         }
                     }
@@ -346,13 +369,21 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
         return Ok(Outcome::Published);
     }
     stage(ctx, id, "resolve", 0.01);
-    let commit = if tenpak::hub::is_commit(&job.revision) {
-        job.revision.to_ascii_lowercase()
-    } else {
-        let c = ctx.hub.resolve(&job.repo, &job.revision).await?;
-        ctx.store.set_revision(id, &c)?;
-        c
-    };
+    // One model-info call: the exact commit, and who may read the source. What is made
+    // from a private or gated model is never published openly.
+    let access = ctx.hub.access(&job.repo, &job.revision).await?;
+    let commit = access.commit.clone();
+    if !tenpak::hub::is_commit(&job.revision) {
+        ctx.store.set_revision(id, &commit)?;
+    }
+    if access.restricted() && !ctx.settings.allow_private {
+        return Err(JobError::permanent(format!(
+            "{} is {}: its weights are not republished (allow_private is off; with it on, \
+             the companions of such models are private)",
+            job.repo,
+            access.describe()
+        )));
+    }
     let plan = plan(ctx, &job, &commit).await?;
     let (derived, note, base_of_job) = match plan {
         Plan::Wait(on) => {
@@ -395,7 +426,7 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
     } else {
         ctx.hub.download_model(&job.repo, &commit).await?.dir
     };
-    let work = ctx.settings.data_dir.join("work").join(format!("job-{id}"));
+    let work = work_dir(ctx, id);
     if work.exists() {
         std::fs::remove_dir_all(&work)?;
     }
@@ -654,6 +685,7 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
             bits_per_weight: bits_q,
             sha256: ing.sha256.clone(),
             pieces: ing.pieces.clone(),
+            private: access.restricted(),
         })?;
         files.push(RepoFile {
             path: file.clone(),
@@ -693,8 +725,19 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
             }
         })
         .unwrap_or("bf16/fp16");
+    let licence = match ctx
+        .hub
+        .read_small_file(&job.repo, &commit, "README.md")
+        .await?
+    {
+        Some(b) => tenpak::hub::card::licence_lines(&String::from_utf8_lossy(&b)),
+        None => vec![],
+    };
+    let access_text = access.describe();
     let card_text = card::render(
         &CardInfo {
+            licence: &licence,
+            access: &access_text,
             source: &job.repo,
             commit: &commit,
             source_dtype,
@@ -720,7 +763,7 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
 
     // Publish: one commit with every file.
     stage(ctx, id, "publish", 0.95);
-    ctx.hub.create_repo(&companion, false).await?;
+    ctx.hub.create_repo(&companion, access.restricted()).await?;
     let mut uploads: Vec<Upload> = packed
         .iter()
         .map(|p| Upload::File {
@@ -785,11 +828,17 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
         commit: revision_id.clone(),
         files,
         created_at: crate::store::now(),
+        private: access.restricted(),
     })?;
     ctx.store
         .set_published(id, hub_commit.as_deref().unwrap_or(&revision_id), &upload)?;
     let _ = std::fs::remove_dir_all(&work);
     Ok(Outcome::Published)
+}
+
+/// Where job `id` writes its artifacts before they are ingested and published.
+fn work_dir(ctx: &Ctx, id: i64) -> std::path::PathBuf {
+    ctx.settings.data_dir.join("work").join(format!("job-{id}"))
 }
 
 /// The registry's own revision id of a companion state: 40 hex of the sha256 of its
@@ -859,4 +908,31 @@ fn measure(
             Ok((r.ppl / base_ppl - 1.0) * 100.0)
         })
         .collect()
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+
+    #[test]
+    fn a_full_disk_is_worth_a_retry_and_a_bad_model_is_not() {
+        let full = tenpak::Error::io(
+            "write",
+            "/data/work/job-1/x.tnpk",
+            std::io::Error::from_raw_os_error(28), // ENOSPC
+        );
+        assert!(JobError::from(full).transient);
+        let quota = tenpak::Error::io(
+            "write",
+            "/data/x",
+            std::io::Error::from_raw_os_error(122), // EDQUOT
+        );
+        assert!(JobError::from(quota).transient);
+        let missing = tenpak::Error::io(
+            "open",
+            "/data/model/config.json",
+            std::io::Error::from(std::io::ErrorKind::NotFound),
+        );
+        assert!(!JobError::from(missing).transient);
+    }
 }

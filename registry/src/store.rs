@@ -3,7 +3,11 @@
 //! A job is "compress repo R at commit S with targets T". Its idempotency key is unique,
 //! so a redelivered webhook finds the existing job instead of making a second one. States
 //! run `queued → running → done | failed`; a job found `running` when the registry starts
-//! was interrupted (crash, kill) and goes back to `queued`, keeping its attempt count.
+//! was interrupted (crash, kill) and goes back to `queued`, keeping its attempt count,
+//! unless it has used up `max_attempts` (a job that kills the process must not be tried
+//! at every start): then it is `failed`. A failed job goes back to the queue only by a
+//! retry ([`Store::retry`]: the API's `POST /jobs/{id}/retry`, the CLI's `retry`, or a
+//! repeated request for the same commit).
 //! Artifacts and companion-repo revisions the registry published are recorded here too.
 
 use std::path::Path;
@@ -23,6 +27,9 @@ pub const DONE: &str = "done";
 pub const FAILED: &str = "failed";
 /// Waits for another job (its base's) to finish; then queued again.
 pub const WAITING: &str = "waiting";
+
+/// Every job state.
+pub const STATES: &[&str] = &[QUEUED, RUNNING, WAITING, DONE, FAILED];
 
 /// Job kinds: decided when the job runs, from the model card (`base_model`).
 pub const KIND_AUTO: &str = "auto";
@@ -103,6 +110,8 @@ pub struct ArtifactRow {
     /// The pieces (sha256 hex, length) the file is made of, in order.
     #[serde(skip)]
     pub pieces: Vec<(String, u64)>,
+    /// Made from a private or gated source: served only with the API token.
+    pub private: bool,
 }
 
 /// A revision of a companion repository served by the Hub-compatible API.
@@ -116,6 +125,8 @@ pub struct RepoRevision {
     pub files: Vec<RepoFile>,
     /// Unix seconds.
     pub created_at: f64,
+    /// The companion of a private or gated source: served only with the API token.
+    pub private: bool,
 }
 
 /// One file of a companion revision.
@@ -143,6 +154,21 @@ pub enum StoreError {
 }
 
 type Result<T> = std::result::Result<T, StoreError>;
+
+/// What [`Store::requeue_interrupted`] did.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct Interrupted {
+    /// Jobs put back in the queue.
+    pub requeued: usize,
+    /// Jobs failed for having been interrupted `max_attempts` times.
+    pub failed: usize,
+}
+
+type RevisionRow = (String, String, String, f64, bool);
+
+fn revision_row(r: &Row<'_>) -> rusqlite::Result<RevisionRow> {
+    Ok((r.get(0)?, r.get(1)?, r.get(2)?, r.get(3)?, r.get(4)?))
+}
 
 /// The store (one connection behind a mutex; every statement is short).
 pub struct Store {
@@ -245,6 +271,8 @@ pub struct Enqueued {
     pub job: Job,
     /// False when the key already had a job.
     pub created: bool,
+    /// The key's job had failed and was put back in the queue (set by the API).
+    pub retried: bool,
 }
 
 /// A new job's facts.
@@ -267,21 +295,24 @@ pub struct NewJob<'a> {
 }
 
 /// Columns added after the first schema: added to older databases on open.
-const ADDED_COLUMNS: &[(&str, &str)] = &[
-    ("kind", "TEXT NOT NULL DEFAULT 'auto'"),
-    ("base", "TEXT"),
-    ("waits_on", "INTEGER"),
-    ("note", "TEXT"),
+const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
+    ("jobs", "kind", "TEXT NOT NULL DEFAULT 'auto'"),
+    ("jobs", "base", "TEXT"),
+    ("jobs", "waits_on", "INTEGER"),
+    ("jobs", "note", "TEXT"),
+    // Made from a private or gated source: served only with the API token.
+    ("artifacts", "private", "INTEGER NOT NULL DEFAULT 0"),
+    ("repo_revisions", "private", "INTEGER NOT NULL DEFAULT 0"),
 ];
 
 fn migrate(conn: &Connection) -> Result<()> {
-    let have: Vec<String> = conn
-        .prepare("SELECT name FROM pragma_table_info('jobs')")?
-        .query_map([], |r| r.get(0))?
-        .collect::<rusqlite::Result<_>>()?;
-    for (name, ty) in ADDED_COLUMNS {
+    for (table, name, ty) in ADDED_COLUMNS {
+        let have: Vec<String> = conn
+            .prepare(&format!("SELECT name FROM pragma_table_info('{table}')"))?
+            .query_map([], |r| r.get(0))?
+            .collect::<rusqlite::Result<_>>()?;
         if !have.iter().any(|h| h == name) {
-            conn.execute_batch(&format!("ALTER TABLE jobs ADD COLUMN {name} {ty}"))?;
+            conn.execute_batch(&format!("ALTER TABLE {table} ADD COLUMN {name} {ty}"))?;
         }
     }
     Ok(())
@@ -307,14 +338,44 @@ impl Store {
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
     }
 
-    /// Puts jobs that were running when the process stopped back in the queue.
-    /// Returns how many.
-    pub fn requeue_interrupted(&self) -> Result<usize> {
-        Ok(self.conn().execute(
+    /// Puts jobs that were running when the process stopped back in the queue, except
+    /// those that have had `max_attempts` attempts already: a job that kills the process
+    /// (out of memory, an allocation abort) would otherwise be claimed first at every
+    /// start, forever. Those end `failed` with the reason.
+    pub fn requeue_interrupted(&self, max_attempts: i64) -> Result<Interrupted> {
+        let c = self.conn();
+        let t = now();
+        let failed = c.execute(
+            "UPDATE jobs SET state = ?1, finished_at = ?2, updated_at = ?2,
+                 error = 'the registry stopped during each of its ' || attempts ||
+                         ' attempts (out of memory, killed, or a crash); not tried again'
+             WHERE state = ?3 AND attempts >= ?4",
+            params![FAILED, t, RUNNING, max_attempts],
+        )?;
+        let requeued = c.execute(
             "UPDATE jobs SET state = ?1, stage = 'requeued after restart', updated_at = ?2
              WHERE state = ?3",
-            params![QUEUED, now(), RUNNING],
-        )?)
+            params![QUEUED, t, RUNNING],
+        )?;
+        Ok(Interrupted { requeued, failed })
+    }
+
+    /// Puts a failed job back in the queue with its attempts counted afresh (an
+    /// operator's retry, or a repeated request for the same model and commit).
+    /// `Ok(None)`: no such job; a job in another state is returned unchanged.
+    pub fn retry(&self, id: i64) -> Result<Option<(Job, bool)>> {
+        let c = self.conn();
+        let n = c.execute(
+            "UPDATE jobs SET state = ?2, attempts = 0, stage = 'queued (retry)', progress = 0,
+                 updated_at = ?3, finished_at = NULL
+             WHERE id = ?1 AND state = ?4",
+            params![id, QUEUED, now(), FAILED],
+        )?;
+        Ok(
+            c.query_row("SELECT * FROM jobs WHERE id = ?1", [id], job_of)
+                .optional()?
+                .map(|j| (j, n == 1)),
+        )
     }
 
     /// Inserts a job unless its key exists; either way returns the job.
@@ -342,6 +403,7 @@ impl Store {
         Ok(Enqueued {
             job,
             created: n == 1,
+            retried: false,
         })
     }
 
@@ -407,7 +469,7 @@ impl Store {
     ) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET kind = ?2, base = ?3, note = ?4, updated_at = ?5 WHERE id = ?1",
-            params![id, kind, base, note, now()],
+            params![id, kind, base, note.map(crate::redact::redact), now()],
         )?;
         Ok(())
     }
@@ -495,7 +557,8 @@ impl Store {
         Ok(())
     }
 
-    /// Records a failed attempt: back to the queue when `retry`, else failed.
+    /// Records a failed attempt: back to the queue when `retry`, else failed. The error
+    /// is stored [redacted](crate::redact) (the public API serves it).
     pub fn fail(&self, id: i64, error: &str, retry: bool) -> Result<()> {
         let t = now();
         let (state, finished) = if retry {
@@ -506,7 +569,7 @@ impl Store {
         self.conn().execute(
             "UPDATE jobs SET state = ?2, error = ?3, updated_at = ?4, finished_at = ?5
              WHERE id = ?1",
-            params![id, state, error, t, finished],
+            params![id, state, crate::redact::redact(error), t, finished],
         )?;
         Ok(())
     }
@@ -519,13 +582,19 @@ impl Store {
             .optional()?)
     }
 
-    /// Jobs, newest first.
-    pub fn jobs(&self, limit: i64, offset: i64) -> Result<(Vec<Job>, i64)> {
+    /// Jobs, newest first; only those in `state` when given (`failed`: the dead letters).
+    pub fn jobs(&self, state: Option<&str>, limit: i64, offset: i64) -> Result<(Vec<Job>, i64)> {
         let c = self.conn();
-        let total: i64 = c.query_row("SELECT COUNT(*) FROM jobs", [], |r| r.get(0))?;
-        let mut st = c.prepare("SELECT * FROM jobs ORDER BY id DESC LIMIT ?1 OFFSET ?2")?;
+        let total: i64 = c.query_row(
+            "SELECT COUNT(*) FROM jobs WHERE ?1 IS NULL OR state = ?1",
+            [state],
+            |r| r.get(0),
+        )?;
+        let mut st = c.prepare(
+            "SELECT * FROM jobs WHERE ?1 IS NULL OR state = ?1 ORDER BY id DESC LIMIT ?2 OFFSET ?3",
+        )?;
         let rows = st
-            .query_map(params![limit, offset], job_of)?
+            .query_map(params![state, limit, offset], job_of)?
             .collect::<rusqlite::Result<Vec<_>>>()?;
         Ok((rows, total))
     }
@@ -546,9 +615,9 @@ impl Store {
             serde_json::to_string(&a.pieces).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.conn().execute(
             "INSERT INTO artifacts (id, job_id, repo, path, size, source, target,
-                                    bits_per_weight, sha256, pieces, created_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11)
-             ON CONFLICT(id) DO NOTHING",
+                                    bits_per_weight, sha256, pieces, created_at, private)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
+             ON CONFLICT(id) DO UPDATE SET private = MAX(private, excluded.private)",
             params![
                 a.id,
                 a.job_id,
@@ -560,7 +629,8 @@ impl Store {
                 a.bits_per_weight,
                 a.sha256,
                 pieces,
-                now()
+                now(),
+                a.private
             ],
         )?;
         Ok(())
@@ -583,6 +653,7 @@ impl Store {
                         bits_per_weight: r.get("bits_per_weight")?,
                         sha256: r.get("sha256")?,
                         pieces: Vec::new(),
+                        private: r.get("private")?,
                     },
                     r.get::<_, String>("pieces")?,
                 ))
@@ -613,9 +684,9 @@ impl Store {
         let files =
             serde_json::to_string(&r.files).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.conn().execute(
-            "INSERT INTO repo_revisions (repo, commit_id, files, created_at)
-             VALUES (?1, ?2, ?3, ?4) ON CONFLICT(repo, commit_id) DO NOTHING",
-            params![r.repo, r.commit, files, r.created_at],
+            "INSERT INTO repo_revisions (repo, commit_id, files, created_at, private)
+             VALUES (?1, ?2, ?3, ?4, ?5) ON CONFLICT(repo, commit_id) DO NOTHING",
+            params![r.repo, r.commit, files, r.created_at, r.private],
         )?;
         Ok(())
     }
@@ -625,28 +696,29 @@ impl Store {
         let c = self.conn();
         let q = if rev == "main" {
             c.query_row(
-                "SELECT repo, commit_id, files, created_at FROM repo_revisions
+                "SELECT repo, commit_id, files, created_at, private FROM repo_revisions
                  WHERE repo = ?1 ORDER BY seq DESC LIMIT 1",
                 [repo],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)?, r.get(3)?)),
+                revision_row,
             )
         } else {
             c.query_row(
-                "SELECT repo, commit_id, files, created_at FROM repo_revisions
+                "SELECT repo, commit_id, files, created_at, private FROM repo_revisions
                  WHERE repo = ?1 AND commit_id = ?2",
                 [repo, rev],
-                |r| Ok((r.get(0)?, r.get(1)?, r.get::<_, String>(2)?, r.get(3)?)),
+                revision_row,
             )
         }
         .optional()?;
         match q {
             None => Ok(None),
-            Some((repo, commit, files, created_at)) => Ok(Some(RepoRevision {
+            Some((repo, commit, files, created_at, private)) => Ok(Some(RepoRevision {
                 repo,
                 commit,
                 files: serde_json::from_str::<Vec<RepoFile>>(&files)
                     .map_err(|e| StoreError::Corrupt(e.to_string()))?,
                 created_at,
+                private,
             })),
         }
     }
@@ -698,6 +770,39 @@ mod tests {
         // Opening again changes nothing.
         drop(s);
         Store::open(&path).expect("open again");
+    }
+
+    #[test]
+    fn a_job_interrupted_max_attempts_times_fails_and_the_next_job_still_runs() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let s = Store::open(&tmp.path().join("jobs.db")).expect("open");
+        let poison = job(&s, "poison", "a/oom", KIND_AUTO);
+        let next = job(&s, "next", "a/ok", KIND_AUTO);
+        // The process dies while the poison job runs, three starts in a row.
+        for start in 1..=3 {
+            let got = s.claim().expect("claim").expect("a job");
+            assert_eq!((got.id, got.attempts), (poison.id, start));
+            let i = s.requeue_interrupted(3).expect("restart");
+            let want = if start < 3 { (1, 0) } else { (0, 1) };
+            assert_eq!((i.requeued, i.failed), want, "start {start}");
+        }
+        let dead = s.job(poison.id).expect("job").expect("poison");
+        assert_eq!(dead.state, FAILED);
+        assert!(
+            dead.error.as_deref().unwrap_or("").contains("3 attempts"),
+            "{:?}",
+            dead.error
+        );
+        assert!(dead.finished_at.is_some());
+        assert_eq!(s.claim().expect("claim").map(|j| j.id), Some(next.id));
+        // A retry puts it back with its attempts counted afresh; only a failed job.
+        let (again, changed) = s.retry(poison.id).expect("retry").expect("job");
+        assert!(changed);
+        assert_eq!((again.state.as_str(), again.attempts), (QUEUED, 0));
+        let (same, changed) = s.retry(poison.id).expect("retry").expect("job");
+        assert!(!changed, "a queued job is not retried");
+        assert_eq!(same.state, QUEUED);
+        assert_eq!(s.retry(9999).expect("retry"), None);
     }
 
     #[test]

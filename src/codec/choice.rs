@@ -111,7 +111,7 @@ impl CodecSpec {
     /// Exact encoded bytes for a `[rows, cols]` matrix.
     pub fn encoded_len(&self, rows: usize, cols: usize) -> Result<usize> {
         let f = self.kind.family();
-        if f.vq && cols % self.vq_dim.max(1) != 0 {
+        if f.vq && !cols.is_multiple_of(self.vq_dim.max(1)) {
             return Err(Error::invalid_codec(
                 self.label(),
                 CodecProblem::Geometry {

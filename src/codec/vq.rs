@@ -125,7 +125,7 @@ impl Vq {
         if !(MIN_GROUP..=MAX_GROUP).contains(&group) {
             return Err(out_of_range("scale group", group, MIN_GROUP, MAX_GROUP));
         }
-        if group % dim != 0 {
+        if !group.is_multiple_of(dim) {
             return Err(invalid(CodecProblem::NotApplicable {
                 option: "scale group",
                 reason: "must be a multiple of the vector length",
@@ -505,7 +505,7 @@ impl Vq {
     }
 
     fn geo(&self, rows: usize, cols: usize) -> Result<Geo> {
-        if cols % self.dim != 0 {
+        if !cols.is_multiple_of(self.dim) {
             return Err(invalid(CodecProblem::Geometry {
                 rows,
                 cols,
@@ -557,7 +557,7 @@ pub(crate) fn decode(h: &Header, bytes: &[u8], out: &mut [f32], _: Decoder) -> R
         .and_then(|c| c.geo(h.rows as usize, h.cols as usize))
         .map_err(|_| match (1..=MAX_BITS).contains(&bits) {
             false => field("index bits", bits as usize),
-            true if h.cols as usize % d != 0 => {
+            true if !(h.cols as usize).is_multiple_of(d) => {
                 field("columns (not a multiple of d)", h.cols as usize)
             }
             true => field("scale group", g),

@@ -56,6 +56,46 @@ pub fn front_matter(card: &str) -> Option<&str> {
     None
 }
 
+/// The terms a derivative must carry over from its source's card: `license`,
+/// `license_name`, `license_link`, and the gating terms (`extra_gated_*`), as front-matter
+/// lines (`key: value`, the value re-emitted as YAML, so lists and mappings survive). A
+/// card without front matter, or front matter that is not YAML, gives none.
+pub fn licence_lines(card: &str) -> Vec<String> {
+    let Some(yaml) = front_matter(card) else {
+        return vec![];
+    };
+    let Ok(docs) = YamlLoader::load_from_str(yaml) else {
+        return vec![];
+    };
+    let Some(Yaml::Hash(h)) = docs.into_iter().next() else {
+        return vec![];
+    };
+    let mut out = vec![];
+    for (k, v) in &h {
+        let Some(key) = k.as_str() else { continue };
+        let carried = matches!(key, "license" | "license_name" | "license_link")
+            || key.starts_with("extra_gated_");
+        if !carried {
+            continue;
+        }
+        let mut doc = yaml_rust2::yaml::Hash::new();
+        doc.insert(k.clone(), v.clone());
+        let mut text = String::new();
+        if yaml_rust2::YamlEmitter::new(&mut text)
+            .dump(&Yaml::Hash(doc))
+            .is_ok()
+        {
+            // The emitter starts the document with `---`.
+            let body = text
+                .strip_prefix("---")
+                .unwrap_or(&text)
+                .trim_start_matches('\n');
+            out.push(body.to_string());
+        }
+    }
+    out
+}
+
 impl Lineage {
     /// Reads a model card (`README.md`). A card without front matter declares nothing;
     /// front matter that is not YAML, or a `base_model` that is neither a string nor a
@@ -158,6 +198,35 @@ pub fn is_repo_id(s: &str) -> bool {
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[test]
+    fn licence_and_gating_terms_are_carried_as_yaml() {
+        let card = "---\nlicense: other\nlicense_name: acme-community\nlicense_link: LICENSE.md\n\
+                    tags:\n- x\nextra_gated_prompt: \"Agree: no misuse\"\nextra_gated_fields:\n  \
+                    Company: text\n  I agree: checkbox\nbase_model: a/b\n---\n# Card\n";
+        let lines = licence_lines(card);
+        let joined = lines.join("\n");
+        for want in [
+            "license: other",
+            "license_name: acme-community",
+            "license_link: LICENSE.md",
+        ] {
+            assert!(lines.iter().any(|l| l == want), "{want} in {joined}");
+        }
+        assert!(
+            !joined.contains("tags") && !joined.contains("base_model"),
+            "{joined}"
+        );
+        // Re-read as YAML, the gating terms are what the source said.
+        let doc = &YamlLoader::load_from_str(&joined).expect("yaml")[0];
+        assert_eq!(doc["extra_gated_prompt"].as_str(), Some("Agree: no misuse"));
+        assert_eq!(
+            doc["extra_gated_fields"]["I agree"].as_str(),
+            Some("checkbox")
+        );
+        assert!(licence_lines("# no front matter").is_empty());
+        assert!(licence_lines("---\n: : bad\n  - [\n---\n").is_empty());
+    }
 
     #[test]
     fn reads_base_model_as_string_list_and_relation() {

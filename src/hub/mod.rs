@@ -129,6 +129,40 @@ pub enum Upload {
     },
 }
 
+/// Longest wait to connect to the Hub (or an upload server it names).
+pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
+
+/// Longest wait for the next bytes of a response: a stalled transfer fails (and is
+/// retried as a transient error) instead of hanging.
+pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
+
+/// A revision of a repository and who may read it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct Access {
+    /// The full commit sha.
+    pub commit: String,
+    /// Private: only its owner (and those they allow) can see it.
+    pub private: bool,
+    /// Gated: readers must accept terms first (`auto` or `manual` approval).
+    pub gated: Option<String>,
+}
+
+impl Access {
+    /// Private or gated: what is made from it must not be open to everyone.
+    pub fn restricted(&self) -> bool {
+        self.private || self.gated.is_some()
+    }
+
+    /// "private", "gated (manual)", or "public".
+    pub fn describe(&self) -> String {
+        match (&self.gated, self.private) {
+            (_, true) => "private".into(),
+            (Some(g), false) => format!("gated ({g} approval)"),
+            (None, false) => "public".into(),
+        }
+    }
+}
+
 /// A client of one Hub endpoint.
 #[derive(Clone)]
 pub struct Hub {
@@ -232,8 +266,21 @@ pub(crate) fn hub_error(repo: &str, op: &'static str, e: HFError) -> Error {
 impl Hub {
     /// A client for `cfg`.
     pub fn new(cfg: &HubConfig) -> Result<Self> {
-        let mut b = HFClient::builder()
-            .user_agent(format!("tenpak/{}; hf-hub/1.0", env!("CARGO_PKG_VERSION")));
+        let ua = format!("tenpak/{}; hf-hub/1.0", env!("CARGO_PKG_VERSION"));
+        // hf-hub's default client has no timeouts: a server that accepts and then stalls
+        // would hold a download (and the registry's worker) forever.
+        let hf_http = reqwest13::Client::builder()
+            .user_agent(&ua)
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
+            .build()
+            .map_err(|e| Error::Hub {
+                repo: String::new(),
+                op: "configure",
+                status: None,
+                message: e.to_string(),
+            })?;
+        let mut b = HFClient::builder().user_agent(ua).client(hf_http);
         if let Some(e) = &cfg.endpoint {
             b = b.endpoint(e.trim_end_matches('/'));
         }
@@ -246,6 +293,8 @@ impl Hub {
         let client = b.build().map_err(|e| hub_error("", "configure", e))?;
         let http = reqwest::Client::builder()
             .user_agent(format!("tenpak/{}", env!("CARGO_PKG_VERSION")))
+            .connect_timeout(CONNECT_TIMEOUT)
+            .read_timeout(READ_TIMEOUT)
             .build()
             .map_err(|e| Error::Hub {
                 repo: String::new(),
@@ -272,6 +321,13 @@ impl Hub {
 
     /// The full commit sha that `revision` (branch, tag or sha) of `repo` names now.
     pub async fn resolve(&self, repo: &str, revision: &str) -> Result<String> {
+        Ok(self.access(repo, revision).await?.commit)
+    }
+
+    /// The commit `revision` of `repo` names now, and who may read the repository (one
+    /// model-info call, as the Hub answers it: `private`, and `gated` false, `"auto"` or
+    /// `"manual"`).
+    pub async fn access(&self, repo: &str, revision: &str) -> Result<Access> {
         let (owner, name) = split(repo)?;
         let info = self
             .client
@@ -281,11 +337,21 @@ impl Hub {
             .send()
             .await
             .map_err(|e| hub_error(repo, "model info", e))?;
-        info.sha.ok_or_else(|| Error::Hub {
+        let commit = info.sha.ok_or_else(|| Error::Hub {
             repo: repo.to_string(),
             op: "model info",
             status: None,
             message: format!("the Hub gave no commit sha for revision {revision}"),
+        })?;
+        let gated = match info.gated {
+            None | Some(serde_json::Value::Null) | Some(serde_json::Value::Bool(false)) => None,
+            Some(serde_json::Value::String(s)) => Some(s),
+            Some(other) => Some(other.to_string()),
+        };
+        Ok(Access {
+            commit,
+            private: info.private.unwrap_or(false),
+            gated,
         })
     }
 

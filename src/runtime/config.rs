@@ -104,7 +104,7 @@ impl ModelConfig {
             .and_then(Value::as_u64)
             .map_or(hidden / heads.max(1), |v| v as usize);
         let layers = req("num_hidden_layers")?;
-        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || head_dim % 2 != 0 {
+        if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || !head_dim.is_multiple_of(2) {
             return Err(bad(format!(
                 "{heads} heads, {kv_heads} KV heads, head_dim {head_dim}"
             )));

@@ -3,7 +3,7 @@
 //! response shapes:
 //!
 //! - `GET /api/models/{owner}/{name}[/revision/{rev}]`: model info (`id`, `sha`,
-//!   `siblings`);
+//!   `private`, `gated` as `false`/`"auto"`/`"manual"`, `siblings`);
 //! - `GET /api/models/{owner}/{name}/tree/{rev}?recursive=true`: the file listing;
 //! - `HEAD|GET /{owner}/{name}/resolve/{rev}/{path}`: files with `ETag`,
 //!   `X-Repo-Commit`, `Content-Length` and Range;
@@ -111,6 +111,11 @@ struct Inner {
     xet: BTreeMap<String, String>,
     /// Bytes received by LFS PUTs.
     lfs_bytes_received: u64,
+    /// Who may read a served repository: (private, gated as `auto`/`manual`); absent
+    /// means public.
+    access: BTreeMap<String, (bool, Option<String>)>,
+    /// Repositories created with `private: true`.
+    created_private: Vec<String>,
 }
 
 /// Shared state (also read by the tests).
@@ -167,6 +172,21 @@ impl Hub {
     /// Opens or closes the gate on commits (closed: commit requests wait).
     pub fn set_commit_gate(&self, open: bool) {
         self.commit_gate.send_replace(open);
+    }
+
+    /// Makes a served repository private and/or gated (`"auto"` or `"manual"`), as its
+    /// model info will say.
+    pub fn set_access(&self, repo: &str, private: bool, gated: Option<&str>) {
+        self.inner
+            .lock()
+            .expect("lock")
+            .access
+            .insert(repo.into(), (private, gated.map(str::to_string)));
+    }
+
+    /// Repositories created private so far.
+    pub fn created_private(&self) -> Vec<String> {
+        self.inner.lock().expect("lock").created_private.clone()
     }
 
     /// Serves one more model repository.
@@ -267,6 +287,14 @@ async fn info_rev(
             format!("Repository Not Found for url: {repo}"),
         );
     };
+    let (private, gated) = hub
+        .inner
+        .lock()
+        .expect("lock")
+        .access
+        .get(&repo)
+        .cloned()
+        .unwrap_or_default();
     Json(json!({
         "_id": "6512aa01c2d3e4f5a6b7c8d9",
         "id": m.repo,
@@ -274,9 +302,9 @@ async fn info_rev(
         "author": o,
         "sha": m.sha,
         "lastModified": "2026-11-26T09:00:00.000Z",
-        "private": false,
+        "private": private,
         "disabled": false,
-        "gated": false,
+        "gated": gated.map_or(json!(false), |g| json!(g)),
         "tags": ["safetensors", "llama"],
         "library_name": "transformers",
         "siblings": files_of(&m.dir).into_iter().map(|(f, _)| json!({ "rfilename": f })).collect::<Vec<_>>(),
@@ -649,6 +677,9 @@ async fn create_repo(
         return (StatusCode::CONFLICT, Json(json!({ "error": "You already created this model repo", "url": format!("https://huggingface.co/{repo}") }))).into_response();
     }
     inner.created.push(repo.clone());
+    if body["private"].as_bool() == Some(true) {
+        inner.created_private.push(repo.clone());
+    }
     Json(json!({ "url": format!("https://huggingface.co/{repo}"), "name": repo, "id": "66aa00" }))
         .into_response()
 }
@@ -805,6 +836,8 @@ pub fn start_with(models: Vec<ModelRepo>, token: &str, gate_open: bool, mode: Mo
             parts: BTreeMap::new(),
             xet: BTreeMap::new(),
             lfs_bytes_received: 0,
+            access: BTreeMap::new(),
+            created_private: vec![],
         })),
         gate: Arc::new(gate),
         weight_gets: Arc::new(AtomicUsize::new(0)),

@@ -82,9 +82,48 @@ pub struct Registry {
 impl Registry {
     /// Starts `tenpak-registry serve` on a free port against the Hub at `hub_url`.
     pub fn start(data_dir: &Path, hub_url: &str, extra_env: &[(&str, &str)]) -> Self {
+        Self::start_args(data_dir, hub_url, extra_env, &[])
+    }
+
+    /// [`Registry::start`] with a config file holding `toml` (written beside the data dir).
+    pub fn start_with_config(
+        data_dir: &Path,
+        hub_url: &str,
+        extra_env: &[(&str, &str)],
+        toml: &str,
+    ) -> Self {
+        let cfg = data_dir.with_extension("toml");
+        std::fs::write(&cfg, toml).expect("config");
+        Self::start_args(
+            data_dir,
+            hub_url,
+            extra_env,
+            &["--config", cfg.to_str().expect("utf-8 path")],
+        )
+    }
+
+    /// [`Registry::start`] with more `serve` arguments.
+    pub fn start_args(
+        data_dir: &Path,
+        hub_url: &str,
+        extra_env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
+        Self::try_start(data_dir, hub_url, extra_env, args)
+            .unwrap_or_else(|log| panic!("registry did not start listening:\n{log}"))
+    }
+
+    /// Starts the registry, or returns what it printed when it exits without listening.
+    pub fn try_start(
+        data_dir: &Path,
+        hub_url: &str,
+        extra_env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Result<Self, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenpak-registry"));
         cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
             .arg(data_dir)
+            .args(args)
             .env("HF_ENDPOINT", hub_url)
             .env("HF_TOKEN", HUB_TOKEN)
             .env("TENPAK_WEBHOOK_SECRET", SECRET)
@@ -119,10 +158,24 @@ impl Registry {
                 log2.lock().expect("log").push(line);
             }
         });
-        let url = rx
-            .recv_timeout(Duration::from_secs(30))
-            .expect("registry did not start listening");
-        Self { url, child, log }
+        let t0 = Instant::now();
+        loop {
+            match rx.recv_timeout(Duration::from_millis(100)) {
+                Ok(url) => return Ok(Self { url, child, log }),
+                Err(_) if t0.elapsed() > Duration::from_secs(30) => {
+                    let _ = child.kill();
+                    return Err("no address in 30 s".into());
+                }
+                Err(_) => {
+                    if let Ok(Some(status)) = child.try_wait() {
+                        // Let the reader thread take the last lines.
+                        std::thread::sleep(Duration::from_millis(200));
+                        let text = log.lock().expect("log").join("\n");
+                        return Err(format!("exited with {status}:\n{text}"));
+                    }
+                }
+            }
+        }
     }
 
     /// Kills the process (SIGKILL: no cleanup of any kind).

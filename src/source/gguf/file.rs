@@ -499,7 +499,7 @@ mod tests {
         b.extend_from_slice(&2u64.to_le_bytes());
         b.extend_from_slice(&0u32.to_le_bytes()); // F32
         b.extend_from_slice(&0u64.to_le_bytes());
-        while b.len() % 32 != 0 {
+        while !b.len().is_multiple_of(32) {
             b.push(0);
         }
         let data_start = b.len();

@@ -1,0 +1,282 @@
+//! The registry under hostile or unlucky conditions (issue #15): private and gated
+//! sources, jobs that kill the process, retries, and a second process on one data dir.
+//! The Hub is the local stand-in (`tests/it/hub_standin.rs`), which speaks the Hub's
+//! model-info, tree, resolve, repo-create and commit APIs.
+
+mod common;
+
+use std::sync::atomic::Ordering;
+use std::time::{Duration, Instant};
+
+use common::*;
+use serde_json::Value;
+
+/// Waits until the stand-in has seen `n` weight downloads (the job is in `download`,
+/// held at the gate).
+fn wait_downloads(hub: &hub::Running, n: usize) {
+    let t0 = Instant::now();
+    while hub.hub.weight_gets.load(Ordering::Relaxed) < n {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "download {n} never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
+#[test]
+fn restricted_sources_are_refused_or_published_privately_with_their_licence() {
+    let Fixture { tmp, hub, model } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
+    std::fs::write(
+        model.join("README.md"),
+        "---\nlicense: llama3.2\nextra_gated_prompt: \"Agree to the Acme licence\"\n\
+         tags:\n- text-generation\n---\n\n# Tiny\n",
+    )
+    .expect("card");
+    hub.hub.set_access(REPO, false, Some("manual"));
+    let data = tmp.path().join("data");
+    let mut reg = Registry::start(&data, &hub.url, &[]);
+    let cl = client();
+
+    // The Studio API refuses at once, with a stable code.
+    let r = cl
+        .post(format!("{}/compress", reg.url))
+        .bearer_auth(API_TOKEN)
+        .json(&serde_json::json!({ "model_id": REPO }))
+        .send()
+        .expect("compress");
+    assert_eq!(r.status().as_u16(), 403);
+    let v: Value = r.json().expect("json");
+    assert_eq!(v["code"], "restricted_source", "{v}");
+    // A webhook (whose payload says nothing of gating) makes a job that fails with the
+    // reason, on its first attempt, and nothing reaches the Hub.
+    let id = reg.deliver();
+    let job = reg.wait_job(id, Duration::from_secs(60));
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempts"], 1);
+    assert!(
+        job["error"].as_str().unwrap_or("").contains("gated"),
+        "{job}"
+    );
+    assert!(hub.hub.commits().is_empty() && hub.hub.created().is_empty());
+    reg.kill();
+
+    // With allow_private the redelivery retries the failed job, and the companion is
+    // created private, carries the source's licence and gating terms, and is not served
+    // to anyone without the API token.
+    let reg = Registry::start_with_config(&data, &hub.url, &[], "allow_private = true\n");
+    let v: Value = reg
+        .webhook(&content_update(REPO, SHA), Some(SECRET))
+        .json()
+        .expect("json");
+    assert_eq!(
+        (v["action"].as_str(), v["job_id"].as_i64()),
+        (Some("retry"), Some(id))
+    );
+    let job = reg.wait_job(id, Duration::from_secs(120));
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(hub.hub.created_private(), vec![COMPANION.to_string()]);
+    let commits = hub.hub.commits();
+    assert_eq!(commits.len(), 1);
+    let card = String::from_utf8_lossy(&commits[0].files["README.md"]).into_owned();
+    let front = tenpak::hub::card::front_matter(&card).expect("front matter");
+    assert!(front.contains("license: llama3.2"), "{front}");
+    assert!(
+        front.contains("extra_gated_prompt: Agree to the Acme licence"),
+        "{front}"
+    );
+    assert!(
+        card.contains("The source is gated (manual approval)"),
+        "{card}"
+    );
+
+    let artifact = job["artifacts"][0]["id"]
+        .as_str()
+        .expect("artifact")
+        .to_string();
+    for path in [
+        format!("/api/models/{COMPANION}"),
+        format!("/api/models/{COMPANION}/tree/main"),
+        format!("/{COMPANION}/resolve/main/README.md"),
+        format!("/artifact/{artifact}"),
+    ] {
+        let open = reg.get(&path);
+        assert_eq!(open.status().as_u16(), 404, "{path} without a token");
+        let authed = cl
+            .get(format!("{}{path}", reg.url))
+            .bearer_auth(API_TOKEN)
+            .send()
+            .expect("GET");
+        assert!(
+            authed.status().is_success(),
+            "{path} with the token: {}",
+            authed.status()
+        );
+        if path == format!("/api/models/{COMPANION}") {
+            let v: Value = authed.json().expect("json");
+            assert_eq!(v["private"], true);
+        }
+    }
+}
+
+#[test]
+fn a_job_that_kills_the_registry_fails_after_max_attempts_and_a_retry_runs_it() {
+    let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, false, hub::Mode::Regular);
+    let data = tmp.path().join("data");
+    let config = "max_attempts = 2\n";
+    // Two starts, each killed while the job downloads (as an out-of-memory kill would).
+    let mut reg = Registry::start_with_config(&data, &hub.url, &[], config);
+    let id = reg.deliver();
+    for n in 1..=2 {
+        if n > 1 {
+            reg = Registry::start_with_config(&data, &hub.url, &[], config);
+        }
+        wait_downloads(&hub, n);
+        reg.kill();
+    }
+    // The third start does not run it again: failed, with the reason; the service is up.
+    let reg = Registry::start_with_config(&data, &hub.url, &[], config);
+    let job = reg.get_json(&format!("/status/{id}"));
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempts"], 2);
+    assert!(
+        job["error"].as_str().unwrap_or("").contains("2 attempts"),
+        "{job}"
+    );
+    std::thread::sleep(Duration::from_millis(500));
+    assert_eq!(
+        hub.hub.weight_gets.load(Ordering::Relaxed),
+        2,
+        "not claimed again"
+    );
+    let dead = reg.get_json("/jobs?state=failed");
+    assert_eq!(dead["total"], 1);
+    assert_eq!(dead["jobs"][0]["id"], id);
+    assert_eq!(reg.get("/jobs?state=bogus").status().as_u16(), 400);
+
+    // A retry needs the token, puts it back with its attempts counted afresh, and it
+    // completes once the Hub lets the download through.
+    let url = format!("{}/jobs/{id}/retry", reg.url);
+    let cl = client();
+    assert_eq!(cl.post(&url).send().expect("retry").status().as_u16(), 401);
+    let r = cl.post(&url).bearer_auth(API_TOKEN).send().expect("retry");
+    assert_eq!(r.status().as_u16(), 202);
+    hub.hub.set_gate(true);
+    let job = reg.wait_job(id, Duration::from_secs(120));
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["attempts"], 1);
+    assert_eq!(hub.hub.commits().len(), 1);
+    let again = cl.post(&url).bearer_auth(API_TOKEN).send().expect("retry");
+    assert_eq!(again.status().as_u16(), 409, "a done job is not retried");
+}
+
+#[test]
+fn a_second_registry_on_the_same_data_dir_is_refused_and_the_cli_retries() {
+    let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
+    let data = tmp.path().join("data");
+    let first = Registry::start(&data, &hub.url, &[]);
+    let second = Registry::try_start(&data, &hub.url, &[], &[]);
+    let log = second.err().expect("the second process must not start");
+    assert!(log.contains("another tenpak-registry is running"), "{log}");
+    // The data dir (Hub cache, database, secrets) is its owner's only.
+    use std::os::unix::fs::PermissionsExt;
+    let mode = std::fs::metadata(&data).expect("data").permissions().mode();
+    assert_eq!(mode & 0o077, 0, "data dir mode {mode:o}");
+    // The CLI's retry refuses a job that has not failed, and an unknown one.
+    let id = first.deliver();
+    first.wait_job(id, Duration::from_secs(120));
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenpak-registry"))
+        .args(["retry", &id.to_string(), "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("retry");
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("only a failed job is retried"));
+    drop(first);
+    // Killed (no cleanup at all): the lock goes with the process.
+    Registry::start(&data, &hub.url, &[]);
+}
+
+/// Reads from `s` until the server closes it (or answers); `None` if it is still open
+/// after `wait`.
+fn closed_within(s: &mut std::net::TcpStream, wait: Duration) -> Option<String> {
+    use std::io::Read;
+    s.set_read_timeout(Some(wait)).expect("timeout");
+    let mut buf = Vec::new();
+    let mut chunk = [0u8; 4096];
+    loop {
+        match s.read(&mut chunk) {
+            Ok(0) => return Some(String::from_utf8_lossy(&buf).into_owned()),
+            Ok(n) => buf.extend_from_slice(&chunk[..n]),
+            Err(e) if e.kind() == std::io::ErrorKind::ConnectionReset => {
+                return Some(String::from_utf8_lossy(&buf).into_owned())
+            }
+            Err(_) => return None, // timed out: still open
+        }
+    }
+}
+
+#[test]
+fn slow_clients_are_cut_off_and_the_connection_cap_holds() {
+    use std::io::Write;
+    let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
+    let reg = Registry::start_with_config(
+        &tmp.path().join("data"),
+        &hub.url,
+        &[],
+        "max_connections = 8\nheader_timeout_s = 1\nbody_timeout_s = 1\n",
+    );
+    let addr = reg.url.trim_start_matches("http://").to_string();
+    // Slowloris: eight connections that send half a request's headers and stop.
+    let mut slow: Vec<_> = (0..8)
+        .map(|_| {
+            let mut s = std::net::TcpStream::connect(&addr).expect("connect");
+            s.write_all(b"GET / HTTP/1.1\r\nHost: x\r\nX-Slow: ")
+                .expect("write");
+            s
+        })
+        .collect();
+    std::thread::sleep(Duration::from_millis(200));
+    // The cap is reached: one more connection is closed at once, unanswered.
+    let mut extra = std::net::TcpStream::connect(&addr).expect("connect");
+    let _ = extra.write_all(b"GET / HTTP/1.1\r\nHost: x\r\n\r\n");
+    let got = closed_within(&mut extra, Duration::from_secs(5)).expect("closed over the cap");
+    assert!(got.is_empty(), "over the cap, answered: {got}");
+    // The header timeout closes the slow ones, and the service answers again.
+    for s in &mut slow {
+        assert!(
+            closed_within(s, Duration::from_secs(5)).is_some(),
+            "a slow client kept its connection"
+        );
+    }
+    assert!(reg.get("/").status().is_success());
+    // A body that trickles: cut off after the body timeout.
+    let mut trickle = std::net::TcpStream::connect(&addr).expect("connect");
+    trickle
+        .write_all(
+            format!(
+                "POST /webhooks/hub HTTP/1.1\r\nHost: x\r\nX-Webhook-Secret: {SECRET}\r\n\
+                 Content-Type: application/json\r\nContent-Length: 100000\r\n\r\n{{\"event\":"
+            )
+            .as_bytes(),
+        )
+        .expect("write");
+    let t0 = Instant::now();
+    let got = closed_within(&mut trickle, Duration::from_secs(8)).expect("trickle cut off");
+    assert!(t0.elapsed() < Duration::from_secs(8));
+    assert!(
+        got.is_empty() || got.starts_with("HTTP/1.1 408") || got.starts_with("HTTP/1.1 400"),
+        "{got}"
+    );
+    // A body over the cap is refused before it is read.
+    let big = vec![b' '; 5 << 20];
+    let r = client()
+        .post(format!("{}/webhooks/hub", reg.url))
+        .header("X-Webhook-Secret", SECRET)
+        .body(big)
+        .send();
+    if let Ok(r) = r {
+        assert_eq!(r.status().as_u16(), 413);
+    }
+    assert_eq!(reg.get_json("/")["status"], "ok");
+}
