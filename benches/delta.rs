@@ -5,6 +5,11 @@
 //!
 //!     TENPAK_FIXTURES=... cargo bench --bench delta
 //!
+//! Every delta family is measured: exact (two zstd levels), sign x scale, the lossy
+//! families `--delta auto` chooses from, and the grid against the base stored as INT4
+//! g128 (as `balanced` stores an MLP matrix). The output `apply` writes is f32 (4 bytes
+//! per weight): the f32 output rate is twice the figure printed.
+//!
 //! Goal (issue #14): `delta_exact` applies at ≥ 1 GB/s of output per core. Skipped (with
 //! a message) when the fixture pair is absent.
 
@@ -13,7 +18,8 @@
 use criterion::{black_box, criterion_group, criterion_main, BenchmarkId, Criterion, Throughput};
 use tenpak::codec::delta_exact::DeltaExact;
 use tenpak::codec::delta_sign::DeltaSign;
-use tenpak::codec::{self, BaseView, DeltaCodec};
+use tenpak::codec::{self, BaseView, CodecSpec, DeltaCodec};
+use tenpak::delta::choose::Choice;
 use tenpak::dtype::DType;
 use tenpak::source::{HfModelDir, TensorSource};
 
@@ -66,22 +72,61 @@ fn bench(c: &mut Criterion) {
                 black_box(&dst);
             })
         });
-        let codecs: Vec<(&str, Box<dyn DeltaCodec>)> = vec![
-            ("exact_l19", Box::new(DeltaExact::new(DType::BF16))),
+        // The base as `balanced` stores it (INT4 g128 here), for the grid delta.
+        let base_int4 = CodecSpec::int4(128)
+            .build()
+            .expect("int4")
+            .encode(&b, rows, cols, None)
+            .expect("base int4");
+        let base_int4_values = codec::decode_vec(&base_int4).expect("base decode");
+        let grid_view = BaseView {
+            values: &base_int4_values,
+            encoded: Some(&base_int4),
+        };
+        let mut codecs: Vec<(String, Box<dyn DeltaCodec>, &BaseView<'_>)> = vec![
             (
-                "exact_l9",
+                "exact_l19".into(),
+                Box::new(DeltaExact::new(DType::BF16)),
+                &view,
+            ),
+            (
+                "exact_l9".into(),
                 Box::new(DeltaExact {
                     dtype: DType::BF16,
                     level: 9,
                 }),
+                &view,
             ),
-            ("sign", Box::new(DeltaSign)),
+            ("sign".into(), Box::new(DeltaSign), &view),
         ];
-        for (label, codec) in &codecs {
+        // The lossy families `--delta auto` chooses from (one of each), and the grid.
+        for choice in [
+            Choice::Int { bits: 2, group: 128 },
+            Choice::Int { bits: 4, group: 128 },
+            Choice::QuantLowRank { rank: 64, bits: 4 },
+            Choice::LowRankInt {
+                rank: 16,
+                bits: 2,
+                group: 128,
+            },
+        ] {
+            let c = choice
+                .codec(DType::BF16, 19, 1.5)
+                .expect("codec")
+                .expect("has bytes");
+            codecs.push((choice.label().replace(['+', ' '], ""), c, &view));
+        }
+        let grid = Choice::Grid
+            .codec(DType::BF16, 19, 1.5)
+            .expect("codec")
+            .expect("has bytes");
+        codecs.push(("grid_on_int4_g128".into(), grid, &grid_view));
+        for (label, codec, view) in &codecs {
+            let view: &BaseView<'_> = view;
             // Encoding is timed once (zstd at level 19 is slow, and not a goal).
             let t0 = std::time::Instant::now();
             let enc = pool
-                .install(|| codec.encode(&w, &view, rows, cols, None))
+                .install(|| codec.encode(&w, view, rows, cols, None))
                 .expect("encode")
                 .expect("applies");
             let secs = t0.elapsed().as_secs_f64();
@@ -94,7 +139,7 @@ fn bench(c: &mut Criterion) {
             let mut out = vec![0f32; w.len()];
             g.bench_function(BenchmarkId::new(format!("apply_{label}"), short), |bn| {
                 bn.iter(|| {
-                    pool.install(|| codec::apply(black_box(&enc), &view, &mut out))
+                    pool.install(|| codec::apply(black_box(&enc), view, &mut out))
                         .expect("apply");
                     black_box(&out);
                 })
