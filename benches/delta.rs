@@ -101,8 +101,14 @@ fn bench(c: &mut Criterion) {
         ];
         // The lossy families `--delta auto` chooses from (one of each), and the grid.
         for choice in [
-            Choice::Int { bits: 2, group: 128 },
-            Choice::Int { bits: 4, group: 128 },
+            Choice::Int {
+                bits: 2,
+                group: 128,
+            },
+            Choice::Int {
+                bits: 4,
+                group: 128,
+            },
             Choice::QuantLowRank { rank: 64, bits: 4 },
             Choice::LowRankInt {
                 rank: 16,

@@ -21,6 +21,19 @@ pub struct ChunkStore {
     dir: PathBuf,
 }
 
+/// What a [`ChunkStore::sweep`] did.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq)]
+pub struct Swept {
+    /// Pieces some artifact or revision names.
+    pub kept: u64,
+    /// Unreferenced pieces (or temporary files) spared as younger than the grace period.
+    pub young: u64,
+    /// Pieces and temporary files removed.
+    pub removed: u64,
+    /// Their bytes.
+    pub bytes_freed: u64,
+}
+
 /// What ingesting one file did.
 #[derive(Debug, Clone, Default, PartialEq)]
 pub struct Ingested {
@@ -62,6 +75,12 @@ impl ChunkStore {
             return Err(std::io::Error::other(format!("bad piece name {sha}")));
         };
         if path.exists() {
+            // Young again: a sweep spares pieces touched within its grace period, so a
+            // piece found here is not collected before the artifact naming it is recorded.
+            let _ = std::fs::File::options()
+                .write(true)
+                .open(&path)
+                .and_then(|f| f.set_modified(std::time::SystemTime::now()));
             return Ok(false);
         }
         if let Some(parent) = path.parent() {
@@ -72,6 +91,55 @@ impl ChunkStore {
         tmp.as_file().sync_data()?;
         tmp.persist(&path).map_err(|e| e.error)?;
         Ok(true)
+    }
+
+    /// Mark and sweep: removes every stored piece not in `referenced` (the pieces of
+    /// every recorded artifact and companion revision) that is older than `grace`, and
+    /// temporary files older than `grace`. Safe while jobs ingest: a piece written or
+    /// found again within the grace period is young, and a job records its artifact
+    /// well within it.
+    pub fn sweep(
+        &self,
+        referenced: &std::collections::HashSet<String>,
+        grace: std::time::Duration,
+    ) -> std::io::Result<Swept> {
+        let now = std::time::SystemTime::now();
+        let old = |m: &std::fs::Metadata| {
+            m.modified()
+                .ok()
+                .and_then(|t| now.duration_since(t).ok())
+                .is_some_and(|age| age >= grace)
+        };
+        let mut out = Swept::default();
+        for d in std::fs::read_dir(&self.dir)? {
+            let d = d?;
+            let prefix = d.file_name().to_string_lossy().into_owned();
+            if !d.file_type()?.is_dir() {
+                continue;
+            }
+            let tmp = prefix == "tmp";
+            if !tmp && (prefix.len() != 2 || !prefix.bytes().all(|c| c.is_ascii_hexdigit())) {
+                continue;
+            }
+            for f in std::fs::read_dir(d.path())? {
+                let f = f?;
+                let meta = f.metadata()?;
+                if !meta.is_file() {
+                    continue;
+                }
+                let sha = format!("{prefix}{}", f.file_name().to_string_lossy());
+                if !tmp && referenced.contains(&sha) {
+                    out.kept += 1;
+                } else if !old(&meta) {
+                    out.young += 1;
+                } else {
+                    std::fs::remove_file(f.path())?;
+                    out.removed += 1;
+                    out.bytes_freed += meta.len();
+                }
+            }
+        }
+        Ok(out)
     }
 
     /// Cuts `file` (an artifact whose chunk table is `chunks`, sorted by offset) into
@@ -215,5 +283,48 @@ impl Representation for Assembled {
             })
             .collect();
         tenpak::serve::file_slices_body(slices)
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use std::collections::HashSet;
+    use std::time::Duration;
+
+    #[test]
+    fn a_sweep_removes_only_old_unreferenced_pieces() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let store = ChunkStore::open(&tmp.path().join("chunks")).expect("store");
+        let a = store.put_bytes(b"kept: an artifact names it").expect("a");
+        let b = store
+            .put_bytes(b"orphan: its job failed before recording")
+            .expect("b");
+        std::fs::write(tmp.path().join("chunks/tmp/partial"), b"x").expect("tmp file");
+        let refs: HashSet<String> = [a.clone()].into();
+        // Within the grace period nothing goes.
+        let s = store
+            .sweep(&refs, Duration::from_secs(3600))
+            .expect("sweep");
+        assert_eq!((s.kept, s.young, s.removed), (1, 2, 0));
+        let s = store.sweep(&refs, Duration::ZERO).expect("sweep");
+        assert_eq!((s.kept, s.removed), (1, 2));
+        assert!(store.contains(&a) && !store.contains(&b));
+        assert!(!tmp.path().join("chunks/tmp/partial").exists());
+        // A piece stored again is young again (an ingest that found it is protected).
+        let old = store.path(&a).expect("path");
+        let f = std::fs::File::options()
+            .write(true)
+            .open(&old)
+            .expect("open");
+        f.set_modified(std::time::SystemTime::now() - Duration::from_secs(7200))
+            .expect("age it");
+        store
+            .put_bytes(b"kept: an artifact names it")
+            .expect("again");
+        let s = store
+            .sweep(&HashSet::new(), Duration::from_secs(3600))
+            .expect("sweep");
+        assert_eq!((s.young, s.removed), (1, 0));
     }
 }

@@ -96,6 +96,46 @@ pub fn lock_data_dir(dir: &std::path::Path) -> anyhow::Result<std::fs::File> {
     }
 }
 
+/// Webhook deliveries kept (the newest; [`maintenance`] deletes older rows).
+pub const DELIVERIES_KEPT: i64 = 100_000;
+
+/// How old an unreferenced chunk-store piece must be before a sweep removes it.
+pub const SWEEP_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
+
+/// One round of housekeeping: prunes old webhook deliveries and sweeps chunk-store
+/// pieces no artifact or revision names (orphans of failed jobs) older than `grace`.
+/// Safe while the registry runs (see [`chunks::ChunkStore::sweep`]).
+pub fn maintenance(
+    store: &store::Store,
+    chunks: &chunks::ChunkStore,
+    grace: std::time::Duration,
+) -> anyhow::Result<(usize, chunks::Swept)> {
+    let pruned = store.prune_deliveries(DELIVERIES_KEPT)?;
+    // The mark is taken now: pieces written after it are younger than `grace` and spared.
+    let referenced = store.referenced_pieces()?;
+    let swept = chunks.sweep(&referenced, grace)?;
+    Ok((pruned, swept))
+}
+
+/// Runs [`maintenance`] at start and every six hours, off the async threads.
+async fn maintain(ctx: Arc<pipeline::Ctx>) {
+    loop {
+        let c = ctx.clone();
+        match tokio::task::spawn_blocking(move || maintenance(&c.store, &c.chunks, SWEEP_GRACE))
+            .await
+        {
+            Ok(Ok((pruned, s))) if pruned > 0 || s.removed > 0 => eprintln!(
+                "maintenance: {pruned} old deliveries pruned; {} unreferenced pieces ({} bytes) removed",
+                s.removed, s.bytes_freed
+            ),
+            Ok(Ok(_)) => {}
+            Ok(Err(e)) => eprintln!("maintenance: {e:#}"),
+            Err(e) => eprintln!("maintenance: {e}"),
+        }
+        tokio::time::sleep(std::time::Duration::from_secs(6 * 3600)).await;
+    }
+}
+
 /// Ctrl-C or SIGTERM (systemd, docker stop).
 async fn shutdown_signal() {
     let term = async {
@@ -145,6 +185,7 @@ pub async fn serve(ctx: Arc<pipeline::Ctx>) -> anyhow::Result<()> {
     for n in 0..ctx.settings.workers {
         tokio::spawn(pipeline::worker(ctx.clone(), n));
     }
+    tokio::spawn(maintain(ctx.clone()));
     let limits = ctx.settings.limits;
     server::serve(listener, api::router(ctx), limits, shutdown_signal()).await?;
     Ok(())

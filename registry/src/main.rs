@@ -40,6 +40,17 @@ enum Command {
         #[arg(long)]
         workers: Option<usize>,
     },
+    /// Housekeeping now (the registry also runs it every six hours): prune old webhook
+    /// deliveries and remove chunk-store pieces that no artifact or revision names and
+    /// that are older than the grace period. Safe while the registry runs.
+    Gc {
+        /// The registry's data dir.
+        #[arg(long, default_value = "tenpak-registry-data")]
+        data_dir: PathBuf,
+        /// Unreferenced pieces younger than this are kept (hours).
+        #[arg(long, default_value_t = 24.0)]
+        grace_hours: f64,
+    },
     /// Put a failed job back in the queue, its attempts counted afresh (the same as
     /// `POST /jobs/{id}/retry`; a running registry picks it up within seconds).
     Retry {
@@ -72,6 +83,27 @@ fn main() -> anyhow::Result<()> {
             // A job mid-pack is not waited for: it is requeued at the next start.
             rt.shutdown_timeout(std::time::Duration::from_secs(1));
             r
+        }
+        Command::Gc {
+            data_dir,
+            grace_hours,
+        } => {
+            if !(grace_hours.is_finite() && grace_hours >= 0.0) {
+                anyhow::bail!("--grace-hours must be a number of hours >= 0");
+            }
+            let db = data_dir.join("registry.sqlite3");
+            if !db.exists() {
+                anyhow::bail!("no registry database at {}", db.display());
+            }
+            let store = tenpak_registry::store::Store::open(&db)?;
+            let chunks = tenpak_registry::chunks::ChunkStore::open(&data_dir.join("chunks"))?;
+            let grace = std::time::Duration::from_secs_f64(grace_hours * 3600.0);
+            let (pruned, s) = tenpak_registry::maintenance(&store, &chunks, grace)?;
+            println!(
+                "{pruned} old deliveries pruned; pieces: {} kept, {} young spared, {} removed ({} bytes)",
+                s.kept, s.young, s.removed, s.bytes_freed
+            );
+            Ok(())
         }
         Command::Retry { id, data_dir } => {
             let db = data_dir.join("registry.sqlite3");

@@ -679,6 +679,40 @@ impl Store {
         Ok(rows)
     }
 
+    /// Every chunk-store piece a recorded artifact or companion revision names (the
+    /// mark of the chunk store's mark and sweep).
+    pub fn referenced_pieces(&self) -> Result<std::collections::HashSet<String>> {
+        let c = self.conn();
+        let mut out = std::collections::HashSet::new();
+        let mut st = c.prepare("SELECT pieces FROM artifacts")?;
+        for p in st.query_map([], |r| r.get::<_, String>(0))? {
+            let pieces: Vec<(String, u64)> =
+                serde_json::from_str(&p?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            out.extend(pieces.into_iter().map(|(sha, _)| sha));
+        }
+        let mut st = c.prepare("SELECT files FROM repo_revisions")?;
+        for f in st.query_map([], |r| r.get::<_, String>(0))? {
+            let files: Vec<RepoFile> =
+                serde_json::from_str(&f?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
+            // A stored artifact's file is its pieces (above); other files are one piece.
+            out.extend(
+                files
+                    .into_iter()
+                    .filter(|f| f.artifact.is_none())
+                    .map(|f| f.sha256),
+            );
+        }
+        Ok(out)
+    }
+
+    /// Keeps the newest `keep` webhook deliveries; returns how many were deleted.
+    pub fn prune_deliveries(&self, keep: i64) -> Result<usize> {
+        Ok(self.conn().execute(
+            "DELETE FROM deliveries WHERE id <= (SELECT MAX(id) FROM deliveries) - ?1",
+            [keep],
+        )?)
+    }
+
     /// Records a companion revision (idempotent).
     pub fn add_revision(&self, r: &RepoRevision) -> Result<()> {
         let files =

@@ -192,6 +192,45 @@ fn a_second_registry_on_the_same_data_dir_is_refused_and_the_cli_retries() {
         .expect("retry");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("only a failed job is retried"));
+    // Housekeeping while it runs: an orphan piece (a failed job's) is swept, every piece
+    // an artifact or revision names is kept, and the artifact still reads back whole.
+    let orphan = data.join("chunks/ab").join("c".repeat(62));
+    std::fs::create_dir_all(orphan.parent().expect("dir")).expect("dir");
+    std::fs::write(&orphan, b"left by a job that failed after storing").expect("orphan");
+    let before = first
+        .get(&format!("/status/{id}"))
+        .json::<Value>()
+        .expect("json");
+    let art = before["artifacts"][0]["id"]
+        .as_str()
+        .expect("artifact")
+        .to_string();
+    let bytes_before = first
+        .get(&format!("/artifact/{art}"))
+        .bytes()
+        .expect("bytes");
+    let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenpak-registry"))
+        .args(["gc", "--grace-hours", "0", "--data-dir"])
+        .arg(&data)
+        .output()
+        .expect("gc");
+    let said = String::from_utf8_lossy(&out.stdout);
+    assert!(
+        out.status.success(),
+        "{said} {}",
+        String::from_utf8_lossy(&out.stderr)
+    );
+    assert!(said.contains(" 1 removed"), "{said}");
+    assert!(!orphan.exists());
+    let bytes_after = first
+        .get(&format!("/artifact/{art}"))
+        .bytes()
+        .expect("bytes");
+    assert_eq!(bytes_before, bytes_after);
+    assert!(first
+        .get(&format!("/{COMPANION}/resolve/main/README.md"))
+        .status()
+        .is_success());
     drop(first);
     // Killed (no cleanup at all): the lock goes with the process.
     Registry::start(&data, &hub.url, &[]);
