@@ -53,6 +53,9 @@ pub struct Settings {
     pub secret_files: Vec<PathBuf>,
     /// Connection and request limits of the HTTP server.
     pub limits: crate::server::Limits,
+    /// Largest model accepted (all its safetensors) and largest side file (config,
+    /// tokenizer, card), checked against the Hub's listing before downloading.
+    pub download_limits: tenpak::hub::DownloadLimits,
 }
 
 /// The config file: every key optional.
@@ -97,7 +100,17 @@ pub struct FileConfig {
     pub request_timeout_s: Option<f64>,
     /// See [`crate::server::Limits::max_body_bytes`].
     pub max_body_bytes: Option<usize>,
+    /// See [`Settings::download_limits`] (bytes of all weights).
+    pub max_model_bytes: Option<u64>,
+    /// See [`Settings::download_limits`] (bytes of one side file).
+    pub max_side_file_bytes: Option<u64>,
 }
+
+/// Default cap on a model's weights (all its safetensors): 64 GiB.
+pub const DEFAULT_MAX_MODEL_BYTES: u64 = 64 << 30;
+
+/// Default cap on one side file (config, tokenizer, card): 64 MiB.
+pub const DEFAULT_MAX_SIDE_FILE_BYTES: u64 = 64 << 20;
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -289,6 +302,12 @@ impl Settings {
             delta_bits_per_weight,
             secret_files,
             limits,
+            download_limits: tenpak::hub::DownloadLimits {
+                max_weights_bytes: file.max_model_bytes.unwrap_or(DEFAULT_MAX_MODEL_BYTES),
+                max_side_file_bytes: file
+                    .max_side_file_bytes
+                    .unwrap_or(DEFAULT_MAX_SIDE_FILE_BYTES),
+            },
         })
     }
 

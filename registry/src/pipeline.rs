@@ -376,6 +376,18 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
     if !tenpak::hub::is_commit(&job.revision) {
         ctx.store.set_revision(id, &commit)?;
     }
+    // Sizes from the listing, before any byte is downloaded: the files packing reads
+    // (weights, config, tokenizer, adapter) and the card.
+    let listing: Vec<(String, u64)> = ctx
+        .hub
+        .list_files_sized(&job.repo, &commit)
+        .await?
+        .into_iter()
+        .filter(|(f, _)| tenpak::hub::wanted(f) || f == "README.md")
+        .collect();
+    ctx.settings
+        .download_limits
+        .check(&job.repo, &commit, &listing)?;
     if access.restricted() && !ctx.settings.allow_private {
         return Err(JobError::permanent(format!(
             "{} is {}: its weights are not republished (allow_private is off; with it on, \

@@ -319,3 +319,32 @@ fn slow_clients_are_cut_off_and_the_connection_cap_holds() {
     }
     assert_eq!(reg.get_json("/")["status"], "ok");
 }
+
+#[test]
+fn a_model_over_the_size_caps_is_refused_before_any_byte_is_downloaded() {
+    let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
+    for (n, (config, what)) in [
+        ("max_model_bytes = 1000\n", "weight bytes"),
+        ("max_side_file_bytes = 16\n", "side-file bytes"),
+    ]
+    .into_iter()
+    .enumerate()
+    {
+        let data = tmp.path().join(format!("data{n}"));
+        let reg = Registry::start_with_config(&data, &hub.url, &[], config);
+        let job = reg.wait_job(reg.deliver(), Duration::from_secs(60));
+        assert_eq!(job["state"], "failed", "{job}");
+        assert_eq!(job["attempts"], 1, "not retried: {job}");
+        let err = job["error"].as_str().unwrap_or("");
+        assert!(
+            err.contains(what) && err.contains("above the limit"),
+            "{err}"
+        );
+    }
+    assert_eq!(
+        hub.hub.weight_gets.load(Ordering::Relaxed),
+        0,
+        "nothing downloaded"
+    );
+    assert!(hub.hub.commits().is_empty());
+}

@@ -136,6 +136,59 @@ pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(
 /// retried as a transient error) instead of hanging.
 pub const READ_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(60);
 
+/// Caps on what is downloaded of a repository, checked against the Hub's listing
+/// ([`Hub::list_files_sized`]) before any byte is fetched: a hostile or simply huge
+/// repository is refused, not half downloaded.
+#[derive(Debug, Clone, Copy, PartialEq, Eq)]
+pub struct DownloadLimits {
+    /// All `*.safetensors` together.
+    pub max_weights_bytes: u64,
+    /// Any other file packing reads (config, tokenizer, card).
+    pub max_side_file_bytes: u64,
+}
+
+impl Default for DownloadLimits {
+    /// No caps (the CLI: the user chose the model).
+    fn default() -> Self {
+        Self {
+            max_weights_bytes: u64::MAX,
+            max_side_file_bytes: u64::MAX,
+        }
+    }
+}
+
+impl DownloadLimits {
+    /// `Error::LimitExceeded` naming the file (or the weights) over its cap.
+    pub fn check(&self, repo: &str, commit: &str, files: &[(String, u64)]) -> Result<()> {
+        let over = |what: &'static str, file: &str, value: u64, limit: u64| Error::LimitExceeded {
+            path: PathBuf::from(format!("{repo}@{}/{file}", &commit[..12.min(commit.len())])),
+            what,
+            value,
+            limit,
+        };
+        let weights: u64 = files
+            .iter()
+            .filter(|(f, _)| f.ends_with(".safetensors"))
+            .map(|(_, s)| *s)
+            .fold(0u64, u64::saturating_add);
+        if weights > self.max_weights_bytes {
+            return Err(over(
+                "weight bytes",
+                "*.safetensors",
+                weights,
+                self.max_weights_bytes,
+            ));
+        }
+        if let Some((f, s)) = files
+            .iter()
+            .find(|(f, s)| !f.ends_with(".safetensors") && *s > self.max_side_file_bytes)
+        {
+            return Err(over("side-file bytes", f, *s, self.max_side_file_bytes));
+        }
+        Ok(())
+    }
+}
+
 /// A revision of a repository and who may read it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct Access {
@@ -432,6 +485,16 @@ impl Hub {
 
     /// Every file path of `repo` at `revision`.
     pub async fn list_files(&self, repo: &str, revision: &str) -> Result<Vec<String>> {
+        Ok(self
+            .list_files_sized(repo, revision)
+            .await?
+            .into_iter()
+            .map(|(f, _)| f)
+            .collect())
+    }
+
+    /// Every file path of `repo` at `revision`, with its size as the Hub lists it.
+    pub async fn list_files_sized(&self, repo: &str, revision: &str) -> Result<Vec<(String, u64)>> {
         use futures_util::StreamExt;
         let (owner, name) = split(repo)?;
         let r = self.client.model(owner, name);
@@ -444,10 +507,10 @@ impl Hub {
         futures_util::pin_mut!(stream);
         let mut out = Vec::new();
         while let Some(entry) = stream.next().await {
-            if let RepoTreeEntry::File { path, .. } =
+            if let RepoTreeEntry::File { path, size, .. } =
                 entry.map_err(|e| hub_error(repo, "list files", e))?
             {
-                out.push(path);
+                out.push((path, size));
             }
         }
         Ok(out)
@@ -473,7 +536,7 @@ pub use tenpak_hooks::is_commit;
 
 /// Whether a repository file is one packing needs: a [`MODEL_FILES`] pattern matches it
 /// in the top directory (`*` does not cross `/`).
-fn wanted(path: &str) -> bool {
+pub fn wanted(path: &str) -> bool {
     MODEL_FILES
         .iter()
         .any(|p| crate::glob::matches(p, path, Some(b'/')))
