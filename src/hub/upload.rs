@@ -196,6 +196,18 @@ struct Action {
     header: BTreeMap<String, String>,
 }
 
+/// Whether `url` has the scheme, host and port of `base`.
+fn same_origin(url: &str, base: &str) -> bool {
+    match (reqwest::Url::parse(url), reqwest::Url::parse(base)) {
+        (Ok(a), Ok(b)) => {
+            a.scheme() == b.scheme()
+                && a.host_str() == b.host_str()
+                && a.port_or_known_default() == b.port_or_known_default()
+        }
+        _ => false,
+    }
+}
+
 impl Hub {
     fn http(&self) -> reqwest::Client {
         self.http.clone()
@@ -205,6 +217,17 @@ impl Hub {
         match &self.token {
             Some(t) => req.bearer_auth(t),
             None => req,
+        }
+    }
+
+    /// [`Hub::auth`] for a URL the server supplied (LFS `verify`, multipart completion):
+    /// the token goes only to the Hub's own origin, never to another host a response
+    /// names (a compromised or hostile endpoint would otherwise collect it).
+    fn auth_for(&self, url: &str, req: reqwest::RequestBuilder) -> reqwest::RequestBuilder {
+        if same_origin(url, self.endpoint()) {
+            self.auth(req)
+        } else {
+            req
         }
     }
 
@@ -498,7 +521,7 @@ impl Hub {
                     }
                     let body = json!({ "oid": p.sha256, "parts": etags });
                     send("LFS multipart completion", || {
-                        self.auth(self.http().post(&upload.href).json(&body))
+                        self.auth_for(&upload.href, self.http().post(&upload.href).json(&body))
                             .header("content-type", "application/vnd.git-lfs+json")
                     })
                     .await
@@ -526,7 +549,8 @@ impl Hub {
             if let Some(verify) = actions.get("verify") {
                 let body = json!({ "oid": p.sha256, "size": p.size });
                 send("LFS verify", || {
-                    let mut r = self.auth(self.http().post(&verify.href).json(&body));
+                    let mut r =
+                        self.auth_for(&verify.href, self.http().post(&verify.href).json(&body));
                     for (k, v) in &verify.header {
                         r = r.header(k, v);
                     }
@@ -611,5 +635,33 @@ impl Source {
                 reqwest::Body::wrap_stream(stream)
             }
         }
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::same_origin;
+
+    #[test]
+    fn the_token_goes_only_to_the_hub_itself() {
+        let hub = "https://huggingface.co";
+        assert!(same_origin(
+            "https://huggingface.co/api/complete_multipart?x=1",
+            hub
+        ));
+        assert!(same_origin("https://huggingface.co:443/x", hub));
+        for other in [
+            "https://evil.example/complete",
+            "http://huggingface.co/x",
+            "https://huggingface.co.evil.example/x",
+            "https://huggingface.co:8443/x",
+            "not a url",
+        ] {
+            assert!(!same_origin(other, hub), "{other}");
+        }
+        assert!(same_origin(
+            "http://127.0.0.1:4000/lfs/verify",
+            "http://127.0.0.1:4000"
+        ));
     }
 }
