@@ -65,6 +65,19 @@ pub struct ModelConfig {
     pub attn_softcap: Option<f64>,
 }
 
+/// The largest value accepted for a size in a config (far above any published model:
+/// Llama 3.1 405B has 126 layers, hidden 16384, vocabulary 128256).
+fn size_cap(key: &str) -> u64 {
+    match key {
+        "num_hidden_layers" => 1 << 10,
+        "num_attention_heads" | "num_key_value_heads" => 1 << 12,
+        "hidden_size" | "head_dim" => 1 << 17,
+        "intermediate_size" => 1 << 20,
+        "vocab_size" => 1 << 23,
+        _ => 1 << 24,
+    }
+}
+
 fn num(c: &Value, k: &str) -> Option<f64> {
     c.get(k).and_then(Value::as_f64)
 }
@@ -87,22 +100,37 @@ impl ModelConfig {
                 })
             }
         };
-        let req = |k: &str| -> Result<usize> {
-            c.get(k)
-                .and_then(Value::as_u64)
-                .map(|v| v as usize)
-                .ok_or_else(|| bad(format!("missing integer {k}")))
+        // Every size is capped far above any real model before anything is allocated
+        // from it: a config is untrusted input (`num_hidden_layers: 1e15` must be an
+        // error, not an allocation that aborts the process).
+        let cap = |k: &'static str, v: u64| -> Result<usize> {
+            let limit = size_cap(k);
+            if v > limit {
+                return Err(Error::LimitExceeded {
+                    path: "config.json".into(),
+                    what: k,
+                    value: v,
+                    limit,
+                });
+            }
+            Ok(v as usize)
+        };
+        let opt = |k: &'static str| -> Result<Option<usize>> {
+            match c.get(k) {
+                None | Some(Value::Null) => Ok(None),
+                Some(v) => match v.as_u64() {
+                    Some(v) => cap(k, v).map(Some),
+                    None => Err(bad(format!("{k} is not a non-negative integer"))),
+                },
+            }
+        };
+        let req = |k: &'static str| -> Result<usize> {
+            opt(k)?.ok_or_else(|| bad(format!("missing integer {k}")))
         };
         let hidden = req("hidden_size")?;
         let heads = req("num_attention_heads")?;
-        let kv_heads = c
-            .get("num_key_value_heads")
-            .and_then(Value::as_u64)
-            .map_or(heads, |v| v as usize);
-        let head_dim = c
-            .get("head_dim")
-            .and_then(Value::as_u64)
-            .map_or(hidden / heads.max(1), |v| v as usize);
+        let kv_heads = opt("num_key_value_heads")?.unwrap_or(heads);
+        let head_dim = opt("head_dim")?.unwrap_or(hidden / heads.max(1));
         let layers = req("num_hidden_layers")?;
         if heads == 0 || kv_heads == 0 || heads % kv_heads != 0 || !head_dim.is_multiple_of(2) {
             return Err(bad(format!(
@@ -139,20 +167,17 @@ impl ModelConfig {
                     .unwrap_or(1e4),
             ),
         };
-        let sliding_window = c
-            .get("sliding_window")
-            .and_then(Value::as_u64)
-            .map(|v| v as usize);
+        let sliding_window = opt("sliding_window")?;
         let sliding: Vec<bool> = match (family, c.get("layer_types").and_then(Value::as_array)) {
             (_, Some(t)) => t
                 .iter()
                 .map(|x| x.as_str() == Some("sliding_attention"))
                 .collect(),
             (Family::Gemma3, None) => {
-                let p = c
-                    .get("sliding_window_pattern")
-                    .and_then(Value::as_u64)
-                    .unwrap_or(6) as usize;
+                let p = opt("sliding_window_pattern")?.unwrap_or(6);
+                if p == 0 {
+                    return Err(bad("sliding_window_pattern is 0".into()));
+                }
                 (0..layers).map(|i| (i + 1) % p != 0).collect()
             }
             // Mistral-style: every layer slides when a window is set.
@@ -205,5 +230,49 @@ impl ModelConfig {
             final_softcap: num(c, "final_logit_softcapping"),
             attn_softcap: num(c, "attn_logit_softcapping"),
         })
+    }
+}
+
+#[cfg(test)]
+mod tests {
+    use super::*;
+    use serde_json::json;
+
+    fn llama() -> Value {
+        json!({
+            "model_type": "llama", "hidden_size": 64, "num_attention_heads": 4,
+            "num_key_value_heads": 2, "num_hidden_layers": 2, "intermediate_size": 128,
+            "vocab_size": 256
+        })
+    }
+
+    #[test]
+    fn hostile_sizes_are_typed_errors_before_any_allocation() {
+        ModelConfig::from_hf(&llama()).expect("a sane config");
+        for (k, v) in [
+            ("num_hidden_layers", json!(1e15)),
+            ("num_hidden_layers", json!(1_000_000_000_000_000u64)),
+            ("vocab_size", json!(u64::MAX)),
+            ("hidden_size", json!(1u64 << 40)),
+            ("intermediate_size", json!(1u64 << 33)),
+        ] {
+            let mut c = llama();
+            c[k] = v.clone();
+            let e = ModelConfig::from_hf(&c).expect_err(k);
+            assert!(
+                matches!(e, Error::LimitExceeded { .. } | Error::Malformed { .. }),
+                "{k}={v}: {e}"
+            );
+        }
+        let mut g = llama();
+        g["model_type"] = json!("gemma3_text");
+        g["sliding_window_pattern"] = json!(0);
+        assert!(
+            ModelConfig::from_hf(&g).is_err(),
+            "a zero pattern is no panic"
+        );
+        let mut n = llama();
+        n["num_key_value_heads"] = json!("two");
+        assert!(ModelConfig::from_hf(&n).is_err());
     }
 }
