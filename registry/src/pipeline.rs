@@ -123,14 +123,19 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                 let id = job.id;
                 let attempts = job.attempts;
                 match run(&ctx, job).await {
-                    Ok(Outcome::Published) => {
+                    Ok(outcome @ (Outcome::Published | Outcome::Superseded)) => {
                         if let Err(e) = ctx.store.finish(id) {
                             eprintln!("worker {n}: job {id}: {e}");
                         }
                         // Jobs waiting on this one (fine-tunes of it) may run now.
                         ctx.wake.notify_waiters();
                         eprintln!(
-                            "worker {n}: job {id} published in {:.1} s",
+                            "worker {n}: job {id} {} in {:.1} s",
+                            if matches!(outcome, Outcome::Published) {
+                                "published"
+                            } else {
+                                "stored, not published (superseded)"
+                            },
                             t0.elapsed().as_secs_f64()
                         );
                     }
@@ -203,6 +208,8 @@ enum Plan {
 /// What a run ended with.
 enum Outcome {
     Published,
+    /// Packed and stored, not published: a newer commit's artifacts are already there.
+    Superseded,
     Waiting(i64),
 }
 
@@ -772,6 +779,29 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
         size: card_text.len() as u64,
         artifact: None,
     });
+
+    // An older commit that finishes after a newer one must not replace it: when the
+    // source's branch has moved on and the head's job is already published, this job's
+    // artifacts stay in the registry (its /status lists them), the companion keeps the
+    // newer ones.
+    let head = ctx.hub.resolve(&job.repo, &ctx.settings.branch).await?;
+    if head != commit {
+        if let Some(newer) = ctx.store.job_for(&job.repo, &head)? {
+            if newer.state == DONE {
+                let note = format!(
+                    "superseded: {}@{} is {} (job {}, already published); this commit's artifacts are kept here, not published",
+                    job.repo,
+                    ctx.settings.branch,
+                    &head[..12.min(head.len())],
+                    newer.id
+                );
+                eprintln!("job {id}: {note}");
+                ctx.store.set_note(id, &note)?;
+                let _ = std::fs::remove_dir_all(&work);
+                return Ok(Outcome::Superseded);
+            }
+        }
+    }
 
     // Publish: one commit with every file.
     stage(ctx, id, "publish", 0.95);

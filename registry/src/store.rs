@@ -474,6 +474,15 @@ impl Store {
         Ok(())
     }
 
+    /// Sets a job's note (stored [redacted](crate::redact)).
+    pub fn set_note(&self, id: i64, note: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET note = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, crate::redact::redact(note), now()],
+        )?;
+        Ok(())
+    }
+
     /// Parks a running job until job `on` (its base's) is done or failed. The attempt
     /// it used is given back: waiting is not failing.
     pub fn wait_on(&self, id: i64, on: i64) -> Result<()> {

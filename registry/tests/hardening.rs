@@ -348,3 +348,37 @@ fn a_model_over_the_size_caps_is_refused_before_any_byte_is_downloaded() {
     );
     assert!(hub.hub.commits().is_empty());
 }
+
+#[test]
+fn an_older_commit_finishing_last_does_not_replace_the_newer_one() {
+    let Fixture { tmp, hub, model } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
+    let reg = Registry::start(&tmp.path().join("data"), &hub.url, &[]);
+    // main is at SHA; its job publishes.
+    let newer = reg.wait_job(reg.deliver(), Duration::from_secs(120));
+    assert_eq!(newer["state"], "done", "{newer}");
+    assert_eq!(hub.hub.commits().len(), 1);
+    // An older commit of the same repo arrives late (a replayed delivery, a slow worker).
+    let old = "0000000000000000000000000000000000000001";
+    hub.hub.add_model(hub::ModelRepo {
+        repo: REPO.into(),
+        sha: old.into(),
+        dir: model.clone(),
+    });
+    let v: Value = reg
+        .webhook(&content_update(REPO, old), Some(SECRET))
+        .json()
+        .expect("json");
+    let job = reg.wait_job(v["job_id"].as_i64().expect("id"), Duration::from_secs(120));
+    assert_eq!(job["state"], "done", "{job}");
+    assert!(
+        job["note"].as_str().unwrap_or("").contains("superseded"),
+        "{job}"
+    );
+    assert!(job["published_commit"].is_null(), "{job}");
+    assert!(!job["artifacts"].as_array().expect("artifacts").is_empty());
+    assert_eq!(
+        hub.hub.commits().len(),
+        1,
+        "the companion keeps the newer commit's files"
+    );
+}

@@ -129,6 +129,16 @@ pub enum Upload {
     },
 }
 
+/// An HTTP client that could not be built.
+fn configure_error(e: impl std::fmt::Display) -> Error {
+    Error::Hub {
+        repo: String::new(),
+        op: "configure",
+        status: None,
+        message: e.to_string(),
+    }
+}
+
 /// Longest wait to connect to the Hub (or an upload server it names).
 pub const CONNECT_TIMEOUT: std::time::Duration = std::time::Duration::from_secs(15);
 
@@ -327,12 +337,7 @@ impl Hub {
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .build()
-            .map_err(|e| Error::Hub {
-                repo: String::new(),
-                op: "configure",
-                status: None,
-                message: e.to_string(),
-            })?;
+            .map_err(configure_error)?;
         let mut b = HFClient::builder().user_agent(ua).client(hf_http);
         if let Some(e) = &cfg.endpoint {
             b = b.endpoint(e.trim_end_matches('/'));
@@ -349,12 +354,7 @@ impl Hub {
             .connect_timeout(CONNECT_TIMEOUT)
             .read_timeout(READ_TIMEOUT)
             .build()
-            .map_err(|e| Error::Hub {
-                repo: String::new(),
-                op: "configure",
-                status: None,
-                message: e.to_string(),
-            })?;
+            .map_err(configure_error)?;
         Ok(Self {
             client,
             http,
