@@ -122,7 +122,8 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                 let t0 = Instant::now();
                 let id = job.id;
                 let attempts = job.attempts;
-                match run(&ctx, job).await {
+                let c = ctx.clone();
+                match contained(async move { run(&c, job).await }).await {
                     Ok(outcome @ (Outcome::Published | Outcome::Superseded)) => {
                         if let Err(e) = ctx.store.finish(id) {
                             eprintln!("worker {n}: job {id}: {e}");
@@ -252,9 +253,34 @@ impl Packed {
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, JobError> + Send + 'static,
 ) -> Result<T, JobError> {
-    tokio::task::spawn_blocking(f)
-        .await
-        .map_err(|e| JobError::permanent(format!("worker thread failed: {e}")))?
+    tokio::task::spawn_blocking(f).await.map_err(joined)?
+}
+
+/// Runs a job's future as a task of its own, so that a panic in it (a bug) fails that
+/// job with the panic's message instead of ending the worker loop that ran it: a worker
+/// lost that way would leave the queue unserved without a word.
+async fn contained<T: Send + 'static>(
+    fut: impl std::future::Future<Output = Result<T, JobError>> + Send + 'static,
+) -> Result<T, JobError> {
+    tokio::spawn(fut).await.map_err(joined)?
+}
+
+/// A task that did not return: its panic message, or that it was cancelled.
+fn joined(e: tokio::task::JoinError) -> JobError {
+    if e.is_panic() {
+        let p = e.into_panic();
+        let msg = p
+            .downcast_ref::<&str>()
+            .map(|s| s.to_string())
+            .or_else(|| p.downcast_ref::<String>().cloned())
+            .unwrap_or_else(|| "a panic without a message".into());
+        eprintln!("a job panicked: {msg}");
+        JobError::permanent(format!(
+            "the job panicked (a bug in the registry; the log has it): {msg}"
+        ))
+    } else {
+        JobError::permanent(format!("the job's task was cancelled: {e}"))
+    }
 }
 
 /// Reads the card (and adapter config) of `job.repo` at `commit` and decides what the
@@ -955,6 +981,31 @@ fn measure(
 #[cfg(test)]
 mod tests {
     use super::*;
+
+    #[tokio::test]
+    async fn a_panicking_job_fails_alone_and_the_worker_goes_on() {
+        let e = contained(async {
+            if std::hint::black_box(true) {
+                panic!("index out of bounds in a hostile tensor");
+            }
+            Ok(())
+        })
+        .await
+        .expect_err("a panic is an error");
+        assert!(!e.transient);
+        assert!(
+            e.message
+                .contains("index out of bounds in a hostile tensor"),
+            "{}",
+            e.message
+        );
+        // The same worker runs the next job.
+        assert_eq!(contained(async { Ok(7) }).await.expect("next job"), 7);
+        let e = blocking(|| -> Result<(), JobError> { panic!("in a blocking pack") })
+            .await
+            .expect_err("a panic is an error");
+        assert!(e.message.contains("in a blocking pack"), "{}", e.message);
+    }
 
     #[test]
     fn a_full_disk_is_worth_a_retry_and_a_bad_model_is_not() {
