@@ -100,6 +100,8 @@ pub struct FileConfig {
     pub request_timeout_s: Option<f64>,
     /// See [`crate::server::Limits::max_body_bytes`].
     pub max_body_bytes: Option<usize>,
+    /// See [`crate::server::Limits::idle_timeout`] (seconds).
+    pub idle_timeout_s: Option<f64>,
     /// See [`Settings::download_limits`] (bytes of all weights).
     pub max_model_bytes: Option<u64>,
     /// See [`Settings::download_limits`] (bytes of one side file).
@@ -275,6 +277,7 @@ impl Settings {
                 d.request_timeout,
             )?,
             max_body_bytes: file.max_body_bytes.unwrap_or(d.max_body_bytes),
+            idle_timeout: secs("idle_timeout_s", file.idle_timeout_s, d.idle_timeout)?,
             shutdown_grace: d.shutdown_grace,
         };
         let max_attempts = file.max_attempts.unwrap_or(3);

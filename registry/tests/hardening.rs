@@ -263,7 +263,7 @@ fn slow_clients_are_cut_off_and_the_connection_cap_holds() {
         &tmp.path().join("data"),
         &hub.url,
         &[],
-        "max_connections = 8\nheader_timeout_s = 1\nbody_timeout_s = 1\n",
+        "max_connections = 8\nheader_timeout_s = 1\nbody_timeout_s = 1\nidle_timeout_s = 1\n",
     );
     let addr = reg.url.trim_start_matches("http://").to_string();
     // Slowloris: eight connections that send half a request's headers and stop.
@@ -289,6 +289,13 @@ fn slow_clients_are_cut_off_and_the_connection_cap_holds() {
         );
     }
     assert!(reg.get("/").status().is_success());
+    // A connection that never sends a byte is closed too (the idle timeout), so silent
+    // sockets do not pile up.
+    let mut idle = std::net::TcpStream::connect(&addr).expect("connect");
+    assert!(
+        closed_within(&mut idle, Duration::from_secs(5)).is_some(),
+        "an idle connection was kept"
+    );
     // A body that trickles: cut off after the body timeout.
     let mut trickle = std::net::TcpStream::connect(&addr).expect("connect");
     trickle
