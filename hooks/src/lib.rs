@@ -269,6 +269,21 @@ pub fn is_commit(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|c| c.is_ascii_hexdigit())
 }
 
+/// Whether `s` is a Hub repository id: `owner/name`, each part 1–96 ASCII letters, digits,
+/// `-`, `_` or `.`, not starting with `-` or `.` and without `..`. The one definition
+/// (`tenpak::hub` uses it for model references and cards).
+pub fn is_repo_id(s: &str) -> bool {
+    let ok = |p: &str| {
+        !p.is_empty()
+            && p.len() <= 96
+            && p.bytes()
+                .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
+            && !p.starts_with(['-', '.'])
+            && !p.contains("..")
+    };
+    matches!(s.split_once('/'), Some((o, n)) if ok(o) && ok(n))
+}
+
 /// Decides what a delivery asks of the registry.
 pub fn decide(p: &Payload, policy: &Policy) -> Decision {
     if p.webhook.version != SUPPORTED_VERSION {
@@ -281,6 +296,12 @@ pub fn decide(p: &Payload, policy: &Policy) -> Decision {
         return Decision::ignore(format!(
             "{} repositories are not compressed (only models)",
             p.repo.kind
+        ));
+    }
+    if !is_repo_id(&p.repo.name) {
+        return Decision::ignore(format!(
+            "{:?} is not a Hub repository id (owner/name)",
+            p.repo.name
         ));
     }
     if !policy.companion_suffix.is_empty() && p.repo.name.ends_with(&policy.companion_suffix) {

@@ -147,3 +147,25 @@ fn secret_check() {
     assert_eq!(SecretError::Missing.status(), 401);
     assert_eq!(SecretError::Wrong.status(), 403);
 }
+
+#[test]
+fn a_repo_name_that_is_no_hub_repository_id_is_ignored() {
+    // Found by the `webhook` fuzz target: a payload whose repo name holds a second `/`
+    // and characters the Hub never uses was a decision to compress (and a companion repo
+    // name built from it).
+    let reason = ignored("fuzz_repo_name.json", &Policy::default());
+    assert!(reason.contains("is not a Hub repository id"), "{reason}");
+    for (id, ok) in [
+        ("acme/tiny-llama", true),
+        ("a/b.c_d-e", true),
+        ("acme/tiny/llama", false),
+        ("acme/../x", false),
+        ("acme/.hidden", false),
+        ("acme/-x", false),
+        ("acme/ti ny", false),
+        ("acme", false),
+        ("/x", false),
+    ] {
+        assert_eq!(tenpak_hooks::is_repo_id(id), ok, "{id}");
+    }
+}

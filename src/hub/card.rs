@@ -182,18 +182,8 @@ fn without_base(adapter: bool) -> Derived {
     }
 }
 
-/// `owner/name` with the Hub's characters.
-pub fn is_repo_id(s: &str) -> bool {
-    let ok = |p: &str| {
-        !p.is_empty()
-            && p.len() <= 96
-            && p.chars()
-                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
-            && !p.starts_with(['-', '.'])
-            && !p.contains("..")
-    };
-    matches!(s.split_once('/'), Some((o, n)) if ok(o) && ok(n))
-}
+/// `owner/name` with the Hub's characters (the rule lives in `tenpak-hooks`).
+pub use tenpak_hooks::is_repo_id;
 
 #[cfg(test)]
 mod tests {

@@ -76,15 +76,7 @@ impl ModelRef {
             Some(_) => return None,
             None => (s, None),
         };
-        let (owner, name) = repo.split_once('/')?;
-        let ok = |p: &str| {
-            !p.is_empty()
-                && p != "."
-                && p != ".."
-                && p.bytes()
-                    .all(|c| c.is_ascii_alphanumeric() || b"-_.".contains(&c))
-        };
-        if !ok(owner) || !ok(name) {
+        if !tenpak_hooks::is_repo_id(repo) {
             return None;
         }
         Some(Self {
