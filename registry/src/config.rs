@@ -51,6 +51,9 @@ pub struct Settings {
     pub delta_bits_per_weight: f64,
     /// Where the secrets came from (for the startup log).
     pub secret_files: Vec<PathBuf>,
+    /// Longest wait for the next bytes from the Hub (or an upload server it names): a
+    /// stalled transfer fails as a transient error and the job is retried.
+    pub hub_read_timeout: std::time::Duration,
     /// Connection and request limits of the HTTP server.
     pub limits: crate::server::Limits,
     /// Largest model accepted (all its safetensors) and largest side file (config,
@@ -102,6 +105,8 @@ pub struct FileConfig {
     pub max_body_bytes: Option<usize>,
     /// See [`crate::server::Limits::idle_timeout`] (seconds).
     pub idle_timeout_s: Option<f64>,
+    /// See [`Settings::hub_read_timeout`] (seconds).
+    pub hub_read_timeout_s: Option<f64>,
     /// See [`Settings::download_limits`] (bytes of all weights).
     pub max_model_bytes: Option<u64>,
     /// See [`Settings::download_limits`] (bytes of one side file).
@@ -304,6 +309,11 @@ impl Settings {
             eval_tokens: file.eval_tokens.unwrap_or(4096),
             delta_bits_per_weight,
             secret_files,
+            hub_read_timeout: secs(
+                "hub_read_timeout_s",
+                file.hub_read_timeout_s,
+                tenpak::hub::READ_TIMEOUT,
+            )?,
             limits,
             download_limits: tenpak::hub::DownloadLimits {
                 max_weights_bytes: file.max_model_bytes.unwrap_or(DEFAULT_MAX_MODEL_BYTES),

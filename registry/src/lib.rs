@@ -60,6 +60,7 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
         endpoint: settings.hub_endpoint.clone(),
         token: settings.hub_token.clone(),
         cache_dir: Some(dir.join("hub-cache")),
+        read_timeout: Some(settings.hub_read_timeout),
     })?;
     Ok(Arc::new(pipeline::Ctx {
         settings,

@@ -389,3 +389,33 @@ fn an_older_commit_finishing_last_does_not_replace_the_newer_one() {
         "the companion keeps the newer commit's files"
     );
 }
+
+#[test]
+fn a_hub_that_accepts_and_then_stalls_fails_the_job_instead_of_holding_the_worker() {
+    // Weight downloads are held at the stand-in's gate, which stays closed: the Hub
+    // accepted the request and sends nothing more.
+    let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, false, hub::Mode::Regular);
+    let reg = Registry::start_with_config(
+        &tmp.path().join("data"),
+        &hub.url,
+        &[],
+        "hub_read_timeout_s = 1\nmax_attempts = 2\n",
+    );
+    let t0 = Instant::now();
+    let job = reg.wait_job(reg.deliver(), Duration::from_secs(120));
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(
+        job["attempts"], 2,
+        "a stall is transient: retried, then failed: {job}"
+    );
+    let err = job["error"].as_str().unwrap_or("").to_lowercase();
+    assert!(err.contains("time") || err.contains("download"), "{err}");
+    assert!(hub.hub.weight_gets.load(Ordering::Relaxed) >= 2);
+    assert!(hub.hub.commits().is_empty());
+    eprintln!(
+        "stalled job failed after {:.1} s",
+        t0.elapsed().as_secs_f64()
+    );
+    // The service answered throughout and answers now.
+    assert_eq!(reg.get_json("/")["status"], "ok");
+}

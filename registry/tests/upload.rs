@@ -49,6 +49,7 @@ fn download_back(hub_url: &str, cache: &std::path::Path, file: &str) -> Vec<u8> 
         endpoint: Some(hub_url.to_string()),
         token: Some(HUB_TOKEN.into()),
         cache_dir: Some(cache.to_path_buf()),
+        read_timeout: None,
     })
     .expect("hub");
     let path = tenpak::hub::block_on(h.download_file(COMPANION, "main", file))
@@ -167,6 +168,7 @@ fn lfs_basic_and_multipart_publish_and_download_back() {
             endpoint: Some(hub.url.clone()),
             token: Some(HUB_TOKEN.into()),
             cache_dir: Some(tmp.path().join("c2")),
+            read_timeout: None,
         })
         .expect("hub");
         let f = tmp.path().join("again.tnpk");

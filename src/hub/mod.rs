@@ -45,6 +45,8 @@ pub struct HubConfig {
     pub token: Option<String>,
     /// Download cache (`HF_HUB_CACHE`, then `HF_HOME/hub`, then `~/.cache/huggingface/hub`).
     pub cache_dir: Option<PathBuf>,
+    /// Longest wait for the next bytes of a response ([`READ_TIMEOUT`] when unset).
+    pub read_timeout: Option<std::time::Duration>,
 }
 
 impl HubConfig {
@@ -55,6 +57,7 @@ impl HubConfig {
             endpoint: var("HF_ENDPOINT"),
             token: var("HF_TOKEN"),
             cache_dir: None,
+            read_timeout: None,
         }
     }
 }
@@ -322,12 +325,13 @@ impl Hub {
     /// A client for `cfg`.
     pub fn new(cfg: &HubConfig) -> Result<Self> {
         let ua = format!("tenpak/{}; hf-hub/1.0", env!("CARGO_PKG_VERSION"));
+        let read_timeout = cfg.read_timeout.unwrap_or(READ_TIMEOUT);
         // hf-hub's default client has no timeouts: a server that accepts and then stalls
         // would hold a download (and the registry's worker) forever.
         let hf_http = reqwest13::Client::builder()
             .user_agent(&ua)
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
+            .read_timeout(read_timeout)
             .build()
             .map_err(configure_error)?;
         let mut b = HFClient::builder().user_agent(ua).client(hf_http);
@@ -344,7 +348,7 @@ impl Hub {
         let http = reqwest::Client::builder()
             .user_agent(format!("tenpak/{}", env!("CARGO_PKG_VERSION")))
             .connect_timeout(CONNECT_TIMEOUT)
-            .read_timeout(READ_TIMEOUT)
+            .read_timeout(read_timeout)
             .build()
             .map_err(configure_error)?;
         Ok(Self {
