@@ -286,7 +286,12 @@ fn joined(e: tokio::task::JoinError) -> JobError {
 /// Reads the card (and adapter config) of `job.repo` at `commit` and decides what the
 /// job packs. A base that cannot be had makes a fine-tune a full job with the reason;
 /// an adapter has no weights of its own, so it fails instead.
-async fn plan(ctx: &Arc<Ctx>, job: &Job, commit: &str) -> Result<Plan, JobError> {
+async fn plan(
+    ctx: &Arc<Ctx>,
+    job: &Job,
+    commit: &str,
+    files: &[(String, u64)],
+) -> Result<Plan, JobError> {
     use tenpak::delta::adapter;
     use tenpak::hub::card::{Derived, Lineage};
     if job.kind == KIND_FULL {
@@ -294,10 +299,9 @@ async fn plan(ctx: &Arc<Ctx>, job: &Job, commit: &str) -> Result<Plan, JobError>
             note: job.note.clone(),
         });
     }
-    let files = ctx.hub.list_files(&job.repo, commit).await?;
-    let is_adapter = files.iter().any(|f| f == adapter::CONFIG_FILE)
-        && files.iter().any(|f| f == adapter::WEIGHTS_FILE);
-    let lineage = if files.iter().any(|f| f == "README.md") {
+    let has = |name: &str| files.iter().any(|(f, _)| f == name);
+    let is_adapter = has(adapter::CONFIG_FILE) && has(adapter::WEIGHTS_FILE);
+    let lineage = if has("README.md") {
         let card = ctx
             .hub
             .read_small_file(&job.repo, commit, "README.md")
@@ -429,7 +433,7 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
             access.describe()
         )));
     }
-    let plan = plan(ctx, &job, &commit).await?;
+    let plan = plan(ctx, &job, &commit, &listing).await?;
     let (derived, note, base_of_job) = match plan {
         Plan::Wait(on) => {
             ctx.store.wait_on(id, on)?;

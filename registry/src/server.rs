@@ -70,7 +70,11 @@ pub async fn serve(
     limits: Limits,
     shutdown: impl std::future::Future<Output = ()>,
 ) -> std::io::Result<()> {
+    // One body cap: the tower layer (413 before reading, on Content-Length or as the
+    // body streams); axum's own 2 MB default for extractors is turned off so the setting
+    // means what it says.
     let router = router.layer((
+        axum::extract::DefaultBodyLimit::disable(),
         tower_http::limit::RequestBodyLimitLayer::new(limits.max_body_bytes),
         tower_http::timeout::RequestBodyTimeoutLayer::new(limits.body_timeout),
         tower_http::timeout::TimeoutLayer::with_status_code(

@@ -350,19 +350,7 @@ fn killed_mid_job_restarts_and_completes_once() {
     let data = tmp.path().join("data");
     let mut reg = Registry::start(&data, &hub.url, &[]);
     let id = reg.deliver();
-    let t0 = Instant::now();
-    while hub
-        .hub
-        .weight_gets
-        .load(std::sync::atomic::Ordering::Relaxed)
-        == 0
-    {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "download never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
+    wait_downloads(&hub, 1);
     let mid = reg.get_json(&format!("/status/{id}"));
     assert_eq!(mid["state"], "running");
     assert_eq!(mid["stage"], "download");

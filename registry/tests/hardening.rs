@@ -11,19 +11,6 @@ use std::time::{Duration, Instant};
 use common::*;
 use serde_json::Value;
 
-/// Waits until the stand-in has seen `n` weight downloads (the job is in `download`,
-/// held at the gate).
-fn wait_downloads(hub: &hub::Running, n: usize) {
-    let t0 = Instant::now();
-    while hub.hub.weight_gets.load(Ordering::Relaxed) < n {
-        assert!(
-            t0.elapsed() < Duration::from_secs(60),
-            "download {n} never started"
-        );
-        std::thread::sleep(Duration::from_millis(20));
-    }
-}
-
 #[test]
 fn restricted_sources_are_refused_or_published_privately_with_their_licence() {
     let Fixture { tmp, hub, model } = fixture(HUB_TOKEN, true, hub::Mode::Regular);

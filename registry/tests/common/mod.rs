@@ -72,6 +72,24 @@ pub fn fixture(token: &str, gate_open: bool, mode: hub::Mode) -> Fixture {
     Fixture { tmp, model, hub }
 }
 
+/// Waits until the stand-in has seen `n` weight downloads (the job is in `download`,
+/// held at the gate when it is closed).
+pub fn wait_downloads(hub: &hub::Running, n: usize) {
+    let t0 = Instant::now();
+    while hub
+        .hub
+        .weight_gets
+        .load(std::sync::atomic::Ordering::Relaxed)
+        < n
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "download {n} never started"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    }
+}
+
 /// A registry child process.
 pub struct Registry {
     pub url: String,
