@@ -37,7 +37,52 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         )
         .route("/api/models/{owner}/{name}/tree/{rev}", get(tree))
         .route("/{owner}/{name}/resolve/{rev}/{*path}", get(resolve))
+        .route("/metrics", get(metrics))
+        .layer(axum::middleware::from_fn_with_state(ctx.clone(), track))
+        // A span per request (method, URI); `RUST_LOG=tower_http=debug` logs each one.
+        .layer(tower_http::trace::TraceLayer::new_for_http())
         .with_state(ctx)
+}
+
+/// Counts every request in the metrics by the route that matched (bounded labels: the
+/// pattern, not the path), with its latency and declared body length.
+async fn track(
+    State(ctx): State<Arc<Ctx>>,
+    matched: Option<axum::extract::MatchedPath>,
+    req: axum::extract::Request,
+    next: axum::middleware::Next,
+) -> Response {
+    let route = matched.map_or_else(|| "unmatched".to_string(), |m| m.as_str().to_string());
+    let method = req.method().as_str().to_string();
+    let t0 = std::time::Instant::now();
+    let resp = next.run(req).await;
+    let bytes = resp
+        .headers()
+        .get(header::CONTENT_LENGTH)
+        .and_then(|v| v.to_str().ok())
+        .and_then(|v| v.parse().ok())
+        .unwrap_or(0);
+    ctx.metrics
+        .request(&route, &method, resp.status().as_u16(), t0.elapsed(), bytes);
+    resp
+}
+
+/// `GET /metrics`: Prometheus / OpenMetrics text.
+async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
+    let c = ctx.clone();
+    let counts = match tokio::task::spawn_blocking(move || c.store.counts()).await {
+        Ok(Ok(c)) => c,
+        Ok(Err(e)) => return internal(e),
+        Err(e) => return internal(e),
+    };
+    (
+        [(
+            header::CONTENT_TYPE,
+            "application/openmetrics-text; version=1.0.0; charset=utf-8",
+        )],
+        ctx.metrics.render(&counts),
+    )
+        .into_response()
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
@@ -50,7 +95,7 @@ fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
 fn internal(e: impl std::fmt::Display) -> Response {
     static INCIDENT: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(1);
     let n = INCIDENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
-    eprintln!("internal error (incident {n}): {e}");
+    tracing::error!("internal error (incident {n}): {e}");
     (
         StatusCode::INTERNAL_SERVER_ERROR,
         Json(json!({
@@ -83,8 +128,9 @@ async fn root(State(ctx): State<Arc<Ctx>>) -> Response {
         "workers": s.workers,
         "hub": ctx.hub.endpoint(),
         "endpoints": ["POST /webhooks/hub", "POST /compress", "GET /status/{id}", "GET /jobs",
-                      "GET /artifact/{id}", "GET /keys", "GET /api/models/{repo}",
-                      "GET|HEAD /{repo}/resolve/{rev}/{path}"],
+                      "POST /jobs/{id}/retry", "GET /artifact/{id}", "GET /keys",
+                      "GET /api/models/{repo}", "GET|HEAD /{repo}/resolve/{rev}/{path}",
+                      "GET /metrics"],
     }))
     .into_response()
 }
@@ -292,7 +338,7 @@ async fn compress(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) 
                 } if *s == 404 || *s == 401 || *s == 403 => StatusCode::NOT_FOUND,
                 _ => StatusCode::BAD_GATEWAY,
             };
-            eprintln!("compress {}: {e}", mref.repo);
+            tracing::warn!("compress {}: {e}", mref.repo);
             return error(
                 status,
                 format!("{}@{revision} cannot be read on the Hub", mref.repo),

@@ -54,6 +54,11 @@ pub struct Settings {
     /// Longest wait for the next bytes from the Hub (or an upload server it names): a
     /// stalled transfer fails as a transient error and the job is retried.
     pub hub_read_timeout: std::time::Duration,
+    /// How long a running job's lease lasts: its worker renews it every third of this;
+    /// a job whose lease ran out (its process died or hung) goes back to the queue (or
+    /// to `failed` after `max_attempts`), and a worker that lost its lease does not
+    /// publish.
+    pub job_lease: std::time::Duration,
     /// Connection and request limits of the HTTP server.
     pub limits: crate::server::Limits,
     /// Largest model accepted (all its safetensors) and largest side file (config,
@@ -107,6 +112,8 @@ pub struct FileConfig {
     pub idle_timeout_s: Option<f64>,
     /// See [`Settings::hub_read_timeout`] (seconds).
     pub hub_read_timeout_s: Option<f64>,
+    /// See [`Settings::job_lease`] (seconds).
+    pub job_lease_s: Option<f64>,
     /// See [`Settings::download_limits`] (bytes of all weights).
     pub max_model_bytes: Option<u64>,
     /// See [`Settings::download_limits`] (bytes of one side file).
@@ -118,6 +125,9 @@ pub const DEFAULT_MAX_MODEL_BYTES: u64 = 64 << 30;
 
 /// Default cap on one side file (config, tokenizer, card): 64 MiB.
 pub const DEFAULT_MAX_SIDE_FILE_BYTES: u64 = 64 << 20;
+
+/// Default job lease.
+pub const DEFAULT_JOB_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
@@ -314,6 +324,7 @@ impl Settings {
                 file.hub_read_timeout_s,
                 tenpak::hub::READ_TIMEOUT,
             )?,
+            job_lease: secs("job_lease_s", file.job_lease_s, DEFAULT_JOB_LEASE)?,
             limits,
             download_limits: tenpak::hub::DownloadLimits {
                 max_weights_bytes: file.max_model_bytes.unwrap_or(DEFAULT_MAX_MODEL_BYTES),
@@ -413,7 +424,7 @@ mod tests {
                 break; // the environment overrides the file
             }
             let e = load_with(bad).expect_err(bad);
-            eprintln!("{bad}: {e}");
+            tracing::warn!("{bad}: {e}");
         }
         load_with("companion = \"{owner}/{name}-int4\"").expect("a good pattern");
         load_with("companion = \"{owner}/tnpk-{name}\"").expect("a good pattern");

@@ -8,12 +8,14 @@
 //! - [`card`]: the companion repo's model card;
 //! - [`redact`]: what of an error's text the public API may show;
 //! - [`server`]: the HTTP server loop with connection and request limits;
-//! - [`config`]: settings from defaults, file, environment and flags.
+//! - [`config`]: settings from defaults, file, environment and flags;
+//! - [`metrics`]: the Prometheus `/metrics` endpoint's counters and histograms.
 
 pub mod api;
 pub mod card;
 pub mod chunks;
 pub mod config;
+pub mod metrics;
 pub mod pipeline;
 pub mod redact;
 pub mod server;
@@ -30,7 +32,7 @@ pub fn signing_key(dir: &std::path::Path) -> anyhow::Result<ed25519_dalek::Signi
     if !path.exists() {
         let key = sign::generate()?;
         sign::write_keypair(&key, &path)?;
-        eprintln!("created signing key {}", path.display());
+        tracing::info!("created signing key {}", path.display());
     }
     Ok(sign::load_signing_key(&path)?)
 }
@@ -44,15 +46,16 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
         .with_context(|| format!("opening the job store in {}", dir.display()))?;
     let i = store.requeue_interrupted(settings.max_attempts)?;
     if i.requeued > 0 {
-        eprintln!(
+        tracing::info!(
             "requeued {} job(s) interrupted by the last shutdown",
             i.requeued
         );
     }
     if i.failed > 0 {
-        eprintln!(
+        tracing::info!(
             "failed {} job(s) interrupted in each of their {} attempts",
-            i.failed, settings.max_attempts
+            i.failed,
+            settings.max_attempts
         );
     }
     let chunks = chunks::ChunkStore::open(&dir.join("chunks"))?;
@@ -70,6 +73,8 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
         key,
         wake: tokio::sync::Notify::new(),
         _lock: lock,
+        owner: pipeline::lease_owner(),
+        metrics: metrics::Metrics::new(),
     }))
 }
 
@@ -125,13 +130,13 @@ async fn maintain(ctx: Arc<pipeline::Ctx>) {
         match tokio::task::spawn_blocking(move || maintenance(&c.store, &c.chunks, SWEEP_GRACE))
             .await
         {
-            Ok(Ok((pruned, s))) if pruned > 0 || s.removed > 0 => eprintln!(
+            Ok(Ok((pruned, s))) if pruned > 0 || s.removed > 0 => tracing::info!(
                 "maintenance: {pruned} old deliveries pruned; {} unreferenced pieces ({} bytes) removed",
                 s.removed, s.bytes_freed
             ),
             Ok(Ok(_)) => {}
-            Ok(Err(e)) => eprintln!("maintenance: {e:#}"),
-            Err(e) => eprintln!("maintenance: {e}"),
+            Ok(Err(e)) => tracing::info!("maintenance: {e:#}"),
+            Err(e) => tracing::warn!("maintenance: {e}"),
         }
         tokio::time::sleep(std::time::Duration::from_secs(6 * 3600)).await;
     }
@@ -151,7 +156,7 @@ async fn shutdown_signal() {
         _ = tokio::signal::ctrl_c() => {}
         _ = term => {}
     }
-    eprintln!("shutting down; running jobs resume at the next start");
+    tracing::info!("shutting down; running jobs resume at the next start");
 }
 
 /// Serves until the process is stopped (Ctrl-C / SIGTERM end it; jobs left running
@@ -162,7 +167,7 @@ pub async fn serve(ctx: Arc<pipeline::Ctx>) -> anyhow::Result<()> {
         .with_context(|| format!("binding {}", ctx.settings.listen))?;
     let addr = listener.local_addr()?;
     let public = ctx.key.verifying_key();
-    eprintln!(
+    tracing::info!(
         "tenpak-registry {} listening on http://{addr} (data {}, hub {}, targets {}, {} worker(s))",
         env!("CARGO_PKG_VERSION"),
         ctx.settings.data_dir.display(),
@@ -175,13 +180,13 @@ pub async fn serve(ctx: Arc<pipeline::Ctx>) -> anyhow::Result<()> {
             .join(","),
         ctx.settings.workers
     );
-    eprintln!(
+    tracing::info!(
         "signing key {} (public {})",
         sign::key_id(&public),
         hex::encode(public.as_bytes())
     );
     for f in &ctx.settings.secret_files {
-        eprintln!("secret kept in {}", f.display());
+        tracing::info!("secret kept in {}", f.display());
     }
     for n in 0..ctx.settings.workers {
         tokio::spawn(pipeline::worker(ctx.clone(), n));

@@ -71,6 +71,17 @@ fn main() -> anyhow::Result<()> {
             config,
             workers,
         } => {
+            // Logs to stderr as tracing events inside per-request and per-job spans;
+            // RUST_LOG filters them (default `info`; `tower_http=debug` shows every
+            // request).
+            tracing_subscriber::fmt()
+                .with_writer(std::io::stderr)
+                .with_ansi(false)
+                .with_env_filter(
+                    tracing_subscriber::EnvFilter::try_from_default_env()
+                        .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                )
+                .init();
             let settings =
                 Settings::load(&data_dir, config.as_deref(), &Overrides { listen, workers })?;
             let rt = tokio::runtime::Builder::new_multi_thread()

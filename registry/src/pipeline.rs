@@ -44,6 +44,22 @@ pub struct Ctx {
     pub wake: Notify,
     /// The data dir's lock ([`crate::lock_data_dir`]), held while the registry runs.
     pub _lock: std::fs::File,
+    /// This process's name as a lease holder (`host:pid:start`).
+    pub owner: String,
+    /// Prometheus metrics (`GET /metrics`).
+    pub metrics: crate::metrics::Metrics,
+}
+
+/// A lease holder's name for this process: unique across hosts, processes and restarts.
+pub fn lease_owner() -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!(
+        "{host}:{}:{:.0}",
+        std::process::id(),
+        crate::store::now() * 1000.0
+    )
 }
 
 /// A failed attempt: the message, and whether trying again could help.
@@ -53,23 +69,38 @@ pub struct JobError {
     pub message: String,
     /// Network trouble, rate limits, server errors: worth another attempt.
     pub transient: bool,
+    /// This worker's lease on the job ran out and the job went back to the queue (or to
+    /// another worker): nothing is recorded for it, the new holder's attempt counts.
+    pub lost_lease: bool,
 }
 
 impl JobError {
-    fn permanent(m: impl std::fmt::Display) -> Self {
+    fn new(m: impl std::fmt::Display, transient: bool) -> Self {
         Self {
             message: m.to_string(),
-            transient: false,
+            transient,
+            lost_lease: false,
+        }
+    }
+
+    fn permanent(m: impl std::fmt::Display) -> Self {
+        Self::new(m, false)
+    }
+
+    fn lost_lease() -> Self {
+        Self {
+            lost_lease: true,
+            ..Self::new(
+                "this worker's lease on the job ran out; another attempt holds it now",
+                true,
+            )
         }
     }
 }
 
 impl From<tenpak::Error> for JobError {
     fn from(e: tenpak::Error) -> Self {
-        Self {
-            transient: tenpak::hub::is_transient(&e) || local_trouble(&e),
-            message: e.to_string(),
-        }
+        Self::new(&e, tenpak::hub::is_transient(&e) || local_trouble(&e))
     }
 }
 
@@ -93,44 +124,74 @@ fn local_trouble(e: &tenpak::Error) -> bool {
 
 impl From<crate::store::StoreError> for JobError {
     fn from(e: crate::store::StoreError) -> Self {
-        Self {
-            message: e.to_string(),
-            transient: true,
-        }
+        Self::new(e, true)
     }
 }
 
 impl From<std::io::Error> for JobError {
     fn from(e: std::io::Error) -> Self {
-        Self {
-            message: e.to_string(),
-            transient: true,
-        }
+        Self::new(e, true)
     }
 }
 
-/// Runs jobs until the process ends.
+/// Runs jobs until the process ends. While a job runs, a heartbeat renews its lease
+/// every third of [`Settings::job_lease`]; between jobs, the worker returns jobs whose
+/// lease ran out (a dead or hung holder) to the queue.
 pub async fn worker(ctx: Arc<Ctx>, n: usize) {
+    let lease = ctx.settings.job_lease;
     loop {
-        let claimed = ctx.store.claim();
+        match ctx.store.requeue_expired(ctx.settings.max_attempts) {
+            Ok(i) if i.requeued + i.failed > 0 => tracing::info!(
+                "worker {n}: {} job(s) whose lease ran out requeued, {} failed (out of attempts)",
+                i.requeued,
+                i.failed
+            ),
+            Ok(_) => {}
+            Err(e) => tracing::warn!("worker {n}: job store: {e}"),
+        }
+        let claimed = ctx.store.claim(&ctx.owner, lease);
         match claimed {
             Ok(Some(job)) => {
-                eprintln!(
+                tracing::info!(
                     "worker {n}: job {} {}@{} (attempt {})",
-                    job.id, job.repo, job.revision, job.attempts
+                    job.id,
+                    job.repo,
+                    job.revision,
+                    job.attempts
                 );
                 let t0 = Instant::now();
                 let id = job.id;
                 let attempts = job.attempts;
                 let c = ctx.clone();
-                match contained(async move { run(&c, job).await }).await {
+                let heartbeat = tokio::spawn(heartbeat(ctx.clone(), id));
+                // Every log line of the job carries its id, repo and attempt.
+                let span = tracing::info_span!("job", id, repo = %job.repo, attempt = attempts);
+                let result = contained(tracing::Instrument::instrument(
+                    async move { run(&c, job).await },
+                    span,
+                ))
+                .await;
+                heartbeat.abort();
+                ctx.metrics.job_ended(
+                    id,
+                    match &result {
+                        Ok(Outcome::Published) => "published",
+                        Ok(Outcome::Superseded) => "superseded",
+                        Ok(Outcome::Waiting(_)) => "waiting",
+                        Err(e) if e.lost_lease => "lost_lease",
+                        Err(e) if e.transient => "failed_transient",
+                        Err(_) => "failed",
+                    },
+                    t0.elapsed(),
+                );
+                match result {
                     Ok(outcome @ (Outcome::Published | Outcome::Superseded)) => {
                         if let Err(e) = ctx.store.finish(id) {
-                            eprintln!("worker {n}: job {id}: {e}");
+                            tracing::warn!("worker {n}: job {id}: {e}");
                         }
                         // Jobs waiting on this one (fine-tunes of it) may run now.
                         ctx.wake.notify_waiters();
-                        eprintln!(
+                        tracing::info!(
                             "worker {n}: job {id} {} in {:.1} s",
                             if matches!(outcome, Outcome::Published) {
                                 "published"
@@ -141,11 +202,15 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                         );
                     }
                     Ok(Outcome::Waiting(on)) => {
-                        eprintln!("worker {n}: job {id} waits for job {on} (its base)");
+                        tracing::info!("worker {n}: job {id} waits for job {on} (its base)");
+                    }
+                    Err(e) if e.lost_lease => {
+                        tracing::info!("worker {n}: job {id}: {}", e.message);
+                        let _ = std::fs::remove_dir_all(work_dir(&ctx, id));
                     }
                     Err(e) => {
                         let retry = e.transient && attempts < ctx.settings.max_attempts;
-                        eprintln!(
+                        tracing::warn!(
                             "worker {n}: job {id} attempt {attempts} failed{}: {}",
                             if retry { " (will retry)" } else { "" },
                             e.message
@@ -154,7 +219,7 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                             tokio::time::sleep(Duration::from_secs(1 << attempts.min(6))).await;
                         }
                         if let Err(e) = ctx.store.fail(id, &e.message, retry) {
-                            eprintln!("worker {n}: job {id}: {e}");
+                            tracing::warn!("worker {n}: job {id}: {e}");
                         }
                         if !retry {
                             // Nothing of a failed job stays on disk (its download stays
@@ -166,21 +231,48 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                 }
             }
             Ok(None) => {
-                // Idle: wait for a new job (or look again after a while).
-                let _ = tokio::time::timeout(Duration::from_secs(5), ctx.wake.notified()).await;
+                // Idle: wait for a new job (or look again after a while, also for leases
+                // that ran out).
+                let idle = Duration::from_secs(5).min(lease / 2);
+                let _ = tokio::time::timeout(idle, ctx.wake.notified()).await;
             }
             Err(e) => {
-                eprintln!("worker {n}: job store: {e}");
+                tracing::warn!("worker {n}: job store: {e}");
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
     }
 }
 
+/// Renews this process's lease on job `id` every third of the lease, until aborted or
+/// the lease is lost (then the job's own check before publishing stops it).
+async fn heartbeat(ctx: Arc<Ctx>, id: i64) {
+    let lease = ctx.settings.job_lease;
+    loop {
+        tokio::time::sleep(lease / 3).await;
+        let c = ctx.clone();
+        let renewed =
+            tokio::task::spawn_blocking(move || c.store.renew(id, &c.owner, c.settings.job_lease))
+                .await;
+        match renewed {
+            Ok(Ok(true)) => {}
+            Ok(Ok(false)) => {
+                tracing::warn!(
+                    "job {id}: lease lost (the job was requeued while this worker held it)"
+                );
+                return;
+            }
+            Ok(Err(e)) => tracing::warn!("job {id}: renewing the lease: {e}"),
+            Err(e) => tracing::warn!("job {id}: renewing the lease: {e}"),
+        }
+    }
+}
+
 /// Progress reporting from blocking code.
 fn stage(ctx: &Ctx, id: i64, name: &str, p: f64) {
+    ctx.metrics.stage(id, name);
     if let Err(e) = ctx.store.progress(id, name, p) {
-        eprintln!("job {id}: recording progress: {e}");
+        tracing::warn!("job {id}: recording progress: {e}");
     }
 }
 
@@ -274,7 +366,7 @@ fn joined(e: tokio::task::JoinError) -> JobError {
             .map(|s| s.to_string())
             .or_else(|| p.downcast_ref::<String>().cloned())
             .unwrap_or_else(|| "a panic without a message".into());
-        eprintln!("a job panicked: {msg}");
+        tracing::error!("a job panicked: {msg}");
         JobError::permanent(format!(
             "the job panicked (a bug in the registry; the log has it): {msg}"
         ))
@@ -810,43 +902,9 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
         artifact: None,
     });
 
-    // An older commit that finishes after a newer one must not replace it: when the
-    // source's branch has moved on and the head's job is already published, this job's
-    // artifacts stay in the registry (its /status lists them), the companion keeps the
-    // newer ones.
-    let head = ctx.hub.resolve(&job.repo, &ctx.settings.branch).await?;
-    if head != commit {
-        if let Some(newer) = ctx.store.job_for(&job.repo, &head)? {
-            if newer.state == DONE {
-                let note = format!(
-                    "superseded: {}@{} is {} (job {}, already published); this commit's artifacts are kept here, not published",
-                    job.repo,
-                    ctx.settings.branch,
-                    &head[..12.min(head.len())],
-                    newer.id
-                );
-                eprintln!("job {id}: {note}");
-                ctx.store.set_note(id, &note)?;
-                let _ = std::fs::remove_dir_all(&work);
-                return Ok(Outcome::Superseded);
-            }
-        }
-    }
-
-    // Publish: one commit with every file.
-    stage(ctx, id, "publish", 0.95);
-    ctx.hub.create_repo(&companion, access.restricted()).await?;
-    let mut uploads: Vec<Upload> = packed
-        .iter()
-        .map(|p| Upload::File {
-            path_in_repo: artifact_file(&job.repo, p.target),
-            source: p.path.clone(),
-        })
-        .collect();
-    uploads.push(Upload::Bytes {
-        path_in_repo: "README.md".into(),
-        bytes: card_text.into_bytes(),
-    });
+    // Publish: one commit with every file, made on top of the companion's head as it was
+    // looked at (`parentCommit`): a commit that lands in between (another registry
+    // process, a person) makes the Hub refuse ours with 412, and we look again.
     let message = format!(
         "TenPak artifacts of {}@{} ({})",
         job.repo,
@@ -857,55 +915,202 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
             .collect::<Vec<_>>()
             .join(", ")
     );
-    let ctx2 = ctx.clone();
-    let last = std::sync::Mutex::new(Instant::now() - Duration::from_secs(1));
-    let progress: tenpak::hub::ProgressFn = Arc::new(move |p: tenpak::hub::UploadProgress| {
-        let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
-        if l.elapsed() < Duration::from_millis(250) && p.bytes_done < p.bytes_total {
-            return;
+    let mut looks = 0;
+    let (report, t_up) = loop {
+        looks += 1;
+        if let Some(note) = superseded(ctx, &job, &commit).await? {
+            tracing::info!("job {id}: {note}");
+            ctx.store.set_note(id, &note)?;
+            let _ = std::fs::remove_dir_all(&work);
+            return Ok(Outcome::Superseded);
         }
-        *l = Instant::now();
-        let frac = p.bytes_done as f64 / p.bytes_total.max(1) as f64;
-        stage(
-            &ctx2,
-            id,
-            &format!(
-                "publish: {:.1} of {:.1} MB processed, {:.1} MB sent",
-                p.bytes_done as f64 / 1e6,
-                p.bytes_total as f64 / 1e6,
-                p.bytes_sent as f64 / 1e6
-            ),
-            0.95 + 0.049 * frac,
-        );
-    });
-    let t_up = Instant::now();
-    let report = ctx
-        .hub
-        .commit_files(&companion, uploads, &message, Some(progress))
-        .await?;
+        let mut seen = ctx.hub.head_listing(&companion).await?;
+        if seen.is_none() {
+            // A new companion: the Hub makes it with an initial commit, which is the
+            // parent ours must have.
+            ctx.hub.create_repo(&companion, access.restricted()).await?;
+            seen = ctx.hub.head_listing(&companion).await?;
+        }
+        // A previous attempt's commit already holds these very artifacts (the process
+        // was killed after the Hub took the commit, before it was recorded here): it is
+        // recorded now, not made twice.
+        if let Some((head, listed)) = &seen {
+            if already_published(listed, &packed, &files, &job.repo)? {
+                tracing::info!("job {id}: {companion}@{head} already holds these artifacts (an earlier attempt's commit): recorded, not committed again");
+                let upload = serde_json::json!({ "transfer": "none", "bytes": 0, "bytes_sent": 0,
+                    "seconds": 0.0, "note": "an earlier attempt's commit" });
+                return record_published(
+                    ctx,
+                    id,
+                    &companion,
+                    files,
+                    &access,
+                    Some(head.clone()),
+                    &upload,
+                    &work,
+                );
+            }
+        }
+        stage(ctx, id, "publish", 0.95);
+        let mut uploads: Vec<Upload> = packed
+            .iter()
+            .map(|p| Upload::File {
+                path_in_repo: artifact_file(&job.repo, p.target),
+                source: p.path.clone(),
+            })
+            .collect();
+        uploads.push(Upload::Bytes {
+            path_in_repo: "README.md".into(),
+            bytes: card_text.clone().into_bytes(),
+        });
+        let ctx2 = ctx.clone();
+        let last = std::sync::Mutex::new(Instant::now() - Duration::from_secs(1));
+        let progress: tenpak::hub::ProgressFn = Arc::new(move |p: tenpak::hub::UploadProgress| {
+            let mut l = last.lock().unwrap_or_else(|e| e.into_inner());
+            if l.elapsed() < Duration::from_millis(250) && p.bytes_done < p.bytes_total {
+                return;
+            }
+            *l = Instant::now();
+            let frac = p.bytes_done as f64 / p.bytes_total.max(1) as f64;
+            stage(
+                &ctx2,
+                id,
+                &format!(
+                    "publish: {:.1} of {:.1} MB processed, {:.1} MB sent",
+                    p.bytes_done as f64 / 1e6,
+                    p.bytes_total as f64 / 1e6,
+                    p.bytes_sent as f64 / 1e6
+                ),
+                0.95 + 0.049 * frac,
+            );
+        });
+        // Still ours? A job whose lease was taken over (this process stalled, another
+        // took the job) must not publish beside the new holder.
+        if !ctx.store.renew(id, &ctx.owner, ctx.settings.job_lease)? {
+            return Err(JobError::lost_lease());
+        }
+        let t_up = Instant::now();
+        let parent = seen.as_ref().map(|(h, _)| h.as_str());
+        match ctx
+            .hub
+            .commit_files_on(&companion, uploads, &message, parent, Some(progress))
+            .await
+        {
+            Err(tenpak::Error::Hub {
+                status: Some(412), ..
+            }) if looks < 5 => {
+                tracing::info!(
+                    "job {id}: {companion} moved while we committed (412): looking again"
+                );
+                continue;
+            }
+            r => break (r?, t_up),
+        }
+    };
     let upload = serde_json::json!({
         "transfer": report.transfer,
         "bytes": report.bytes_total,
         "bytes_sent": report.bytes_sent,
         "seconds": t_up.elapsed().as_secs_f64(),
     });
-    eprintln!(
+    tracing::info!(
         "job {id}: published {} ({:?}): {} bytes, {} sent",
-        companion, report.transfer, report.bytes_total, report.bytes_sent
+        companion,
+        report.transfer,
+        report.bytes_total,
+        report.bytes_sent
     );
-    let hub_commit = report.commit;
-    let revision_id = revision_id(&companion, &files);
+    record_published(
+        ctx,
+        id,
+        &companion,
+        files,
+        &access,
+        report.commit,
+        &upload,
+        &work,
+    )
+}
+
+/// Records a companion commit: the registry's revision of the companion, the job's
+/// published commit; removes the work dir.
+#[allow(clippy::too_many_arguments)]
+fn record_published(
+    ctx: &Ctx,
+    id: i64,
+    companion: &str,
+    files: Vec<RepoFile>,
+    access: &tenpak::hub::Access,
+    hub_commit: Option<String>,
+    upload: &serde_json::Value,
+    work: &std::path::Path,
+) -> Result<Outcome, JobError> {
+    let revision_id = revision_id(companion, &files);
     ctx.store.add_revision(&RepoRevision {
-        repo: companion.clone(),
+        repo: companion.to_string(),
         commit: revision_id.clone(),
         files,
         created_at: crate::store::now(),
         private: access.restricted(),
     })?;
     ctx.store
-        .set_published(id, hub_commit.as_deref().unwrap_or(&revision_id), &upload)?;
-    let _ = std::fs::remove_dir_all(&work);
+        .set_published(id, hub_commit.as_deref().unwrap_or(&revision_id), upload)?;
+    let _ = std::fs::remove_dir_all(work);
     Ok(Outcome::Published)
+}
+
+/// Why `job` must not publish: its commit is no longer the source branch's head, and the
+/// head has a job that has not failed (it publishes, or did: an older commit finishing
+/// last must not replace it). `None`: publish.
+async fn superseded(ctx: &Ctx, job: &Job, commit: &str) -> Result<Option<String>, JobError> {
+    let head = ctx.hub.resolve(&job.repo, &ctx.settings.branch).await?;
+    if head == commit {
+        return Ok(None);
+    }
+    Ok(ctx
+        .store
+        .job_for(&job.repo, &head)?
+        .filter(|newer| newer.state != FAILED)
+        .map(|newer| {
+            format!(
+                "superseded: {}@{} is {} (job {}, {}); this commit's artifacts are kept here, not published",
+                job.repo,
+                ctx.settings.branch,
+                &head[..12.min(head.len())],
+                newer.id,
+                if newer.state == DONE { "published" } else { "publishing it" }
+            )
+        }))
+}
+
+/// Whether the companion's listed files already hold every artifact of `packed` (by
+/// content: LFS sha256, or git blob id for inline files).
+fn already_published(
+    listed: &[tenpak::hub::ListedFile],
+    packed: &[Packed],
+    files: &[RepoFile],
+    repo: &str,
+) -> Result<bool, JobError> {
+    for p in packed {
+        let path = artifact_file(repo, p.target);
+        let Some(f) = files.iter().find(|f| f.path == path) else {
+            return Ok(false);
+        };
+        let Some(l) = listed.iter().find(|l| l.path == f.path) else {
+            return Ok(false);
+        };
+        if l.size != f.size {
+            return Ok(false);
+        }
+        let same = match &l.sha256 {
+            Some(s) => *s == f.sha256,
+            None => l.git_oid == tenpak::hub::git_blob_oid_of_file(&p.path)?,
+        };
+        if !same {
+            return Ok(false);
+        }
+    }
+    Ok(!packed.is_empty())
 }
 
 /// Where job `id` writes its artifacts before they are ingested and published.

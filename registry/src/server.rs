@@ -93,7 +93,7 @@ pub async fn serve(
                 Ok(s) => s,
                 Err(e) => {
                     // Out of file descriptors and the like: back off, keep serving.
-                    eprintln!("accept: {e}");
+                    tracing::warn!("accept: {e}");
                     tokio::time::sleep(Duration::from_millis(100)).await;
                     continue;
                 }
@@ -158,7 +158,7 @@ pub async fn serve(
         .await
         .is_err()
     {
-        eprintln!(
+        tracing::info!(
             "shutdown: connections still open after {:.0} s are dropped",
             limits.shutdown_grace.as_secs_f64()
         );

@@ -303,6 +303,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // Made from a private or gated source: served only with the API token.
     ("artifacts", "private", "INTEGER NOT NULL DEFAULT 0"),
     ("repo_revisions", "private", "INTEGER NOT NULL DEFAULT 0"),
+    // The worker holding a running job, and until when (seconds since the epoch).
+    ("jobs", "lease_owner", "TEXT"),
+    ("jobs", "lease_until", "REAL"),
 ];
 
 fn migrate(conn: &Connection) -> Result<()> {
@@ -343,21 +346,55 @@ impl Store {
     /// (out of memory, an allocation abort) would otherwise be claimed first at every
     /// start, forever. Those end `failed` with the reason.
     pub fn requeue_interrupted(&self, max_attempts: i64) -> Result<Interrupted> {
+        self.requeue(max_attempts, None)
+    }
+
+    /// Puts running jobs whose lease ran out back in the queue (their worker's process
+    /// died or hung: a live worker renews its lease), or fails them after
+    /// `max_attempts`, as [`Store::requeue_interrupted`] does at start.
+    pub fn requeue_expired(&self, max_attempts: i64) -> Result<Interrupted> {
+        self.requeue(max_attempts, Some(now()))
+    }
+
+    /// Running jobs (all, or those whose lease ended before `expired_before`) back to the
+    /// queue, or to failed when out of attempts.
+    fn requeue(&self, max_attempts: i64, expired_before: Option<f64>) -> Result<Interrupted> {
         let c = self.conn();
         let t = now();
+        let (why, stage) = match expired_before {
+            None => (
+                "the registry stopped during each of its ",
+                "requeued after restart",
+            ),
+            Some(_) => (
+                "the worker's lease ran out (its process died or hung) in each of its ",
+                "requeued: its lease ran out",
+            ),
+        };
         let failed = c.execute(
             "UPDATE jobs SET state = ?1, finished_at = ?2, updated_at = ?2,
-                 error = 'the registry stopped during each of its ' || attempts ||
-                         ' attempts (out of memory, killed, or a crash); not tried again'
-             WHERE state = ?3 AND attempts >= ?4",
-            params![FAILED, t, RUNNING, max_attempts],
+                 lease_owner = NULL, lease_until = NULL,
+                 error = ?5 || attempts || ' attempts (out of memory, killed, or a crash); not tried again'
+             WHERE state = ?3 AND attempts >= ?4 AND (?6 IS NULL OR lease_until < ?6)",
+            params![FAILED, t, RUNNING, max_attempts, why, expired_before],
         )?;
         let requeued = c.execute(
-            "UPDATE jobs SET state = ?1, stage = 'requeued after restart', updated_at = ?2
-             WHERE state = ?3",
-            params![QUEUED, t, RUNNING],
+            "UPDATE jobs SET state = ?1, stage = ?4, updated_at = ?2,
+                 lease_owner = NULL, lease_until = NULL
+             WHERE state = ?3 AND (?5 IS NULL OR lease_until < ?5)",
+            params![QUEUED, t, RUNNING, stage, expired_before],
         )?;
         Ok(Interrupted { requeued, failed })
+    }
+
+    /// Extends `owner`'s lease on running job `id` to `lease` from now. `false`: the job
+    /// is no longer `owner`'s (its lease ran out and it was requeued, or it ended).
+    pub fn renew(&self, id: i64, owner: &str, lease: std::time::Duration) -> Result<bool> {
+        let n = self.conn().execute(
+            "UPDATE jobs SET lease_until = ?3 WHERE id = ?1 AND lease_owner = ?2 AND state = ?4",
+            params![id, owner, now() + lease.as_secs_f64(), RUNNING],
+        )?;
+        Ok(n == 1)
     }
 
     /// Puts a failed job back in the queue with its attempts counted afresh (an
@@ -431,13 +468,16 @@ impl Store {
             .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))?)
     }
 
-    /// Takes the oldest queued job, marking it running and counting the attempt.
-    pub fn claim(&self) -> Result<Option<Job>> {
+    /// Takes the oldest queued job for `owner`, marking it running, counting the attempt
+    /// and giving `owner` a lease of `lease` (renewed with [`Store::renew`]). One
+    /// statement: two workers cannot take the same job.
+    pub fn claim(&self, owner: &str, lease: std::time::Duration) -> Result<Option<Job>> {
         let c = self.conn();
         let t = now();
         let id: Option<i64> = c
             .query_row(
-                "UPDATE jobs SET state = ?1, attempts = attempts + 1, updated_at = ?2, error = NULL
+                "UPDATE jobs SET state = ?1, attempts = attempts + 1, updated_at = ?2, error = NULL,
+                     lease_owner = ?7, lease_until = ?8
                  WHERE id = (SELECT j.id FROM jobs j
                              WHERE j.state = ?3
                                 OR (j.state = ?4 AND NOT EXISTS (
@@ -445,7 +485,16 @@ impl Store {
                                       AND b.state NOT IN (?5, ?6)))
                              ORDER BY j.id LIMIT 1)
                  RETURNING id",
-                params![RUNNING, t, QUEUED, WAITING, DONE, FAILED],
+                params![
+                    RUNNING,
+                    t,
+                    QUEUED,
+                    WAITING,
+                    DONE,
+                    FAILED,
+                    owner,
+                    t + lease.as_secs_f64()
+                ],
                 |r| r.get(0),
             )
             .optional()?;
@@ -488,6 +537,7 @@ impl Store {
     pub fn wait_on(&self, id: i64, on: i64) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET state = ?2, waits_on = ?3, attempts = MAX(attempts - 1, 0),
+                    lease_owner = NULL, lease_until = NULL,
                     stage = 'waiting for job ' || ?3, updated_at = ?4 WHERE id = ?1",
             params![id, WAITING, on, now()],
         )?;
@@ -560,6 +610,7 @@ impl Store {
         let t = now();
         self.conn().execute(
             "UPDATE jobs SET state = ?2, stage = 'published', progress = 1, error = NULL,
+                    lease_owner = NULL, lease_until = NULL,
                     updated_at = ?3, finished_at = ?3 WHERE id = ?1",
             params![id, DONE, t],
         )?;
@@ -576,7 +627,8 @@ impl Store {
             (FAILED, Some(t))
         };
         self.conn().execute(
-            "UPDATE jobs SET state = ?2, error = ?3, updated_at = ?4, finished_at = ?5
+            "UPDATE jobs SET state = ?2, error = ?3, updated_at = ?4, finished_at = ?5,
+                 lease_owner = NULL, lease_until = NULL
              WHERE id = ?1",
             params![id, state, crate::redact::redact(error), t, finished],
         )?;
@@ -815,6 +867,53 @@ mod tests {
         Store::open(&path).expect("open again");
     }
 
+    const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
+
+    #[test]
+    fn a_lease_that_runs_out_returns_the_job_and_its_old_holder_cannot_renew_it() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let path = tmp.path().join("jobs.db");
+        // Two handles on one database: two worker processes sharing the store.
+        let (a, b) = (
+            Store::open(&path).expect("a"),
+            Store::open(&path).expect("b"),
+        );
+        let j = job(&a, "k", "a/m", KIND_AUTO);
+        let short = std::time::Duration::from_millis(200);
+        let got = a.claim("worker-a", short).expect("claim").expect("job");
+        assert_eq!(got.id, j.id);
+        // Alive: renewing keeps it; nothing has expired.
+        assert!(a.renew(j.id, "worker-a", short).expect("renew"));
+        assert_eq!(b.requeue_expired(3).expect("sweep").requeued, 0);
+        assert!(!b.renew(j.id, "worker-b", short).expect("not b's"));
+        // Worker a hangs: its lease runs out and b's sweep requeues the job ...
+        std::thread::sleep(std::time::Duration::from_millis(300));
+        let i = b.requeue_expired(3).expect("sweep");
+        assert_eq!((i.requeued, i.failed), (1, 0));
+        let again = b.claim("worker-b", LEASE).expect("claim").expect("the job");
+        assert_eq!((again.id, again.attempts), (j.id, 2));
+        // ... and a, waking up, learns it lost the job (it must not publish).
+        assert!(!a.renew(j.id, "worker-a", LEASE).expect("renew"));
+        assert!(b.renew(j.id, "worker-b", LEASE).expect("b holds it"));
+        // A job whose lease ran out max_attempts times is failed with the reason.
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        b.renew(j.id, "worker-b", std::time::Duration::ZERO)
+            .expect("expire");
+        std::thread::sleep(std::time::Duration::from_millis(10));
+        let i = a.requeue_expired(2).expect("sweep");
+        assert_eq!((i.requeued, i.failed), (0, 1));
+        let dead = a.job(j.id).expect("read").expect("job");
+        assert_eq!(dead.state, FAILED);
+        assert!(
+            dead.error
+                .as_deref()
+                .unwrap_or("")
+                .contains("lease ran out"),
+            "{:?}",
+            dead.error
+        );
+    }
+
     #[test]
     fn a_job_interrupted_max_attempts_times_fails_and_the_next_job_still_runs() {
         let tmp = tempfile::tempdir().expect("tmp");
@@ -823,7 +922,7 @@ mod tests {
         let next = job(&s, "next", "a/ok", KIND_AUTO);
         // The process dies while the poison job runs, three starts in a row.
         for start in 1..=3 {
-            let got = s.claim().expect("claim").expect("a job");
+            let got = s.claim("w", LEASE).expect("claim").expect("a job");
             assert_eq!((got.id, got.attempts), (poison.id, start));
             let i = s.requeue_interrupted(3).expect("restart");
             let want = if start < 3 { (1, 0) } else { (0, 1) };
@@ -837,7 +936,10 @@ mod tests {
             dead.error
         );
         assert!(dead.finished_at.is_some());
-        assert_eq!(s.claim().expect("claim").map(|j| j.id), Some(next.id));
+        assert_eq!(
+            s.claim("w", LEASE).expect("claim").map(|j| j.id),
+            Some(next.id)
+        );
         // A retry puts it back with its attempts counted afresh; only a failed job.
         let (again, changed) = s.retry(poison.id).expect("retry").expect("job");
         assert!(changed);
@@ -853,7 +955,10 @@ mod tests {
         let tmp = tempfile::tempdir().expect("tmp");
         let s = Store::open(&tmp.path().join("jobs.db")).expect("open");
         let ft = job(&s, "ft", "a/ft", KIND_AUTO);
-        assert_eq!(s.claim().expect("claim").map(|j| j.id), Some(ft.id));
+        assert_eq!(
+            s.claim("w", LEASE).expect("claim").map(|j| j.id),
+            Some(ft.id)
+        );
         let base = job(&s, "base", "a/base", KIND_FULL);
         s.wait_on(ft.id, base.id).expect("wait");
         let w = s.job(ft.id).expect("job").expect("ft");
@@ -863,10 +968,13 @@ mod tests {
         );
         assert_eq!(s.waiters(base.id).expect("waiters"), vec![ft.id]);
         // The base runs first; the fine-tune stays parked while it does.
-        assert_eq!(s.claim().expect("claim").map(|j| j.id), Some(base.id));
-        assert_eq!(s.claim().expect("claim"), None);
+        assert_eq!(
+            s.claim("w", LEASE).expect("claim").map(|j| j.id),
+            Some(base.id)
+        );
+        assert_eq!(s.claim("w", LEASE).expect("claim"), None);
         s.finish(base.id).expect("finish");
-        let again = s.claim().expect("claim").expect("the fine-tune");
+        let again = s.claim("w", LEASE).expect("claim").expect("the fine-tune");
         assert_eq!((again.id, again.attempts), (ft.id, 1));
         assert_eq!(
             s.job_for("a/base", "c7a1f5f4e3b2a1908f7e6d5c4b3a29180f7e6d5c")

@@ -406,3 +406,130 @@ fn a_hub_that_accepts_and_then_stalls_fails_the_job_instead_of_holding_the_worke
     // The service answered throughout and answers now.
     assert_eq!(reg.get_json("/")["status"], "ok");
 }
+
+#[test]
+fn killed_after_the_hub_took_the_commit_it_records_that_commit_instead_of_making_another() {
+    let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
+    let data = tmp.path().join("data");
+    // The Hub records the commit, then its answer is held: the registry is killed before
+    // it hears (and records) that its commit is in.
+    hub.hub.set_answer_gate(false);
+    let mut reg = Registry::start(&data, &hub.url, &[]);
+    let id = reg.deliver();
+    let t0 = Instant::now();
+    while hub.hub.answers_held.load(Ordering::SeqCst) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no commit arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    reg.kill();
+    hub.hub.set_answer_gate(true);
+    assert_eq!(hub.hub.commits().len(), 1);
+    let reg = Registry::start(&data, &hub.url, &[]);
+    let job = reg.wait_job(id, Duration::from_secs(120));
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(job["attempts"], 2, "{job}");
+    let commits = hub.hub.commits();
+    assert_eq!(
+        commits.len(),
+        1,
+        "one Hub commit, whatever the stage of the kill"
+    );
+    assert_eq!(job["published_commit"], commits[0].oid.as_str(), "{job}");
+    assert!(
+        reg.log
+            .lock()
+            .expect("log")
+            .iter()
+            .any(|l| l.contains("already holds these artifacts")),
+        "the restart found its earlier commit"
+    );
+    // The companion is served as published.
+    assert_eq!(
+        reg.get(&format!("/api/models/{COMPANION}"))
+            .status()
+            .as_u16(),
+        200
+    );
+}
+
+#[test]
+fn a_push_to_the_companion_while_the_registry_commits_is_not_overwritten_blindly() {
+    // The registry's commit waits at the gate, made on top of the head it saw; a person
+    // pushes meanwhile. The Hub refuses the registry's commit (412, parentCommit), the
+    // registry looks again and commits on top of the person's commit.
+    let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
+    hub.hub.set_commit_gate(false);
+    let reg = Registry::start(&tmp.path().join("data"), &hub.url, &[]);
+    let id = reg.deliver();
+    let t0 = Instant::now();
+    while hub.hub.commit_requests.load(Ordering::SeqCst) == 0 {
+        assert!(t0.elapsed() < Duration::from_secs(120), "no commit arrived");
+        std::thread::sleep(Duration::from_millis(20));
+    }
+    let theirs = hub
+        .hub
+        .push_commit(COMPANION, "NOTES.md", b"a person's notes\n");
+    hub.hub.set_commit_gate(true);
+    let job = reg.wait_job(id, Duration::from_secs(120));
+    assert_eq!(job["state"], "done", "{job}");
+    let commits = hub.hub.commits();
+    assert_eq!(commits.len(), 2, "the person's commit and the registry's");
+    assert_eq!(commits[0].oid, theirs);
+    assert!(commits[1].files.contains_key("tiny-llama-balanced.tnpk"));
+    assert_eq!(
+        hub.hub.commit_requests.load(Ordering::SeqCst),
+        2,
+        "one refused, one taken"
+    );
+    assert!(reg
+        .log
+        .lock()
+        .expect("log")
+        .iter()
+        .any(|l| l.contains("412")));
+}
+
+#[test]
+fn two_commits_racing_end_at_the_newer_one() {
+    // An older and a newer commit of one repo are compressed at once by two workers; the
+    // older one must not publish over (or after) the newer one, whichever ends first.
+    let Fixture { tmp, hub, model } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
+    let old = "0000000000000000000000000000000000000001";
+    hub.hub.add_model(hub::ModelRepo {
+        repo: REPO.into(),
+        sha: old.into(),
+        dir: model.clone(),
+    });
+    hub.hub.set_commit_gate(false);
+    let reg = Registry::start_args(&tmp.path().join("data"), &hub.url, &[], &["--workers", "2"]);
+    let v: Value = reg
+        .webhook(&content_update(REPO, old), Some(SECRET))
+        .json()
+        .expect("json");
+    let old_id = v["job_id"].as_i64().expect("id");
+    let new_id = reg.deliver();
+    let old_job = reg.wait_job(old_id, Duration::from_secs(120));
+    assert_eq!(old_job["state"], "done", "{old_job}");
+    assert!(
+        old_job["note"]
+            .as_str()
+            .unwrap_or("")
+            .contains("superseded"),
+        "{old_job}"
+    );
+    hub.hub.set_commit_gate(true);
+    let new_job = reg.wait_job(new_id, Duration::from_secs(120));
+    assert_eq!(new_job["state"], "done", "{new_job}");
+    let commits = hub.hub.commits();
+    assert_eq!(
+        commits.len(),
+        1,
+        "{:?}",
+        commits.iter().map(|c| &c.summary).collect::<Vec<_>>()
+    );
+    assert!(
+        commits[0].summary.contains(&SHA[..12]),
+        "{}",
+        commits[0].summary
+    );
+}

@@ -31,6 +31,17 @@ pub const DEFAULT_CHUNK_SIZE: u64 = 4 << 20;
 pub const MAX_MANIFEST_LEN: u64 = 256 << 20;
 /// Largest signature block a reader accepts.
 pub const MAX_SIGNATURE_LEN: u64 = 1 << 16;
+/// Largest chunk a reader accepts (writers use [`DEFAULT_CHUNK_SIZE`]; a reader buffers a
+/// chunk whole to verify it before decoding).
+pub const MAX_CHUNK_LEN: u64 = 1 << 30;
+/// Deduplication lets many owners reference one chunk, so the bytes a reader may be asked
+/// to assemble exceed the file's. A manifest whose references add up to more than this
+/// many times its distinct chunk bytes, plus [`DEDUP_SLACK`], is refused: otherwise a
+/// small file could ask for hundreds of GB (every real artifact measured here is < 1.2x).
+pub const MAX_DEDUP_FACTOR: u64 = 64;
+/// Referenced bytes allowed beyond [`MAX_DEDUP_FACTOR`] (small artifacts of repeated
+/// tensors, such as norms of ones).
+pub const DEDUP_SLACK: u64 = 256 << 20;
 
 pub use crate::error::FormatError;
 
@@ -443,6 +454,12 @@ impl Manifest {
         }
         let mut prev_end = 0u64;
         for (i, c) in self.chunks.iter().enumerate() {
+            if c.length > MAX_CHUNK_LEN {
+                return bad(format!(
+                    "chunk {i}: {} bytes, more than the {MAX_CHUNK_LEN} a reader accepts",
+                    c.length
+                ));
+            }
             if c.length == 0 || c.offset % self.alignment != 0 {
                 return bad(format!(
                     "chunk {i}: empty or unaligned (offset {})",
@@ -468,6 +485,8 @@ impl Manifest {
             prev_end = end;
         }
         let n = self.chunks.len();
+        let distinct: u64 = self.chunks.iter().map(|c| c.length).sum();
+        let referenced = std::cell::Cell::new(0u64);
         let check_refs = |owner: &str, refs: &[u32], length: u64| -> Result<(), FormatError> {
             let mut total = 0u64;
             for &r in refs {
@@ -481,6 +500,18 @@ impl Manifest {
             if total != length {
                 return Err(FormatError::Manifest(format!(
                     "{owner}: chunks hold {total} bytes, entry says {length}"
+                )));
+            }
+            referenced.set(referenced.get().saturating_add(total));
+            let cap = distinct
+                .saturating_mul(MAX_DEDUP_FACTOR)
+                .saturating_add(DEDUP_SLACK);
+            if referenced.get() > cap {
+                return Err(FormatError::Manifest(format!(
+                    "{owner}: references add up to {} bytes, more than {MAX_DEDUP_FACTOR}x the \
+                     {distinct} bytes of distinct chunks (+{DEDUP_SLACK}): refused as a \
+                     decompression bomb",
+                    referenced.get()
                 )));
             }
             Ok(())
@@ -549,6 +580,27 @@ impl Manifest {
     pub fn digest_of(bytes: &[u8]) -> String {
         format!("sha256:{}", sha256_hex(bytes))
     }
+}
+
+/// A whole file around the given regions: header, `data` at offset [`HEADER_LEN`], then the
+/// manifest and the signature block, with the manifest digest computed. No check is made:
+/// this is for tests and fuzzers that build hostile files which still reach validation
+/// and decoding (a random manifest never matches a random digest).
+pub fn assemble(data: &[u8], manifest: &[u8], signature: &[u8]) -> Vec<u8> {
+    let manifest_offset = (HEADER_LEN + data.len()) as u64;
+    let header = Header {
+        minor: MINOR,
+        manifest_offset,
+        manifest_len: manifest.len() as u64,
+        signature_offset: manifest_offset + manifest.len() as u64,
+        signature_len: signature.len() as u64,
+        manifest_sha256: Sha256::digest(manifest).into(),
+    };
+    let mut out = header.to_bytes().to_vec();
+    out.extend_from_slice(data);
+    out.extend_from_slice(manifest);
+    out.extend_from_slice(signature);
+    out
 }
 
 fn contains_float(v: &serde_json::Value) -> bool {
@@ -697,6 +749,44 @@ mod tests {
         assert!(matches!(
             Manifest::parse(with_float.as_bytes(), 4096, 8192),
             Err(FormatError::Manifest(_))
+        ));
+    }
+
+    #[test]
+    fn decompression_bombs_are_refused_before_any_chunk_is_read() {
+        // One 4 KiB chunk referenced by a tensor 2^20 times: 4 GiB asked of a 4 KiB file
+        // (a Vec of that size would be allocated to assemble the tensor).
+        let mut m = manifest();
+        m.chunks[0].length = 4096;
+        let refs = 1u32 << 20;
+        m.tensors[0] = TensorEntry {
+            name: "bomb".into(),
+            shape: vec![1u64 << 31],
+            dtype: DType::BF16,
+            encoding: Encoding::Raw,
+            encoded_length: 4096 * refs as u64,
+            chunks: vec![0; refs as usize],
+        };
+        match Manifest::parse(&m.to_canonical(), 4096, 8192) {
+            Err(FormatError::Manifest(e)) => assert!(e.contains("decompression bomb"), "{e}"),
+            other => panic!("expected a refusal, got {other:?}"),
+        }
+        // Legitimate sharing (norms of ones in every layer) stays well inside the cap.
+        let mut m = manifest();
+        for i in 0..100 {
+            let mut t = m.tensors[0].clone();
+            t.name = format!("norm{i}");
+            m.tensors.push(t);
+        }
+        Manifest::parse(&m.to_canonical(), 4096, 8192).expect("shared chunks are fine");
+        // A chunk larger than a reader buffers.
+        let mut m = manifest();
+        m.chunks[0].length = MAX_CHUNK_LEN + 4096;
+        m.tensors[0].shape = vec![(MAX_CHUNK_LEN + 4096) / 2];
+        m.tensors[0].encoded_length = MAX_CHUNK_LEN + 4096;
+        assert!(matches!(
+            Manifest::parse(&m.to_canonical(), 4096, 1 << 40),
+            Err(FormatError::Manifest(e)) if e.contains("more than")
         ));
     }
 

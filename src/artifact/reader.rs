@@ -33,7 +33,20 @@ pub struct Artifact {
 
 impl Artifact {
     /// Reads and validates header and manifest (the manifest digest is checked here).
+    /// To trust only one signer's artifacts, use [`Artifact::open_verified`], which checks
+    /// the signature before the manifest is parsed.
     pub fn open(src: Box<dyn RangeSource>) -> Result<Self> {
+        Self::open_with(src, None)
+    }
+
+    /// [`Artifact::open`] that checks `key` signed the artifact *before* the manifest is
+    /// parsed: the digest of the manifest bytes is signed, so a file from anyone else is
+    /// refused with no more of it read or parsed than the header and the signature.
+    pub fn open_verified(src: Box<dyn RangeSource>, key: &VerifyingKey) -> Result<Self> {
+        Self::open_with(src, Some(key))
+    }
+
+    fn open_with(src: Box<dyn RangeSource>, key: Option<&VerifyingKey>) -> Result<Self> {
         let loc = src.location().to_string();
         let fail = |error: FormatError| Error::Artifact {
             location: loc.clone(),
@@ -63,9 +76,12 @@ impl Artifact {
                 actual: hex::encode(actual),
             }));
         }
+        sign::parse_block(sig).map_err(fail)?;
+        if let Some(key) = key {
+            sign::verify(sig, &header.manifest_sha256, key).map_err(fail)?;
+        }
         let manifest = Manifest::parse(mbytes, format::HEADER_LEN as u64, header.manifest_offset)
             .map_err(fail)?;
-        sign::parse_block(sig).map_err(fail)?;
         Ok(Self {
             digest: Manifest::digest_of(mbytes),
             src,
@@ -78,6 +94,12 @@ impl Artifact {
     /// Opens a path or URL with default HTTP settings.
     pub fn open_location(location: &str) -> Result<Self> {
         Self::open(super::source::open(location, Default::default())?)
+    }
+
+    /// Opens a path or URL, verified against `key` when one is given (see
+    /// [`Artifact::open_verified`]).
+    pub fn open_location_verified(location: &str, key: Option<&VerifyingKey>) -> Result<Self> {
+        Self::open_with(super::source::open(location, Default::default())?, key)
     }
 
     fn fail(&self, error: FormatError) -> Error {
@@ -181,7 +203,10 @@ impl Artifact {
         Ok(self.fetch_many(&[(&f.name, &f.chunks)])?.remove(0).to_vec())
     }
 
-    /// Decodes a tensor's verified bytes to f32.
+    /// Decodes a tensor's verified bytes to f32. The output is allocated only once the
+    /// encoding is known to fill it: a raw tensor's length matches its shape (the
+    /// manifest's validation), an encoded one's header claims its shape and it has bytes
+    /// enough for that ([`codec::check_output`]).
     pub fn decode(&self, t: &TensorEntry, bytes: &[u8]) -> Result<Vec<f32>> {
         let numel = usize::try_from(t.numel()).map_err(|_| Error::LimitExceeded {
             path: self.src.location().into(),
@@ -189,6 +214,20 @@ impl Artifact {
             value: t.numel(),
             limit: usize::MAX as u64,
         })?;
+        if bytes.len() as u64 != t.encoded_length {
+            return Err(self.fail(FormatError::Layout(format!(
+                "tensor {}: {} bytes given, the manifest says {}",
+                t.name,
+                bytes.len(),
+                t.encoded_length
+            ))));
+        }
+        if matches!(
+            t.encoding,
+            Encoding::Int4 { .. } | Encoding::Int4Residual { .. } | Encoding::Composite { .. }
+        ) {
+            codec::check_output(bytes, numel).map_err(|e| e.in_tensor(&t.name))?;
+        }
         let mut out = vec![0f32; numel];
         match &t.encoding {
             Encoding::Raw => t.dtype.decode_into(bytes, &mut out),

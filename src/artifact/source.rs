@@ -182,6 +182,23 @@ impl Default for HttpOptions {
     }
 }
 
+/// Largest buffer reserved before a response's bytes arrive.
+const PREALLOCATE: u64 = 64 << 20;
+
+/// `bytes START-END/TOTAL` (RFC 9110 §14.4) as numbers; `None` for anything else
+/// (including an unknown total, `*`).
+pub fn parse_content_range(v: &str) -> Option<(u64, u64, u64)> {
+    let rest = v.trim().strip_prefix("bytes ")?;
+    let (range, total) = rest.split_once('/')?;
+    let (start, end) = range.split_once('-')?;
+    let (start, end, total) = (
+        start.parse::<u64>().ok()?,
+        end.parse::<u64>().ok()?,
+        total.parse::<u64>().ok()?,
+    );
+    (start <= end && end < total).then_some((start, end, total))
+}
+
 /// A `.tnpk` behind a URL that honours Range requests.
 pub struct HttpSource {
     url: String,
@@ -242,13 +259,19 @@ impl HttpSource {
                 format!("expected 206 Partial Content for a range request, got {status}"),
             ));
         }
-        let len = resp
+        let (start, end, len) = resp
             .headers()
             .get(CONTENT_RANGE)
             .and_then(|v| v.to_str().ok())
-            .and_then(|v| v.rsplit('/').next())
-            .and_then(|v| v.parse::<u64>().ok())
+            .and_then(parse_content_range)
             .ok_or_else(|| http_err(url, Some(206), "206 without a usable Content-Range total"))?;
+        if (start, end) != (0, 0) || len == 0 {
+            return Err(http_err(
+                url,
+                Some(206),
+                format!("asked for bytes 0-0, the server answered {start}-{end}/{len}"),
+            ));
+        }
         Ok(Self {
             url: url.to_string(),
             len,
@@ -288,9 +311,29 @@ impl HttpSource {
                     format!("{status} for {range}"),
                 ));
             }
-            // Read into a buffer of the known size: one copy, no regrowth. Read at most
-            // one byte more than asked, so an over-long answer is detected, not buffered.
-            let mut body = Vec::with_capacity(length as usize + 1);
+            // The answer must be the range asked for (a server that sends another range
+            // would hand us the wrong bytes under the right name).
+            let answered = resp
+                .headers()
+                .get(CONTENT_RANGE)
+                .and_then(|v| v.to_str().ok())
+                .and_then(parse_content_range);
+            if answered != Some((offset, offset + length - 1, self.len)) {
+                return Err(http_err(
+                    &self.url,
+                    Some(206),
+                    format!(
+                        "asked for {range} of {} bytes, the server answered Content-Range {:?}",
+                        self.len,
+                        resp.headers().get(CONTENT_RANGE)
+                    ),
+                ));
+            }
+            // Read into a buffer of the asked size (one copy, no regrowth), but never
+            // reserve more than PREALLOCATE up front: memory follows the bytes that
+            // actually arrive, whatever a hostile total or manifest claims. Read at most one
+            // byte more than asked, so an over-long answer is detected, not buffered.
+            let mut body = Vec::with_capacity((length + 1).min(PREALLOCATE) as usize);
             std::io::Read::read_to_end(&mut std::io::Read::take(resp, length + 1), &mut body)
                 .map_err(|e| http_err(&self.url, Some(206), e.to_string()))?;
             if body.len() as u64 != length {

@@ -4,6 +4,8 @@ use tenpak::artifact::source::{self, HttpOptions};
 use tenpak::artifact::Artifact;
 use tenpak::delta::DeltaSource;
 
+use ed25519_dalek::VerifyingKey;
+
 /// Where the artifact is and how to fetch it.
 #[derive(Debug, clap::Args)]
 pub struct SourceArgs {
@@ -34,15 +36,22 @@ impl SourceArgs {
         }
     }
 
-    /// Opens the artifact (header and manifest validated).
-    pub fn open(&self) -> anyhow::Result<Artifact> {
-        Ok(Artifact::open(source::open(&self.location, self.http())?)?)
+    /// Opens the artifact (header and manifest validated); with `key`, its signature is
+    /// checked first, before the manifest is parsed.
+    pub fn open(&self, key: Option<&VerifyingKey>) -> anyhow::Result<Artifact> {
+        let src = source::open(&self.location, self.http())?;
+        Ok(match key {
+            Some(k) => Artifact::open_verified(src, k)?,
+            None => Artifact::open(src)?,
+        })
     }
 
     /// Opens the artifact, with its base when it is a delta: a delta without `--base`,
     /// or with the wrong base, and a `--base` for a full model are errors.
-    pub fn open_model(&self) -> anyhow::Result<Opened> {
-        let art = self.open()?;
+    /// With `key`, both artifacts must be signed by it (checked before their manifests
+    /// are parsed).
+    pub fn open_model(&self, key: Option<&VerifyingKey>) -> anyhow::Result<Opened> {
+        let art = self.open(key)?;
         match (&art.manifest().base, &self.base) {
             (None, None) => Ok(Opened::Full(Box::new(art))),
             (None, Some(_)) => Err(tenpak::Error::NotADelta {
@@ -54,7 +63,11 @@ impl SourceArgs {
             }
             .into()),
             (Some(_), Some(base)) => {
-                let base = Artifact::open(source::open(base, self.http())?)?;
+                let src = source::open(base, self.http())?;
+                let base = match key {
+                    Some(k) => Artifact::open_verified(src, k)?,
+                    None => Artifact::open(src)?,
+                };
                 Ok(Opened::Delta(Box::new(DeltaSource::new(art, base)?)))
             }
         }

@@ -16,7 +16,7 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let art = a.source.open()?;
+    let art = a.source.open(None)?;
     let m = art.manifest();
     let weights: u64 = m.tensors.iter().map(|t| t.numel()).sum();
     let source_bytes: u64 = m

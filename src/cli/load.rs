@@ -43,9 +43,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Selection::new(a.tensors.as_deref(), a.layers.as_deref()).map_err(anyhow::Error::msg)?;
     let t0 = Instant::now();
     if a.gpu {
-        return load_gpu(&a, &sel, a.source.open_model()?, t0);
+        return load_gpu(&a, &sel, a.source.open_model(None)?, t0);
     }
-    let art = match a.source.open_model()? {
+    let art = match a.source.open_model(None)? {
         Opened::Full(art) => *art,
         Opened::Delta(d) => return load_delta(&a, &sel, &d, t0),
     };

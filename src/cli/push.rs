@@ -44,11 +44,13 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if r.revision.is_some() {
         bail!("push commits to main; give the repository without @revision");
     }
-    let art = Artifact::open_location(&a.artifact.display().to_string())
+    let key = a
+        .key
+        .as_ref()
+        .map(|k| sign::load_public_key(k))
+        .transpose()?;
+    let art = Artifact::open_location_verified(&a.artifact.display().to_string(), key.as_ref())
         .with_context(|| format!("opening {}", a.artifact.display()))?;
-    if let Some(k) = &a.key {
-        art.verify_signature(&sign::load_public_key(k)?)?;
-    }
     art.verify_chunks(&|_| {})?;
     let name = match &a.path_in_repo {
         Some(n) => n.clone(),

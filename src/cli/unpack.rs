@@ -34,13 +34,16 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let sel =
         Selection::new(a.tensors.as_deref(), a.layers.as_deref()).map_err(anyhow::Error::msg)?;
-    let art: Artifact = match a.source.open_model()? {
+    let key = a
+        .key
+        .as_ref()
+        .map(|k| sign::load_public_key(k))
+        .transpose()?;
+    // With --key, every artifact's signature is checked before its manifest is parsed.
+    let art: Artifact = match a.source.open_model(key.as_ref())? {
         Opened::Full(art) => *art,
         Opened::Delta(d) => return unpack_delta(&a, &sel, &d),
     };
-    if let Some(k) = &a.key {
-        art.verify_signature(&sign::load_public_key(k)?)?;
-    }
     let n = art.select(&sel).len();
     let pb = super::progress::bar(n as u64, "unpack");
     let t0 = std::time::Instant::now();
@@ -63,9 +66,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
 }
 
 fn unpack_delta(a: &Args, sel: &Selection, d: &tenpak::delta::DeltaSource) -> anyhow::Result<()> {
-    if let Some(k) = &a.key {
-        d.verify_signatures(&sign::load_public_key(k)?)?;
-    }
     let n = d.delta().select(sel).len();
     let pb = super::progress::bar(n as u64, "unpack");
     let t0 = std::time::Instant::now();

@@ -25,18 +25,14 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .as_ref()
         .map(|k| sign::load_public_key(k))
         .transpose()?;
-    let (arts, what) = match a.source.open_model()? {
+    // With --key, the signatures are checked before the manifests are parsed.
+    let (arts, what) = match a.source.open_model(key.as_ref())? {
         Opened::Full(art) => (vec![*art], ""),
         Opened::Delta(d) => {
             let (delta, base) = d.into_parts();
             (vec![delta, base], " (delta and base)")
         }
     };
-    for art in &arts {
-        if let Some(pk) = &key {
-            art.verify_signature(pk)?;
-        }
-    }
     let total: u64 = arts
         .iter()
         .flat_map(|art| art.manifest().tensors.iter().map(|t| t.encoded_length))

@@ -63,5 +63,5 @@ pub use spec::{
     check_group, CodecKind, CodecSpec, Encoded, TensorCalib, DEFAULT_AWQ_OUTLIERS,
     DEFAULT_REFINE_ITERS, MAX_GROUP, MIN_GROUP,
 };
-pub use table::{apply, decode, decode_vec, is_delta, requantize};
+pub use table::{apply, check_output, decode, decode_vec, is_delta, requantize};
 pub use traits::{check_finite, BaseView, Codec, DeltaCodec};

@@ -107,11 +107,6 @@ pub fn name_list() -> String {
     names().map(|n| n.name).collect::<Vec<_>>().join(", ")
 }
 
-/// The row's name for errors ("unknown" for an id no row has).
-fn row_name(h: &Header) -> &'static str {
-    row(h.id).map_or("unknown", |r| r.name)
-}
-
 /// Decodes any encoding in the table into `out`, checking its header against
 /// `out.len()` and its length against the header: the row of the header's codec id decodes
 /// it (and gets this function for the encodings nested inside).
@@ -190,15 +185,16 @@ fn requantize_nested(enc: &[u8], w: &[f32], refit: f32) -> Result<Vec<u8>> {
     })
 }
 
-/// Decodes into a new vector.
-pub fn decode_vec(bytes: &[u8]) -> Result<Vec<f32>> {
-    let h = Header::parse(bytes)?;
-    // No encoding here holds more than 4096 weights per byte (a rank-1 factor of a
-    // 4096-wide square matrix is 2048); a header claiming more is corrupt. Checked before
-    // allocating the output.
+/// Checks, before anything is allocated, that `bytes` can decode to `n` weights: its
+/// header claims `n`, and the bytes are not too few for that many. No encoding here holds
+/// more than 4096 weights per byte (a rank-1 factor of a 4096-wide square matrix is
+/// 2048); a claim beyond that is corrupt (a tiny input must not make a reader allocate
+/// gigabytes before the decoder finds the bytes missing).
+pub fn check_output(bytes: &[u8], n: usize) -> Result<()> {
+    let (h, row) = checked_row(bytes, n)?;
     if h.numel() / 4096 > bytes.len() {
         return Err(Error::corrupt(
-            row_name(&h),
+            row.name,
             Corruption::Length {
                 what: "bytes for the weights the header claims",
                 expected: (h.numel() / 4096) as u64,
@@ -206,7 +202,14 @@ pub fn decode_vec(bytes: &[u8]) -> Result<Vec<f32>> {
             },
         ));
     }
-    let mut out = vec![0f32; h.numel()];
+    Ok(())
+}
+
+/// Decodes into a new vector.
+pub fn decode_vec(bytes: &[u8]) -> Result<Vec<f32>> {
+    let n = Header::parse(bytes)?.numel();
+    check_output(bytes, n)?;
+    let mut out = vec![0f32; n];
     decode(bytes, &mut out)?;
     Ok(out)
 }

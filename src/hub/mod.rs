@@ -491,6 +491,17 @@ impl Hub {
 
     /// Every file path of `repo` at `revision`, with its size as the Hub lists it.
     pub async fn list_files_sized(&self, repo: &str, revision: &str) -> Result<Vec<(String, u64)>> {
+        Ok(self
+            .listing(repo, revision)
+            .await?
+            .into_iter()
+            .map(|f| (f.path, f.size))
+            .collect())
+    }
+
+    /// Every file of `repo` at `revision` as the Hub's tree lists it: path, size, git
+    /// object id, and the sha256 of LFS/Xet-stored files.
+    pub async fn listing(&self, repo: &str, revision: &str) -> Result<Vec<ListedFile>> {
         use futures_util::StreamExt;
         let (owner, name) = split(repo)?;
         let r = self.client.model(owner, name);
@@ -503,13 +514,37 @@ impl Hub {
         futures_util::pin_mut!(stream);
         let mut out = Vec::new();
         while let Some(entry) = stream.next().await {
-            if let RepoTreeEntry::File { path, size, .. } =
-                entry.map_err(|e| hub_error(repo, "list files", e))?
+            if let RepoTreeEntry::File {
+                path,
+                size,
+                oid,
+                lfs,
+                ..
+            } = entry.map_err(|e| hub_error(repo, "list files", e))?
             {
-                out.push((path, size));
+                out.push(ListedFile {
+                    path,
+                    size,
+                    git_oid: oid,
+                    sha256: lfs.and_then(|l| l.sha256),
+                });
             }
         }
         Ok(out)
+    }
+
+    /// The head commit of `repo`'s `main` and its files, or `None` when the repository
+    /// does not exist (yet).
+    pub async fn head_listing(&self, repo: &str) -> Result<Option<(String, Vec<ListedFile>)>> {
+        let head = match self.resolve(repo, "main").await {
+            Ok(h) => h,
+            Err(Error::Hub {
+                status: Some(404), ..
+            }) => return Ok(None),
+            Err(e) => return Err(e),
+        };
+        // The tree of that exact commit: a push in between cannot mix two states.
+        Ok(Some((head.clone(), self.listing(repo, &head).await?)))
     }
 
     /// Creates model repository `repo` (no error when it exists).
@@ -525,6 +560,47 @@ impl Hub {
             .map_err(|e| hub_error(repo, "create repository", e))?;
         Ok(())
     }
+}
+
+/// A file as the Hub's tree API lists it.
+#[derive(Debug, Clone, PartialEq, Eq)]
+pub struct ListedFile {
+    /// Repository-relative path.
+    pub path: String,
+    /// Size in bytes (of the content, also for LFS files).
+    pub size: u64,
+    /// Git object id (of the LFS pointer for LFS files).
+    pub git_oid: String,
+    /// sha256 of the content, for LFS/Xet-stored files.
+    pub sha256: Option<String>,
+}
+
+/// Git's object id of a blob: `sha1("blob <len>\0" + bytes)`, hex.
+pub fn git_blob_oid(bytes: &[u8]) -> String {
+    use sha1::{Digest, Sha1};
+    let mut h = Sha1::new();
+    h.update(format!("blob {}\0", bytes.len()).as_bytes());
+    h.update(bytes);
+    hex::encode(h.finalize())
+}
+
+/// [`git_blob_oid`] of a file, read in pieces (bounded memory).
+pub fn git_blob_oid_of_file(path: &Path) -> Result<String> {
+    use sha1::{Digest, Sha1};
+    use std::io::Read;
+    let mut f = std::fs::File::open(path).map_err(|e| Error::io("open", path, e))?;
+    let len = f.metadata().map_err(|e| Error::io("stat", path, e))?.len();
+    let mut h = Sha1::new();
+    h.update(format!("blob {len}\0").as_bytes());
+    let mut buf = vec![0u8; 1 << 20];
+    loop {
+        let n = f.read(&mut buf).map_err(|e| Error::io("read", path, e))?;
+        if n == 0 {
+            break;
+        }
+        h.update(&buf[..n]);
+    }
+    Ok(hex::encode(h.finalize()))
 }
 
 /// Whether `s` is a full 40-hex commit sha (the Hub's rule, kept in `tenpak-hooks`).

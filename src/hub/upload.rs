@@ -240,6 +240,22 @@ impl Hub {
         message: &str,
         progress: Option<ProgressFn>,
     ) -> Result<CommitReport> {
+        self.commit_files_on(repo, files, message, None, progress)
+            .await
+    }
+
+    /// [`Hub::commit_files`] on top of `parent` only: the Hub refuses the commit (412)
+    /// when `main` has moved past `parent` since the caller looked (the header line's
+    /// `parentCommit`, as huggingface_hub sends it), so two writers racing cannot
+    /// silently overwrite each other.
+    pub async fn commit_files_on(
+        &self,
+        repo: &str,
+        files: Vec<Upload>,
+        message: &str,
+        parent: Option<&str>,
+        progress: Option<ProgressFn>,
+    ) -> Result<CommitReport> {
         split(repo)?;
         let fail = |op: &'static str, (status, message): (Option<u16>, String)| Error::Hub {
             repo: repo.to_string(),
@@ -292,7 +308,7 @@ impl Hub {
             .collect();
         if lfs.is_empty() {
             let mut r = self
-                .commit_hf_hub(repo, prepared, message, total, progress.clone())
+                .commit_hf_hub(repo, prepared, message, parent, total, progress.clone())
                 .await?;
             report(UploadProgress {
                 bytes_done: total,
@@ -331,13 +347,15 @@ impl Hub {
         }
         match batch.transfer.as_deref() {
             Some("xet") => {
-                self.commit_hf_hub(repo, prepared, message, total, progress)
+                self.commit_hf_hub(repo, prepared, message, parent, total, progress)
                     .await
             }
             // No `transfer` in the answer means `basic` (the LFS default).
             Some("basic") | Some("multipart") | None => {
-                self.commit_lfs(repo, prepared, &lfs_paths, batch, message, total, progress)
-                    .await
+                self.commit_lfs(
+                    repo, prepared, &lfs_paths, batch, message, parent, total, progress,
+                )
+                .await
             }
             Some(other) => Err(fail(
                 "LFS batch",
@@ -358,6 +376,7 @@ impl Hub {
         repo: &str,
         prepared: Vec<Prepared>,
         message: &str,
+        parent: Option<&str>,
         total: u64,
         progress: Option<ProgressFn>,
     ) -> Result<CommitReport> {
@@ -403,6 +422,7 @@ impl Hub {
             .create_commit()
             .operations(ops)
             .commit_message(message)
+            .maybe_parent_commit(parent.map(str::to_string))
             .progress(hf_hub::progress::Progress::from(
                 handler.clone() as Arc<dyn ProgressHandler>
             ))
@@ -426,6 +446,7 @@ impl Hub {
         lfs_paths: &std::collections::BTreeSet<String>,
         batch: BatchAnswer,
         message: &str,
+        parent: Option<&str>,
         total: u64,
         progress: Option<ProgressFn>,
     ) -> Result<CommitReport> {
@@ -562,8 +583,11 @@ impl Hub {
         }
 
         // The commit: lfsFile lines for uploaded objects, the rest inline.
-        let mut lines =
-            vec![json!({ "key": "header", "value": { "summary": message, "description": "" } })];
+        let mut header = json!({ "summary": message, "description": "" });
+        if let Some(p) = parent {
+            header["parentCommit"] = json!(p);
+        }
+        let mut lines = vec![json!({ "key": "header", "value": header })];
         for p in &prepared {
             if p.size > 0 && lfs_paths.contains(&p.path_in_repo) {
                 lines.push(json!({ "key": "lfsFile", "value": {

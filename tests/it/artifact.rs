@@ -380,10 +380,258 @@ fn fuzz_seed_corpus_never_panics() {
             }
         }
     }
+    // The structure-aware target's seeds: manifest and data region, laid out again with the
+    // digest recomputed; every byte flip of the manifest reaches validation or decoding.
+    let structured = files("tnpk_structured");
+    assert!(!structured.is_empty(), "structured seed corpus missing");
+    for data in structured {
+        let n = u32::from_le_bytes(data[..4].try_into().expect("4")) as usize;
+        let (m, region) = data[4..].split_at(n);
+        let file = tenpak::artifact::format::assemble(region, m, &[]);
+        let art = Artifact::open(Box::new(tenpak::artifact::source::MemorySource::new(file)))
+            .expect("structured seed opens");
+        for t in &art.manifest().tensors {
+            art.load_tensor(&t.name)
+                .expect("structured seed tensors load");
+        }
+        for i in 0..m.len() {
+            let mut m = m.to_vec();
+            m[i] ^= 0x01;
+            let file = tenpak::artifact::format::assemble(region, &m, &[]);
+            if let Ok(a) =
+                Artifact::open(Box::new(tenpak::artifact::source::MemorySource::new(file)))
+            {
+                for t in &a.manifest().tensors {
+                    let _ = a.load_tensor(&t.name);
+                }
+            }
+        }
+    }
     for data in files("gguf_header") {
         tenpak::source::gguf::GgufFile::check_bytes(&data).expect("seed gguf parses");
     }
     for data in files("codec_decode") {
         tenpak::codec::decode_vec(&data).expect("seed encoding decodes");
+    }
+}
+
+/// A hostile file: a manifest of our choosing with a correct digest around `data`.
+fn hostile(data: &[u8], manifest: &Value, sig: &[u8]) -> Vec<u8> {
+    let bytes = serde_json::to_vec(manifest).expect("json");
+    tenpak::artifact::format::assemble(data, &bytes, sig)
+}
+
+fn chunk_of(data: &[u8]) -> Value {
+    serde_json::json!({"offset": 128, "length": data.len(), "sha256": tenpak::artifact::format::sha256_hex(data)})
+}
+
+fn one_tensor(data: &[u8], tensor: Value) -> Value {
+    serde_json::json!({
+        "alignment": 64, "base": null, "chunk_size": 4194304, "chunks": [chunk_of(data)],
+        "created_by": "hostile", "files": [], "format": "tnpk", "metadata": {},
+        "tensors": [tensor]
+    })
+}
+
+#[test]
+fn hostile_manifests_cannot_make_a_reader_allocate_what_the_file_does_not_hold() {
+    let open =
+        |b: Vec<u8>| Artifact::open(Box::new(tenpak::artifact::source::MemorySource::new(b)));
+    // An int4 header claiming 2^20 x 2^20 weights in 4 KiB: before the check, the reader
+    // allocated 4 TiB of f32 (an abort, not an error) before the decoder saw the bytes short.
+    let mut data = vec![0u8; 4096];
+    let h = tenpak::codec::Header::new(tenpak::codec::int4::ID, 1 << 20, 1 << 20);
+    data[..16].copy_from_slice(&h.to_bytes());
+    data[2..4].copy_from_slice(&128u16.to_le_bytes());
+    let m = one_tensor(
+        &data,
+        serde_json::json!({"chunks": [0], "dtype": "bf16", "encoded_length": 4096,
+            "encoding": {"codec": "int4", "group": 128, "symmetric": false, "refine_iters": 0,
+                         "outliers_ppm": 0},
+            "name": "w", "shape": [1u64 << 20, 1u64 << 20]}),
+    );
+    let art = open(hostile(&data, &m, &[])).expect("the manifest itself is consistent");
+    match art.load_tensor("w") {
+        Err(Error::CorruptEncoding { .. }) => {}
+        other => panic!(
+            "expected a corrupt-encoding error, got {:?}",
+            other.map(|v| v.len())
+        ),
+    }
+    // One chunk referenced a million times: 4 GiB asked of a 4 KiB file. Refused at open.
+    let m = one_tensor(
+        &data,
+        serde_json::json!({"chunks": vec![0; 1 << 20], "dtype": "bf16",
+            "encoded_length": 4096u64 << 20, "encoding": {"codec": "raw"},
+            "name": "w", "shape": [2048u64 << 20]}),
+    );
+    match open(hostile(&data, &m, &[])) {
+        Err(Error::Artifact {
+            error: FormatError::Manifest(e),
+            ..
+        }) => assert!(e.contains("decompression bomb"), "{e}"),
+        other => panic!(
+            "expected a refusal, got {:?}",
+            other.map(|a| a.digest().to_string())
+        ),
+    }
+}
+
+#[test]
+fn a_signature_is_checked_before_the_manifest_is_parsed() {
+    use ed25519_dalek::SigningKey;
+    let ours = SigningKey::from_bytes(&[7; 32]);
+    let theirs = SigningKey::from_bytes(&[9; 32]);
+    // Not even JSON, but with the right digest and signed by someone.
+    let garbage = b"{\"format\": not json at all".to_vec();
+    let sha: [u8; 32] = sha2::Digest::finalize(sha2::Digest::chain_update(
+        <sha2::Sha256 as sha2::Digest>::new(),
+        &garbage,
+    ))
+    .into();
+    let sig = tenpak::artifact::sign::sign_block(&[&theirs], &sha);
+    let file = tenpak::artifact::format::assemble(&[], &garbage, &sig);
+    let src = || Box::new(tenpak::artifact::source::MemorySource::new(file.clone()));
+    // Trusting our key only: refused for the signature; the manifest never reached the parser.
+    assert!(matches!(
+        Artifact::open_verified(src(), &ours.verifying_key()),
+        Err(Error::Artifact {
+            error: FormatError::NotSignedBy { .. },
+            ..
+        })
+    ));
+    // A signature by the key that does not match these manifest bytes: refused too.
+    let forged = tenpak::artifact::sign::sign_block(&[&ours], &[0; 32]);
+    let file = tenpak::artifact::format::assemble(&[], &garbage, &forged);
+    assert!(matches!(
+        Artifact::open_verified(
+            Box::new(tenpak::artifact::source::MemorySource::new(file)),
+            &ours.verifying_key()
+        ),
+        Err(Error::Artifact {
+            error: FormatError::BadSignature { .. },
+            ..
+        })
+    ));
+    // The signer's key passes the signature and only then meets the bad manifest.
+    assert!(matches!(
+        Artifact::open_verified(src(), &theirs.verifying_key()),
+        Err(Error::Artifact {
+            error: FormatError::Manifest(_),
+            ..
+        })
+    ));
+}
+
+/// A hostile range server (stand-in for any HTTP host that lies): answers every range
+/// request with what `answer` gives (status line and headers, then a body), one
+/// connection per request.
+fn liar(answer: impl Fn(u64, u64) -> (String, Vec<u8>) + Send + 'static) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
+    let addr = l.local_addr().expect("addr");
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let mut r = BufReader::new(conn.try_clone().expect("clone"));
+            let (mut start, mut end) = (0, 0);
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    if let Some((a, b)) = v.trim().split_once('-') {
+                        start = a.parse().unwrap_or(0);
+                        end = b.parse().unwrap_or(0);
+                    }
+                }
+                line.clear();
+            }
+            let (head, body) = answer(start, end);
+            let mut c = conn;
+            let _ = c.write_all(
+                format!(
+                    "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+                    body.len()
+                )
+                .as_bytes(),
+            );
+            let _ = c.write_all(&body);
+        }
+    });
+    format!("http://{addr}/m.tnpk")
+}
+
+#[test]
+fn a_lying_range_server_gives_errors_not_allocations_or_wrong_bytes() {
+    use tenpak::artifact::source::{HttpOptions, HttpSource, RangeSource};
+    let opts = || HttpOptions {
+        attempts: 1,
+        ..Default::default()
+    };
+    // A total of 2^60 bytes: opens (a length is only a claim), but a header read asks for
+    // 128 bytes and gets a 206 of the right range only; the claimed manifest is capped.
+    let total = 1u64 << 60;
+    let url = liar(move |s, e| {
+        let mut head = vec![0u8; (e - s + 1).min(1 << 20) as usize];
+        if s == 0 && head.len() >= 128 {
+            let h = tenpak::artifact::format::Header {
+                minor: 2,
+                manifest_offset: 128,
+                manifest_len: total - 1000,
+                signature_offset: total - 872,
+                signature_len: 872,
+                manifest_sha256: [0; 32],
+            };
+            head[..128].copy_from_slice(&h.to_bytes());
+        }
+        (
+            format!("HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {s}-{e}/{total}"),
+            head,
+        )
+    });
+    let src = HttpSource::open(&url, opts()).expect("opens");
+    assert_eq!(src.len(), total);
+    match Artifact::open(Box::new(src)) {
+        Err(Error::Artifact {
+            error: FormatError::Layout(m),
+            ..
+        }) => assert!(m.contains("manifest length"), "{m}"),
+        other => panic!("expected a layout error, got {:?}", other.map(|_| ())),
+    }
+    // Another range than asked for: refused, not returned under the asked range's name.
+    let url = liar(|s, e| {
+        let (s2, e2) = if s == 0 { (0, 0) } else { (s + 1, e + 1) };
+        (
+            format!("HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {s2}-{e2}/100000"),
+            vec![1; (e2 - s2 + 1) as usize],
+        )
+    });
+    let src = HttpSource::open(&url, opts()).expect("opens");
+    let err = src.read_ranges(&[(10, 10)]).expect_err("wrong range");
+    assert!(err.to_string().contains("answered Content-Range"), "{err}");
+    // Short and long bodies for the right range.
+    for extra in [-3i64, 5] {
+        let url = liar(move |s, e| {
+            let n = if s == 0 {
+                1
+            } else {
+                (e - s + 1) as i64 + extra
+            };
+            (
+                format!("HTTP/1.1 206 Partial Content\r\nContent-Range: bytes {s}-{e}/100000"),
+                vec![1; n as usize],
+            )
+        });
+        let src = HttpSource::open(&url, opts()).expect("opens");
+        assert!(src.read_ranges(&[(10, 10)]).is_err(), "extra {extra}");
+    }
+    // A first answer that is not bytes 0-0 of a known total.
+    for cr in ["bytes 0-0/*", "bytes 5-5/100", "bytes 0-0/0", "bytes 0-9/5"] {
+        let cr = cr.to_string();
+        let url = liar(move |_, _| {
+            (
+                format!("HTTP/1.1 206 Partial Content\r\nContent-Range: {cr}"),
+                vec![1],
+            )
+        });
+        assert!(HttpSource::open(&url, opts()).is_err());
     }
 }

@@ -24,8 +24,11 @@
 //!   completion `POST` (`{oid, parts: [{partNumber, etag}]}`), and `verify`;
 //! - `POST /api/models/{owner}/{name}/commit/{rev}`: the NDJSON commit (`header`, `file`
 //!   with base64 content, `lfsFile`, `deletedFile` lines) → `{commitOid, commitUrl}`;
-//!   committed files are then served by `resolve` (Xet-stored ones with `X-Xet-Hash`,
-//!   once the test has told the stand-in that hash with [`Hub::register_xet`]).
+//!   a header with `parentCommit` other than the branch head is refused with 412, as the
+//!   Hub does; committed files are then served by `resolve` (Xet-stored ones with
+//!   `X-Xet-Hash`, once the test has told the stand-in that hash with
+//!   [`Hub::register_xet`]), and repositories made by commits answer model info (`sha`:
+//!   the head) and the tree (git blob ids for inline files, `lfs.oid` for LFS ones).
 //!
 //! Downloads of `*.safetensors` can be held at a gate, so a test can kill the registry
 //! while a job is mid-download.
@@ -47,6 +50,9 @@ use axum::{Json, Router};
 use base64::Engine;
 use serde_json::{json, Value};
 use sha2::{Digest, Sha256};
+
+/// A committed file as the tree lists it: size, git blob id, sha256 of an LFS file.
+type Listed = (u64, String, Option<String>);
 
 /// One commit received.
 #[derive(Debug, Clone)]
@@ -133,6 +139,11 @@ pub struct Hub {
     /// Commits refused that way.
     pub dropped: Arc<AtomicUsize>,
     commit_gate: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Closed: a commit is recorded, then its answer is held (a client killed meanwhile
+    /// has its commit on the Hub without having heard so).
+    answer_gate: Arc<tokio::sync::watch::Sender<bool>>,
+    /// Commits recorded while the answer gate was closed.
+    pub answers_held: Arc<AtomicUsize>,
     /// Requests whose token was not `Bearer <token>`.
     pub unauthorized: Arc<AtomicUsize>,
     token: String,
@@ -172,6 +183,78 @@ impl Hub {
     /// Opens or closes the gate on commits (closed: commit requests wait).
     pub fn set_commit_gate(&self, open: bool) {
         self.commit_gate.send_replace(open);
+    }
+
+    /// A commit made by someone else (a person pushing to the repository): recorded at
+    /// once, past every gate. Returns its id.
+    pub fn push_commit(&self, repo: &str, path: &str, bytes: &[u8]) -> String {
+        let parent = self.head_of(repo).unwrap_or_default();
+        let oid = hex::encode(
+            &Sha256::digest([parent.as_bytes(), path.as_bytes(), bytes].concat())[..20],
+        );
+        self.inner.lock().expect("lock").commits.push(Commit {
+            repo: repo.into(),
+            revision: "main".into(),
+            summary: format!("a person edits {path}"),
+            files: BTreeMap::from([(path.to_string(), bytes.to_vec())]),
+            lfs_files: BTreeMap::new(),
+            other_lines: vec![],
+            oid: oid.clone(),
+        });
+        oid
+    }
+
+    /// Opens or closes the gate on commit answers (closed: commits are recorded, their
+    /// answers wait).
+    pub fn set_answer_gate(&self, open: bool) {
+        self.answer_gate.send_replace(open);
+    }
+
+    /// The head commit of a repository made by commits (or created empty): the Hub's
+    /// `sha` of `main`.
+    pub fn head_of(&self, repo: &str) -> Option<String> {
+        let inner = self.inner.lock().expect("lock");
+        inner
+            .commits
+            .iter()
+            .rev()
+            .find(|c| c.repo == repo)
+            .map(|c| c.oid.clone())
+            .or_else(|| {
+                inner.created.contains(&repo.to_string()).then(|| {
+                    hex::encode(&Sha256::digest(format!("initial commit of {repo}"))[..20])
+                })
+            })
+    }
+
+    /// Files of a repository made by commits, as of commit `rev` (or `main`): path →
+    /// (size, git blob id, sha256 of an LFS file).
+    fn committed_files(
+        &self,
+        repo: &str,
+        rev: &str,
+    ) -> Option<BTreeMap<String, Listed>> {
+        let head = self.head_of(repo)?;
+        let inner = self.inner.lock().expect("lock");
+        let commits: Vec<&Commit> = inner.commits.iter().filter(|c| c.repo == repo).collect();
+        let upto = if rev == "main" || rev == head {
+            commits.len()
+        } else {
+            commits.iter().position(|c| c.oid == rev)? + 1
+        };
+        let mut files = BTreeMap::new();
+        for c in &commits[..upto] {
+            for (p, b) in &c.files {
+                files.insert(p.clone(), (b.len() as u64, git_blob_oid(b), None));
+            }
+            for (p, (oid, size)) in &c.lfs_files {
+                files.insert(
+                    p.clone(),
+                    (*size, format!("{:0>40}", &oid[..8]), Some(oid.clone())),
+                );
+            }
+        }
+        Some(files)
     }
 
     /// Makes a served repository private and/or gated (`"auto"` or `"manual"`), as its
@@ -230,6 +313,15 @@ pub struct Running {
     _thread: std::thread::JoinHandle<()>,
 }
 
+/// Git's blob id: `sha1("blob <len>\0" + bytes)`.
+fn git_blob_oid(b: &[u8]) -> String {
+    use sha1::Digest as _;
+    let mut h = sha1::Sha1::new();
+    h.update(format!("blob {}\0", b.len()).as_bytes());
+    h.update(b);
+    hex::encode(h.finalize())
+}
+
 fn files_of(dir: &Path) -> Vec<(String, u64)> {
     let mut v: Vec<(String, u64)> = std::fs::read_dir(dir)
         .expect("model dir")
@@ -282,6 +374,17 @@ async fn info_rev(
 ) -> Response {
     let repo = format!("{o}/{n}");
     let Some(m) = hub.model(&repo, &rev) else {
+        // A repository the registry made (a companion): its head and files.
+        if let (Some(head), Some(files)) = (hub.head_of(&repo), hub.committed_files(&repo, &rev)) {
+            let private = hub.created_private().contains(&repo);
+            return Json(json!({
+                "_id": "6512aa01c2d3e4f5a6b7c8da", "id": repo, "modelId": repo, "author": o,
+                "sha": if rev == "main" { head } else { rev }, "private": private,
+                "disabled": false, "gated": false, "tags": [],
+                "siblings": files.keys().map(|f| json!({ "rfilename": f })).collect::<Vec<_>>(),
+            }))
+            .into_response();
+        }
         return not_found(
             "RepoNotFound",
             format!("Repository Not Found for url: {repo}"),
@@ -318,6 +421,22 @@ async fn tree(
 ) -> Response {
     let repo = format!("{o}/{n}");
     let Some(m) = hub.model(&repo, &rev) else {
+        if let Some(files) = hub.committed_files(&repo, &rev) {
+            return Json(
+                files
+                    .into_iter()
+                    .map(|(path, (size, oid, lfs))| {
+                        let mut v =
+                            json!({ "type": "file", "oid": oid, "size": size, "path": path });
+                        if let Some(sha) = lfs {
+                            v["lfs"] = json!({ "oid": sha, "size": size, "pointerSize": 134 });
+                        }
+                        v
+                    })
+                    .collect::<Vec<_>>(),
+            )
+            .into_response();
+        }
         return not_found("RevisionNotFound", format!("Invalid rev id: {rev}"));
     };
     Json(
@@ -755,7 +874,18 @@ async fn commit(
                 .into_response();
         };
         match v["key"].as_str() {
-            Some("header") => c.summary = v["value"]["summary"].as_str().unwrap_or_default().into(),
+            Some("header") => {
+                c.summary = v["value"]["summary"].as_str().unwrap_or_default().into();
+                if let Some(parent) = v["value"]["parentCommit"].as_str() {
+                    if hub.head_of(&repo).as_deref() != Some(parent) {
+                        return (
+                            StatusCode::PRECONDITION_FAILED,
+                            Json(json!({ "error": "A commit has happened since. Please refresh and try again." })),
+                        )
+                            .into_response();
+                    }
+                }
+            }
             Some("file") => {
                 let path = v["value"]["path"].as_str().unwrap_or_default().to_string();
                 if v["value"]["encoding"].as_str() != Some("base64") {
@@ -804,9 +934,17 @@ async fn commit(
             _ => c.other_lines.push(v),
         }
     }
-    let oid = hex::encode(&Sha256::digest(&body)[..20]);
+    // The commit id also covers the parent, as git's does (the same files committed
+    // twice give two commits).
+    let parent = hub.head_of(&repo).unwrap_or_default();
+    let oid = hex::encode(&Sha256::digest([parent.as_bytes(), &body].concat())[..20]);
     c.oid = oid.clone();
     hub.inner.lock().expect("lock").commits.push(c);
+    let mut answer = hub.answer_gate.subscribe();
+    if !*answer.borrow() {
+        hub.answers_held.fetch_add(1, Ordering::SeqCst);
+    }
+    let _ = answer.wait_for(|open| *open).await;
     Json(json!({
         "success": true,
         "commitOid": oid,
@@ -845,6 +983,8 @@ pub fn start_with(models: Vec<ModelRepo>, token: &str, gate_open: bool, mode: Mo
         drop_held: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         dropped: Arc::new(AtomicUsize::new(0)),
         commit_gate: Arc::new(tokio::sync::watch::channel(true).0),
+        answer_gate: Arc::new(tokio::sync::watch::channel(true).0),
+        answers_held: Arc::new(AtomicUsize::new(0)),
         unauthorized: Arc::new(AtomicUsize::new(0)),
         token: token.to_string(),
     };
