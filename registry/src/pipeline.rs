@@ -274,6 +274,26 @@ fn stage(ctx: &Ctx, id: i64, name: &str, p: f64) {
     if let Err(e) = ctx.store.progress(id, name, p) {
         tracing::warn!("job {id}: recording progress: {e}");
     }
+    pause_for_fault_injection(id, name);
+}
+
+/// Fault injection for the kill tests (`registry/tests/hardening.rs`): with
+/// `TENPAK_REGISTRY_PAUSE_AT=STAGE` in the environment, the first job to enter a stage
+/// whose name starts with STAGE stops there for good (the test then kills the process
+/// with SIGKILL at exactly that point). Unset, this costs one cached lookup.
+fn pause_for_fault_injection(id: i64, name: &str) {
+    static AT: std::sync::OnceLock<Option<String>> = std::sync::OnceLock::new();
+    static PAUSED: std::sync::atomic::AtomicBool = std::sync::atomic::AtomicBool::new(false);
+    let at = AT.get_or_init(|| std::env::var("TENPAK_REGISTRY_PAUSE_AT").ok());
+    if let Some(at) = at {
+        if name.starts_with(at.as_str()) && !PAUSED.swap(true, std::sync::atomic::Ordering::SeqCst)
+        {
+            tracing::warn!("fault injection: job {id} paused at stage {name:?}");
+            loop {
+                std::thread::sleep(Duration::from_secs(3600));
+            }
+        }
+    }
 }
 
 /// The artifact file name of `repo`'s `target` (`name-balanced.tnpk`).
@@ -680,6 +700,12 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
         let (ctx2, dir, out2) = (ctx.clone(), model_dir.clone(), out.clone());
         let n = targets.len() as f64;
         let report = blocking(move || {
+            stage(
+                &ctx2,
+                id,
+                &format!("pack {}", target_name(target)),
+                0.2 + 0.6 * k as f64 / n,
+            );
             let src = tenpak::models::open(&dir, DType::BF16)?;
             let total = src.tensors().len().max(1) as f64;
             let done = std::sync::atomic::AtomicUsize::new(0);

@@ -264,6 +264,28 @@ fn webhook_to_signed_companion_repo_and_range_serving() {
         after - before,
         size_art.len()
     );
+
+    // The Prometheus endpoint counts what happened: jobs by state, requests by route
+    // pattern (not by path), stage durations, bytes served.
+    let r = reg.get("/metrics");
+    assert_eq!(r.status().as_u16(), 200);
+    assert!(r.headers()["content-type"]
+        .to_str()
+        .expect("ct")
+        .starts_with("application/openmetrics-text"));
+    let m = r.text().expect("text");
+    for want in [
+        r#"tenpak_jobs{state="done"} 2"#,
+        r#"tenpak_jobs{state="failed"} 0"#,
+        r#"tenpak_http_requests_total{route="/webhooks/hub",method="POST",status="401"} 1"#,
+        r#"tenpak_http_requests_total{route="/webhooks/hub",method="POST",status="403"} 1"#,
+        r#"tenpak_job_stage_duration_seconds_count{stage="pack"} 2"#,
+        r#"tenpak_jobs_finished_total{outcome="published"} 2"#,
+        "tenpak_http_response_bytes_total{route=\"/artifact/{id}\"}",
+        "# EOF",
+    ] {
+        assert!(m.contains(want), "/metrics lacks {want}:\n{m}");
+    }
 }
 
 #[test]

@@ -122,10 +122,19 @@ fn a_job_that_kills_the_registry_fails_after_max_attempts_and_a_retry_runs_it() 
         reg.kill();
     }
     // The third start does not run it again: failed, with the reason; the service is up.
+    let t0 = Instant::now();
     let reg = Registry::start_with_config(&data, &hub.url, &[], config);
     let job = reg.get_json(&format!("/status/{id}"));
     assert_eq!(job["state"], "failed", "{job}");
     assert_eq!(job["attempts"], 2);
+    fault_row(
+        "the process dies in every attempt (as an OOM kill would), max_attempts = 2",
+        "download",
+        &job,
+        hub.hub.commits().len(),
+        &data,
+        t0.elapsed(),
+    );
     assert!(
         job["error"].as_str().unwrap_or("").contains("2 attempts"),
         "{job}"
@@ -397,6 +406,14 @@ fn a_hub_that_accepts_and_then_stalls_fails_the_job_instead_of_holding_the_worke
     );
     let err = job["error"].as_str().unwrap_or("").to_lowercase();
     assert!(err.contains("time") || err.contains("download"), "{err}");
+    fault_row(
+        "Hub accepts the download, then sends nothing (hub_read_timeout_s = 1)",
+        "download",
+        &job,
+        hub.hub.commits().len(),
+        &tmp.path().join("data"),
+        t0.elapsed(),
+    );
     assert!(hub.hub.weight_gets.load(Ordering::Relaxed) >= 2);
     assert!(hub.hub.commits().is_empty());
     eprintln!(
@@ -422,6 +439,7 @@ fn killed_after_the_hub_took_the_commit_it_records_that_commit_instead_of_making
         std::thread::sleep(Duration::from_millis(20));
     }
     reg.kill();
+    let t_kill = Instant::now();
     hub.hub.set_answer_gate(true);
     assert_eq!(hub.hub.commits().len(), 1);
     let reg = Registry::start(&data, &hub.url, &[]);
@@ -435,6 +453,14 @@ fn killed_after_the_hub_took_the_commit_it_records_that_commit_instead_of_making
         "one Hub commit, whatever the stage of the kill"
     );
     assert_eq!(job["published_commit"], commits[0].oid.as_str(), "{job}");
+    fault_row(
+        "SIGKILL after the Hub took the commit, before it was recorded",
+        "publish",
+        &job,
+        commits.len(),
+        &data,
+        t_kill.elapsed(),
+    );
     assert!(
         reg.log
             .lock()
@@ -532,4 +558,42 @@ fn two_commits_racing_end_at_the_newer_one() {
         "{}",
         commits[0].summary
     );
+}
+
+#[test]
+fn killed_at_every_stage_it_ends_with_one_hub_commit_and_nothing_left_over() {
+    // SIGKILL at each stage of the pipeline (the job is held at the stage by the
+    // registry's fault-injection hook), then a restart: the job is requeued, completes,
+    // and the companion gets exactly one commit; the work area is empty.
+    for stage in ["resolve", "download", "pack", "verify", "store", "publish"] {
+        let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
+        let data = tmp.path().join("data");
+        let mut reg = Registry::start(&data, &hub.url, &[("TENPAK_REGISTRY_PAUSE_AT", stage)]);
+        let id = reg.deliver();
+        reg.wait_log("fault injection", Duration::from_secs(120));
+        reg.kill();
+        let t0 = Instant::now();
+        assert!(
+            hub.hub.commits().is_empty(),
+            "{stage}: nothing committed yet"
+        );
+        let reg = Registry::start(&data, &hub.url, &[]);
+        let job = reg.wait_job(id, Duration::from_secs(120));
+        assert_eq!(job["state"], "done", "{stage}: {job}");
+        assert_eq!(job["attempts"], 2, "{stage}: {job}");
+        assert_eq!(hub.hub.commits().len(), 1, "{stage}: one Hub commit");
+        assert_eq!(
+            dir_bytes(&data.join("work")),
+            0,
+            "{stage}: work area left over"
+        );
+        fault_row(
+            "SIGKILL",
+            stage,
+            &job,
+            hub.hub.commits().len(),
+            &data,
+            t0.elapsed(),
+        );
+    }
 }

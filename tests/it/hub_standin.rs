@@ -229,11 +229,7 @@ impl Hub {
 
     /// Files of a repository made by commits, as of commit `rev` (or `main`): path →
     /// (size, git blob id, sha256 of an LFS file).
-    fn committed_files(
-        &self,
-        repo: &str,
-        rev: &str,
-    ) -> Option<BTreeMap<String, Listed>> {
+    fn committed_files(&self, repo: &str, rev: &str) -> Option<BTreeMap<String, Listed>> {
         let head = self.head_of(repo)?;
         let inner = self.inner.lock().expect("lock");
         let commits: Vec<&Commit> = inner.commits.iter().filter(|c| c.repo == repo).collect();

@@ -196,6 +196,21 @@ impl Registry {
         }
     }
 
+    /// Waits until a log line contains `needle`.
+    pub fn wait_log(&self, needle: &str, timeout: Duration) {
+        let t0 = Instant::now();
+        while !self
+            .log
+            .lock()
+            .expect("log")
+            .iter()
+            .any(|l| l.contains(needle))
+        {
+            assert!(t0.elapsed() < timeout, "no log line with {needle:?}");
+            std::thread::sleep(Duration::from_millis(20));
+        }
+    }
+
     /// Kills the process (SIGKILL: no cleanup of any kind).
     pub fn kill(&mut self) {
         let _ = self.child.kill();
@@ -255,6 +270,39 @@ impl Drop for Registry {
     fn drop(&mut self) {
         self.kill();
     }
+}
+
+/// Bytes of the files under `dir` (0 when it does not exist).
+pub fn dir_bytes(dir: &Path) -> u64 {
+    std::fs::read_dir(dir).map_or(0, |rd| {
+        rd.flatten()
+            .map(|e| match e.file_type() {
+                Ok(t) if t.is_dir() => dir_bytes(&e.path()),
+                _ => e.metadata().map_or(0, |m| m.len()),
+            })
+            .sum()
+    })
+}
+
+/// Prints one row of the fault table (`bench/faults.sh` collects the rows from the
+/// tests' output into `bench/results/faults.md`): the fault, the stage it hit, the
+/// outcome (final state, attempts, commits on the Hub, bytes left in the work area) and
+/// the time from the fault to that outcome.
+pub fn fault_row(
+    fault: &str,
+    stage: &str,
+    job: &Value,
+    commits: usize,
+    data: &Path,
+    took: Duration,
+) {
+    eprintln!(
+        "FAULT | {fault} | {stage} | {} after {} attempt(s); {commits} Hub commit(s); {} bytes left in work/ | {:.1} s |",
+        job["state"].as_str().unwrap_or("?"),
+        job["attempts"],
+        dir_bytes(&data.join("work")),
+        took.as_secs_f64()
+    );
 }
 
 pub fn client() -> reqwest::blocking::Client {
