@@ -54,6 +54,10 @@ pub struct Settings {
     /// Longest wait for the next bytes from the Hub (or an upload server it names): a
     /// stalled transfer fails as a transient error and the job is retried.
     pub hub_read_timeout: std::time::Duration,
+    /// Longest a model's own tokenizer may take on the evaluation text (it runs in a
+    /// child process, killed at this limit: the card then says why perplexity was not
+    /// measured).
+    pub tokenize_timeout: std::time::Duration,
     /// How long a running job's lease lasts: its worker renews it every third of this;
     /// a job whose lease ran out (its process died or hung) goes back to the queue (or
     /// to `failed` after `max_attempts`), and a worker that lost its lease does not
@@ -114,6 +118,8 @@ pub struct FileConfig {
     pub hub_read_timeout_s: Option<f64>,
     /// See [`Settings::job_lease`] (seconds).
     pub job_lease_s: Option<f64>,
+    /// See [`Settings::tokenize_timeout`] (seconds).
+    pub tokenize_timeout_s: Option<f64>,
     /// See [`Settings::download_limits`] (bytes of all weights).
     pub max_model_bytes: Option<u64>,
     /// See [`Settings::download_limits`] (bytes of one side file).
@@ -325,6 +331,11 @@ impl Settings {
                 tenpak::hub::READ_TIMEOUT,
             )?,
             job_lease: secs("job_lease_s", file.job_lease_s, DEFAULT_JOB_LEASE)?,
+            tokenize_timeout: secs(
+                "tokenize_timeout_s",
+                file.tokenize_timeout_s,
+                std::time::Duration::from_secs(120),
+            )?,
             limits,
             download_limits: tenpak::hub::DownloadLimits {
                 max_weights_bytes: file.max_model_bytes.unwrap_or(DEFAULT_MAX_MODEL_BYTES),

@@ -9,6 +9,7 @@
 //! - [`redact`]: what of an error's text the public API may show;
 //! - [`server`]: the HTTP server loop with connection and request limits;
 //! - [`config`]: settings from defaults, file, environment and flags;
+//! - [`tokenize`]: untrusted tokenizers run in a child process under a time limit;
 //! - [`metrics`]: the Prometheus `/metrics` endpoint's counters and histograms.
 
 pub mod api;
@@ -20,6 +21,7 @@ pub mod pipeline;
 pub mod redact;
 pub mod server;
 pub mod store;
+pub mod tokenize;
 
 use std::sync::Arc;
 

@@ -51,6 +51,15 @@ enum Command {
         #[arg(long, default_value_t = 24.0)]
         grace_hours: f64,
     },
+    /// (Internal) Tokenize TEXT with the untrusted TOKENIZER and print the ids as JSON: the
+    /// registry runs this as a child process with a time limit (see `tokenize.rs`).
+    #[command(hide = true)]
+    Tokenize {
+        /// A tokenizer.json.
+        tokenizer: PathBuf,
+        /// A UTF-8 text file.
+        text: PathBuf,
+    },
     /// Put a failed job back in the queue, its attempts counted afresh (the same as
     /// `POST /jobs/{id}/retry`; a running registry picks it up within seconds).
     Retry {
@@ -115,6 +124,9 @@ fn main() -> anyhow::Result<()> {
                 s.kept, s.young, s.removed, s.bytes_freed
             );
             Ok(())
+        }
+        Command::Tokenize { tokenizer, text } => {
+            tenpak_registry::tokenize::child_main(&tokenizer, &text)
         }
         Command::Retry { id, data_dir } => {
             let db = data_dir.join("registry.sqlite3");

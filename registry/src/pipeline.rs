@@ -797,6 +797,7 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
         ],
         (Some(text), false) => {
             let (text, dir, tokens) = (text.clone(), model_dir.clone(), ctx.settings.eval_tokens);
+            let (scratch, limit) = (work.join("tokenize"), ctx.settings.tokenize_timeout);
             let arts: Vec<(PathBuf, Option<PathBuf>)> = packed
                 .iter()
                 .map(|p| {
@@ -807,7 +808,7 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
                 })
                 .collect();
             let n = arts.len();
-            blocking(move || Ok(measure(&dir, &arts, &text, tokens)))
+            blocking(move || Ok(measure(&dir, &arts, &text, tokens, &scratch, limit)))
                 .await
                 .unwrap_or_else(|e| vec![Err(e.message); n])
         }
@@ -1165,8 +1166,10 @@ fn measure(
     artifacts: &[(PathBuf, Option<PathBuf>)],
     text: &Path,
     tokens: usize,
+    scratch: &Path,
+    limit: Duration,
 ) -> Vec<Result<f64, String>> {
-    use tenpak::runtime::{perplexity, Model, Tokenizer, Windows};
+    use tenpak::runtime::{perplexity, Model, Windows};
     let base = (|| -> Result<(Vec<u32>, Option<u32>, Windows, f64), String> {
         let src = tenpak::models::open(dir, DType::BF16).map_err(|e| e.to_string())?;
         let tok_bytes = tenpak::source::side_files(src.as_ref())
@@ -1175,16 +1178,24 @@ fn measure(
             .find(|(n, _)| n == "tokenizer.json")
             .map(|(_, b)| b)
             .ok_or("the model has no tokenizer.json")?;
-        let tok = Tokenizer::from_bytes(&tok_bytes).map_err(|e| format!("tokenizer: {e}"))?;
         let s = std::fs::read_to_string(text).map_err(|e| format!("{}: {e}", text.display()))?;
-        let ids = tok.encode(&s).map_err(|e| e.to_string())?;
+        // The model's tokenizer is untrusted: a child process, under a time limit.
+        let exe = std::env::current_exe().map_err(|e| format!("the registry's binary: {e}"))?;
+        let t = crate::tokenize::isolated(
+            &exe,
+            &tok_bytes,
+            crate::tokenize::prefix_for(&s, tokens),
+            scratch,
+            limit,
+        )?;
+        let ids = t.ids;
         let ctx_len = 512.min(tokens).min(ids.len().saturating_sub(1)).max(1);
         let w = Windows {
             ctx: ctx_len,
             stride: ctx_len,
             max_tokens: tokens,
         };
-        let bos = tok.default_bos();
+        let bos = t.bos;
         let model = Model::load(src.as_ref()).map_err(|e| e.to_string())?;
         let r = perplexity(&model, &ids, bos, w, &|_, _| {}).map_err(|e| e.to_string())?;
         Ok((ids, bos, w, r.ppl))

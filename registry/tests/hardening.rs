@@ -597,3 +597,63 @@ fn killed_at_every_stage_it_ends_with_one_hub_commit_and_nothing_left_over() {
         );
     }
 }
+
+/// A WordLevel tokenizer whose pre-tokenizer regex backtracks exponentially on runs of
+/// `a` that end in `b` (Oniguruma, as the Hub's tokenizers crate runs it).
+const HOSTILE_TOKENIZER: &str = r#"{"version":"1.0","truncation":null,"padding":null,"added_tokens":[],"normalizer":null,
+"pre_tokenizer":{"type":"Split","pattern":{"Regex":"(a|aa)+$"},"behavior":"Isolated","invert":false},
+"post_processor":null,"decoder":null,
+"model":{"type":"WordLevel","vocab":{"a":0,"b":1,"[UNK]":2},"unk_token":"[UNK]"}}"#;
+
+#[test]
+fn a_hostile_tokenizer_costs_the_perplexity_column_not_the_job() {
+    let text_of = |tmp: &std::path::Path| {
+        let text = tmp.join("eval.txt");
+        std::fs::write(&text, format!("{}b ", "a".repeat(27)).repeat(400)).expect("text");
+        format!(
+            "eval_text = {:?}\neval_tokens = 256\ntokenize_timeout_s = 2\n",
+            text.display().to_string()
+        )
+    };
+    // A benign tokenizer (the same, splitting on spaces) is measured through the child
+    // process as before.
+    {
+        let Fixture { tmp, hub, model } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
+        let benign = HOSTILE_TOKENIZER.replace("(a|aa)+$", "\\\\s+");
+        std::fs::write(model.join("tokenizer.json"), benign).expect("tokenizer");
+        let config = text_of(tmp.path());
+        let reg = Registry::start_with_config(&tmp.path().join("data"), &hub.url, &[], &config);
+        let job = reg.wait_job(reg.deliver(), Duration::from_secs(120));
+        assert_eq!(job["state"], "done", "{job}");
+        let card = String::from_utf8_lossy(&hub.hub.commits()[0].files["README.md"]).into_owned();
+        let row = card
+            .lines()
+            .find(|l| l.starts_with("| `tiny-llama-balanced.tnpk`"))
+            .expect("row")
+            .to_string();
+        assert!(row.contains('%') && !row.contains("not measured"), "{row}");
+    }
+    let Fixture { tmp, hub, model } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
+    std::fs::write(model.join("tokenizer.json"), HOSTILE_TOKENIZER).expect("tokenizer");
+    let config = text_of(tmp.path());
+    let reg = Registry::start_with_config(&tmp.path().join("data"), &hub.url, &[], &config);
+    let t0 = Instant::now();
+    let job = reg.wait_job(reg.deliver(), Duration::from_secs(120));
+    let took = t0.elapsed();
+    assert_eq!(job["state"], "done", "{job}");
+    let commits = hub.hub.commits();
+    let card = String::from_utf8_lossy(&commits[0].files["README.md"]).into_owned();
+    assert!(
+        card.contains("not measured (the model's tokenizer took longer than 2 s"),
+        "{card}"
+    );
+    assert!(took < Duration::from_secs(60), "{took:?}");
+    fault_row(
+        "a tokenizer.json whose regex backtracks exponentially (tokenize_timeout_s = 2)",
+        "evaluate",
+        &job,
+        commits.len(),
+        &tmp.path().join("data"),
+        took,
+    );
+}
