@@ -162,6 +162,7 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                 let t0 = Instant::now();
                 let id = job.id;
                 let attempts = job.attempts;
+                let repo = job.repo.clone();
                 let c = ctx.clone();
                 let heartbeat = tokio::spawn(heartbeat(ctx.clone(), id));
                 // Every log line of the job carries its id, repo and attempt.
@@ -189,6 +190,7 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                         if let Err(e) = ctx.store.finish(id) {
                             tracing::warn!("worker {n}: job {id}: {e}");
                         }
+                        clean_hub_cache(&ctx, &repo, id);
                         // Jobs waiting on this one (fine-tunes of it) may run now.
                         ctx.wake.notify_waiters();
                         tracing::info!(
@@ -222,9 +224,10 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                             tracing::warn!("worker {n}: job {id}: {e}");
                         }
                         if !retry {
-                            // Nothing of a failed job stays on disk (its download stays
-                            // in the Hub cache for a retry).
+                            // Nothing of a failed job stays on disk, its download
+                            // neither (a retry downloads again).
                             let _ = std::fs::remove_dir_all(work_dir(&ctx, id));
+                            clean_hub_cache(&ctx, &repo, id);
                             ctx.wake.notify_waiters();
                         }
                     }
@@ -241,6 +244,28 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
+    }
+}
+
+/// Removes `repo`'s downloads from the Hub cache once job `id` has ended, unless another
+/// job of the same repository is queued, running or waiting (it may use them). The
+/// packed artifacts are in the chunk store; the source weights are not needed again.
+fn clean_hub_cache(ctx: &Ctx, repo: &str, id: i64) {
+    match ctx.store.repo_busy(repo, id) {
+        Ok(false) => {
+            let dir = ctx
+                .hub
+                .cache_dir()
+                .join(format!("models--{}", repo.replace('/', "--")));
+            if dir.exists() {
+                match std::fs::remove_dir_all(&dir) {
+                    Ok(()) => tracing::info!("job {id}: removed {} from the Hub cache", repo),
+                    Err(e) => tracing::warn!("job {id}: cleaning {}: {e}", dir.display()),
+                }
+            }
+        }
+        Ok(true) => {}
+        Err(e) => tracing::warn!("job {id}: {e}"),
     }
 }
 

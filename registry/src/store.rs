@@ -544,6 +544,16 @@ impl Store {
         Ok(())
     }
 
+    /// Whether a job of `repo` other than `except` is queued, running or waiting.
+    pub fn repo_busy(&self, repo: &str, except: i64) -> Result<bool> {
+        let n: i64 = self.conn().query_row(
+            "SELECT COUNT(*) FROM jobs WHERE repo = ?1 AND id != ?2 AND state IN (?3, ?4, ?5)",
+            params![repo, except, QUEUED, RUNNING, WAITING],
+            |r| r.get(0),
+        )?;
+        Ok(n > 0)
+    }
+
     /// The job that provides `repo` at `commit`: a done one first, then one still
     /// underway, then a failed one (newest first within each).
     pub fn job_for(&self, repo: &str, commit: &str) -> Result<Option<Job>> {

@@ -657,3 +657,74 @@ fn a_hostile_tokenizer_costs_the_perplexity_column_not_the_job() {
         took,
     );
 }
+
+/// Mounts a tmpfs of `size` at `dir`; false where this machine does not allow mounts.
+fn mount_tmpfs(dir: &std::path::Path, size: &str) -> bool {
+    std::fs::create_dir_all(dir).expect("dir");
+    std::process::Command::new("mount")
+        .args(["-t", "tmpfs", "-o", &format!("size={size}"), "tmpfs"])
+        .arg(dir)
+        .stderr(std::process::Stdio::null())
+        .status()
+        .is_ok_and(|s| s.success())
+}
+
+fn remount(dir: &std::path::Path, size: &str) {
+    let ok = std::process::Command::new("mount")
+        .args(["-o", &format!("remount,size={size}")])
+        .arg(dir)
+        .status()
+        .is_ok_and(|s| s.success());
+    assert!(ok, "remount {}", dir.display());
+}
+
+struct Unmount(std::path::PathBuf);
+
+impl Drop for Unmount {
+    fn drop(&mut self) {
+        let _ = std::process::Command::new("umount").arg(&self.0).status();
+    }
+}
+
+#[test]
+fn a_full_disk_during_pack_or_chunk_ingest_is_retried_not_fatal() {
+    // The work area (where pack writes) and then the chunk store (where artifacts are
+    // ingested) on a 64 KiB tmpfs: the attempt fails with ENOSPC, is retried, and once
+    // the operator has made room (a remount to 64 MiB) the job completes.
+    for (area, stage) in [("work", "pack"), ("chunks", "store")] {
+        let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
+        let data = tmp.path().join("data");
+        let small = data.join(area);
+        if !mount_tmpfs(&small, "64k") {
+            eprintln!("[skip] cannot mount a tmpfs here (needs root / CAP_SYS_ADMIN): ENOSPC test skipped");
+            return;
+        }
+        let _unmount = Unmount(small.clone());
+        let reg = Registry::start_with_config(&data, &hub.url, &[], "max_attempts = 6\n");
+        let id = reg.deliver();
+        let t0 = Instant::now();
+        // The attempt's failure is in the log (the job's `error` lasts only until the
+        // next attempt claims it).
+        reg.wait_log("No space left on device", Duration::from_secs(60));
+        let j = reg.get_json(&format!("/status/{id}"));
+        assert!(
+            j["state"] != "failed" && j["state"] != "done",
+            "{area}: {j}"
+        );
+        let t_fault = t0.elapsed();
+        remount(&small, "64m");
+        let job = reg.wait_job(id, Duration::from_secs(180));
+        assert_eq!(job["state"], "done", "{area}: {job}");
+        assert!(job["attempts"].as_i64().expect("attempts") >= 2, "{job}");
+        assert_eq!(hub.hub.commits().len(), 1);
+        fault_row(
+            &format!("ENOSPC: {area}/ on a 64 KiB tmpfs, remounted at 64 MiB once seen"),
+            stage,
+            &job,
+            hub.hub.commits().len(),
+            &data,
+            t0.elapsed() - t_fault,
+        );
+        drop(reg);
+    }
+}

@@ -297,10 +297,11 @@ pub fn fault_row(
     took: Duration,
 ) {
     eprintln!(
-        "FAULT | {fault} | {stage} | {} after {} attempt(s); {commits} Hub commit(s); {} bytes left in work/ | {:.1} s |",
+        "FAULT | {fault} | {stage} | {} after {} attempt(s); {commits} Hub commit(s); {} bytes left in work/, {} in hub-cache/ | {:.1} s |",
         job["state"].as_str().unwrap_or("?"),
         job["attempts"],
         dir_bytes(&data.join("work")),
+        dir_bytes(&data.join("hub-cache")),
         took.as_secs_f64()
     );
 }
