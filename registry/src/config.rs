@@ -54,6 +54,10 @@ pub struct Settings {
     /// Longest wait for the next bytes from the Hub (or an upload server it names): a
     /// stalled transfer fails as a transient error and the job is retried.
     pub hub_read_timeout: std::time::Duration,
+    /// Memory all running jobs may hold together, by their estimates
+    /// ([`crate::pipeline::memory_estimate`]): a job waits until its estimate fits beside
+    /// the running ones, and one larger than the whole budget fails before downloading.
+    pub memory_budget: u64,
     /// Longest a model's own tokenizer may take on the evaluation text (it runs in a
     /// child process, killed at this limit: the card then says why perplexity was not
     /// measured).
@@ -120,6 +124,8 @@ pub struct FileConfig {
     pub job_lease_s: Option<f64>,
     /// See [`Settings::tokenize_timeout`] (seconds).
     pub tokenize_timeout_s: Option<f64>,
+    /// See [`Settings::memory_budget`] (bytes).
+    pub memory_budget_bytes: Option<u64>,
     /// See [`Settings::download_limits`] (bytes of all weights).
     pub max_model_bytes: Option<u64>,
     /// See [`Settings::download_limits`] (bytes of one side file).
@@ -131,6 +137,22 @@ pub const DEFAULT_MAX_MODEL_BYTES: u64 = 64 << 30;
 
 /// Default cap on one side file (config, tokenizer, card): 64 MiB.
 pub const DEFAULT_MAX_SIDE_FILE_BYTES: u64 = 64 << 20;
+
+/// Default memory budget: three quarters of the machine's memory (`MemTotal` in
+/// `/proc/meminfo`), 8 GiB where that cannot be read.
+pub fn default_memory_budget() -> u64 {
+    std::fs::read_to_string("/proc/meminfo")
+        .ok()
+        .and_then(|m| {
+            m.lines()
+                .find(|l| l.starts_with("MemTotal:"))?
+                .split_whitespace()
+                .nth(1)?
+                .parse::<u64>()
+                .ok()
+        })
+        .map_or(8 << 30, |kib| kib * 1024 / 4 * 3)
+}
 
 /// Default job lease.
 pub const DEFAULT_JOB_LEASE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -331,6 +353,9 @@ impl Settings {
                 tenpak::hub::READ_TIMEOUT,
             )?,
             job_lease: secs("job_lease_s", file.job_lease_s, DEFAULT_JOB_LEASE)?,
+            memory_budget: file
+                .memory_budget_bytes
+                .unwrap_or_else(default_memory_budget),
             tokenize_timeout: secs(
                 "tokenize_timeout_s",
                 file.tokenize_timeout_s,

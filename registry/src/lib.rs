@@ -67,6 +67,7 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
         cache_dir: Some(dir.join("hub-cache")),
         read_timeout: Some(settings.hub_read_timeout),
     })?;
+    let settings_memory_mib = settings.memory_budget.div_ceil(1 << 20);
     Ok(Arc::new(pipeline::Ctx {
         settings,
         store: Arc::new(store),
@@ -77,6 +78,9 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
         _lock: lock,
         owner: pipeline::lease_owner(),
         metrics: metrics::Metrics::new(),
+        memory: tokio::sync::Semaphore::new(
+            usize::try_from(settings_memory_mib).unwrap_or(usize::MAX >> 4),
+        ),
     }))
 }
 

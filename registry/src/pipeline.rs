@@ -48,6 +48,8 @@ pub struct Ctx {
     pub owner: String,
     /// Prometheus metrics (`GET /metrics`).
     pub metrics: crate::metrics::Metrics,
+    /// The memory budget jobs share, in MiB ([`Settings::memory_budget`]).
+    pub memory: tokio::sync::Semaphore,
 }
 
 /// A lease holder's name for this process: unique across hosts, processes and restarts.
@@ -245,6 +247,54 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
             }
         }
     }
+}
+
+/// Bytes of memory a job is expected to need at its peak, from the Hub listing: its
+/// weights as f32 (the evaluation loads the whole model; packing holds the tensors it
+/// encodes, and a calibrated or delta target its layer's inputs), twice over for a job
+/// packed against a base (the base's tensors are decoded beside the model's), plus
+/// 256 MiB for the process's own working set.
+pub fn memory_estimate(listing: &[(String, u64)], derived: bool) -> u64 {
+    let weights: u64 = listing
+        .iter()
+        .filter(|(f, _)| f.ends_with(".safetensors"))
+        .map(|(_, n)| *n)
+        .sum();
+    let f32_copy = weights.saturating_mul(2);
+    let per_model = if derived { 2 } else { 1 };
+    f32_copy.saturating_mul(per_model).saturating_add(256 << 20)
+}
+
+/// Takes `estimate` bytes of the shared memory budget for job `id` (in MiB units of
+/// [`Ctx::memory`]), waiting while other jobs hold it; refuses a job larger than the whole
+/// budget. The budget comes back when the returned permit is dropped.
+async fn admit(
+    ctx: &Ctx,
+    id: i64,
+    estimate: u64,
+) -> Result<tokio::sync::SemaphorePermit<'_>, JobError> {
+    let budget = ctx.settings.memory_budget;
+    let mib = |b: u64| b.div_ceil(1 << 20);
+    if estimate > budget {
+        return Err(JobError::permanent(format!(
+            "the model needs about {:.1} GiB of memory by its estimate, more than the registry's memory_budget_bytes ({:.1} GiB)",
+            estimate as f64 / (1u64 << 30) as f64,
+            budget as f64 / (1u64 << 30) as f64
+        )));
+    }
+    let want = u32::try_from(mib(estimate)).unwrap_or(u32::MAX);
+    if ctx.memory.available_permits() < want as usize {
+        stage(ctx, id, "waiting for memory", 0.02);
+        tracing::info!(
+            "job {id}: waiting for memory ({} MiB estimated, {} MiB free of the budget)",
+            want,
+            ctx.memory.available_permits()
+        );
+    }
+    ctx.memory
+        .acquire_many(want)
+        .await
+        .map_err(|e| JobError::new(e, true))
 }
 
 /// Removes `repo`'s downloads from the Hub cache once job `id` has ended, unless another
@@ -597,6 +647,10 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
             )
         }
     };
+    // Admission: the job's memory estimate, held until it ends, within the budget all
+    // workers share; a job that could never fit fails now, before downloading.
+    let estimate = memory_estimate(&listing, derived.is_some());
+    let _memory = admit(ctx, id, estimate).await?;
     stage(ctx, id, "download", 0.02);
     let adapter = derived.as_ref().is_some_and(|d| d.0);
     let model_dir = if adapter {

@@ -728,3 +728,60 @@ fn a_full_disk_during_pack_or_chunk_ingest_is_retried_not_fatal() {
         drop(reg);
     }
 }
+
+#[test]
+fn jobs_are_admitted_by_their_memory_estimate() {
+    // A budget smaller than any job: refused before a byte is downloaded.
+    let Fixture { tmp, hub, model } = fixture(HUB_TOKEN, false, hub::Mode::Regular);
+    let reg = Registry::start_with_config(
+        &tmp.path().join("data-small"),
+        &hub.url,
+        &[],
+        "memory_budget_bytes = 1048576\n",
+    );
+    let job = reg.wait_job(reg.deliver(), Duration::from_secs(60));
+    assert_eq!(job["state"], "failed", "{job}");
+    assert_eq!(job["attempts"], 1, "not worth retrying: {job}");
+    assert!(
+        job["error"]
+            .as_str()
+            .unwrap_or("")
+            .contains("memory_budget_bytes"),
+        "{job}"
+    );
+    assert_eq!(hub.hub.weight_gets.load(Ordering::Relaxed), 0);
+    drop(reg);
+
+    // A budget for one job at a time (each tiny job is estimated at ~261 MiB): with two
+    // workers, the second job waits for the first to end, then runs.
+    let other = "acme/other-llama";
+    let other_sha = "1111111111111111111111111111111111111111";
+    hub.hub.add_model(hub::ModelRepo {
+        repo: other.into(),
+        sha: other_sha.into(),
+        dir: model.clone(),
+    });
+    let reg = Registry::start_with_config(
+        &tmp.path().join("data"),
+        &hub.url,
+        &[],
+        "memory_budget_bytes = 419430400\nworkers = 2\n",
+    );
+    let first = reg.deliver();
+    wait_downloads(&hub, 1);
+    let v: Value = reg
+        .webhook(&content_update(other, other_sha), Some(SECRET))
+        .json()
+        .expect("json");
+    let second = v["job_id"].as_i64().expect("id");
+    reg.wait_log("waiting for memory", Duration::from_secs(60));
+    assert_eq!(
+        reg.get_json(&format!("/status/{second}"))["stage"],
+        "waiting for memory"
+    );
+    hub.hub.set_gate(true);
+    for id in [first, second] {
+        let job = reg.wait_job(id, Duration::from_secs(120));
+        assert_eq!(job["state"], "done", "{job}");
+    }
+}
