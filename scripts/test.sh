@@ -19,4 +19,8 @@ fi
 python3 -c 'import huggingface_hub' 2> /dev/null ||
   python3 -m pip install --quiet --disable-pip-version-check huggingface_hub > /dev/null ||
   echo "[test] huggingface_hub could not be installed: the Python client test will skip" >&2
+# The registry's OpenAPI test runs schemathesis (its `st` command) against the service.
+command -v st > /dev/null 2>&1 ||
+  python3 -m pip install --quiet --disable-pip-version-check schemathesis > /dev/null ||
+  echo "[test] schemathesis could not be installed: the OpenAPI conformance run will skip (and fail under CI=true)" >&2
 exec cargo test --workspace "$@"

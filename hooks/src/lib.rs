@@ -269,6 +269,20 @@ pub fn is_commit(s: &str) -> bool {
     s.len() == 40 && s.bytes().all(|c| c.is_ascii_hexdigit())
 }
 
+/// Whether `r` can name a branch, tag or commit of a Hub repository: 1–255 characters of
+/// letters, digits, `.`, `_`, `-` and `/`, not starting with `/`, `-` or `.`, not ending
+/// with `/`, without `..` or `//` (checked before it goes into a Hub URL).
+pub fn is_revision(r: &str) -> bool {
+    !r.is_empty()
+        && r.len() <= 255
+        && r.bytes()
+            .all(|b| b.is_ascii_alphanumeric() || b"._-/".contains(&b))
+        && !r.starts_with(['/', '-', '.'])
+        && !r.ends_with('/')
+        && !r.contains("..")
+        && !r.contains("//")
+}
+
 /// Whether `s` is a Hub repository id: `owner/name`, each part 1–96 ASCII letters, digits,
 /// `-`, `_` or `.`, not starting with `-` or `.` and without `..`. The one definition
 /// (`tenpak::hub` uses it for model references and cards).

@@ -169,3 +169,26 @@ fn a_repo_name_that_is_no_hub_repository_id_is_ignored() {
         assert_eq!(tenpak_hooks::is_repo_id(id), ok, "{id}");
     }
 }
+
+#[test]
+fn revisions_are_branch_tag_or_commit_names() {
+    for (r, ok) in [
+        ("main", true),
+        ("v1.0", true),
+        ("refs/pr/1", true),
+        ("c7a1f5f4e3b2a1908f7e6d5c4b3a29180f7e6d5c", true),
+        ("", false),
+        ("../main", false),
+        ("a..b", false),
+        ("-rf", false),
+        ("/main", false),
+        ("main/", false),
+        ("a//b", false),
+        ("ma in", false),
+        ("main?x=1", false),
+        ("m%61in", false),
+    ] {
+        assert_eq!(tenpak_hooks::is_revision(r), ok, "{r:?}");
+    }
+    assert!(!tenpak_hooks::is_revision(&"a".repeat(256)));
+}

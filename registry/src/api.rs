@@ -9,14 +9,15 @@ use axum::http::{header, HeaderMap, HeaderValue, Method, StatusCode};
 use axum::response::{IntoResponse, Response};
 use axum::routing::{get, post};
 use axum::{Json, Router};
-use serde::Deserialize;
+use serde::{Deserialize, Serialize};
 use serde_json::json;
 use tenpak::artifact::sign;
 use tenpak_hooks::{check_secret, decide, job_key, Decision, Payload, Policy, SECRET_HEADER};
+use utoipa::ToSchema;
 
 use crate::config::{parse_targets, target_name};
 use crate::pipeline::Ctx;
-use crate::store::{Enqueued, NewJob, RepoRevision, FAILED};
+use crate::store::{Enqueued, Job, NewJob, RepoRevision, FAILED};
 
 /// Builds the router.
 pub fn router(ctx: Arc<Ctx>) -> Router {
@@ -38,6 +39,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/api/models/{owner}/{name}/tree/{rev}", get(tree))
         .route("/{owner}/{name}/resolve/{rev}/{*path}", get(resolve))
         .route("/metrics", get(metrics))
+        .route("/openapi.json", get(openapi))
         .layer(axum::middleware::from_fn_with_state(ctx.clone(), track))
         // A span per request (method, URI); `RUST_LOG=tower_http=debug` logs each one.
         .layer(tower_http::trace::TraceLayer::new_for_http())
@@ -68,6 +70,8 @@ async fn track(
 }
 
 /// `GET /metrics`: Prometheus / OpenMetrics text.
+#[utoipa::path(get, path = "/metrics", tag = "service",
+    responses((status = 200, description = "OpenMetrics text", content_type = "application/openmetrics-text", body = String)))]
 async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
     let c = ctx.clone();
     let counts = match tokio::task::spawn_blocking(move || c.store.counts()).await {
@@ -86,7 +90,14 @@ async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
 }
 
 fn error(status: StatusCode, message: impl std::fmt::Display) -> Response {
-    (status, Json(json!({ "error": message.to_string() }))).into_response()
+    (
+        status,
+        Json(ErrorBody {
+            error: message.to_string(),
+            code: None,
+        }),
+    )
+        .into_response()
 }
 
 /// A failure of the registry itself (database, disk): the cause goes to the log under an
@@ -98,14 +109,175 @@ fn internal(e: impl std::fmt::Display) -> Response {
     tracing::error!("internal error (incident {n}): {e}");
     (
         StatusCode::INTERNAL_SERVER_ERROR,
-        Json(json!({
-            "error": format!("internal error (incident {n}; the registry's log has the cause)"),
-            "code": "internal",
-        })),
+        Json(ErrorBody {
+            error: format!("internal error (incident {n}; the registry's log has the cause)"),
+            code: Some("internal".into()),
+        }),
     )
         .into_response()
 }
 
+/// An error answer: a message for people, and for some errors a stable `code`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ErrorBody {
+    /// What went wrong.
+    pub error: String,
+    /// A stable code (`internal`, `restricted_source`), where there is one.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub code: Option<String>,
+}
+
+/// An artifact of a job.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct ArtifactLink {
+    /// The artifact's id: the sha256 of its manifest.
+    pub id: String,
+    /// Where it is served (`/artifact/{id}`, with ranges).
+    pub url: String,
+}
+
+/// `GET /status/{id}`: the job, its artifacts, and the jobs waiting for it.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobStatus {
+    /// The job.
+    #[serde(flatten)]
+    pub job: Job,
+    /// Jobs waiting for this one (fine-tunes of the model it packs).
+    pub waited_on_by: Vec<i64>,
+    /// What it made.
+    pub artifacts: Vec<ArtifactLink>,
+}
+
+/// `GET /jobs`: a page of jobs, newest first.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct JobPage {
+    /// The jobs of this page.
+    pub jobs: Vec<Job>,
+    /// Jobs matching, over all pages.
+    pub total: i64,
+    /// Page size.
+    pub limit: i64,
+    /// First job of the page.
+    pub offset: i64,
+    /// The next page's URL, if any.
+    pub next: Option<String>,
+}
+
+/// The answer to a webhook delivery or a compress request.
+#[derive(Debug, Default, Serialize, ToSchema)]
+pub struct Answer {
+    /// Webhooks: `compress`, `retry`, `duplicate` or `ignore`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub action: Option<String>,
+    /// Why a delivery was ignored.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub reason: Option<String>,
+    /// The job (new, retried or existing).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub job_id: Option<i64>,
+    /// `/status/{job_id}`.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub status_url: Option<String>,
+    /// Compress: whether the job is new.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub created: Option<bool>,
+    /// Compress: whether a failed job of the same commit went back to the queue.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub retried: Option<bool>,
+    /// The source repository.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub repo: Option<String>,
+    /// The exact commit.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub revision: Option<String>,
+    /// Compress: the targets packed.
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub targets: Option<Vec<String>>,
+}
+
+/// `POST /jobs/{id}/retry`.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetryAnswer {
+    /// The job.
+    pub job_id: i64,
+    /// Its state now.
+    pub state: String,
+    /// `/status/{job_id}`.
+    pub status_url: String,
+}
+
+/// `POST /jobs/{id}/retry` on a job that has not failed.
+#[derive(Debug, Serialize, ToSchema)]
+pub struct RetryConflict {
+    /// Why nothing was done.
+    pub error: String,
+    /// The job's state.
+    pub state: String,
+}
+
+/// `POST /compress`.
+#[derive(Debug, Deserialize, ToSchema)]
+#[serde(deny_unknown_fields)]
+pub struct CompressRequest {
+    /// `owner/name` (optionally `@revision`).
+    pub model_id: String,
+    /// Branch, tag or commit (default `main`).
+    pub revision: Option<String>,
+    /// Comma-separated targets (`quality`, `balanced`, `size`); default: the registry's.
+    pub target: Option<String>,
+}
+
+struct Bearer;
+
+impl utoipa::Modify for Bearer {
+    fn modify(&self, api: &mut utoipa::openapi::OpenApi) {
+        use utoipa::openapi::security::{HttpAuthScheme, HttpBuilder, SecurityScheme};
+        let c = api.components.get_or_insert_with(Default::default);
+        c.add_security_scheme(
+            "bearer",
+            SecurityScheme::Http(HttpBuilder::new().scheme(HttpAuthScheme::Bearer).build()),
+        );
+        c.add_security_scheme(
+            "webhook_secret",
+            SecurityScheme::ApiKey(utoipa::openapi::security::ApiKey::Header(
+                utoipa::openapi::security::ApiKeyValue::new(SECRET_HEADER),
+            )),
+        );
+    }
+}
+
+/// The OpenAPI document of the HTTP surface, generated from the handlers' annotations and
+/// the answer types above; served at `GET /openapi.json`.
+#[derive(utoipa::OpenApi)]
+#[openapi(
+    info(
+        title = "tenpak-registry",
+        description = "Hub webhooks in, signed companion repos out, range-served artifacts: the Studio API, the webhook receiver, artifact ranges and the Hub-compatible read API."
+    ),
+    paths(
+        root, keys, key_file, webhook, compress, status, jobs, retry, artifact, model_info,
+        model_info_rev, tree, resolve, metrics, openapi
+    ),
+    modifiers(&Bearer),
+    tags(
+        (name = "studio", description = "Compress jobs, their status and artifacts"),
+        (name = "webhooks", description = "The Hub's webhook deliveries"),
+        (name = "hub", description = "Hub-compatible reads of the companion repos (HF_ENDPOINT can point here)"),
+        (name = "service", description = "Keys, metrics, this document")
+    )
+)]
+pub struct ApiDoc;
+
+/// `GET /openapi.json`.
+#[utoipa::path(get, path = "/openapi.json", tag = "service",
+    responses((status = 200, description = "This document", content_type = "application/json", body = Object)))]
+async fn openapi() -> Response {
+    Json(<ApiDoc as utoipa::OpenApi>::openapi()).into_response()
+}
+
+/// `GET /`: what this service is.
+#[utoipa::path(get, path = "/", tag = "service",
+    responses((status = 200, description = "Service, version, public key, job counts per state, targets", body = Object)))]
 async fn root(State(ctx): State<Arc<Ctx>>) -> Response {
     let counts = match ctx.store.counts() {
         Ok(c) => c,
@@ -135,6 +307,9 @@ async fn root(State(ctx): State<Arc<Ctx>>) -> Response {
     .into_response()
 }
 
+/// `GET /keys`: the registry's signing key.
+#[utoipa::path(get, path = "/keys", tag = "service",
+    responses((status = 200, description = "`{keys: [{id, algorithm, public_key, key_file}]}`", body = Object)))]
 async fn keys(State(ctx): State<Arc<Ctx>>) -> Response {
     let public = ctx.key.verifying_key();
     let hex = hex::encode(public.as_bytes());
@@ -147,6 +322,9 @@ async fn keys(State(ctx): State<Arc<Ctx>>) -> Response {
     .into_response()
 }
 
+/// `GET /keys/registry.pub`: the public key as a `tenpak verify --key` file.
+#[utoipa::path(get, path = "/keys/registry.pub", tag = "service",
+    responses((status = 200, description = "The key file", content_type = "text/plain", body = String)))]
 async fn key_file(State(ctx): State<Arc<Ctx>>) -> Response {
     (
         [(header::CONTENT_TYPE, "text/plain; charset=utf-8")],
@@ -160,6 +338,16 @@ fn header<'a>(h: &'a HeaderMap, name: &str) -> Option<&'a str> {
 }
 
 /// `POST /webhooks/hub`: secret, parse, decide, enqueue; the work happens in a worker.
+#[utoipa::path(post, path = "/webhooks/hub", tag = "webhooks",
+    request_body(content = Object, description = "A Hub webhook delivery (`event`, `repo`, `updatedRefs`, `webhook`)", content_type = "application/json"),
+    security(("webhook_secret" = [])),
+    responses(
+        (status = 200, description = "Ignored, or a job that exists already", body = Answer),
+        (status = 202, description = "A job was queued (new, or a failed one retried)", body = Answer),
+        (status = 400, description = "Not a webhook delivery", body = ErrorBody),
+        (status = 401, description = "No secret", body = ErrorBody),
+        (status = 403, description = "Wrong secret", body = ErrorBody),
+        (status = 500, description = "The registry failed (see its log)", body = ErrorBody)))]
 async fn webhook(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(e) = check_secret(
         &ctx.settings.webhook_secret,
@@ -193,7 +381,11 @@ async fn webhook(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
             }
             (
                 StatusCode::OK,
-                Json(json!({ "action": "ignore", "reason": reason })),
+                Json(Answer {
+                    action: Some("ignore".into()),
+                    reason: Some(reason.to_string()),
+                    ..Answer::default()
+                }),
             )
                 .into_response()
         }
@@ -234,7 +426,12 @@ async fn webhook(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -
             enqueued(
                 &ctx,
                 &en,
-                json!({ "action": what, "repo": repo, "revision": revision }),
+                Answer {
+                    action: Some(what.into()),
+                    repo: Some(repo),
+                    revision: Some(revision),
+                    ..Answer::default()
+                },
             )
         }
     }
@@ -254,12 +451,12 @@ fn retry_failed(ctx: &Ctx, mut en: Enqueued) -> Result<Enqueued, crate::store::S
 
 /// The answer to an enqueue: 202 for a new or retried job (and a worker woken), 200 for
 /// an existing one; `body` gets `job_id` and `status_url`.
-fn enqueued(ctx: &Ctx, en: &Enqueued, mut body: serde_json::Value) -> Response {
+fn enqueued(ctx: &Ctx, en: &Enqueued, mut body: Answer) -> Response {
     if en.created || en.retried {
         ctx.wake.notify_one();
     }
-    body["job_id"] = json!(en.job.id);
-    body["status_url"] = json!(format!("/status/{}", en.job.id));
+    body.job_id = Some(en.job.id);
+    body.status_url = Some(format!("/status/{}", en.job.id));
     let status = if en.created || en.retried {
         StatusCode::ACCEPTED
     } else {
@@ -280,7 +477,10 @@ fn authorize(ctx: &Ctx, headers: &HeaderMap) -> Result<(), Box<Response>> {
             (
                 StatusCode::UNAUTHORIZED,
                 [(header::WWW_AUTHENTICATE, "Bearer")],
-                Json(json!({ "error": "missing bearer token" })),
+                Json(ErrorBody {
+                    error: "missing bearer token".into(),
+                    code: None,
+                }),
             )
                 .into_response(),
         )),
@@ -290,16 +490,18 @@ fn authorize(ctx: &Ctx, headers: &HeaderMap) -> Result<(), Box<Response>> {
     }
 }
 
-#[derive(Debug, Deserialize)]
-#[serde(deny_unknown_fields)]
-struct CompressRequest {
-    model_id: String,
-    revision: Option<String>,
-    target: Option<String>,
-}
-
 /// `POST /compress {model_id, revision?, target?}` → job id. The revision is resolved
 /// to a commit here, so the job (and its idempotency key) names an exact commit.
+#[utoipa::path(post, path = "/compress", tag = "studio", request_body = CompressRequest,
+    security(("bearer" = [])),
+    responses(
+        (status = 200, description = "The same job exists already", body = Answer),
+        (status = 202, description = "Queued", body = Answer),
+        (status = 400, description = "Bad request", body = ErrorBody),
+        (status = 401, description = "No bearer token", body = ErrorBody),
+        (status = 403, description = "Wrong token, or a private or gated model (`code: restricted_source`)", body = ErrorBody),
+        (status = 404, description = "No such repository or revision on the Hub", body = ErrorBody),
+        (status = 502, description = "The Hub could not be asked", body = ErrorBody)))]
 async fn compress(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) -> Response {
     if let Err(r) = authorize(&ctx, &headers) {
         return *r;
@@ -326,6 +528,12 @@ async fn compress(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) 
         .clone()
         .or(mref.revision.clone())
         .unwrap_or_else(|| "main".into());
+    if !tenpak_hooks::is_revision(&revision) {
+        return error(
+            StatusCode::BAD_REQUEST,
+            format!("revision {revision:?} is not a branch, tag or commit name"),
+        );
+    }
     // Who may read the model decides whether it is packed at all: the same rule as for
     // webhooks (a private or gated source only with allow_private, and then its
     // companion is private too).
@@ -348,14 +556,14 @@ async fn compress(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) 
     if access.restricted() && !ctx.settings.allow_private {
         return (
             StatusCode::FORBIDDEN,
-            Json(json!({
-                "error": format!(
+            Json(ErrorBody {
+                error: format!(
                     "{} is {}: its weights are not republished (allow_private is off)",
                     mref.repo,
                     access.describe()
                 ),
-                "code": "restricted_source",
-            })),
+                code: Some("restricted_source".into()),
+            }),
         )
             .into_response();
     }
@@ -387,13 +595,29 @@ async fn compress(State(ctx): State<Arc<Ctx>>, headers: HeaderMap, body: Bytes) 
     enqueued(
         &ctx,
         &en,
-        json!({ "created": en.created, "retried": en.retried, "repo": mref.repo,
-                "revision": commit, "targets": names }),
+        Answer {
+            created: Some(en.created),
+            retried: Some(en.retried),
+            repo: Some(mref.repo),
+            revision: Some(commit),
+            targets: Some(names.iter().map(|n| n.to_string()).collect()),
+            ..Answer::default()
+        },
     )
 }
 
 /// `POST /jobs/{id}/retry` (bearer token): a failed job back to the queue, its attempts
 /// counted afresh. 409 for a job that has not failed.
+#[utoipa::path(post, path = "/jobs/{id}/retry", tag = "studio",
+    params(("id" = i64, Path, description = "Job id")),
+    security(("bearer" = [])),
+    responses(
+        (status = 202, description = "Queued again", body = RetryAnswer),
+        (status = 400, description = "Not a job id", body = ErrorBody),
+        (status = 401, description = "No bearer token", body = ErrorBody),
+        (status = 403, description = "Wrong token", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody),
+        (status = 409, description = "The job has not failed", body = RetryConflict)))]
 async fn retry(
     State(ctx): State<Arc<Ctx>>,
     headers: HeaderMap,
@@ -410,16 +634,20 @@ async fn retry(
             ctx.wake.notify_one();
             (
                 StatusCode::ACCEPTED,
-                Json(json!({ "job_id": id, "state": job.state, "status_url": format!("/status/{id}") })),
+                Json(RetryAnswer {
+                    job_id: id,
+                    state: job.state,
+                    status_url: format!("/status/{id}"),
+                }),
             )
                 .into_response()
         }
         Ok(Some((job, false))) => (
             StatusCode::CONFLICT,
-            Json(json!({
-                "error": format!("job {id} is {}; only a failed job is retried", job.state),
-                "state": job.state,
-            })),
+            Json(RetryConflict {
+                error: format!("job {id} is {}; only a failed job is retried", job.state),
+                state: job.state,
+            }),
         )
             .into_response(),
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no job {id}")),
@@ -427,6 +655,13 @@ async fn retry(
     }
 }
 
+/// `GET /status/{id}`: one job.
+#[utoipa::path(get, path = "/status/{id}", tag = "studio",
+    params(("id" = i64, Path, description = "Job id")),
+    responses(
+        (status = 200, description = "The job", body = JobStatus),
+        (status = 400, description = "Not a job id", body = ErrorBody),
+        (status = 404, description = "No such job", body = ErrorBody)))]
 async fn status(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Response {
     let Ok(id) = id.parse::<i64>() else {
         return error(StatusCode::BAD_REQUEST, "job id is a number");
@@ -434,29 +669,51 @@ async fn status(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Response
     match ctx.store.job(id) {
         Ok(Some(job)) => {
             let artifacts = ctx.store.artifacts_of_job(id).unwrap_or_default();
-            let mut v = serde_json::to_value(&job).unwrap_or_default();
-            v["waited_on_by"] = json!(ctx.store.waiters(id).unwrap_or_default());
-            v["artifacts"] = json!(artifacts
-                .iter()
-                .map(|a| json!({ "id": a, "url": format!("/artifact/{a}") }))
-                .collect::<Vec<_>>());
-            Json(v).into_response()
+            Json(JobStatus {
+                job,
+                waited_on_by: ctx.store.waiters(id).unwrap_or_default(),
+                artifacts: artifacts
+                    .into_iter()
+                    .map(|a| ArtifactLink {
+                        url: format!("/artifact/{a}"),
+                        id: a,
+                    })
+                    .collect(),
+            })
+            .into_response()
         }
         Ok(None) => error(StatusCode::NOT_FOUND, format!("no job {id}")),
         Err(e) => internal(e),
     }
 }
 
-#[derive(Debug, Deserialize)]
+#[derive(Debug, Deserialize, utoipa::IntoParams)]
+#[into_params(parameter_in = Query)]
 struct Page {
+    /// Page size (1–200, default 20).
     limit: Option<i64>,
+    /// Jobs to skip (default 0).
     offset: Option<i64>,
+    /// Only jobs in this state (`queued`, `running`, `waiting`, `done`, `failed`).
     state: Option<String>,
 }
 
 /// `GET /jobs[?state=S][&limit=N&offset=K]`: jobs, newest first; `state=failed` is the
 /// dead-letter view (each with its error; `POST /jobs/{id}/retry` puts one back).
-async fn jobs(State(ctx): State<Arc<Ctx>>, Query(p): Query<Page>) -> Response {
+#[utoipa::path(get, path = "/jobs", tag = "studio", params(Page),
+    responses(
+        (status = 200, description = "A page of jobs", body = JobPage),
+        (status = 400, description = "Unknown state or bad numbers", body = ErrorBody)))]
+async fn jobs(
+    State(ctx): State<Arc<Ctx>>,
+    p: Result<Query<Page>, axum::extract::rejection::QueryRejection>,
+) -> Response {
+    // A malformed query is answered like every other error (JSON), not with the
+    // extractor's plain text.
+    let Query(p) = match p {
+        Ok(p) => p,
+        Err(e) => return error(StatusCode::BAD_REQUEST, e.body_text()),
+    };
     let limit = p.limit.unwrap_or(20).clamp(1, 200);
     let offset = p.offset.unwrap_or(0).max(0);
     let state = p.state.as_deref();
@@ -473,14 +730,28 @@ async fn jobs(State(ctx): State<Arc<Ctx>>, Query(p): Query<Page>) -> Response {
             let filter = state.map(|s| format!("state={s}&")).unwrap_or_default();
             let next = (offset + limit < total)
                 .then(|| format!("/jobs?{filter}limit={limit}&offset={}", offset + limit));
-            Json(json!({ "jobs": jobs, "total": total, "limit": limit, "offset": offset, "next": next }))
-                .into_response()
+            Json(JobPage {
+                jobs,
+                total,
+                limit,
+                offset,
+                next,
+            })
+            .into_response()
         }
         Err(e) => internal(e),
     }
 }
 
 /// `GET|HEAD /artifact/{id}`: the artifact reassembled from the chunk store, by ranges.
+#[utoipa::path(get, path = "/artifact/{id}", tag = "studio",
+    params(("id" = String, Path, description = "The manifest sha256 (hex, with or without `sha256:`)"),
+           ("Range" = Option<String>, Header, description = "`bytes=a-b`, `a-` or `-n`")),
+    responses(
+        (status = 200, description = "The whole artifact", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 206, description = "The range asked for", content_type = "application/octet-stream", body = Vec<u8>),
+        (status = 404, description = "No such artifact", body = ErrorBody),
+        (status = 416, description = "Unsatisfiable range")))]
 async fn artifact(
     State(ctx): State<Arc<Ctx>>,
     Path(id): Path<String>,
@@ -550,6 +821,10 @@ fn model_json(r: &RepoRevision) -> serde_json::Value {
 }
 
 /// `GET /api/models/{owner}/{name}`: the Hub's model-info shape, with `siblings`.
+#[utoipa::path(get, path = "/api/models/{owner}/{name}", tag = "hub",
+    params(("owner" = String, Path, example = "acme"), ("name" = String, Path, example = "tiny-llama-tnpk")),
+    responses((status = 200, description = "Model info as the Hub gives it", body = Object),
+              (status = 404, description = "No such companion repo", body = ErrorBody)))]
 async fn model_info(
     State(ctx): State<Arc<Ctx>>,
     headers: HeaderMap,
@@ -561,6 +836,11 @@ async fn model_info(
     }
 }
 
+/// `GET /api/models/{owner}/{name}/revision/{rev}`.
+#[utoipa::path(get, path = "/api/models/{owner}/{name}/revision/{rev}", tag = "hub",
+    params(("owner" = String, Path, example = "acme"), ("name" = String, Path, example = "tiny-llama-tnpk"), ("rev" = String, Path, example = "main")),
+    responses((status = 200, description = "Model info at a revision", body = Object),
+              (status = 404, description = "No such companion repo or revision", body = ErrorBody)))]
 async fn model_info_rev(
     State(ctx): State<Arc<Ctx>>,
     headers: HeaderMap,
@@ -573,6 +853,10 @@ async fn model_info_rev(
 }
 
 /// `GET /api/models/{owner}/{name}/tree/{rev}`: the Hub's tree listing (flat repos).
+#[utoipa::path(get, path = "/api/models/{owner}/{name}/tree/{rev}", tag = "hub",
+    params(("owner" = String, Path, example = "acme"), ("name" = String, Path, example = "tiny-llama-tnpk"), ("rev" = String, Path, example = "main")),
+    responses((status = 200, description = "The files", body = Vec<Object>),
+              (status = 404, description = "No such companion repo or revision", body = ErrorBody)))]
 async fn tree(
     State(ctx): State<Arc<Ctx>>,
     headers: HeaderMap,
@@ -599,6 +883,17 @@ async fn tree(
 
 /// `GET|HEAD /{owner}/{name}/resolve/{rev}/{path}`: the file, by ranges, with the
 /// headers Hub clients read (`ETag`, `X-Repo-Commit`, `X-Linked-Size`, `X-Linked-Etag`).
+#[utoipa::path(get, path = "/{owner}/{name}/resolve/{rev}/{path}", tag = "hub",
+    params(("owner" = String, Path, example = "acme"), ("name" = String, Path, example = "tiny-llama-tnpk"),
+           ("rev" = String, Path, example = "main"), ("path" = String, Path, example = "README.md"),
+           ("Range" = Option<String>, Header)),
+    responses(
+        (status = 200, description = "The file (a model card as Markdown)", content(
+            (Vec<u8> = "application/octet-stream"), (String = "text/markdown"))),
+        (status = 206, description = "The range asked for", content(
+            (Vec<u8> = "application/octet-stream"), (String = "text/markdown"))),
+        (status = 404, description = "No such repo, revision or file", body = ErrorBody),
+        (status = 416, description = "Unsatisfiable range")))]
 async fn resolve(
     State(ctx): State<Arc<Ctx>>,
     Path((owner, name, rev, path)): Path<(String, String, String, String)>,

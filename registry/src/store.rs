@@ -41,7 +41,7 @@ pub const KIND_DELTA: &str = "delta";
 pub const KIND_ADAPTER: &str = "adapter";
 
 /// One job, as the Studio API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq)]
+#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
 pub struct Job {
     /// Job id.
     pub id: i64,
@@ -77,6 +77,7 @@ pub struct Job {
     /// Commit made on the companion repository, once published.
     pub published_commit: Option<String>,
     /// How the publication travelled: `{transfer, bytes, bytes_sent, seconds}` (JSON).
+    #[schema(value_type = Option<Object>)]
     pub upload: Option<serde_json::Value>,
     /// Unix seconds.
     pub created_at: f64,

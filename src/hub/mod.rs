@@ -79,7 +79,11 @@ impl ModelRef {
             Some(_) => return None,
             None => (s, None),
         };
-        if !tenpak_hooks::is_repo_id(repo) {
+        if !tenpak_hooks::is_repo_id(repo)
+            || revision
+                .as_deref()
+                .is_some_and(|r| !tenpak_hooks::is_revision(r))
+        {
             return None;
         }
         Some(Self {
