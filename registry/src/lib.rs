@@ -1,8 +1,9 @@
 //! `tenpak-registry`: Hub webhooks in, signed companion repos out, range-served artifacts.
 //!
-//! - [`api`]: the HTTP surface (webhook receiver, Studio API, range serving, the
-//!   Hub-compatible read API);
-//! - [`store`]: the SQLite job store;
+//! - [`api`]: the HTTP surface, split by audience (webhook receiver, Studio API with
+//!   artifact ranges, the Hub-compatible read API, service endpoints), one `AppError`,
+//!   the OpenAPI document;
+//! - [`store`]: the `JobStore` and `Catalog` traits, SQLite their embedded implementation;
 //! - [`chunks`]: the content-addressed chunk store;
 //! - [`pipeline`]: workers and the per-job pipeline;
 //! - [`card`]: the companion repo's model card;
@@ -26,6 +27,7 @@ pub mod tokenize;
 use std::sync::Arc;
 
 use anyhow::Context;
+use store::JobStore;
 use tenpak::artifact::sign;
 
 /// Opens (creating on first start) the registry's signing key under the data dir.
@@ -44,7 +46,7 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
     let dir = settings.data_dir.clone();
     let lock = lock_data_dir(&dir)?;
     let key = signing_key(&dir)?;
-    let store = store::Store::open(&dir.join("registry.sqlite3"))
+    let store = store::SqliteStore::open(&dir.join("registry.sqlite3"))
         .with_context(|| format!("opening the job store in {}", dir.display()))?;
     let i = store.requeue_interrupted(settings.max_attempts)?;
     if i.requeued > 0 {
@@ -118,7 +120,7 @@ pub const SWEEP_GRACE: std::time::Duration = std::time::Duration::from_secs(24 *
 /// pieces no artifact or revision names (orphans of failed jobs) older than `grace`.
 /// Safe while the registry runs (see [`chunks::ChunkStore::sweep`]).
 pub fn maintenance(
-    store: &store::Store,
+    store: &dyn store::Store,
     chunks: &chunks::ChunkStore,
     grace: std::time::Duration,
 ) -> anyhow::Result<(usize, chunks::Swept)> {
@@ -133,7 +135,7 @@ pub fn maintenance(
 async fn maintain(ctx: Arc<pipeline::Ctx>) {
     loop {
         let c = ctx.clone();
-        match tokio::task::spawn_blocking(move || maintenance(&c.store, &c.chunks, SWEEP_GRACE))
+        match tokio::task::spawn_blocking(move || maintenance(c.store.as_ref(), &c.chunks, SWEEP_GRACE))
             .await
         {
             Ok(Ok((pruned, s))) if pruned > 0 || s.removed > 0 => tracing::info!(

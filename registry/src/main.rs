@@ -5,6 +5,7 @@ use std::path::PathBuf;
 
 use clap::{Parser, Subcommand};
 use tenpak_registry::config::{Overrides, Settings};
+use tenpak_registry::store::JobStore;
 
 /// TenPak registry: receives Hugging Face Hub webhooks, compresses new model commits into
 /// signed .tnpk artifacts, publishes them to companion repos, and serves them by HTTP
@@ -115,7 +116,7 @@ fn main() -> anyhow::Result<()> {
             if !db.exists() {
                 anyhow::bail!("no registry database at {}", db.display());
             }
-            let store = tenpak_registry::store::Store::open(&db)?;
+            let store = tenpak_registry::store::SqliteStore::open(&db)?;
             let chunks = tenpak_registry::chunks::ChunkStore::open(&data_dir.join("chunks"))?;
             let grace = std::time::Duration::from_secs_f64(grace_hours * 3600.0);
             let (pruned, s) = tenpak_registry::maintenance(&store, &chunks, grace)?;
@@ -133,7 +134,7 @@ fn main() -> anyhow::Result<()> {
             if !db.exists() {
                 anyhow::bail!("no registry database at {}", db.display());
             }
-            let store = tenpak_registry::store::Store::open(&db)?;
+            let store = tenpak_registry::store::SqliteStore::open(&db)?;
             match store.retry(id)? {
                 Some((_, true)) => {
                     println!("job {id} queued again");

@@ -211,7 +211,7 @@ impl Metrics {
 
     /// The OpenMetrics text, with the job counts as given.
     pub fn render(&self, job_counts: &[(String, i64)]) -> String {
-        for s in crate::store::STATES {
+        for s in crate::store::JobState::ALL.map(|s| s.as_str()) {
             let n = job_counts
                 .iter()
                 .find(|(k, _)| k == s)

@@ -24,8 +24,8 @@ use crate::card::{self, CardDelta, CardInfo, CardRow};
 use crate::chunks::ChunkStore;
 use crate::config::{target_name, Settings};
 use crate::store::{
-    ArtifactRow, Job, NewJob, RepoFile, RepoRevision, Store, DONE, FAILED, KIND_ADAPTER,
-    KIND_DELTA, KIND_FULL, WAITING,
+    ArtifactRow, Job, JobState, NewJob, RepoFile, RepoRevision, Store, KIND_ADAPTER, KIND_DELTA,
+    KIND_FULL,
 };
 
 /// What every worker and handler shares.
@@ -33,7 +33,7 @@ pub struct Ctx {
     /// Settings.
     pub settings: Settings,
     /// Job store.
-    pub store: Arc<Store>,
+    pub store: Arc<dyn Store>,
     /// Chunk store.
     pub chunks: ChunkStore,
     /// Hub client.
@@ -553,24 +553,24 @@ async fn plan(
             ctx.wake.notify_waiters();
             Ok(Plan::Wait(en.job.id))
         }
-        Some(j) if j.state == DONE && j.kind != KIND_FULL => unusable(format!(
+        Some(j) if j.state == JobState::Done && j.kind != KIND_FULL => unusable(format!(
             "the base {base}'s artifacts are themselves {} artifacts (job {}); chains of deltas are not made",
             j.kind, j.id
         )),
-        Some(j) if j.state == DONE => Ok(Plan::Derived {
+        Some(j) if j.state == JobState::Done => Ok(Plan::Derived {
             adapter: is_adapter,
             base_repo: base,
             base_commit,
             base_rows: ctx.store.artifact_rows_of_job(j.id)?,
             base_job: Box::new(j),
         }),
-        Some(j) if j.state == FAILED => unusable(format!(
+        Some(j) if j.state == JobState::Failed => unusable(format!(
             "packing the base {base}@{} failed (job {}): {}",
             &base_commit[..12],
             j.id,
             j.error.unwrap_or_default()
         )),
-        Some(j) if j.state == WAITING => unusable(format!(
+        Some(j) if j.state == JobState::Waiting => unusable(format!(
             "the base {base} waits for its own base (job {}); chains of deltas are not made",
             j.id
         )),
@@ -1176,7 +1176,7 @@ async fn superseded(ctx: &Ctx, job: &Job, commit: &str) -> Result<Option<String>
     Ok(ctx
         .store
         .job_for(&job.repo, &head)?
-        .filter(|newer| newer.state != FAILED)
+        .filter(|newer| newer.state != JobState::Failed)
         .map(|newer| {
             format!(
                 "superseded: {}@{} is {} (job {}, {}); this commit's artifacts are kept here, not published",
@@ -1184,7 +1184,7 @@ async fn superseded(ctx: &Ctx, job: &Job, commit: &str) -> Result<Option<String>
                 ctx.settings.branch,
                 &head[..12.min(head.len())],
                 newer.id,
-                if newer.state == DONE { "published" } else { "publishing it" }
+                if newer.state == JobState::Done { "published" } else { "publishing it" }
             )
         }))
 }

@@ -1,168 +1,36 @@
-//! The job store: SQLite (embedded, one file under the data dir, WAL mode).
-//!
-//! A job is "compress repo R at commit S with targets T". Its idempotency key is unique,
-//! so a redelivered webhook finds the existing job instead of making a second one. States
-//! run `queued → running → done | failed`; a job found `running` when the registry starts
-//! was interrupted (crash, kill) and goes back to `queued`, keeping its attempt count,
-//! unless it has used up `max_attempts` (a job that kills the process must not be tried
-//! at every start): then it is `failed`. A failed job goes back to the queue only by a
-//! retry ([`Store::retry`]: the API's `POST /jobs/{id}/retry`, the CLI's `retry`, or a
-//! repeated request for the same commit).
-//! Artifacts and companion-repo revisions the registry published are recorded here too.
+//! The SQLite implementation of [`JobStore`] and [`Catalog`]: the embedded default (one
+//! file under the data dir, WAL mode, one connection behind a mutex).
 
 use std::path::Path;
 use std::sync::Mutex;
-use std::time::{SystemTime, UNIX_EPOCH};
 
+use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, ValueRef};
 use rusqlite::{params, Connection, OptionalExtension, Row};
-use serde::{Deserialize, Serialize};
 
-/// Job states.
-pub const QUEUED: &str = "queued";
-/// A worker holds it.
-pub const RUNNING: &str = "running";
-/// Published.
-pub const DONE: &str = "done";
-/// Gave up (error kept).
-pub const FAILED: &str = "failed";
-/// Waits for another job (its base's) to finish; then queued again.
-pub const WAITING: &str = "waiting";
+use super::{
+    now, ArtifactRow, Catalog, Enqueued, Interrupted, Job, JobState, JobStore, NewJob, RepoFile,
+    RepoRevision, Result, StoreError,
+};
 
-/// Every job state.
-pub const STATES: &[&str] = &[QUEUED, RUNNING, WAITING, DONE, FAILED];
+// The states by the names the SQL below was written with.
+const QUEUED: JobState = JobState::Queued;
+const RUNNING: JobState = JobState::Running;
+const WAITING: JobState = JobState::Waiting;
+const DONE: JobState = JobState::Done;
+const FAILED: JobState = JobState::Failed;
 
-/// Job kinds: decided when the job runs, from the model card (`base_model`).
-pub const KIND_AUTO: &str = "auto";
-/// A model packed on its own (also every job made to provide a base).
-pub const KIND_FULL: &str = "full";
-/// A fine-tune packed as deltas against its base's artifacts.
-pub const KIND_DELTA: &str = "delta";
-/// A PEFT adapter packed against its base's artifacts.
-pub const KIND_ADAPTER: &str = "adapter";
-
-/// One job, as the Studio API shows it.
-#[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
-pub struct Job {
-    /// Job id.
-    pub id: i64,
-    /// `owner/name` of the source model.
-    pub repo: String,
-    /// The exact commit compressed (may be a branch name until the worker resolves it,
-    /// for API jobs).
-    pub revision: String,
-    /// Targets packed, comma-separated.
-    pub targets: String,
-    /// `webhook` or `api`.
-    pub origin: String,
-    /// queued / running / waiting / done / failed.
-    pub state: String,
-    /// auto (not decided yet) / full / delta / adapter.
-    pub kind: String,
-    /// The base `owner/name@commit` a delta or adapter job is packed against.
-    pub base: Option<String>,
-    /// The job this one waits for (the base's).
-    pub waits_on: Option<i64>,
-    /// Why a derived model was packed in full (base unreadable, not its base, ...).
-    pub note: Option<String>,
-    /// The pipeline stage last entered.
-    pub stage: String,
-    /// 0–1.
-    pub progress: f64,
-    /// Attempts started.
-    pub attempts: i64,
-    /// Last error, if any.
-    pub error: Option<String>,
-    /// Companion repository it publishes to.
-    pub companion: String,
-    /// Commit made on the companion repository, once published.
-    pub published_commit: Option<String>,
-    /// How the publication travelled: `{transfer, bytes, bytes_sent, seconds}` (JSON).
-    #[schema(value_type = Option<Object>)]
-    pub upload: Option<serde_json::Value>,
-    /// Unix seconds.
-    pub created_at: f64,
-    /// Unix seconds.
-    pub updated_at: f64,
-    /// Unix seconds, when finished.
-    pub finished_at: Option<f64>,
+impl ToSql for JobState {
+    fn to_sql(&self) -> rusqlite::Result<ToSqlOutput<'_>> {
+        Ok(ToSqlOutput::from(self.as_str()))
+    }
 }
 
-/// A stored artifact.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct ArtifactRow {
-    /// Manifest digest, hex (the artifact's id).
-    pub id: String,
-    /// Job that made it.
-    pub job_id: i64,
-    /// Companion repository.
-    pub repo: String,
-    /// File name in the companion repository.
-    pub path: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Source model and commit.
-    pub source: String,
-    /// Target name.
-    pub target: String,
-    /// Bits per weight of the quantized linear layers.
-    pub bits_per_weight: f64,
-    /// sha256 hex of the whole file (its entity tag).
-    pub sha256: String,
-    /// The pieces (sha256 hex, length) the file is made of, in order.
-    #[serde(skip)]
-    pub pieces: Vec<(String, u64)>,
-    /// Made from a private or gated source: served only with the API token.
-    pub private: bool,
-}
-
-/// A revision of a companion repository served by the Hub-compatible API.
-#[derive(Debug, Clone, Serialize, PartialEq)]
-pub struct RepoRevision {
-    /// Companion `owner/name`.
-    pub repo: String,
-    /// 40-hex revision id.
-    pub commit: String,
-    /// Files: (path, artifact id or `None` for the model card), in order.
-    pub files: Vec<RepoFile>,
-    /// Unix seconds.
-    pub created_at: f64,
-    /// The companion of a private or gated source: served only with the API token.
-    pub private: bool,
-}
-
-/// One file of a companion revision.
-#[derive(Debug, Clone, Serialize, Deserialize, PartialEq)]
-pub struct RepoFile {
-    /// Path in the repository.
-    pub path: String,
-    /// sha256 hex of the contents.
-    pub sha256: String,
-    /// Size in bytes.
-    pub size: u64,
-    /// Artifact id when the file is a stored artifact.
-    pub artifact: Option<String>,
-}
-
-/// Store errors.
-#[derive(Debug, thiserror::Error)]
-pub enum StoreError {
-    /// SQLite failed.
-    #[error("job store: {0}")]
-    Sql(#[from] rusqlite::Error),
-    /// A row that should be JSON is not.
-    #[error("job store: corrupt row: {0}")]
-    Corrupt(String),
-}
-
-type Result<T> = std::result::Result<T, StoreError>;
-
-/// What [`Store::requeue_interrupted`] did.
-#[derive(Debug, Clone, Copy, PartialEq, Eq)]
-pub struct Interrupted {
-    /// Jobs put back in the queue.
-    pub requeued: usize,
-    /// Jobs failed for having been interrupted `max_attempts` times.
-    pub failed: usize,
+impl FromSql for JobState {
+    fn column_result(v: ValueRef<'_>) -> FromSqlResult<Self> {
+        let s = v.as_str()?;
+        JobState::parse(s)
+            .ok_or_else(|| FromSqlError::Other(format!("unknown job state {s:?}").into()))
+    }
 }
 
 type RevisionRow = (String, String, String, f64, bool);
@@ -172,16 +40,8 @@ fn revision_row(r: &Row<'_>) -> rusqlite::Result<RevisionRow> {
 }
 
 /// The store (one connection behind a mutex; every statement is short).
-pub struct Store {
+pub struct SqliteStore {
     conn: Mutex<Connection>,
-}
-
-/// Seconds since the Unix epoch (job and revision timestamps).
-pub(crate) fn now() -> f64 {
-    SystemTime::now()
-        .duration_since(UNIX_EPOCH)
-        .map(|d| d.as_secs_f64())
-        .unwrap_or(0.0)
 }
 
 const SCHEMA: &str = "
@@ -265,36 +125,6 @@ fn job_of(r: &Row<'_>) -> rusqlite::Result<Job> {
     })
 }
 
-/// What inserting a job did.
-#[derive(Debug, Clone, PartialEq)]
-pub struct Enqueued {
-    /// The job (new or existing).
-    pub job: Job,
-    /// False when the key already had a job.
-    pub created: bool,
-    /// The key's job had failed and was put back in the queue (set by the API).
-    pub retried: bool,
-}
-
-/// A new job's facts.
-#[derive(Debug, Clone)]
-pub struct NewJob<'a> {
-    /// Idempotency key.
-    pub key: &'a str,
-    /// Source `owner/name`.
-    pub repo: &'a str,
-    /// Commit (or branch, for API jobs before resolution).
-    pub revision: &'a str,
-    /// Comma-separated targets.
-    pub targets: &'a str,
-    /// `webhook` / `api`.
-    pub origin: &'a str,
-    /// Companion repository.
-    pub companion: &'a str,
-    /// [`KIND_AUTO`], or [`KIND_FULL`] for a job that provides a base.
-    pub kind: &'a str,
-}
-
 /// Columns added after the first schema: added to older databases on open.
 const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("jobs", "kind", "TEXT NOT NULL DEFAULT 'auto'"),
@@ -322,7 +152,7 @@ fn migrate(conn: &Connection) -> Result<()> {
     Ok(())
 }
 
-impl Store {
+impl SqliteStore {
     /// Opens (creating) the database at `path`.
     pub fn open(path: &Path) -> Result<Self> {
         let conn = Connection::open(path)?;
@@ -340,21 +170,6 @@ impl Store {
         // A panic while holding the lock leaves the connection usable (every statement
         // is atomic in SQLite), so a poisoned lock is taken over.
         self.conn.lock().unwrap_or_else(|p| p.into_inner())
-    }
-
-    /// Puts jobs that were running when the process stopped back in the queue, except
-    /// those that have had `max_attempts` attempts already: a job that kills the process
-    /// (out of memory, an allocation abort) would otherwise be claimed first at every
-    /// start, forever. Those end `failed` with the reason.
-    pub fn requeue_interrupted(&self, max_attempts: i64) -> Result<Interrupted> {
-        self.requeue(max_attempts, None)
-    }
-
-    /// Puts running jobs whose lease ran out back in the queue (their worker's process
-    /// died or hung: a live worker renews its lease), or fails them after
-    /// `max_attempts`, as [`Store::requeue_interrupted`] does at start.
-    pub fn requeue_expired(&self, max_attempts: i64) -> Result<Interrupted> {
-        self.requeue(max_attempts, Some(now()))
     }
 
     /// Running jobs (all, or those whose lease ended before `expired_before`) back to the
@@ -387,10 +202,27 @@ impl Store {
         )?;
         Ok(Interrupted { requeued, failed })
     }
+}
+
+impl JobStore for SqliteStore {
+    /// Puts jobs that were running when the process stopped back in the queue, except
+    /// those that have had `max_attempts` attempts already: a job that kills the process
+    /// (out of memory, an allocation abort) would otherwise be claimed first at every
+    /// start, forever. Those end `failed` with the reason.
+    fn requeue_interrupted(&self, max_attempts: i64) -> Result<Interrupted> {
+        self.requeue(max_attempts, None)
+    }
+
+    /// Puts running jobs whose lease ran out back in the queue (their worker's process
+    /// died or hung: a live worker renews its lease), or fails them after
+    /// `max_attempts`, as [`Store::requeue_interrupted`] does at start.
+    fn requeue_expired(&self, max_attempts: i64) -> Result<Interrupted> {
+        self.requeue(max_attempts, Some(now()))
+    }
 
     /// Extends `owner`'s lease on running job `id` to `lease` from now. `false`: the job
     /// is no longer `owner`'s (its lease ran out and it was requeued, or it ended).
-    pub fn renew(&self, id: i64, owner: &str, lease: std::time::Duration) -> Result<bool> {
+    fn renew(&self, id: i64, owner: &str, lease: std::time::Duration) -> Result<bool> {
         let n = self.conn().execute(
             "UPDATE jobs SET lease_until = ?3 WHERE id = ?1 AND lease_owner = ?2 AND state = ?4",
             params![id, owner, now() + lease.as_secs_f64(), RUNNING],
@@ -401,7 +233,7 @@ impl Store {
     /// Puts a failed job back in the queue with its attempts counted afresh (an
     /// operator's retry, or a repeated request for the same model and commit).
     /// `Ok(None)`: no such job; a job in another state is returned unchanged.
-    pub fn retry(&self, id: i64) -> Result<Option<(Job, bool)>> {
+    fn retry(&self, id: i64) -> Result<Option<(Job, bool)>> {
         let c = self.conn();
         let n = c.execute(
             "UPDATE jobs SET state = ?2, attempts = 0, stage = 'queued (retry)', progress = 0,
@@ -417,7 +249,7 @@ impl Store {
     }
 
     /// Inserts a job unless its key exists; either way returns the job.
-    pub fn enqueue(&self, j: &NewJob<'_>) -> Result<Enqueued> {
+    fn enqueue(&self, j: &NewJob<'_>) -> Result<Enqueued> {
         let c = self.conn();
         let t = now();
         let n = c.execute(
@@ -446,7 +278,7 @@ impl Store {
     }
 
     /// Records a webhook delivery and what was decided.
-    pub fn record_delivery(
+    fn record_delivery(
         &self,
         webhook_id: Option<&str>,
         scope: Option<&str>,
@@ -463,7 +295,7 @@ impl Store {
     }
 
     /// Number of deliveries recorded.
-    pub fn delivery_count(&self) -> Result<i64> {
+    fn delivery_count(&self) -> Result<i64> {
         Ok(self
             .conn()
             .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))?)
@@ -472,7 +304,7 @@ impl Store {
     /// Takes the oldest queued job for `owner`, marking it running, counting the attempt
     /// and giving `owner` a lease of `lease` (renewed with [`Store::renew`]). One
     /// statement: two workers cannot take the same job.
-    pub fn claim(&self, owner: &str, lease: std::time::Duration) -> Result<Option<Job>> {
+    fn claim(&self, owner: &str, lease: std::time::Duration) -> Result<Option<Job>> {
         let c = self.conn();
         let t = now();
         let id: Option<i64> = c
@@ -510,13 +342,7 @@ impl Store {
     }
 
     /// Records what a job turned out to be (its kind, its base, why it is packed in full).
-    pub fn set_kind(
-        &self,
-        id: i64,
-        kind: &str,
-        base: Option<&str>,
-        note: Option<&str>,
-    ) -> Result<()> {
+    fn set_kind(&self, id: i64, kind: &str, base: Option<&str>, note: Option<&str>) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET kind = ?2, base = ?3, note = ?4, updated_at = ?5 WHERE id = ?1",
             params![id, kind, base, note.map(crate::redact::redact), now()],
@@ -525,7 +351,7 @@ impl Store {
     }
 
     /// Sets a job's note (stored [redacted](crate::redact)).
-    pub fn set_note(&self, id: i64, note: &str) -> Result<()> {
+    fn set_note(&self, id: i64, note: &str) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET note = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, crate::redact::redact(note), now()],
@@ -535,7 +361,7 @@ impl Store {
 
     /// Parks a running job until job `on` (its base's) is done or failed. The attempt
     /// it used is given back: waiting is not failing.
-    pub fn wait_on(&self, id: i64, on: i64) -> Result<()> {
+    fn wait_on(&self, id: i64, on: i64) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET state = ?2, waits_on = ?3, attempts = MAX(attempts - 1, 0),
                     lease_owner = NULL, lease_until = NULL,
@@ -546,7 +372,7 @@ impl Store {
     }
 
     /// Whether a job of `repo` other than `except` is queued, running or waiting.
-    pub fn repo_busy(&self, repo: &str, except: i64) -> Result<bool> {
+    fn repo_busy(&self, repo: &str, except: i64) -> Result<bool> {
         let n: i64 = self.conn().query_row(
             "SELECT COUNT(*) FROM jobs WHERE repo = ?1 AND id != ?2 AND state IN (?3, ?4, ?5)",
             params![repo, except, QUEUED, RUNNING, WAITING],
@@ -557,7 +383,7 @@ impl Store {
 
     /// The job that provides `repo` at `commit`: a done one first, then one still
     /// underway, then a failed one (newest first within each).
-    pub fn job_for(&self, repo: &str, commit: &str) -> Result<Option<Job>> {
+    fn job_for(&self, repo: &str, commit: &str) -> Result<Option<Job>> {
         Ok(self
             .conn()
             .query_row(
@@ -570,7 +396,7 @@ impl Store {
     }
 
     /// Jobs waiting on job `id`.
-    pub fn waiters(&self, id: i64) -> Result<Vec<i64>> {
+    fn waiters(&self, id: i64) -> Result<Vec<i64>> {
         let c = self.conn();
         let mut st =
             c.prepare("SELECT id FROM jobs WHERE waits_on = ?1 AND state = ?2 ORDER BY id")?;
@@ -580,16 +406,8 @@ impl Store {
         Ok(rows)
     }
 
-    /// Artifacts a job produced, with their rows.
-    pub fn artifact_rows_of_job(&self, job_id: i64) -> Result<Vec<ArtifactRow>> {
-        self.artifacts_of_job(job_id)?
-            .iter()
-            .filter_map(|id| self.artifact(id).transpose())
-            .collect()
-    }
-
     /// Updates a running job's stage and progress.
-    pub fn progress(&self, id: i64, stage: &str, progress: f64) -> Result<()> {
+    fn progress(&self, id: i64, stage: &str, progress: f64) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET stage = ?2, progress = ?3, updated_at = ?4 WHERE id = ?1",
             params![id, stage, progress.clamp(0.0, 1.0), now()],
@@ -598,7 +416,7 @@ impl Store {
     }
 
     /// Sets the resolved commit of a job.
-    pub fn set_revision(&self, id: i64, revision: &str) -> Result<()> {
+    fn set_revision(&self, id: i64, revision: &str) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET revision = ?2, updated_at = ?3 WHERE id = ?1",
             params![id, revision, now()],
@@ -608,7 +426,7 @@ impl Store {
 
     /// Records the companion commit (before the job is marked done, so a restart
     /// between the two does not publish again).
-    pub fn set_published(&self, id: i64, commit: &str, upload: &serde_json::Value) -> Result<()> {
+    fn set_published(&self, id: i64, commit: &str, upload: &serde_json::Value) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET published_commit = ?2, upload = ?3, updated_at = ?4 WHERE id = ?1",
             params![id, commit, upload.to_string(), now()],
@@ -617,7 +435,7 @@ impl Store {
     }
 
     /// Marks a job done.
-    pub fn finish(&self, id: i64) -> Result<()> {
+    fn finish(&self, id: i64) -> Result<()> {
         let t = now();
         self.conn().execute(
             "UPDATE jobs SET state = ?2, stage = 'published', progress = 1, error = NULL,
@@ -630,7 +448,7 @@ impl Store {
 
     /// Records a failed attempt: back to the queue when `retry`, else failed. The error
     /// is stored [redacted](crate::redact) (the public API serves it).
-    pub fn fail(&self, id: i64, error: &str, retry: bool) -> Result<()> {
+    fn fail(&self, id: i64, error: &str, retry: bool) -> Result<()> {
         let t = now();
         let (state, finished) = if retry {
             (QUEUED, None)
@@ -647,7 +465,7 @@ impl Store {
     }
 
     /// One job.
-    pub fn job(&self, id: i64) -> Result<Option<Job>> {
+    fn job(&self, id: i64) -> Result<Option<Job>> {
         Ok(self
             .conn()
             .query_row("SELECT * FROM jobs WHERE id = ?1", [id], job_of)
@@ -655,7 +473,7 @@ impl Store {
     }
 
     /// Jobs, newest first; only those in `state` when given (`failed`: the dead letters).
-    pub fn jobs(&self, state: Option<&str>, limit: i64, offset: i64) -> Result<(Vec<Job>, i64)> {
+    fn jobs(&self, state: Option<JobState>, limit: i64, offset: i64) -> Result<(Vec<Job>, i64)> {
         let c = self.conn();
         let total: i64 = c.query_row(
             "SELECT COUNT(*) FROM jobs WHERE ?1 IS NULL OR state = ?1",
@@ -672,7 +490,7 @@ impl Store {
     }
 
     /// Counts of jobs per state.
-    pub fn counts(&self) -> Result<Vec<(String, i64)>> {
+    fn counts(&self) -> Result<Vec<(String, i64)>> {
         let c = self.conn();
         let mut st = c.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")?;
         let rows = st
@@ -681,8 +499,26 @@ impl Store {
         Ok(rows)
     }
 
+    /// Keeps the newest `keep` webhook deliveries; returns how many were deleted.
+    fn prune_deliveries(&self, keep: i64) -> Result<usize> {
+        Ok(self.conn().execute(
+            "DELETE FROM deliveries WHERE id <= (SELECT MAX(id) FROM deliveries) - ?1",
+            [keep],
+        )?)
+    }
+}
+
+impl Catalog for SqliteStore {
+    /// Artifacts a job produced, with their rows.
+    fn artifact_rows_of_job(&self, job_id: i64) -> Result<Vec<ArtifactRow>> {
+        self.artifacts_of_job(job_id)?
+            .iter()
+            .filter_map(|id| self.artifact(id).transpose())
+            .collect()
+    }
+
     /// Records a stored artifact (no-op when the digest is known).
-    pub fn add_artifact(&self, a: &ArtifactRow) -> Result<()> {
+    fn add_artifact(&self, a: &ArtifactRow) -> Result<()> {
         let pieces =
             serde_json::to_string(&a.pieces).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.conn().execute(
@@ -709,7 +545,7 @@ impl Store {
     }
 
     /// One artifact by id.
-    pub fn artifact(&self, id: &str) -> Result<Option<ArtifactRow>> {
+    fn artifact(&self, id: &str) -> Result<Option<ArtifactRow>> {
         let c = self.conn();
         let row = c
             .query_row("SELECT * FROM artifacts WHERE id = ?1", [id], |r| {
@@ -742,7 +578,7 @@ impl Store {
     }
 
     /// Artifact ids a job produced.
-    pub fn artifacts_of_job(&self, job_id: i64) -> Result<Vec<String>> {
+    fn artifacts_of_job(&self, job_id: i64) -> Result<Vec<String>> {
         let c = self.conn();
         let mut st = c.prepare("SELECT id FROM artifacts WHERE job_id = ?1 ORDER BY path")?;
         let rows = st
@@ -753,7 +589,7 @@ impl Store {
 
     /// Every chunk-store piece a recorded artifact or companion revision names (the
     /// mark of the chunk store's mark and sweep).
-    pub fn referenced_pieces(&self) -> Result<std::collections::HashSet<String>> {
+    fn referenced_pieces(&self) -> Result<std::collections::HashSet<String>> {
         let c = self.conn();
         let mut out = std::collections::HashSet::new();
         let mut st = c.prepare("SELECT pieces FROM artifacts")?;
@@ -777,16 +613,8 @@ impl Store {
         Ok(out)
     }
 
-    /// Keeps the newest `keep` webhook deliveries; returns how many were deleted.
-    pub fn prune_deliveries(&self, keep: i64) -> Result<usize> {
-        Ok(self.conn().execute(
-            "DELETE FROM deliveries WHERE id <= (SELECT MAX(id) FROM deliveries) - ?1",
-            [keep],
-        )?)
-    }
-
     /// Records a companion revision (idempotent).
-    pub fn add_revision(&self, r: &RepoRevision) -> Result<()> {
+    fn add_revision(&self, r: &RepoRevision) -> Result<()> {
         let files =
             serde_json::to_string(&r.files).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.conn().execute(
@@ -798,7 +626,7 @@ impl Store {
     }
 
     /// A companion revision: `rev` is a commit id, or `main` for the latest.
-    pub fn revision(&self, repo: &str, rev: &str) -> Result<Option<RepoRevision>> {
+    fn revision(&self, repo: &str, rev: &str) -> Result<Option<RepoRevision>> {
         let c = self.conn();
         let q = if rev == "main" {
             c.query_row(
@@ -833,8 +661,9 @@ impl Store {
 #[cfg(test)]
 mod tests {
     use super::*;
+    use crate::store::{KIND_AUTO, KIND_FULL};
 
-    fn job(store: &Store, key: &str, repo: &str, kind: &str) -> Job {
+    fn job(store: &SqliteStore, key: &str, repo: &str, kind: &str) -> Job {
         store
             .enqueue(&NewJob {
                 key,
@@ -869,13 +698,13 @@ mod tests {
             )
             .expect("old schema");
         }
-        let s = Store::open(&path).expect("open and migrate");
+        let s = SqliteStore::open(&path).expect("open and migrate");
         let old = s.job(1).expect("read").expect("the old job");
         assert_eq!(old.kind, KIND_AUTO);
         assert_eq!((old.base, old.waits_on, old.note), (None, None, None));
         // Opening again changes nothing.
         drop(s);
-        Store::open(&path).expect("open again");
+        SqliteStore::open(&path).expect("open again");
     }
 
     const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
@@ -886,8 +715,8 @@ mod tests {
         let path = tmp.path().join("jobs.db");
         // Two handles on one database: two worker processes sharing the store.
         let (a, b) = (
-            Store::open(&path).expect("a"),
-            Store::open(&path).expect("b"),
+            SqliteStore::open(&path).expect("a"),
+            SqliteStore::open(&path).expect("b"),
         );
         let j = job(&a, "k", "a/m", KIND_AUTO);
         let short = std::time::Duration::from_millis(200);
@@ -928,7 +757,7 @@ mod tests {
     #[test]
     fn a_job_interrupted_max_attempts_times_fails_and_the_next_job_still_runs() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let s = Store::open(&tmp.path().join("jobs.db")).expect("open");
+        let s = SqliteStore::open(&tmp.path().join("jobs.db")).expect("open");
         let poison = job(&s, "poison", "a/oom", KIND_AUTO);
         let next = job(&s, "next", "a/ok", KIND_AUTO);
         // The process dies while the poison job runs, three starts in a row.
@@ -954,7 +783,7 @@ mod tests {
         // A retry puts it back with its attempts counted afresh; only a failed job.
         let (again, changed) = s.retry(poison.id).expect("retry").expect("job");
         assert!(changed);
-        assert_eq!((again.state.as_str(), again.attempts), (QUEUED, 0));
+        assert_eq!((again.state, again.attempts), (QUEUED, 0));
         let (same, changed) = s.retry(poison.id).expect("retry").expect("job");
         assert!(!changed, "a queued job is not retried");
         assert_eq!(same.state, QUEUED);
@@ -964,7 +793,7 @@ mod tests {
     #[test]
     fn a_waiting_job_is_claimed_only_once_its_base_job_has_finished() {
         let tmp = tempfile::tempdir().expect("tmp");
-        let s = Store::open(&tmp.path().join("jobs.db")).expect("open");
+        let s = SqliteStore::open(&tmp.path().join("jobs.db")).expect("open");
         let ft = job(&s, "ft", "a/ft", KIND_AUTO);
         assert_eq!(
             s.claim("w", LEASE).expect("claim").map(|j| j.id),
@@ -974,7 +803,7 @@ mod tests {
         s.wait_on(ft.id, base.id).expect("wait");
         let w = s.job(ft.id).expect("job").expect("ft");
         assert_eq!(
-            (w.state.as_str(), w.waits_on, w.attempts),
+            (w.state, w.waits_on, w.attempts),
             (WAITING, Some(base.id), 0)
         );
         assert_eq!(s.waiters(base.id).expect("waiters"), vec![ft.id]);
