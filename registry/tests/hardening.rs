@@ -785,3 +785,157 @@ fn jobs_are_admitted_by_their_memory_estimate() {
         assert_eq!(job["state"], "done", "{job}");
     }
 }
+
+#[test]
+fn sigterm_during_a_stalled_download_stops_within_a_bound_and_the_job_resumes() {
+    let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, false, hub::Mode::Regular);
+    let data = tmp.path().join("data");
+    let mut reg = Registry::start(&data, &hub.url, &[]);
+    let id = reg.deliver();
+    wait_downloads(&hub, 1);
+    // A reader holding a keep-alive connection open, too.
+    let mut idle =
+        std::net::TcpStream::connect(reg.url.trim_start_matches("http://")).expect("tcp");
+    std::io::Write::write_all(&mut idle, b"GET /jobs HTTP/1.1\r\nHost: x\r\n").expect("write");
+    let t0 = Instant::now();
+    let ok = std::process::Command::new("kill")
+        .args(["-TERM", &reg.child.id().to_string()])
+        .status()
+        .expect("kill")
+        .success();
+    assert!(ok);
+    let status = loop {
+        if let Some(s) = reg.child.try_wait().expect("wait") {
+            break s;
+        }
+        assert!(
+            t0.elapsed() < Duration::from_secs(20),
+            "still running 20 s after SIGTERM"
+        );
+        std::thread::sleep(Duration::from_millis(20));
+    };
+    let took = t0.elapsed();
+    eprintln!("SIGTERM to exit: {:.2} s ({status})", took.as_secs_f64());
+    // The job was interrupted, not failed: the next start resumes it.
+    hub.hub.set_gate(true);
+    let reg = Registry::start(&data, &hub.url, &[]);
+    let job = reg.wait_job(id, Duration::from_secs(120));
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(hub.hub.commits().len(), 1);
+    fault_row(
+        "SIGTERM while the Hub stalls a download (and a client holds a half-sent request)",
+        "download",
+        &job,
+        hub.hub.commits().len(),
+        &data,
+        took,
+    );
+}
+
+#[test]
+fn status_and_range_reads_answer_while_a_pack_runs() {
+    // A model big enough that packing it keeps a core busy for a while (debug build).
+    let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
+    let medium = tmp.path().join("medium");
+    tenpak::synthetic::write_llama(
+        &medium,
+        tenpak::dtype::DType::BF16,
+        tenpak::synthetic::LlamaShape {
+            hidden: 512,
+            ff: 1536,
+            vocab: 4096,
+            layers: 4,
+        },
+    )
+    .expect("model");
+    let msha = "2222222222222222222222222222222222222222";
+    hub.hub.add_model(hub::ModelRepo {
+        repo: "acme/medium-llama".into(),
+        sha: msha.into(),
+        dir: medium,
+    });
+    let reg = Registry::start(&tmp.path().join("data"), &hub.url, &[]);
+    let first = reg.wait_job(reg.deliver(), Duration::from_secs(120));
+    let art = first["artifacts"][0]["url"]
+        .as_str()
+        .expect("url")
+        .to_string();
+    let v: Value = reg
+        .webhook(&content_update("acme/medium-llama", msha), Some(SECRET))
+        .json()
+        .expect("json");
+    let id = v["job_id"].as_i64().expect("id");
+    let t0 = Instant::now();
+    while !reg.get_json(&format!("/status/{id}"))["stage"]
+        .as_str()
+        .unwrap_or("")
+        .starts_with("pack")
+    {
+        assert!(t0.elapsed() < Duration::from_secs(60), "never packed");
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // 32 readers of 64 KiB ranges and one /status poller, while the pack runs.
+    let stop = std::sync::Arc::new(std::sync::atomic::AtomicBool::new(false));
+    let errors = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let reads = std::sync::Arc::new(std::sync::atomic::AtomicUsize::new(0));
+    let readers: Vec<_> = (0..32)
+        .map(|k| {
+            let (url, stop, errors, reads) = (
+                format!("{}{art}", reg.url),
+                stop.clone(),
+                errors.clone(),
+                reads.clone(),
+            );
+            std::thread::spawn(move || {
+                let c = client();
+                let mut n = 0u64;
+                while !stop.load(Ordering::Relaxed) {
+                    let start = (n * 7919 + k * 104729) % 200_000;
+                    n += 1;
+                    let r = c
+                        .get(&url)
+                        .header("range", format!("bytes={start}-{}", start + 65535))
+                        .send();
+                    let ok = r.is_ok_and(|r| {
+                        r.status().as_u16() == 206 && r.bytes().is_ok_and(|b| b.len() == 65536)
+                    });
+                    if ok {
+                        reads.fetch_add(1, Ordering::Relaxed);
+                    } else {
+                        errors.fetch_add(1, Ordering::Relaxed);
+                    }
+                }
+            })
+        })
+        .collect();
+    let mut lat = vec![];
+    let packing = |reg: &Registry| {
+        reg.get_json(&format!("/status/{id}"))["stage"]
+            .as_str()
+            .unwrap_or("")
+            .starts_with("pack")
+    };
+    while packing(&reg) && lat.len() < 2000 {
+        let t = Instant::now();
+        assert_eq!(reg.get(&format!("/status/{id}")).status().as_u16(), 200);
+        lat.push(t.elapsed().as_secs_f64() * 1000.0);
+        std::thread::sleep(Duration::from_millis(5));
+    }
+    stop.store(true, Ordering::Relaxed);
+    for r in readers {
+        r.join().expect("reader");
+    }
+    let job = reg.wait_job(id, Duration::from_secs(300));
+    assert_eq!(job["state"], "done", "{job}");
+    assert_eq!(errors.load(Ordering::Relaxed), 0, "failed range reads");
+    assert!(lat.len() >= 5, "the pack ended before it could be watched");
+    lat.sort_by(f64::total_cmp);
+    let pct = |p: f64| lat[((lat.len() - 1) as f64 * p).round() as usize];
+    eprintln!(
+        "LOAD | /status while a pack runs, 32 range readers beside it | {} polls, p50 {:.1} ms, p99 {:.1} ms | {} range reads of 64 KiB, 0 errors |",
+        lat.len(),
+        pct(0.5),
+        pct(0.99),
+        reads.load(Ordering::Relaxed)
+    );
+}
