@@ -142,16 +142,18 @@ impl From<std::io::Error> for JobError {
 pub async fn worker(ctx: Arc<Ctx>, n: usize) {
     let lease = ctx.settings.job_lease;
     loop {
-        match ctx.store.requeue_expired(ctx.settings.max_attempts) {
+        let max = ctx.settings.max_attempts;
+        match db(&ctx, move |s| s.requeue_expired(max)).await {
             Ok(i) if i.requeued + i.failed > 0 => tracing::info!(
                 "worker {n}: {} job(s) whose lease ran out requeued, {} failed (out of attempts)",
                 i.requeued,
                 i.failed
             ),
             Ok(_) => {}
-            Err(e) => tracing::warn!("worker {n}: job store: {e}"),
+            Err(e) => tracing::warn!("worker {n}: job store: {}", e.message),
         }
-        let claimed = ctx.store.claim(&ctx.owner, lease);
+        let owner = ctx.owner.clone();
+        let claimed = db(&ctx, move |s| s.claim(&owner, lease)).await;
         match claimed {
             Ok(Some(job)) => {
                 tracing::info!(
@@ -189,10 +191,10 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                 );
                 match result {
                     Ok(outcome @ (Outcome::Published | Outcome::Superseded)) => {
-                        if let Err(e) = ctx.store.finish(id) {
-                            tracing::warn!("worker {n}: job {id}: {e}");
+                        if let Err(e) = db(&ctx, move |s| s.finish(id)).await {
+                            tracing::warn!("worker {n}: job {id}: {}", e.message);
                         }
-                        clean_hub_cache(&ctx, &repo, id);
+                        clean_hub_cache(&ctx, repo, id).await;
                         // Jobs waiting on this one (fine-tunes of it) may run now.
                         ctx.wake.notify_waiters();
                         tracing::info!(
@@ -222,14 +224,15 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                         if retry {
                             tokio::time::sleep(Duration::from_secs(1 << attempts.min(6))).await;
                         }
-                        if let Err(e) = ctx.store.fail(id, &e.message, retry) {
-                            tracing::warn!("worker {n}: job {id}: {e}");
+                        let message = e.message.clone();
+                        if let Err(e) = db(&ctx, move |s| s.fail(id, &message, retry)).await {
+                            tracing::warn!("worker {n}: job {id}: {}", e.message);
                         }
                         if !retry {
                             // Nothing of a failed job stays on disk, its download
                             // neither (a retry downloads again).
                             let _ = std::fs::remove_dir_all(work_dir(&ctx, id));
-                            clean_hub_cache(&ctx, &repo, id);
+                            clean_hub_cache(&ctx, repo, id).await;
                             ctx.wake.notify_waiters();
                         }
                     }
@@ -242,7 +245,7 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                 let _ = tokio::time::timeout(idle, ctx.wake.notified()).await;
             }
             Err(e) => {
-                tracing::warn!("worker {n}: job store: {e}");
+                tracing::warn!("worker {n}: job store: {}", e.message);
                 tokio::time::sleep(Duration::from_secs(1)).await;
             }
         }
@@ -300,7 +303,13 @@ async fn admit(
 /// Removes `repo`'s downloads from the Hub cache once job `id` has ended, unless another
 /// job of the same repository is queued, running or waiting (it may use them). The
 /// packed artifacts are in the chunk store; the source weights are not needed again.
-fn clean_hub_cache(ctx: &Ctx, repo: &str, id: i64) {
+async fn clean_hub_cache(ctx: &Arc<Ctx>, repo: String, id: i64) {
+    let c = ctx.clone();
+    // Database and file removal: the blocking pool's work.
+    let _ = tokio::task::spawn_blocking(move || clean_hub_cache_now(&c, &repo, id)).await;
+}
+
+fn clean_hub_cache_now(ctx: &Ctx, repo: &str, id: i64) {
     match ctx.store.repo_busy(repo, id) {
         Ok(false) => {
             let dir = ctx
@@ -343,7 +352,20 @@ async fn heartbeat(ctx: Arc<Ctx>, id: i64) {
     }
 }
 
-/// Progress reporting from blocking code.
+/// Runs store calls on the blocking pool: SQLite waits on its lock and the disk, and the
+/// async threads also serve the HTTP API.
+async fn db<T: Send + 'static>(
+    ctx: &Arc<Ctx>,
+    f: impl FnOnce(&dyn Store) -> crate::store::Result<T> + Send + 'static,
+) -> Result<T, JobError> {
+    let c = ctx.clone();
+    tokio::task::spawn_blocking(move || f(c.store.as_ref()))
+        .await
+        .map_err(joined)?
+        .map_err(JobError::from)
+}
+
+/// Progress reporting (one short UPDATE; from blocking code, or between awaits).
 fn stage(ctx: &Ctx, id: i64, name: &str, p: f64) {
     ctx.metrics.stage(id, name);
     if let Err(e) = ctx.store.progress(id, name, p) {
@@ -539,17 +561,23 @@ async fn plan(
         Err(e) if tenpak::hub::is_transient(&e) => return Err(e.into()),
         Err(e) => return unusable(format!("the base {base} cannot be read: {e}")),
     };
-    match ctx.store.job_for(&base, &base_commit)? {
+    let (b2, c2) = (base.clone(), base_commit.clone());
+    match db(ctx, move |s| s.job_for(&b2, &c2)).await? {
         None => {
-            let en = ctx.store.enqueue(&NewJob {
-                key: &tenpak_hooks::job_key(&base, &base_commit),
-                repo: &base,
-                revision: &base_commit,
-                targets: &job.targets,
-                origin: "base",
-                companion: &ctx.settings.companion_of(&base),
-                kind: KIND_FULL,
-            })?;
+            let (b2, c2, targets) = (base.clone(), base_commit.clone(), job.targets.clone());
+            let companion = ctx.settings.companion_of(&base);
+            let en = db(ctx, move |s| {
+                s.enqueue(&NewJob {
+                    key: &tenpak_hooks::job_key(&b2, &c2),
+                    repo: &b2,
+                    revision: &c2,
+                    targets: &targets,
+                    origin: "base",
+                    companion: &companion,
+                    kind: KIND_FULL,
+                })
+            })
+            .await?;
             ctx.wake.notify_waiters();
             Ok(Plan::Wait(en.job.id))
         }
@@ -557,13 +585,16 @@ async fn plan(
             "the base {base}'s artifacts are themselves {} artifacts (job {}); chains of deltas are not made",
             j.kind, j.id
         )),
-        Some(j) if j.state == JobState::Done => Ok(Plan::Derived {
-            adapter: is_adapter,
-            base_repo: base,
-            base_commit,
-            base_rows: ctx.store.artifact_rows_of_job(j.id)?,
-            base_job: Box::new(j),
-        }),
+        Some(j) if j.state == JobState::Done => {
+            let jid = j.id;
+            Ok(Plan::Derived {
+                adapter: is_adapter,
+                base_repo: base,
+                base_commit,
+                base_rows: db(ctx, move |s| s.artifact_rows_of_job(jid)).await?,
+                base_job: Box::new(j),
+            })
+        }
         Some(j) if j.state == JobState::Failed => unusable(format!(
             "packing the base {base}@{} failed (job {}): {}",
             &base_commit[..12],
@@ -598,7 +629,8 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
     let access = ctx.hub.access(&job.repo, &job.revision).await?;
     let commit = access.commit.clone();
     if !tenpak::hub::is_commit(&job.revision) {
-        ctx.store.set_revision(id, &commit)?;
+        let c2 = commit.clone();
+        db(ctx, move |s| s.set_revision(id, &c2)).await?;
     }
     // Sizes from the listing, before any byte is downloaded: the files packing reads
     // (weights, config, tokenizer, adapter) and the card.
@@ -623,11 +655,12 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
     let plan = plan(ctx, &job, &commit, &listing).await?;
     let (derived, note, base_of_job) = match plan {
         Plan::Wait(on) => {
-            ctx.store.wait_on(id, on)?;
+            db(ctx, move |s| s.wait_on(id, on)).await?;
             return Ok(Outcome::Waiting(on));
         }
         Plan::Full { note } => {
-            ctx.store.set_kind(id, KIND_FULL, None, note.as_deref())?;
+            let n2 = note.clone();
+            db(ctx, move |s| s.set_kind(id, KIND_FULL, None, n2.as_deref())).await?;
             (None, note, None)
         }
         Plan::Derived {
@@ -639,7 +672,8 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
         } => {
             let kind = if adapter { KIND_ADAPTER } else { KIND_DELTA };
             let b = format!("{base_repo}@{base_commit}");
-            ctx.store.set_kind(id, kind, Some(&b), None)?;
+            let b2 = b.clone();
+            db(ctx, move |s| s.set_kind(id, kind, Some(&b2), None)).await?;
             (
                 Some((adapter, base_repo, base_job, base_rows)),
                 None,
@@ -921,7 +955,7 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
             ),
             _ => (0.0, 0.0, 0),
         };
-        ctx.store.add_artifact(&ArtifactRow {
+        let row = ArtifactRow {
             id: digest_hex.clone(),
             job_id: id,
             repo: companion.clone(),
@@ -933,7 +967,8 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
             sha256: ing.sha256.clone(),
             pieces: ing.pieces.clone(),
             private: access.restricted(),
-        })?;
+        };
+        db(ctx, move |s| s.add_artifact(&row)).await?;
         files.push(RepoFile {
             path: file.clone(),
             sha256: ing.sha256,
@@ -1026,7 +1061,8 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
         looks += 1;
         if let Some(note) = superseded(ctx, &job, &commit).await? {
             tracing::info!("job {id}: {note}");
-            ctx.store.set_note(id, &note)?;
+            let n2 = note.clone();
+            db(ctx, move |s| s.set_note(id, &n2)).await?;
             let _ = std::fs::remove_dir_all(&work);
             return Ok(Outcome::Superseded);
         }
@@ -1054,7 +1090,8 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
                     Some(head.clone()),
                     &upload,
                     &work,
-                );
+                )
+                .await;
             }
         }
         stage(ctx, id, "publish", 0.95);
@@ -1092,7 +1129,8 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
         });
         // Still ours? A job whose lease was taken over (this process stalled, another
         // took the job) must not publish beside the new holder.
-        if !ctx.store.renew(id, &ctx.owner, ctx.settings.job_lease)? {
+        let (owner, lease) = (ctx.owner.clone(), ctx.settings.job_lease);
+        if !db(ctx, move |s| s.renew(id, &owner, lease)).await? {
             return Err(JobError::lost_lease());
         }
         let t_up = Instant::now();
@@ -1136,13 +1174,14 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
         &upload,
         &work,
     )
+    .await
 }
 
 /// Records a companion commit: the registry's revision of the companion, the job's
 /// published commit; removes the work dir.
 #[allow(clippy::too_many_arguments)]
-fn record_published(
-    ctx: &Ctx,
+async fn record_published(
+    ctx: &Arc<Ctx>,
     id: i64,
     companion: &str,
     files: Vec<RepoFile>,
@@ -1152,15 +1191,22 @@ fn record_published(
     work: &std::path::Path,
 ) -> Result<Outcome, JobError> {
     let revision_id = revision_id(companion, &files);
-    ctx.store.add_revision(&RepoRevision {
+    let revision = RepoRevision {
         repo: companion.to_string(),
         commit: revision_id.clone(),
         files,
         created_at: crate::store::now(),
         private: access.restricted(),
-    })?;
-    ctx.store
-        .set_published(id, hub_commit.as_deref().unwrap_or(&revision_id), upload)?;
+    };
+    let (published, upload) = (
+        hub_commit.unwrap_or_else(|| revision_id.clone()),
+        upload.clone(),
+    );
+    db(ctx, move |s| {
+        s.add_revision(&revision)?;
+        s.set_published(id, &published, &upload)
+    })
+    .await?;
     let _ = std::fs::remove_dir_all(work);
     Ok(Outcome::Published)
 }
