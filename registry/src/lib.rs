@@ -116,15 +116,35 @@ pub const DELIVERIES_KEPT: i64 = 100_000;
 /// How old an unreferenced chunk-store piece must be before a sweep removes it.
 pub const SWEEP_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
-/// One round of housekeeping: prunes old webhook deliveries and sweeps chunk-store
-/// pieces no artifact or revision names (orphans of failed jobs) older than `grace`.
-/// Safe while the registry runs (see [`chunks::ChunkStore::sweep`]).
+/// One round of housekeeping: prunes old webhook deliveries, removes the Hub-cache
+/// downloads of repositories no queued, running or waiting job needs (left by jobs that
+/// ended with the process, as a poison job does), and sweeps chunk-store pieces no
+/// artifact or revision names (orphans of failed jobs) older than `grace`. Safe while the
+/// registry runs (see [`chunks::ChunkStore::sweep`]; a download that races with the
+/// Hub-cache sweep fails as local trouble and is retried).
 pub fn maintenance(
     store: &dyn store::Store,
     chunks: &chunks::ChunkStore,
+    hub_cache: &std::path::Path,
     grace: std::time::Duration,
 ) -> anyhow::Result<(usize, chunks::Swept)> {
     let pruned = store.prune_deliveries(DELIVERIES_KEPT)?;
+    let active: std::collections::HashSet<String> = store
+        .active_repos()?
+        .into_iter()
+        .map(|r| format!("models--{}", r.replace('/', "--")))
+        .collect();
+    if let Ok(rd) = std::fs::read_dir(hub_cache) {
+        for e in rd.flatten() {
+            let name = e.file_name().to_string_lossy().into_owned();
+            if name.starts_with("models--") && !active.contains(&name) {
+                match std::fs::remove_dir_all(e.path()) {
+                    Ok(()) => tracing::info!("maintenance: removed {name} from the Hub cache"),
+                    Err(err) => tracing::warn!("maintenance: {}: {err}", e.path().display()),
+                }
+            }
+        }
+    }
     // The mark is taken now: pieces written after it are younger than `grace` and spared.
     let referenced = store.referenced_pieces()?;
     let swept = chunks.sweep(&referenced, grace)?;
@@ -135,7 +155,7 @@ pub fn maintenance(
 async fn maintain(ctx: Arc<pipeline::Ctx>) {
     loop {
         let c = ctx.clone();
-        match tokio::task::spawn_blocking(move || maintenance(c.store.as_ref(), &c.chunks, SWEEP_GRACE))
+        match tokio::task::spawn_blocking(move || maintenance(c.store.as_ref(), &c.chunks, c.hub.cache_dir(), SWEEP_GRACE))
             .await
         {
             Ok(Ok((pruned, s))) if pruned > 0 || s.removed > 0 => tracing::info!(

@@ -119,7 +119,8 @@ fn main() -> anyhow::Result<()> {
             let store = tenpak_registry::store::SqliteStore::open(&db)?;
             let chunks = tenpak_registry::chunks::ChunkStore::open(&data_dir.join("chunks"))?;
             let grace = std::time::Duration::from_secs_f64(grace_hours * 3600.0);
-            let (pruned, s) = tenpak_registry::maintenance(&store, &chunks, grace)?;
+            let (pruned, s) =
+                tenpak_registry::maintenance(&store, &chunks, &data_dir.join("hub-cache"), grace)?;
             println!(
                 "{pruned} old deliveries pruned; pieces: {} kept, {} young spared, {} removed ({} bytes)",
                 s.kept, s.young, s.removed, s.bytes_freed

@@ -299,6 +299,9 @@ pub trait JobStore: Send + Sync {
     /// it used is given back: waiting is not failing.
     fn wait_on(&self, id: i64, on: i64) -> Result<()>;
 
+    /// Repositories with a job queued, running or waiting.
+    fn active_repos(&self) -> Result<std::collections::HashSet<String>>;
+
     /// Whether a job of `repo` other than `except` is queued, running or waiting.
     fn repo_busy(&self, repo: &str, except: i64) -> Result<bool>;
 

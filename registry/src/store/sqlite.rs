@@ -371,6 +371,13 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
+    fn active_repos(&self) -> Result<std::collections::HashSet<String>> {
+        let c = self.conn();
+        let mut st = c.prepare("SELECT DISTINCT repo FROM jobs WHERE state IN (?1, ?2, ?3)")?;
+        let rows = st.query_map(params![QUEUED, RUNNING, WAITING], |r| r.get::<_, String>(0))?;
+        Ok(rows.collect::<rusqlite::Result<_>>()?)
+    }
+
     /// Whether a job of `repo` other than `except` is queued, running or waiting.
     fn repo_busy(&self, repo: &str, except: i64) -> Result<bool> {
         let n: i64 = self.conn().query_row(
