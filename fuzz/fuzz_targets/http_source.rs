@@ -5,7 +5,6 @@
 //! end in an artifact or an error: no panic, no allocation beyond the bytes that arrive.
 #![no_main]
 
-use std::io::{BufRead, BufReader, Write};
 use std::sync::{Mutex, OnceLock};
 
 use libfuzzer_sys::fuzz_target;
@@ -43,30 +42,7 @@ fn answer(start: u64, end: u64) -> Vec<u8> {
 
 fn server() -> &'static str {
     static URL: OnceLock<String> = OnceLock::new();
-    URL.get_or_init(|| {
-        let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-        let url = format!("http://{}/m.tnpk", l.local_addr().expect("addr"));
-        std::thread::spawn(move || {
-            for conn in l.incoming().flatten() {
-                let Ok(read) = conn.try_clone() else { continue };
-                let mut r = BufReader::new(read);
-                let (mut start, mut end) = (0, 0);
-                let mut line = String::new();
-                while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                    if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                        if let Some((a, b)) = v.trim().split_once('-') {
-                            start = a.parse().unwrap_or(0);
-                            end = b.parse().unwrap_or(0);
-                        }
-                    }
-                    line.clear();
-                }
-                let mut c = conn;
-                let _ = c.write_all(&answer(start, end));
-            }
-        });
-        url
-    })
+    URL.get_or_init(|| tenpak::serve::scripted_server(answer))
 }
 
 fuzz_target!(|data: &[u8]| {

@@ -186,3 +186,38 @@ pub fn range_response_with(
 pub async fn run(listener: tokio::net::TcpListener, router: Router) -> std::io::Result<()> {
     axum::serve(listener, router).await
 }
+
+/// A scripted HTTP server on a free loopback port, for tests and fuzzers (the stand-in for
+/// a host or CDN that lies): for each connection it reads one request, takes the
+/// `Range: bytes=A-B` header's numbers (0 when absent), writes whatever `answer(A, B)`
+/// returns (a whole HTTP/1.1 response: status line, headers, body) and closes. Returns
+/// the URL of `/m.tnpk` on it. The server lives until the process ends.
+pub fn scripted_server(answer: impl Fn(u64, u64) -> Vec<u8> + Send + 'static) -> String {
+    use std::io::{BufRead, BufReader, Write};
+    let Ok(l) = std::net::TcpListener::bind("127.0.0.1:0") else {
+        return "http://127.0.0.1:9/m.tnpk".into();
+    };
+    let addr = l
+        .local_addr()
+        .map_or_else(|_| "127.0.0.1:9".into(), |a| a.to_string());
+    std::thread::spawn(move || {
+        for conn in l.incoming().flatten() {
+            let Ok(read) = conn.try_clone() else { continue };
+            let mut r = BufReader::new(read);
+            let (mut start, mut end) = (0, 0);
+            let mut line = String::new();
+            while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
+                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
+                    if let Some((a, b)) = v.trim().split_once('-') {
+                        start = a.parse().unwrap_or(0);
+                        end = b.parse().unwrap_or(0);
+                    }
+                }
+                line.clear();
+            }
+            let mut c = conn;
+            let _ = c.write_all(&answer(start, end));
+        }
+    });
+    format!("http://{addr}/m.tnpk")
+}

@@ -527,36 +527,16 @@ fn a_signature_is_checked_before_the_manifest_is_parsed() {
 /// request with what `answer` gives (status line and headers, then a body), one
 /// connection per request.
 fn liar(answer: impl Fn(u64, u64) -> (String, Vec<u8>) + Send + 'static) -> String {
-    use std::io::{BufRead, BufReader, Write};
-    let l = std::net::TcpListener::bind("127.0.0.1:0").expect("bind");
-    let addr = l.local_addr().expect("addr");
-    std::thread::spawn(move || {
-        for conn in l.incoming().flatten() {
-            let mut r = BufReader::new(conn.try_clone().expect("clone"));
-            let (mut start, mut end) = (0, 0);
-            let mut line = String::new();
-            while r.read_line(&mut line).is_ok_and(|n| n > 0) && line != "\r\n" {
-                if let Some(v) = line.to_ascii_lowercase().strip_prefix("range: bytes=") {
-                    if let Some((a, b)) = v.trim().split_once('-') {
-                        start = a.parse().unwrap_or(0);
-                        end = b.parse().unwrap_or(0);
-                    }
-                }
-                line.clear();
-            }
-            let (head, body) = answer(start, end);
-            let mut c = conn;
-            let _ = c.write_all(
-                format!(
-                    "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
-                    body.len()
-                )
-                .as_bytes(),
-            );
-            let _ = c.write_all(&body);
-        }
-    });
-    format!("http://{addr}/m.tnpk")
+    tenpak::serve::scripted_server(move |start, end| {
+        let (head, body) = answer(start, end);
+        let mut out = format!(
+            "{head}\r\nContent-Length: {}\r\nConnection: close\r\n\r\n",
+            body.len()
+        )
+        .into_bytes();
+        out.extend_from_slice(&body);
+        out
+    })
 }
 
 #[test]

@@ -204,24 +204,16 @@ impl SqliteStore {
     }
 }
 
+/// The methods are documented on the traits.
 impl JobStore for SqliteStore {
-    /// Puts jobs that were running when the process stopped back in the queue, except
-    /// those that have had `max_attempts` attempts already: a job that kills the process
-    /// (out of memory, an allocation abort) would otherwise be claimed first at every
-    /// start, forever. Those end `failed` with the reason.
     fn requeue_interrupted(&self, max_attempts: i64) -> Result<Interrupted> {
         self.requeue(max_attempts, None)
     }
 
-    /// Puts running jobs whose lease ran out back in the queue (their worker's process
-    /// died or hung: a live worker renews its lease), or fails them after
-    /// `max_attempts`, as [`Store::requeue_interrupted`] does at start.
     fn requeue_expired(&self, max_attempts: i64) -> Result<Interrupted> {
         self.requeue(max_attempts, Some(now()))
     }
 
-    /// Extends `owner`'s lease on running job `id` to `lease` from now. `false`: the job
-    /// is no longer `owner`'s (its lease ran out and it was requeued, or it ended).
     fn renew(&self, id: i64, owner: &str, lease: std::time::Duration) -> Result<bool> {
         let n = self.conn().execute(
             "UPDATE jobs SET lease_until = ?3 WHERE id = ?1 AND lease_owner = ?2 AND state = ?4",
@@ -230,9 +222,6 @@ impl JobStore for SqliteStore {
         Ok(n == 1)
     }
 
-    /// Puts a failed job back in the queue with its attempts counted afresh (an
-    /// operator's retry, or a repeated request for the same model and commit).
-    /// `Ok(None)`: no such job; a job in another state is returned unchanged.
     fn retry(&self, id: i64) -> Result<Option<(Job, bool)>> {
         let c = self.conn();
         let n = c.execute(
@@ -248,7 +237,6 @@ impl JobStore for SqliteStore {
         )
     }
 
-    /// Inserts a job unless its key exists; either way returns the job.
     fn enqueue(&self, j: &NewJob<'_>) -> Result<Enqueued> {
         let c = self.conn();
         let t = now();
@@ -277,7 +265,6 @@ impl JobStore for SqliteStore {
         })
     }
 
-    /// Records a webhook delivery and what was decided.
     fn record_delivery(
         &self,
         webhook_id: Option<&str>,
@@ -294,16 +281,12 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    /// Number of deliveries recorded.
     fn delivery_count(&self) -> Result<i64> {
         Ok(self
             .conn()
             .query_row("SELECT COUNT(*) FROM deliveries", [], |r| r.get(0))?)
     }
 
-    /// Takes the oldest queued job for `owner`, marking it running, counting the attempt
-    /// and giving `owner` a lease of `lease` (renewed with [`Store::renew`]). One
-    /// statement: two workers cannot take the same job.
     fn claim(&self, owner: &str, lease: std::time::Duration) -> Result<Option<Job>> {
         let c = self.conn();
         let t = now();
@@ -341,7 +324,6 @@ impl JobStore for SqliteStore {
         }
     }
 
-    /// Records what a job turned out to be (its kind, its base, why it is packed in full).
     fn set_kind(&self, id: i64, kind: &str, base: Option<&str>, note: Option<&str>) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET kind = ?2, base = ?3, note = ?4, updated_at = ?5 WHERE id = ?1",
@@ -350,7 +332,6 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    /// Sets a job's note (stored [redacted](crate::redact)).
     fn set_note(&self, id: i64, note: &str) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET note = ?2, updated_at = ?3 WHERE id = ?1",
@@ -359,8 +340,6 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    /// Parks a running job until job `on` (its base's) is done or failed. The attempt
-    /// it used is given back: waiting is not failing.
     fn wait_on(&self, id: i64, on: i64) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET state = ?2, waits_on = ?3, attempts = MAX(attempts - 1, 0),
@@ -378,7 +357,6 @@ impl JobStore for SqliteStore {
         Ok(rows.collect::<rusqlite::Result<_>>()?)
     }
 
-    /// Whether a job of `repo` other than `except` is queued, running or waiting.
     fn repo_busy(&self, repo: &str, except: i64) -> Result<bool> {
         let n: i64 = self.conn().query_row(
             "SELECT COUNT(*) FROM jobs WHERE repo = ?1 AND id != ?2 AND state IN (?3, ?4, ?5)",
@@ -388,8 +366,6 @@ impl JobStore for SqliteStore {
         Ok(n > 0)
     }
 
-    /// The job that provides `repo` at `commit`: a done one first, then one still
-    /// underway, then a failed one (newest first within each).
     fn job_for(&self, repo: &str, commit: &str) -> Result<Option<Job>> {
         Ok(self
             .conn()
@@ -402,7 +378,6 @@ impl JobStore for SqliteStore {
             .optional()?)
     }
 
-    /// Jobs waiting on job `id`.
     fn waiters(&self, id: i64) -> Result<Vec<i64>> {
         let c = self.conn();
         let mut st =
@@ -413,7 +388,6 @@ impl JobStore for SqliteStore {
         Ok(rows)
     }
 
-    /// Updates a running job's stage and progress.
     fn progress(&self, id: i64, stage: &str, progress: f64) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET stage = ?2, progress = ?3, updated_at = ?4 WHERE id = ?1",
@@ -422,7 +396,6 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    /// Sets the resolved commit of a job.
     fn set_revision(&self, id: i64, revision: &str) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET revision = ?2, updated_at = ?3 WHERE id = ?1",
@@ -431,8 +404,6 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    /// Records the companion commit (before the job is marked done, so a restart
-    /// between the two does not publish again).
     fn set_published(&self, id: i64, commit: &str, upload: &serde_json::Value) -> Result<()> {
         self.conn().execute(
             "UPDATE jobs SET published_commit = ?2, upload = ?3, updated_at = ?4 WHERE id = ?1",
@@ -441,7 +412,6 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    /// Marks a job done.
     fn finish(&self, id: i64) -> Result<()> {
         let t = now();
         self.conn().execute(
@@ -453,8 +423,6 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    /// Records a failed attempt: back to the queue when `retry`, else failed. The error
-    /// is stored [redacted](crate::redact) (the public API serves it).
     fn fail(&self, id: i64, error: &str, retry: bool) -> Result<()> {
         let t = now();
         let (state, finished) = if retry {
@@ -471,7 +439,6 @@ impl JobStore for SqliteStore {
         Ok(())
     }
 
-    /// One job.
     fn job(&self, id: i64) -> Result<Option<Job>> {
         Ok(self
             .conn()
@@ -479,7 +446,6 @@ impl JobStore for SqliteStore {
             .optional()?)
     }
 
-    /// Jobs, newest first; only those in `state` when given (`failed`: the dead letters).
     fn jobs(&self, state: Option<JobState>, limit: i64, offset: i64) -> Result<(Vec<Job>, i64)> {
         let c = self.conn();
         let total: i64 = c.query_row(
@@ -496,7 +462,6 @@ impl JobStore for SqliteStore {
         Ok((rows, total))
     }
 
-    /// Counts of jobs per state.
     fn counts(&self) -> Result<Vec<(String, i64)>> {
         let c = self.conn();
         let mut st = c.prepare("SELECT state, COUNT(*) FROM jobs GROUP BY state ORDER BY state")?;
@@ -506,7 +471,6 @@ impl JobStore for SqliteStore {
         Ok(rows)
     }
 
-    /// Keeps the newest `keep` webhook deliveries; returns how many were deleted.
     fn prune_deliveries(&self, keep: i64) -> Result<usize> {
         Ok(self.conn().execute(
             "DELETE FROM deliveries WHERE id <= (SELECT MAX(id) FROM deliveries) - ?1",
@@ -516,7 +480,6 @@ impl JobStore for SqliteStore {
 }
 
 impl Catalog for SqliteStore {
-    /// Artifacts a job produced, with their rows.
     fn artifact_rows_of_job(&self, job_id: i64) -> Result<Vec<ArtifactRow>> {
         self.artifacts_of_job(job_id)?
             .iter()
@@ -524,7 +487,6 @@ impl Catalog for SqliteStore {
             .collect()
     }
 
-    /// Records a stored artifact (no-op when the digest is known).
     fn add_artifact(&self, a: &ArtifactRow) -> Result<()> {
         let pieces =
             serde_json::to_string(&a.pieces).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -551,7 +513,6 @@ impl Catalog for SqliteStore {
         Ok(())
     }
 
-    /// One artifact by id.
     fn artifact(&self, id: &str) -> Result<Option<ArtifactRow>> {
         let c = self.conn();
         let row = c
@@ -584,7 +545,6 @@ impl Catalog for SqliteStore {
         }
     }
 
-    /// Artifact ids a job produced.
     fn artifacts_of_job(&self, job_id: i64) -> Result<Vec<String>> {
         let c = self.conn();
         let mut st = c.prepare("SELECT id FROM artifacts WHERE job_id = ?1 ORDER BY path")?;
@@ -594,8 +554,6 @@ impl Catalog for SqliteStore {
         Ok(rows)
     }
 
-    /// Every chunk-store piece a recorded artifact or companion revision names (the
-    /// mark of the chunk store's mark and sweep).
     fn referenced_pieces(&self) -> Result<std::collections::HashSet<String>> {
         let c = self.conn();
         let mut out = std::collections::HashSet::new();
@@ -620,7 +578,6 @@ impl Catalog for SqliteStore {
         Ok(out)
     }
 
-    /// Records a companion revision (idempotent).
     fn add_revision(&self, r: &RepoRevision) -> Result<()> {
         let files =
             serde_json::to_string(&r.files).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -632,7 +589,6 @@ impl Catalog for SqliteStore {
         Ok(())
     }
 
-    /// A companion revision: `rev` is a commit id, or `main` for the latest.
     fn revision(&self, repo: &str, rev: &str) -> Result<Option<RepoRevision>> {
         let c = self.conn();
         let q = if rev == "main" {
