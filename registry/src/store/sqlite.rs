@@ -673,6 +673,25 @@ mod tests {
     const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
 
     #[test]
+    fn only_the_newest_deliveries_are_kept() {
+        let tmp = tempfile::tempdir().expect("tmp");
+        let s = SqliteStore::open(&tmp.path().join("jobs.db")).expect("open");
+        for k in 0..5 {
+            s.record_delivery(
+                Some(&format!("w{k}")),
+                Some("repo.content"),
+                Some("a/b"),
+                "ignore",
+                None,
+            )
+            .expect("record");
+        }
+        assert_eq!(s.prune_deliveries(2).expect("prune"), 3);
+        assert_eq!(s.delivery_count().expect("count"), 2);
+        assert_eq!(s.prune_deliveries(2).expect("again"), 0);
+    }
+
+    #[test]
     fn a_lease_that_runs_out_returns_the_job_and_its_old_holder_cannot_renew_it() {
         let tmp = tempfile::tempdir().expect("tmp");
         let path = tmp.path().join("jobs.db");
