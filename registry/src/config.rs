@@ -54,6 +54,9 @@ pub struct Settings {
     /// Longest wait for the next bytes from the Hub (or an upload server it names): a
     /// stalled transfer fails as a transient error and the job is retried.
     pub hub_read_timeout: std::time::Duration,
+    /// The job store: `None` for SQLite in the data dir (the embedded default), or a
+    /// `postgres://` URL for a queue several registry processes share.
+    pub database: Option<String>,
     /// Memory all running jobs may hold together, by their estimates
     /// ([`crate::pipeline::memory_estimate`]): a job waits until its estimate fits beside
     /// the running ones, and one larger than the whole budget fails before downloading.
@@ -126,6 +129,8 @@ pub struct FileConfig {
     pub tokenize_timeout_s: Option<f64>,
     /// See [`Settings::memory_budget`] (bytes).
     pub memory_budget_bytes: Option<u64>,
+    /// See [`Settings::database`].
+    pub database: Option<String>,
     /// See [`Settings::download_limits`] (bytes of all weights).
     pub max_model_bytes: Option<u64>,
     /// See [`Settings::download_limits`] (bytes of one side file).
@@ -226,6 +231,8 @@ pub struct Overrides {
     pub listen: Option<SocketAddr>,
     /// `--workers`.
     pub workers: Option<usize>,
+    /// `--database`.
+    pub database: Option<String>,
 }
 
 impl Settings {
@@ -356,6 +363,21 @@ impl Settings {
             memory_budget: file
                 .memory_budget_bytes
                 .unwrap_or_else(default_memory_budget),
+            database: match flags
+                .database
+                .clone()
+                .or_else(|| env("TENPAK_DATABASE_URL"))
+                .or(file.database)
+            {
+                Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
+                    Some(u)
+                }
+                Some(u) if u.is_empty() => None,
+                Some(u) => {
+                    bail!("database {u:?}: a postgres:// URL, or none for SQLite in the data dir")
+                }
+                None => None,
+            },
             tokenize_timeout: secs(
                 "tokenize_timeout_s",
                 file.tokenize_timeout_s,

@@ -46,9 +46,22 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
     let dir = settings.data_dir.clone();
     let lock = lock_data_dir(&dir)?;
     let key = signing_key(&dir)?;
-    let store = store::SqliteStore::open(&dir.join("registry.sqlite3"))
-        .with_context(|| format!("opening the job store in {}", dir.display()))?;
-    let i = store.requeue_interrupted(settings.max_attempts)?;
+    let (store, i): (Arc<dyn store::Store>, _) = match &settings.database {
+        None => {
+            let s = store::SqliteStore::open(&dir.join("registry.sqlite3"))
+                .with_context(|| format!("opening the job store in {}", dir.display()))?;
+            // This process owns the data dir (its lock): every running job was ours.
+            let i = s.requeue_interrupted(settings.max_attempts)?;
+            (Arc::new(s), i)
+        }
+        Some(url) => {
+            let s = store::PgStore::open(url).context("opening the PostgreSQL job store")?;
+            // Other processes share this queue: only jobs whose lease ran out are theirs
+            // no more.
+            let i = s.requeue_expired(settings.max_attempts)?;
+            (Arc::new(s), i)
+        }
+    };
     if i.requeued > 0 {
         tracing::info!(
             "requeued {} job(s) interrupted by the last shutdown",
@@ -72,7 +85,7 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
     let settings_memory_mib = settings.memory_budget.div_ceil(1 << 20);
     Ok(Arc::new(pipeline::Ctx {
         settings,
-        store: Arc::new(store),
+        store,
         chunks,
         hub,
         key,

@@ -40,6 +40,10 @@ enum Command {
         /// Concurrent jobs (0: accept deliveries, run nothing). Default 1.
         #[arg(long)]
         workers: Option<usize>,
+        /// The job store: a `postgres://user@host/db` URL for a queue several registry
+        /// processes share (also TENPAK_DATABASE_URL); default SQLite in the data dir.
+        #[arg(long)]
+        database: Option<String>,
     },
     /// Housekeeping now (the registry also runs it every six hours): prune old webhook
     /// deliveries and remove chunk-store pieces that no artifact or revision names and
@@ -80,6 +84,7 @@ fn main() -> anyhow::Result<()> {
             listen,
             config,
             workers,
+            database,
         } => {
             // Logs to stderr as tracing events inside per-request and per-job spans;
             // RUST_LOG filters them (default `info`; `tower_http=debug` shows every
@@ -92,8 +97,15 @@ fn main() -> anyhow::Result<()> {
                         .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
                 )
                 .init();
-            let settings =
-                Settings::load(&data_dir, config.as_deref(), &Overrides { listen, workers })?;
+            let settings = Settings::load(
+                &data_dir,
+                config.as_deref(),
+                &Overrides {
+                    listen,
+                    workers,
+                    database,
+                },
+            )?;
             let rt = tokio::runtime::Builder::new_multi_thread()
                 .enable_all()
                 .build()?;

@@ -13,12 +13,14 @@
 //! repeated request for the same commit).
 //! Artifacts and companion-repo revisions the registry published are recorded here too.
 
+pub mod postgres;
 pub mod sqlite;
 
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
 
+pub use postgres::PgStore;
 pub use sqlite::SqliteStore;
 
 /// A job's state.
@@ -188,6 +190,9 @@ pub enum StoreError {
     /// SQLite failed.
     #[error("job store: {0}")]
     Sql(#[from] rusqlite::Error),
+    /// Another database engine failed (its message).
+    #[error("job store: {0}")]
+    Backend(String),
     /// A row that should be JSON is not.
     #[error("job store: corrupt row: {0}")]
     Corrupt(String),
