@@ -323,3 +323,54 @@ fn a_registry_runs_a_job_through_postgres() {
         Some(JobState::Done)
     );
 }
+
+#[test]
+fn a_connection_the_server_closed_is_replaced() {
+    let Some(db) = TempDb::new("reconnect") else {
+        return;
+    };
+    let s = PgStore::open(&db.url).expect("open");
+    s.enqueue(&new_job("k", "a/b", "auto")).expect("enqueue");
+    // As a PostgreSQL restart (or an admin) does: the server ends the store's session.
+    let mut admin = postgres::Client::connect(&format!("{}/postgres", server()), postgres::NoTls)
+        .expect("admin");
+    let ended = admin
+        .query(
+            "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
+             WHERE datname = $1 AND pid <> pg_backend_pid()",
+            &[&db.name],
+        )
+        .expect("terminate");
+    assert_eq!(ended.len(), 1, "one session of the store");
+    // Termination is asynchronous: wait until the session is gone.
+    let t0 = std::time::Instant::now();
+    while admin
+        .query_one(
+            "SELECT COUNT(*) FROM pg_stat_activity WHERE datname = $1",
+            &[&db.name],
+        )
+        .expect("activity")
+        .get::<_, i64>(0)
+        > 0
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(10),
+            "the session did not end"
+        );
+        std::thread::sleep(Duration::from_millis(10));
+    }
+    // The next call may meet the closed connection (a store error, not a panic: the
+    // client may also have seen the close already and reconnected first); the one after
+    // runs on a new connection for sure, and nothing was lost. Without reconnection both
+    // fail.
+    let _ = s.counts();
+    assert_eq!(
+        s.counts().expect("reconnected"),
+        vec![("queued".to_string(), 1)]
+    );
+    assert!(
+        !s.enqueue(&new_job("k", "a/b", "auto"))
+            .expect("enqueue")
+            .created
+    );
+}

@@ -10,6 +10,8 @@
 //! - The `postgres` client runs its own runtime, so its connection lives on a thread of its
 //!   own and every call is sent there: callers on tokio threads (between awaits) or on the
 //!   blocking pool wait for a short answer, as they do for SQLite.
+//! - A connection the server closed is replaced before the next call (the call that met
+//!   it fails as a store error, which a job takes as transient).
 
 use std::sync::mpsc::{sync_channel, Sender};
 use std::sync::Mutex;
@@ -99,6 +101,15 @@ impl PgStore {
                 }
                 let _ = ready_tx.send(Ok(()));
                 for call in rx {
+                    // A connection the server closed (a restart, a failover, an admin's
+                    // terminate) is replaced before the next call; the call that met the
+                    // closed connection failed as a store error (transient for jobs).
+                    if client.is_closed() {
+                        match Client::connect(&url, NoTls) {
+                            Ok(c) => client = c,
+                            Err(e) => eprintln!("job store: reconnecting to PostgreSQL: {e}"),
+                        }
+                    }
                     call(&mut client);
                 }
             })
