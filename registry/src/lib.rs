@@ -145,7 +145,7 @@ pub fn maintenance(
     let active: std::collections::HashSet<String> = store
         .active_repos()?
         .into_iter()
-        .map(|r| format!("models--{}", r.replace('/', "--")))
+        .map(|r| tenpak::hub::cache_dir_name(&r))
         .collect();
     if let Ok(rd) = std::fs::read_dir(hub_cache) {
         for e in rd.flatten() {

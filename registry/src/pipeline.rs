@@ -312,10 +312,7 @@ async fn clean_hub_cache(ctx: &Arc<Ctx>, repo: String, id: i64) {
 fn clean_hub_cache_now(ctx: &Ctx, repo: &str, id: i64) {
     match ctx.store.repo_busy(repo, id) {
         Ok(false) => {
-            let dir = ctx
-                .hub
-                .cache_dir()
-                .join(format!("models--{}", repo.replace('/', "--")));
+            let dir = ctx.hub.cache_dir().join(tenpak::hub::cache_dir_name(repo));
             if dir.exists() {
                 match std::fs::remove_dir_all(&dir) {
                     Ok(()) => tracing::info!("job {id}: removed {} from the Hub cache", repo),
@@ -352,17 +349,12 @@ async fn heartbeat(ctx: Arc<Ctx>, id: i64) {
     }
 }
 
-/// Runs store calls on the blocking pool: SQLite waits on its lock and the disk, and the
-/// async threads also serve the HTTP API.
+/// [`crate::store::off_thread`], its failure a transient [`JobError`].
 async fn db<T: Send + 'static>(
     ctx: &Arc<Ctx>,
     f: impl FnOnce(&dyn Store) -> crate::store::Result<T> + Send + 'static,
 ) -> Result<T, JobError> {
-    let c = ctx.clone();
-    tokio::task::spawn_blocking(move || f(c.store.as_ref()))
-        .await
-        .map_err(joined)?
-        .map_err(JobError::from)
+    Ok(crate::store::off_thread(&ctx.store, f).await?)
 }
 
 /// Progress reporting (one short UPDATE; from blocking code, or between awaits).

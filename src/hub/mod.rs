@@ -566,6 +566,12 @@ impl Hub {
     }
 }
 
+/// The Hub cache's directory of model `repo` (`models--org--name`, as huggingface_hub and
+/// hf-hub lay it out).
+pub fn cache_dir_name(repo: &str) -> String {
+    format!("models--{}", repo.replace('/', "--"))
+}
+
 /// A file as the Hub's tree API lists it.
 #[derive(Debug, Clone, PartialEq, Eq)]
 pub struct ListedFile {

@@ -158,17 +158,12 @@ fn internal(e: impl std::fmt::Display) -> Response {
     AppError::Internal(e.to_string()).into_response()
 }
 
-/// Runs store calls on the blocking pool: SQLite waits on its lock and the disk, and an
-/// async thread must not.
+/// [`crate::store::off_thread`], answering its failure as an [`AppError`].
 async fn db<T: Send + 'static>(
     ctx: &Arc<Ctx>,
     f: impl FnOnce(&dyn crate::store::Store) -> crate::store::Result<T> + Send + 'static,
 ) -> Result<T, AppError> {
-    let c = ctx.clone();
-    tokio::task::spawn_blocking(move || f(c.store.as_ref()))
-        .await
-        .map_err(|e| AppError::Internal(format!("store task: {e}")))?
-        .map_err(AppError::from)
+    Ok(crate::store::off_thread(&ctx.store, f).await?)
 }
 
 /// An error answer: a message for people, and for some errors a stable `code`.

@@ -351,7 +351,12 @@ pub trait JobStore: Send + Sync {
 /// the companion repositories' revisions the Hub-compatible API serves.
 pub trait Catalog: Send + Sync {
     /// Artifacts a job produced, with their rows.
-    fn artifact_rows_of_job(&self, job_id: i64) -> Result<Vec<ArtifactRow>>;
+    fn artifact_rows_of_job(&self, job_id: i64) -> Result<Vec<ArtifactRow>> {
+        self.artifacts_of_job(job_id)?
+            .iter()
+            .filter_map(|id| self.artifact(id).transpose())
+            .collect()
+    }
 
     /// Records a stored artifact (no-op when the digest is known).
     fn add_artifact(&self, a: &ArtifactRow) -> Result<()>;
@@ -371,6 +376,61 @@ pub trait Catalog: Send + Sync {
 
     /// A companion revision: `rev` is a commit id, or `main` for the latest.
     fn revision(&self, repo: &str, rev: &str) -> Result<Option<RepoRevision>>;
+}
+
+/// The error text and stage of jobs [`JobStore::requeue_interrupted`] (`expired`: false)
+/// or [`JobStore::requeue_expired`] (true) fails or requeues; one wording for every
+/// engine.
+pub fn requeue_wording(expired: bool) -> (&'static str, &'static str) {
+    if expired {
+        (
+            "the worker's lease ran out (its process died or hung) in each of its ",
+            "requeued: its lease ran out",
+        )
+    } else {
+        (
+            "the registry stopped during each of its ",
+            "requeued after restart",
+        )
+    }
+}
+
+/// The chunk-store pieces named by artifacts' `pieces` and revisions' `files` columns
+/// (JSON as stored): every artifact's pieces, and the files of revisions that are not
+/// artifacts (one piece each).
+pub fn referenced_in(
+    pieces: impl IntoIterator<Item = String>,
+    files: impl IntoIterator<Item = String>,
+) -> Result<std::collections::HashSet<String>> {
+    let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
+    let mut out = std::collections::HashSet::new();
+    for p in pieces {
+        let pieces: Vec<(String, u64)> = serde_json::from_str(&p).map_err(corrupt)?;
+        out.extend(pieces.into_iter().map(|(sha, _)| sha));
+    }
+    for f in files {
+        let files: Vec<RepoFile> = serde_json::from_str(&f).map_err(corrupt)?;
+        out.extend(
+            files
+                .into_iter()
+                .filter(|f| f.artifact.is_none())
+                .map(|f| f.sha256),
+        );
+    }
+    Ok(out)
+}
+
+/// Runs store calls on the blocking pool: SQLite waits on its lock and the disk,
+/// PostgreSQL on the network, and the async threads serve requests meanwhile. The one
+/// way the handlers and the pipeline reach the store from async code.
+pub async fn off_thread<T: Send + 'static>(
+    store: &std::sync::Arc<dyn Store>,
+    f: impl FnOnce(&dyn Store) -> Result<T> + Send + 'static,
+) -> Result<T> {
+    let s = store.clone();
+    tokio::task::spawn_blocking(move || f(s.as_ref()))
+        .await
+        .map_err(|e| StoreError::Backend(format!("store task: {e}")))?
 }
 
 /// Both halves, as the registry's context holds them.

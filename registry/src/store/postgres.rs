@@ -140,16 +140,7 @@ impl PgStore {
     }
 
     fn requeue(&self, max_attempts: i64, expired_before: Option<f64>) -> Result<Interrupted> {
-        let (why, stage) = match expired_before {
-            None => (
-                "the registry stopped during each of its ",
-                "requeued after restart",
-            ),
-            Some(_) => (
-                "the worker's lease ran out (its process died or hung) in each of its ",
-                "requeued: its lease ran out",
-            ),
-        };
+        let (why, stage) = super::requeue_wording(expired_before.is_some());
         self.with(move |c| {
             let t = now();
             let mut tx = c.transaction()?;
@@ -509,13 +500,6 @@ impl JobStore for PgStore {
 }
 
 impl Catalog for PgStore {
-    fn artifact_rows_of_job(&self, job_id: i64) -> Result<Vec<ArtifactRow>> {
-        self.artifacts_of_job(job_id)?
-            .iter()
-            .filter_map(|id| self.artifact(id).transpose())
-            .collect()
-    }
-
     fn add_artifact(&self, a: &ArtifactRow) -> Result<()> {
         let pieces =
             serde_json::to_string(&a.pieces).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -583,25 +567,15 @@ impl Catalog for PgStore {
 
     fn referenced_pieces(&self) -> Result<std::collections::HashSet<String>> {
         self.with(|c| {
-            let mut out = std::collections::HashSet::new();
-            for r in c.query("SELECT pieces FROM artifacts", &[])? {
-                let p: String = r.try_get(0)?;
-                let pieces: Vec<(String, u64)> =
-                    serde_json::from_str(&p).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                out.extend(pieces.into_iter().map(|(sha, _)| sha));
-            }
-            for r in c.query("SELECT files FROM repo_revisions", &[])? {
-                let f: String = r.try_get(0)?;
-                let files: Vec<RepoFile> =
-                    serde_json::from_str(&f).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-                out.extend(
-                    files
-                        .into_iter()
-                        .filter(|f| f.artifact.is_none())
-                        .map(|f| f.sha256),
-                );
-            }
-            Ok(out)
+            let mut column = |sql: &str| -> Result<Vec<String>> {
+                c.query(sql, &[])?
+                    .iter()
+                    .map(|r| Ok(r.try_get(0)?))
+                    .collect()
+            };
+            let pieces = column("SELECT pieces FROM artifacts")?;
+            let files = column("SELECT files FROM repo_revisions")?;
+            super::referenced_in(pieces, files)
         })
     }
 

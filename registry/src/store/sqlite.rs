@@ -177,16 +177,7 @@ impl SqliteStore {
     fn requeue(&self, max_attempts: i64, expired_before: Option<f64>) -> Result<Interrupted> {
         let c = self.conn();
         let t = now();
-        let (why, stage) = match expired_before {
-            None => (
-                "the registry stopped during each of its ",
-                "requeued after restart",
-            ),
-            Some(_) => (
-                "the worker's lease ran out (its process died or hung) in each of its ",
-                "requeued: its lease ran out",
-            ),
-        };
+        let (why, stage) = super::requeue_wording(expired_before.is_some());
         let failed = c.execute(
             "UPDATE jobs SET state = ?1, finished_at = ?2, updated_at = ?2,
                  lease_owner = NULL, lease_until = NULL,
@@ -480,13 +471,6 @@ impl JobStore for SqliteStore {
 }
 
 impl Catalog for SqliteStore {
-    fn artifact_rows_of_job(&self, job_id: i64) -> Result<Vec<ArtifactRow>> {
-        self.artifacts_of_job(job_id)?
-            .iter()
-            .filter_map(|id| self.artifact(id).transpose())
-            .collect()
-    }
-
     fn add_artifact(&self, a: &ArtifactRow) -> Result<()> {
         let pieces =
             serde_json::to_string(&a.pieces).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -556,26 +540,15 @@ impl Catalog for SqliteStore {
 
     fn referenced_pieces(&self) -> Result<std::collections::HashSet<String>> {
         let c = self.conn();
-        let mut out = std::collections::HashSet::new();
-        let mut st = c.prepare("SELECT pieces FROM artifacts")?;
-        for p in st.query_map([], |r| r.get::<_, String>(0))? {
-            let pieces: Vec<(String, u64)> =
-                serde_json::from_str(&p?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            out.extend(pieces.into_iter().map(|(sha, _)| sha));
-        }
-        let mut st = c.prepare("SELECT files FROM repo_revisions")?;
-        for f in st.query_map([], |r| r.get::<_, String>(0))? {
-            let files: Vec<RepoFile> =
-                serde_json::from_str(&f?).map_err(|e| StoreError::Corrupt(e.to_string()))?;
-            // A stored artifact's file is its pieces (above); other files are one piece.
-            out.extend(
-                files
-                    .into_iter()
-                    .filter(|f| f.artifact.is_none())
-                    .map(|f| f.sha256),
-            );
-        }
-        Ok(out)
+        let column = |sql: &str| -> Result<Vec<String>> {
+            let mut st = c.prepare(sql)?;
+            let rows = st.query_map([], |r| r.get::<_, String>(0))?;
+            Ok(rows.collect::<rusqlite::Result<_>>()?)
+        };
+        super::referenced_in(
+            column("SELECT pieces FROM artifacts")?,
+            column("SELECT files FROM repo_revisions")?,
+        )
     }
 
     fn add_revision(&self, r: &RepoRevision) -> Result<()> {
@@ -671,25 +644,6 @@ mod tests {
     }
 
     const LEASE: std::time::Duration = std::time::Duration::from_secs(60);
-
-    #[test]
-    fn only_the_newest_deliveries_are_kept() {
-        let tmp = tempfile::tempdir().expect("tmp");
-        let s = SqliteStore::open(&tmp.path().join("jobs.db")).expect("open");
-        for k in 0..5 {
-            s.record_delivery(
-                Some(&format!("w{k}")),
-                Some("repo.content"),
-                Some("a/b"),
-                "ignore",
-                None,
-            )
-            .expect("record");
-        }
-        assert_eq!(s.prune_deliveries(2).expect("prune"), 3);
-        assert_eq!(s.delivery_count().expect("count"), 2);
-        assert_eq!(s.prune_deliveries(2).expect("again"), 0);
-    }
 
     #[test]
     fn a_lease_that_runs_out_returns_the_job_and_its_old_holder_cannot_renew_it() {
