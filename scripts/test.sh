@@ -23,4 +23,9 @@ python3 -c 'import huggingface_hub' 2> /dev/null ||
 command -v st > /dev/null 2>&1 ||
   python3 -m pip install --quiet --disable-pip-version-check schemathesis > /dev/null ||
   echo "[test] schemathesis could not be installed: the OpenAPI conformance run will skip (and fail under CI=true)" >&2
+# The scale-out tests run the registry on S3 through moto's server (`moto_server`), a
+# stand-in that speaks Amazon S3's REST API.
+python3 -c 'import moto.server' 2> /dev/null ||
+  python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' > /dev/null ||
+  echo "[test] moto[server] could not be installed: the S3 chunk-store tests will skip (and fail under CI=true)" >&2
 exec cargo test --workspace "$@"

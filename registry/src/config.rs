@@ -57,6 +57,13 @@ pub struct Settings {
     /// The job store: `None` for SQLite in the data dir (the embedded default), or a
     /// `postgres://` URL for a queue several registry processes share.
     pub database: Option<String>,
+    /// The chunk store: `None` for `chunks/` in the data dir (the embedded default), or
+    /// `s3://bucket/prefix` for an S3-compatible object store several registry processes
+    /// share (`AWS_ENDPOINT_URL`, `AWS_ACCESS_KEY_ID`, … configure the client).
+    pub chunks: Option<String>,
+    /// The signing key file: `None` for `signing-key` in the data dir (created on first
+    /// start). Registry processes that publish for one organisation share one key.
+    pub signing_key: Option<PathBuf>,
     /// Memory all running jobs may hold together, by their estimates
     /// ([`crate::pipeline::memory_estimate`]): a job waits until its estimate fits beside
     /// the running ones, and one larger than the whole budget fails before downloading.
@@ -131,6 +138,10 @@ pub struct FileConfig {
     pub memory_budget_bytes: Option<u64>,
     /// See [`Settings::database`].
     pub database: Option<String>,
+    /// See [`Settings::chunks`].
+    pub chunks: Option<String>,
+    /// See [`Settings::signing_key`].
+    pub signing_key: Option<PathBuf>,
     /// See [`Settings::download_limits`] (bytes of all weights).
     pub max_model_bytes: Option<u64>,
     /// See [`Settings::download_limits`] (bytes of one side file).
@@ -233,6 +244,10 @@ pub struct Overrides {
     pub workers: Option<usize>,
     /// `--database`.
     pub database: Option<String>,
+    /// `--chunks`.
+    pub chunks: Option<String>,
+    /// `--signing-key`.
+    pub signing_key: Option<PathBuf>,
 }
 
 impl Settings {
@@ -378,6 +393,24 @@ impl Settings {
                 }
                 None => None,
             },
+            chunks: match flags
+                .chunks
+                .clone()
+                .or_else(|| env("TENPAK_CHUNKS"))
+                .or(file.chunks)
+            {
+                Some(u) if u.is_empty() => None,
+                Some(u) if u.starts_with("s3://") && u.len() > "s3://".len() => Some(u),
+                Some(u) => bail!(
+                    "chunks {u:?}: an s3://bucket/prefix URL, or none for chunks/ in the data dir"
+                ),
+                None => None,
+            },
+            signing_key: flags
+                .signing_key
+                .clone()
+                .or_else(|| env("TENPAK_SIGNING_KEY").map(PathBuf::from))
+                .or(file.signing_key),
             tokenize_timeout: secs(
                 "tokenize_timeout_s",
                 file.tokenize_timeout_s,

@@ -30,8 +30,17 @@ use anyhow::Context;
 use store::JobStore;
 use tenpak::artifact::sign;
 
-/// Opens (creating on first start) the registry's signing key under the data dir.
-pub fn signing_key(dir: &std::path::Path) -> anyhow::Result<ed25519_dalek::SigningKey> {
+/// Opens the registry's signing key: `file` when given (it must exist: processes that
+/// share a key must not each make their own), else `signing-key` under the data dir,
+/// created on first start.
+pub fn signing_key(
+    dir: &std::path::Path,
+    file: Option<&std::path::Path>,
+) -> anyhow::Result<ed25519_dalek::SigningKey> {
+    if let Some(f) = file {
+        return sign::load_signing_key(f)
+            .with_context(|| format!("reading the signing key {}", f.display()));
+    }
     let path = dir.join("signing-key");
     if !path.exists() {
         let key = sign::generate()?;
@@ -45,7 +54,7 @@ pub fn signing_key(dir: &std::path::Path) -> anyhow::Result<ed25519_dalek::Signi
 pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
     let dir = settings.data_dir.clone();
     let lock = lock_data_dir(&dir)?;
-    let key = signing_key(&dir)?;
+    let key = signing_key(&dir, settings.signing_key.as_deref())?;
     let (store, i): (Arc<dyn store::Store>, _) = match &settings.database {
         None => {
             let s = store::SqliteStore::open(&dir.join("registry.sqlite3"))
@@ -75,7 +84,11 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
             settings.max_attempts
         );
     }
-    let chunks = chunks::ChunkStore::open(&dir.join("chunks"))?;
+    let chunks = match &settings.chunks {
+        None => chunks::ChunkStore::open(&dir.join("chunks"))?,
+        Some(spec) => chunks::ChunkStore::open_spec(spec)
+            .with_context(|| format!("opening the chunk store {spec}"))?,
+    };
     let hub = tenpak::hub::Hub::new(&tenpak::hub::HubConfig {
         endpoint: settings.hub_endpoint.clone(),
         token: settings.hub_token.clone(),
@@ -129,12 +142,17 @@ pub const DELIVERIES_KEPT: i64 = 100_000;
 /// How old an unreferenced chunk-store piece must be before a sweep removes it.
 pub const SWEEP_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
+/// Longest a sweep holds the job store's sweep lease (jobs wait to declare pieces while
+/// it does): a sweep stops removing pieces a minute before it ends.
+pub const SWEEP_LEASE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
 /// One round of housekeeping: prunes old webhook deliveries, removes the Hub-cache
 /// downloads of repositories no queued, running or waiting job needs (left by jobs that
 /// ended with the process, as a poison job does), and sweeps chunk-store pieces no
-/// artifact or revision names (orphans of failed jobs) older than `grace`. Safe while the
-/// registry runs (see [`chunks::ChunkStore::sweep`]; a download that races with the
-/// Hub-cache sweep fails as local trouble and is retried).
+/// artifact, revision or active job names (orphans of failed jobs) older than `grace`,
+/// under the job store's sweep lease (skipped when another process holds it). Safe while
+/// registries run, on any number of hosts (see [`chunks::ChunkStore::sweep`]; a download
+/// that races with the Hub-cache sweep fails as local trouble and is retried).
 pub fn maintenance(
     store: &dyn store::Store,
     chunks: &chunks::ChunkStore,
@@ -158,10 +176,19 @@ pub fn maintenance(
             }
         }
     }
-    // The mark is taken now: pieces written after it are younger than `grace` and spared.
-    let referenced = store.referenced_pieces()?;
-    let swept = chunks.sweep(&referenced, grace)?;
-    Ok((pruned, swept))
+    if !store.begin_sweep(SWEEP_LEASE)? {
+        tracing::info!("maintenance: another process is sweeping the chunk store");
+        return Ok((pruned, chunks::Swept::default()));
+    }
+    let deadline = std::time::Instant::now() + SWEEP_LEASE - std::time::Duration::from_secs(60);
+    // The mark, read under the lease: every declaration made before is in it, and none
+    // is made until the lease is given back.
+    let swept = store
+        .referenced_pieces()
+        .map_err(anyhow::Error::from)
+        .and_then(|referenced| Ok(chunks.sweep(&referenced, grace, deadline)?));
+    store.end_sweep()?;
+    Ok((pruned, swept?))
 }
 
 /// Runs [`maintenance`] at start and every six hours, off the async threads.
@@ -200,6 +227,59 @@ async fn shutdown_signal() {
     tracing::info!("shutting down; running jobs resume at the next start");
 }
 
+/// Starts what runs beside (or without) the HTTP API: the workers, housekeeping, and
+/// the job store's wake-ups from other processes.
+fn background(ctx: &Arc<pipeline::Ctx>) -> anyhow::Result<()> {
+    if ctx.settings.workers > 0 {
+        let c = ctx.clone();
+        ctx.store.watch(Arc::new(move || c.wake.notify_waiters()))?;
+    }
+    for n in 0..ctx.settings.workers {
+        tokio::spawn(pipeline::worker(ctx.clone(), n));
+    }
+    tokio::spawn(maintain(ctx.clone()));
+    Ok(())
+}
+
+/// Runs workers only, no HTTP API (`tenpak-registry work`): a process of a scaled-out
+/// registry that shares its database and chunk store with `serve --workers 0` processes
+/// answering the API. Runs until Ctrl-C or SIGTERM (a running job's lease then runs out
+/// and another worker takes it).
+pub async fn work(ctx: Arc<pipeline::Ctx>) -> anyhow::Result<()> {
+    if ctx.settings.workers == 0 {
+        anyhow::bail!("work with 0 workers would do nothing: give --workers 1 or more");
+    }
+    tracing::info!(
+        "tenpak-registry {} working: {} worker(s), jobs from {}, chunks in {}, hub {}",
+        env!("CARGO_PKG_VERSION"),
+        ctx.settings.workers,
+        ctx.settings
+            .database
+            .as_deref()
+            .map(redact_url)
+            .unwrap_or_else(|| "SQLite in the data dir".into()),
+        ctx.chunks.describe(),
+        ctx.hub.endpoint()
+    );
+    background(&ctx)?;
+    shutdown_signal().await;
+    Ok(())
+}
+
+/// A database URL without its password, for logs.
+pub fn redact_url(url: &str) -> String {
+    match (url.find("://"), url.rfind('@')) {
+        (Some(s), Some(at)) if at > s => {
+            let userinfo = &url[s + 3..at];
+            match userinfo.split_once(':') {
+                Some((user, _)) => format!("{}{user}:***{}", &url[..s + 3], &url[at..]),
+                None => url.to_string(),
+            }
+        }
+        _ => url.to_string(),
+    }
+}
+
 /// Serves until the process is stopped (Ctrl-C / SIGTERM end it; jobs left running
 /// are picked up again at the next start).
 pub async fn serve(ctx: Arc<pipeline::Ctx>) -> anyhow::Result<()> {
@@ -209,9 +289,15 @@ pub async fn serve(ctx: Arc<pipeline::Ctx>) -> anyhow::Result<()> {
     let addr = listener.local_addr()?;
     let public = ctx.key.verifying_key();
     tracing::info!(
-        "tenpak-registry {} listening on http://{addr} (data {}, hub {}, targets {}, {} worker(s))",
+        "tenpak-registry {} listening on http://{addr} (data {}, jobs {}, chunks {}, hub {}, targets {}, {} worker(s))",
         env!("CARGO_PKG_VERSION"),
         ctx.settings.data_dir.display(),
+        ctx.settings
+            .database
+            .as_deref()
+            .map(redact_url)
+            .unwrap_or_else(|| "SQLite".into()),
+        ctx.chunks.describe(),
         ctx.hub.endpoint(),
         ctx.settings
             .targets
@@ -229,10 +315,7 @@ pub async fn serve(ctx: Arc<pipeline::Ctx>) -> anyhow::Result<()> {
     for f in &ctx.settings.secret_files {
         tracing::info!("secret kept in {}", f.display());
     }
-    for n in 0..ctx.settings.workers {
-        tokio::spawn(pipeline::worker(ctx.clone(), n));
-    }
-    tokio::spawn(maintain(ctx.clone()));
+    background(&ctx)?;
     let limits = ctx.settings.limits;
     server::serve(listener, api::router(ctx), limits, shutdown_signal()).await?;
     Ok(())

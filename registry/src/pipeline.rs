@@ -451,6 +451,29 @@ impl Packed {
     }
 }
 
+/// The declaration [`ChunkStore::ingest`] makes for job `id`: its pieces recorded as in
+/// use ([`crate::store::JobStore::declare_pieces`]), waiting while a sweep holds its
+/// lease (at most the lease and a minute). Blocking.
+fn declarer(store: Arc<dyn Store>, id: i64) -> impl Fn(&[String]) -> std::io::Result<()> {
+    move |shas| {
+        let t0 = Instant::now();
+        loop {
+            match store.declare_pieces(id, shas) {
+                Ok(true) => return Ok(()),
+                Ok(false) if t0.elapsed() < crate::SWEEP_LEASE + Duration::from_secs(60) => {
+                    std::thread::sleep(Duration::from_millis(500));
+                }
+                Ok(false) => {
+                    return Err(std::io::Error::other(
+                        "a chunk-store sweep held its lease for too long",
+                    ))
+                }
+                Err(e) => return Err(std::io::Error::other(format!("job store: {e}"))),
+            }
+        }
+    }
+}
+
 async fn blocking<T: Send + 'static>(
     f: impl FnOnce() -> Result<T, JobError> + Send + 'static,
 ) -> Result<T, JobError> {
@@ -931,7 +954,8 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
             let a = Artifact::open_location(&path.display().to_string())?;
             a.manifest().chunks.clone()
         };
-        let ing = blocking(move || Ok(chunks.ingest(&path, &manifest_chunks)?)).await?;
+        let declare = declarer(ctx.store.clone(), id);
+        let ing = blocking(move || Ok(chunks.ingest(&path, &manifest_chunks, &declare)?)).await?;
         let digest_hex = p.digest().trim_start_matches("sha256:").to_string();
         let file = artifact_file(&job.repo, p.target);
         let (bits_q, bits_file, source_bytes) = match (&p.report, &p.delta) {
@@ -1027,7 +1051,14 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
         },
         &rows,
     );
-    let card_sha = ctx.chunks.put_bytes(card_text.as_bytes())?;
+    let card_sha = {
+        let (chunks, declare, text) = (
+            ctx.chunks.clone(),
+            declarer(ctx.store.clone(), id),
+            card_text.clone(),
+        );
+        blocking(move || Ok(chunks.put_bytes(text.as_bytes(), &declare)?)).await?
+    };
     files.push(RepoFile {
         path: "README.md".into(),
         sha256: card_sha,

@@ -10,61 +10,11 @@ use std::collections::HashSet;
 use std::sync::Arc;
 use std::time::Duration;
 
+use common::services::*;
 use common::*;
 use tenpak_registry::store::{
     ArtifactRow, JobState, JobStore, NewJob, PgStore, RepoFile, RepoRevision, SqliteStore, Store,
 };
-
-fn server() -> String {
-    std::env::var("TENPAK_TEST_POSTGRES")
-        .unwrap_or_else(|_| "postgres://postgres@127.0.0.1:5432".into())
-}
-
-/// A fresh database on the server, dropped when the guard goes.
-struct TempDb {
-    name: String,
-    url: String,
-}
-
-impl TempDb {
-    fn new(tag: &str) -> Option<Self> {
-        let admin = format!("{}/postgres", server());
-        let mut c = match postgres::Client::connect(&admin, postgres::NoTls) {
-            Ok(c) => c,
-            Err(e) => {
-                assert!(
-                    std::env::var("CI").as_deref() != Ok("true"),
-                    "no PostgreSQL at {admin} and CI=true: {e}"
-                );
-                eprintln!(
-                    "[skip] no PostgreSQL at {admin} ({e}): the PostgreSQL store tests are skipped"
-                );
-                return None;
-            }
-        };
-        let name = format!("tenpak_test_{tag}_{}", std::process::id());
-        let _ = c.batch_execute(&format!("DROP DATABASE IF EXISTS {name}"));
-        c.batch_execute(&format!("CREATE DATABASE {name}"))
-            .expect("create database");
-        Some(Self {
-            url: format!("{}/{name}", server()),
-            name,
-        })
-    }
-}
-
-impl Drop for TempDb {
-    fn drop(&mut self) {
-        if let Ok(mut c) =
-            postgres::Client::connect(&format!("{}/postgres", server()), postgres::NoTls)
-        {
-            let _ = c.batch_execute(&format!(
-                "DROP DATABASE IF EXISTS {} WITH (FORCE)",
-                self.name
-            ));
-        }
-    }
-}
 
 fn new_job<'a>(key: &'a str, repo: &'a str, kind: &'a str) -> NewJob<'a> {
     NewJob {
@@ -332,7 +282,7 @@ fn a_connection_the_server_closed_is_replaced() {
     let s = PgStore::open(&db.url).expect("open");
     s.enqueue(&new_job("k", "a/b", "auto")).expect("enqueue");
     // As a PostgreSQL restart (or an admin) does: the server ends the store's session.
-    let mut admin = postgres::Client::connect(&format!("{}/postgres", server()), postgres::NoTls)
+    let mut admin = postgres::Client::connect(&format!("{}/postgres", pg_server()), postgres::NoTls)
         .expect("admin");
     let ended = admin
         .query(

@@ -146,6 +146,10 @@ pub struct Hub {
     pub answers_held: Arc<AtomicUsize>,
     /// Requests whose token was not `Bearer <token>`.
     pub unauthorized: Arc<AtomicUsize>,
+    /// Bytes per second each weight download is held to (0: as fast as it goes): the
+    /// per-connection throughput a real Hub or CDN gives one client, for benchmarks of
+    /// I/O-bound jobs.
+    pub bandwidth: Arc<std::sync::atomic::AtomicU64>,
     token: String,
 }
 
@@ -465,7 +469,8 @@ async fn resolve(
     if path.contains("..") || !file.is_file() {
         return not_found("EntryNotFound", format!("{path} does not exist on {rev}"));
     }
-    if method == Method::GET && path.ends_with(".safetensors") {
+    let weights = method == Method::GET && path.ends_with(".safetensors");
+    if weights {
         hub.weight_gets.fetch_add(1, Ordering::Relaxed);
         let mut rx = hub.gate.subscribe();
         let _ = rx.wait_for(|open| *open).await;
@@ -474,7 +479,21 @@ async fn resolve(
     let served = tenpak::serve::ServedFile::new(file, &etag).expect("served file");
     let mut h = HeaderMap::new();
     h.insert("x-repo-commit", HeaderValue::from_str(&m.sha).expect("sha"));
-    tenpak::serve::range_response_with(&served, &method, &headers, h)
+    let response = tenpak::serve::range_response_with(&served, &method, &headers, h);
+    let bw = hub.bandwidth.load(Ordering::Relaxed);
+    if !weights || bw == 0 {
+        return response;
+    }
+    // Each block of the body waits out its share of the per-download bandwidth.
+    use futures_util::StreamExt;
+    let (parts, body) = response.into_parts();
+    let stream = body.into_data_stream().then(move |block| async move {
+        if let Ok(b) = &block {
+            tokio::time::sleep(std::time::Duration::from_secs_f64(b.len() as f64 / bw as f64)).await;
+        }
+        block
+    });
+    Response::from_parts(parts, axum::body::Body::from_stream(stream))
 }
 
 /// Serves a file of a repository the stand-in received commits for.
@@ -975,6 +994,7 @@ pub fn start_with(models: Vec<ModelRepo>, token: &str, gate_open: bool, mode: Mo
         })),
         gate: Arc::new(gate),
         weight_gets: Arc::new(AtomicUsize::new(0)),
+        bandwidth: Arc::new(std::sync::atomic::AtomicU64::new(0)),
         commit_requests: Arc::new(AtomicUsize::new(0)),
         drop_held: Arc::new(std::sync::atomic::AtomicBool::new(false)),
         dropped: Arc::new(AtomicUsize::new(0)),

@@ -84,6 +84,8 @@ pub enum AppError {
     BadGateway(String),
     /// 500: the registry itself failed; the cause is logged, not sent.
     Internal(String),
+    /// 503: the job store cannot be reached now (a database restart); try again.
+    Unavailable(String),
 }
 
 impl AppError {
@@ -98,13 +100,17 @@ impl AppError {
             AppError::Conflict(_) => (StatusCode::CONFLICT, "conflict"),
             AppError::BadGateway(_) => (StatusCode::BAD_GATEWAY, "bad_gateway"),
             AppError::Internal(_) => (StatusCode::INTERNAL_SERVER_ERROR, "internal"),
+            AppError::Unavailable(_) => (StatusCode::SERVICE_UNAVAILABLE, "unavailable"),
         }
     }
 }
 
 impl From<crate::store::StoreError> for AppError {
     fn from(e: crate::store::StoreError) -> Self {
-        AppError::Internal(e.to_string())
+        match e {
+            crate::store::StoreError::Unavailable(cause) => AppError::Unavailable(cause),
+            e => AppError::Internal(e.to_string()),
+        }
     }
 }
 
@@ -117,6 +123,10 @@ impl IntoResponse for AppError {
                 let n = INCIDENT.fetch_add(1, std::sync::atomic::Ordering::Relaxed);
                 tracing::error!("internal error (incident {n}): {cause}");
                 format!("internal error (incident {n}; the registry's log has the cause)")
+            }
+            AppError::Unavailable(cause) => {
+                tracing::warn!("job store unavailable: {cause}");
+                "the job store cannot be reached now; try again in a moment".to_string()
             }
             AppError::BadRequest(m)
             | AppError::Unauthorized(m)
@@ -132,6 +142,8 @@ impl IntoResponse for AppError {
         });
         if status == StatusCode::UNAUTHORIZED {
             (status, [(header::WWW_AUTHENTICATE, "Bearer")], body).into_response()
+        } else if status == StatusCode::SERVICE_UNAVAILABLE {
+            (status, [(header::RETRY_AFTER, "1")], body).into_response()
         } else {
             (status, body).into_response()
         }

@@ -16,6 +16,7 @@
 pub mod postgres;
 pub mod sqlite;
 
+use std::sync::Arc;
 use std::time::{Duration, SystemTime, UNIX_EPOCH};
 
 use serde::{Deserialize, Serialize};
@@ -193,6 +194,10 @@ pub enum StoreError {
     /// Another database engine failed (its message).
     #[error("job store: {0}")]
     Backend(String),
+    /// The database cannot be reached now (its server restarted, the network failed): the
+    /// call may be made again shortly (the connection is re-established before the next).
+    #[error("job store unavailable: {0}")]
+    Unavailable(String),
     /// A row that should be JSON is not.
     #[error("job store: corrupt row: {0}")]
     Corrupt(String),
@@ -345,6 +350,35 @@ pub trait JobStore: Send + Sync {
 
     /// Keeps the newest `keep` webhook deliveries; returns how many were deleted.
     fn prune_deliveries(&self, keep: i64) -> Result<usize>;
+
+    /// Records that job `id` is about to use chunk-store pieces `shas` (before it looks
+    /// whether they are stored), so that no sweep removes one before its artifact is
+    /// recorded: [`Catalog::referenced_pieces`] counts the declared pieces of every job
+    /// queued, running or waiting. `false`: a sweep holds its lease
+    /// ([`Catalog::begin_sweep`]) and nothing was recorded; declare again shortly. One
+    /// transaction that reads the sweep lease under a shared lock: a sweep that starts
+    /// after it sees the declaration, one that started before it made it wait.
+    fn declare_pieces(&self, id: i64, shas: &[String]) -> Result<bool>;
+
+    /// Calls `wake` whenever another process queues or ends a job, so that idle workers
+    /// look at once instead of at their next poll (PostgreSQL: `LISTEN`, on a connection
+    /// of its own, re-established with back-off). The default does nothing: the embedded
+    /// store has one process, which wakes its own workers.
+    fn watch(&self, wake: Arc<dyn Fn() + Send + Sync>) -> Result<()> {
+        let _ = wake;
+        Ok(())
+    }
+}
+
+/// Merges `shas` into a job's `pieces_in_use` column (a JSON array, or NULL).
+pub fn merge_pieces(column: Option<&str>, shas: &[String]) -> Result<String> {
+    let mut have: Vec<String> = match column {
+        Some(c) => serde_json::from_str(c).map_err(|e| StoreError::Corrupt(e.to_string()))?,
+        None => Vec::new(),
+    };
+    let known: std::collections::HashSet<String> = have.iter().cloned().collect();
+    have.extend(shas.iter().filter(|s| !known.contains(*s)).cloned());
+    serde_json::to_string(&have).map_err(|e| StoreError::Corrupt(e.to_string()))
 }
 
 /// What the registry made: artifacts (with the chunk-store pieces they are made of) and
@@ -367,9 +401,18 @@ pub trait Catalog: Send + Sync {
     /// Artifact ids a job produced.
     fn artifacts_of_job(&self, job_id: i64) -> Result<Vec<String>>;
 
-    /// Every chunk-store piece a recorded artifact or companion revision names (the
-    /// mark of the chunk store's mark and sweep).
+    /// Every chunk-store piece a recorded artifact or companion revision names, or a job
+    /// queued, running or waiting declared ([`JobStore::declare_pieces`]): the mark of
+    /// the chunk store's mark and sweep.
     fn referenced_pieces(&self) -> Result<std::collections::HashSet<String>>;
+
+    /// Takes the sweep lease until `lease` from now: `false` when another sweep (any
+    /// process) holds it. While it is held no job can declare pieces, so the mark read
+    /// after taking it stays true until [`Catalog::end_sweep`].
+    fn begin_sweep(&self, lease: Duration) -> Result<bool>;
+
+    /// Gives the sweep lease back.
+    fn end_sweep(&self) -> Result<()>;
 
     /// Records a companion revision (idempotent).
     fn add_revision(&self, r: &RepoRevision) -> Result<()>;
@@ -395,15 +438,20 @@ pub fn requeue_wording(expired: bool) -> (&'static str, &'static str) {
     }
 }
 
-/// The chunk-store pieces named by artifacts' `pieces` and revisions' `files` columns
-/// (JSON as stored): every artifact's pieces, and the files of revisions that are not
-/// artifacts (one piece each).
+/// The chunk-store pieces named by artifacts' `pieces`, revisions' `files` and active
+/// jobs' `pieces_in_use` columns (JSON as stored): every artifact's pieces, the files
+/// of revisions that are not artifacts (one piece each), and what jobs declared.
 pub fn referenced_in(
     pieces: impl IntoIterator<Item = String>,
     files: impl IntoIterator<Item = String>,
+    in_use: impl IntoIterator<Item = String>,
 ) -> Result<std::collections::HashSet<String>> {
     let corrupt = |e: serde_json::Error| StoreError::Corrupt(e.to_string());
     let mut out = std::collections::HashSet::new();
+    for u in in_use {
+        let shas: Vec<String> = serde_json::from_str(&u).map_err(corrupt)?;
+        out.extend(shas);
+    }
     for p in pieces {
         let pieces: Vec<(String, u64)> = serde_json::from_str(&p).map_err(corrupt)?;
         out.extend(pieces.into_iter().map(|(sha, _)| sha));

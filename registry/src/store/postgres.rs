@@ -32,15 +32,31 @@ type Call = Box<dyn FnOnce(&mut Client) + Send>;
 /// The store: one connection, owned by its thread.
 pub struct PgStore {
     calls: Mutex<Sender<Call>>,
+    url: String,
 }
 
 impl From<postgres::Error> for StoreError {
     fn from(e: postgres::Error) -> Self {
         // A server error's Display is only "db error": its message and code say what.
-        StoreError::Backend(match e.as_db_error() {
-            Some(db) => format!("{} ({})", db.message(), db.code().code()),
-            None => e.to_string(),
-        })
+        if let Some(db) = e.as_db_error() {
+            let code = db.code();
+            // Class 08 (connection exceptions) and 57P01-57P03 (admin shutdown, crash
+            // shutdown, cannot connect now): the server went away or is restarting.
+            let gone = code.code().starts_with("08")
+                || matches!(code.code(), "57P01" | "57P02" | "57P03");
+            let text = format!("{} ({})", db.message(), code.code());
+            return if gone {
+                StoreError::Unavailable(text)
+            } else {
+                StoreError::Backend(text)
+            };
+        }
+        let io = std::error::Error::source(&e).is_some_and(|s| s.is::<std::io::Error>());
+        if e.is_closed() || io {
+            StoreError::Unavailable(e.to_string())
+        } else {
+            StoreError::Backend(e.to_string())
+        }
     }
 }
 
@@ -82,6 +98,7 @@ const FAILED: &str = "failed";
 impl PgStore {
     /// Connects to `url` (`postgres://user@host/db`), applies pending migrations.
     pub fn open(url: &str) -> Result<Self> {
+        let own_url = url.to_string();
         let url = url.to_string();
         let (tx, rx) = std::sync::mpsc::channel::<Call>();
         let (ready_tx, ready_rx) = sync_channel::<Result<()>>(1);
@@ -119,6 +136,7 @@ impl PgStore {
             .map_err(|_| StoreError::Backend("the database thread ended".into()))??;
         Ok(Self {
             calls: Mutex::new(tx),
+            url: own_url,
         })
     }
 
@@ -169,6 +187,41 @@ impl PgStore {
 
 /// The methods are documented on the traits.
 impl JobStore for PgStore {
+    fn watch(&self, wake: std::sync::Arc<dyn Fn() + Send + Sync>) -> Result<()> {
+        let url = self.url.clone();
+        std::thread::Builder::new()
+            .name("tenpak-listen".into())
+            .spawn(move || {
+                let mut backoff = std::time::Duration::from_millis(500);
+                loop {
+                    let r = (|| -> std::result::Result<(), postgres::Error> {
+                        let mut c = Client::connect(&url, NoTls)?;
+                        c.batch_execute("LISTEN tenpak_jobs")?;
+                        backoff = std::time::Duration::from_millis(500);
+                        // Anything may have happened while not listening.
+                        wake();
+                        let mut n = c.notifications();
+                        use postgres::fallible_iterator::FallibleIterator;
+                        let mut it = n.blocking_iter();
+                        while let Some(_note) = it.next()? {
+                            wake();
+                        }
+                        Ok(())
+                    })();
+                    if let Err(e) = r {
+                        tracing::warn!(
+                            "job store: listening for new jobs: {e}; again in {:?}",
+                            backoff
+                        );
+                    }
+                    std::thread::sleep(backoff);
+                    backoff = (backoff * 2).min(std::time::Duration::from_secs(30));
+                }
+            })
+            .map_err(|e| StoreError::Backend(format!("listener thread: {e}")))?;
+        Ok(())
+    }
+
     fn requeue_interrupted(&self, max_attempts: i64) -> Result<Interrupted> {
         self.requeue(max_attempts, None)
     }
@@ -489,6 +542,33 @@ impl JobStore for PgStore {
         })
     }
 
+    fn declare_pieces(&self, id: i64, shas: &[String]) -> Result<bool> {
+        let shas = shas.to_vec();
+        self.with(move |c| {
+            let mut tx = c.transaction()?;
+            // FOR SHARE: a sweep taking its lease (an UPDATE of this row) waits until this
+            // declaration commits, and one that took it already is seen here.
+            let until: Option<f64> = tx
+                .query_one("SELECT sweeping_until FROM gc_state WHERE id = 1 FOR SHARE", &[])?
+                .try_get(0)?;
+            if until.is_some_and(|u| u > now()) {
+                return Ok(false);
+            }
+            let Some(row) = tx.query_opt("SELECT pieces_in_use FROM jobs WHERE id = $1", &[&id])?
+            else {
+                return Err(StoreError::Corrupt(format!("no job {id}")));
+            };
+            let have: Option<String> = row.try_get(0)?;
+            let merged = super::merge_pieces(have.as_deref(), &shas)?;
+            tx.execute(
+                "UPDATE jobs SET pieces_in_use = $2 WHERE id = $1",
+                &[&id, &merged],
+            )?;
+            tx.commit()?;
+            Ok(true)
+        })
+    }
+
     fn prune_deliveries(&self, keep: i64) -> Result<usize> {
         self.with(move |c| {
             Ok(c.execute(
@@ -500,6 +580,27 @@ impl JobStore for PgStore {
 }
 
 impl Catalog for PgStore {
+    fn begin_sweep(&self, lease: std::time::Duration) -> Result<bool> {
+        self.with(move |c| {
+            let t = now();
+            // The row's exclusive lock waits for declarations in flight (they hold it
+            // shared), so the mark read after this sees every one of them.
+            let n = c.execute(
+                "UPDATE gc_state SET sweeping_until = $1
+                 WHERE id = 1 AND (sweeping_until IS NULL OR sweeping_until < $2)",
+                &[&(t + lease.as_secs_f64()), &t],
+            )?;
+            Ok(n == 1)
+        })
+    }
+
+    fn end_sweep(&self) -> Result<()> {
+        self.with(|c| {
+            c.execute("UPDATE gc_state SET sweeping_until = NULL WHERE id = 1", &[])?;
+            Ok(())
+        })
+    }
+
     fn add_artifact(&self, a: &ArtifactRow) -> Result<()> {
         let pieces =
             serde_json::to_string(&a.pieces).map_err(|e| StoreError::Corrupt(e.to_string()))?;
@@ -575,7 +676,11 @@ impl Catalog for PgStore {
             };
             let pieces = column("SELECT pieces FROM artifacts")?;
             let files = column("SELECT files FROM repo_revisions")?;
-            super::referenced_in(pieces, files)
+            let in_use = column(
+                "SELECT pieces_in_use FROM jobs
+                 WHERE pieces_in_use IS NOT NULL AND state IN ('queued', 'running', 'waiting')",
+            )?;
+            super::referenced_in(pieces, files, in_use)
         })
     }
 

@@ -88,6 +88,9 @@ CREATE TABLE IF NOT EXISTS artifacts (
     pieces TEXT NOT NULL,
     created_at REAL NOT NULL
 );
+-- The chunk store's sweep lease (one row): while it runs, no job declares pieces.
+CREATE TABLE IF NOT EXISTS gc_state (id INTEGER PRIMARY KEY, sweeping_until REAL);
+INSERT OR IGNORE INTO gc_state (id) VALUES (1);
 CREATE TABLE IF NOT EXISTS repo_revisions (
     seq INTEGER PRIMARY KEY AUTOINCREMENT,
     repo TEXT NOT NULL,
@@ -137,6 +140,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     // The worker holding a running job, and until when (seconds since the epoch).
     ("jobs", "lease_owner", "TEXT"),
     ("jobs", "lease_until", "REAL"),
+    // Chunk-store pieces the job declared before looking for them (JSON array).
+    ("jobs", "pieces_in_use", "TEXT"),
 ];
 
 fn migrate(conn: &Connection) -> Result<()> {
@@ -197,6 +202,35 @@ impl SqliteStore {
 
 /// The methods are documented on the traits.
 impl JobStore for SqliteStore {
+    fn declare_pieces(&self, id: i64, shas: &[String]) -> Result<bool> {
+        let mut c = self.conn();
+        // IMMEDIATE: the write lock from the start, so the sweep lease read here cannot
+        // change before the declaration commits (SQLite has one writer at a time).
+        let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
+        let until: Option<f64> =
+            tx.query_row("SELECT sweeping_until FROM gc_state WHERE id = 1", [], |r| {
+                r.get(0)
+            })?;
+        if until.is_some_and(|u| u > now()) {
+            return Ok(false);
+        }
+        let have: Option<Option<String>> = tx
+            .query_row("SELECT pieces_in_use FROM jobs WHERE id = ?1", [id], |r| {
+                r.get(0)
+            })
+            .optional()?;
+        let Some(have) = have else {
+            return Err(StoreError::Corrupt(format!("no job {id}")));
+        };
+        let merged = super::merge_pieces(have.as_deref(), shas)?;
+        tx.execute(
+            "UPDATE jobs SET pieces_in_use = ?2 WHERE id = ?1",
+            params![id, merged],
+        )?;
+        tx.commit()?;
+        Ok(true)
+    }
+
     fn requeue_interrupted(&self, max_attempts: i64) -> Result<Interrupted> {
         self.requeue(max_attempts, None)
     }
@@ -548,7 +582,27 @@ impl Catalog for SqliteStore {
         super::referenced_in(
             column("SELECT pieces FROM artifacts")?,
             column("SELECT files FROM repo_revisions")?,
+            column(
+                "SELECT pieces_in_use FROM jobs
+                 WHERE pieces_in_use IS NOT NULL AND state IN ('queued', 'running', 'waiting')",
+            )?,
         )
+    }
+
+    fn begin_sweep(&self, lease: std::time::Duration) -> Result<bool> {
+        let t = now();
+        let n = self.conn().execute(
+            "UPDATE gc_state SET sweeping_until = ?1
+             WHERE id = 1 AND (sweeping_until IS NULL OR sweeping_until < ?2)",
+            params![t + lease.as_secs_f64(), t],
+        )?;
+        Ok(n == 1)
+    }
+
+    fn end_sweep(&self) -> Result<()> {
+        self.conn()
+            .execute("UPDATE gc_state SET sweeping_until = NULL WHERE id = 1", [])?;
+        Ok(())
     }
 
     fn add_revision(&self, r: &RepoRevision) -> Result<()> {

@@ -6,6 +6,7 @@
 pub mod hub;
 
 pub mod cas;
+pub mod services;
 
 use std::io::BufRead;
 use std::path::{Path, PathBuf};
@@ -138,8 +139,36 @@ impl Registry {
         extra_env: &[(&str, &str)],
         args: &[&str],
     ) -> Result<Self, String> {
+        Self::try_spawn(
+            &["serve", "--listen", "127.0.0.1:0"],
+            data_dir,
+            hub_url,
+            extra_env,
+            args,
+        )
+    }
+
+    /// Starts `tenpak-registry work` (workers only, no API: `url` is empty).
+    pub fn start_worker(
+        data_dir: &Path,
+        hub_url: &str,
+        extra_env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Self {
+        Self::try_spawn(&["work"], data_dir, hub_url, extra_env, args)
+            .unwrap_or_else(|log| panic!("worker did not start:\n{log}"))
+    }
+
+    fn try_spawn(
+        sub: &[&str],
+        data_dir: &Path,
+        hub_url: &str,
+        extra_env: &[(&str, &str)],
+        args: &[&str],
+    ) -> Result<Self, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenpak-registry"));
-        cmd.args(["serve", "--listen", "127.0.0.1:0", "--data-dir"])
+        cmd.args(sub)
+            .arg("--data-dir")
             .arg(data_dir)
             .args(args)
             .env("HF_ENDPOINT", hub_url)
@@ -172,6 +201,8 @@ impl Registry {
                         .unwrap_or_default()
                         .to_string();
                     let _ = tx.send(url);
+                } else if line.contains(" working: ") {
+                    let _ = tx.send(String::new());
                 }
                 log2.lock().expect("log").push(line);
             }
@@ -252,11 +283,18 @@ impl Registry {
         v["job_id"].as_i64().expect("job id")
     }
 
-    /// Polls `/status/{id}` until the job is done or failed.
+    /// Polls `/status/{id}` until the job is done or failed (a 503, the job store
+    /// briefly unreachable, is asked again as a client would after `Retry-After`).
     pub fn wait_job(&self, id: i64, timeout: Duration) -> Value {
         let t0 = Instant::now();
         loop {
-            let v = self.get_json(&format!("/status/{id}"));
+            let r = self.get(&format!("/status/{id}"));
+            if r.status() == reqwest::StatusCode::SERVICE_UNAVAILABLE && t0.elapsed() < timeout {
+                std::thread::sleep(Duration::from_millis(200));
+                continue;
+            }
+            assert!(r.status().is_success(), "GET /status/{id}: {}", r.status());
+            let v: Value = r.json().expect("json");
             match v["state"].as_str() {
                 Some("done") | Some("failed") => return v,
                 _ if t0.elapsed() > timeout => panic!("job {id} not finished: {v}"),
