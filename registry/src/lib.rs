@@ -55,6 +55,7 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
     let dir = settings.data_dir.clone();
     let lock = lock_data_dir(&dir)?;
     let key = signing_key(&dir, settings.signing_key.as_deref())?;
+    let instance = instance_id(&dir)?;
     let (store, i): (Arc<dyn store::Store>, _) = match &settings.database {
         None => {
             let s = store::SqliteStore::open(&dir.join("registry.sqlite3"))
@@ -66,8 +67,15 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
         Some(url) => {
             let s = store::PgStore::open(url).context("opening the PostgreSQL job store")?;
             // Other processes share this queue: only jobs whose lease ran out are theirs
-            // no more.
-            let i = s.requeue_expired(settings.max_attempts)?;
+            // no more, and those an earlier process on this data dir held (its lock is
+            // ours now, so that process is gone).
+            let mut i = s.requeue_expired(settings.max_attempts)?;
+            let p = s.requeue_predecessors(
+                &pipeline::owner_prefix(&instance),
+                settings.max_attempts,
+            )?;
+            i.requeued += p.requeued;
+            i.failed += p.failed;
             (Arc::new(s), i)
         }
     };
@@ -104,12 +112,30 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
         key,
         wake: tokio::sync::Notify::new(),
         _lock: lock,
-        owner: pipeline::lease_owner(),
+        owner: pipeline::lease_owner(&instance),
         metrics: metrics::Metrics::new(),
         memory: tokio::sync::Semaphore::new(
             usize::try_from(settings_memory_mib).unwrap_or(usize::MAX >> 4),
         ),
     }))
+}
+
+/// The data dir's instance id (random, made on first start, kept in `instance-id`): lease
+/// holders name it, so that the next process on the data dir requeues its predecessor's
+/// running jobs at once.
+pub fn instance_id(dir: &std::path::Path) -> anyhow::Result<String> {
+    let path = dir.join("instance-id");
+    if let Ok(s) = std::fs::read_to_string(&path) {
+        let s = s.trim();
+        if s.len() == 16 && s.bytes().all(|c| c.is_ascii_hexdigit()) {
+            return Ok(s.to_string());
+        }
+    }
+    let mut b = [0u8; 8];
+    getrandom::fill(&mut b).map_err(|e| anyhow::anyhow!("no randomness: {e}"))?;
+    let id = hex::encode(b);
+    std::fs::write(&path, &id).with_context(|| format!("writing {}", path.display()))?;
+    Ok(id)
 }
 
 /// Takes the data dir's lock for as long as the returned file is open: a second

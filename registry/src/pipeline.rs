@@ -52,16 +52,25 @@ pub struct Ctx {
     pub memory: tokio::sync::Semaphore,
 }
 
-/// A lease holder's name for this process: unique across hosts, processes and restarts.
-pub fn lease_owner() -> String {
-    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
-        .map(|h| h.trim().to_string())
-        .unwrap_or_else(|_| "localhost".into());
+/// A lease holder's name for this process: `host:instance:pid:start`, unique across
+/// hosts, processes and restarts; `instance` names the data dir (see
+/// [`crate::instance_id`]), so a process that takes over a data dir knows which running
+/// jobs were its predecessor's.
+pub fn lease_owner(instance: &str) -> String {
     format!(
-        "{host}:{}:{:.0}",
+        "{}{}:{:.0}",
+        owner_prefix(instance),
         std::process::id(),
         crate::store::now() * 1000.0
     )
+}
+
+/// The part of [`lease_owner`] every process on the same data dir shares.
+pub fn owner_prefix(instance: &str) -> String {
+    let host = std::fs::read_to_string("/proc/sys/kernel/hostname")
+        .map(|h| h.trim().to_string())
+        .unwrap_or_else(|_| "localhost".into());
+    format!("{host}:{instance}:")
 }
 
 /// A failed attempt: the message, and whether trying again could help.

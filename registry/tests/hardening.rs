@@ -189,18 +189,19 @@ fn a_second_registry_on_the_same_data_dir_is_refused_and_the_cli_retries() {
     // The CLI's retry refuses a job that has not failed, and an unknown one.
     let id = first.deliver();
     first.wait_job(id, Duration::from_secs(120));
+    let (store_args, store_env) = stores_of(&data);
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenpak-registry"))
         .args(["retry", &id.to_string(), "--data-dir"])
         .arg(&data)
+        .args(&store_args)
+        .envs(store_env.clone())
         .output()
         .expect("retry");
     assert!(!out.status.success());
     assert!(String::from_utf8_lossy(&out.stderr).contains("only a failed job is retried"));
     // Housekeeping while it runs: an orphan piece (a failed job's) is swept, every piece
     // an artifact or revision names is kept, and the artifact still reads back whole.
-    let orphan = data.join("chunks/ab").join("c".repeat(62));
-    std::fs::create_dir_all(orphan.parent().expect("dir")).expect("dir");
-    std::fs::write(&orphan, b"left by a job that failed after storing").expect("orphan");
+    let orphan_there = plant_orphan(&data);
     let before = first
         .get(&format!("/status/{id}"))
         .json::<Value>()
@@ -216,6 +217,8 @@ fn a_second_registry_on_the_same_data_dir_is_refused_and_the_cli_retries() {
     let out = std::process::Command::new(env!("CARGO_BIN_EXE_tenpak-registry"))
         .args(["gc", "--grace-hours", "0", "--data-dir"])
         .arg(&data)
+        .args(&store_args)
+        .envs(store_env)
         .output()
         .expect("gc");
     let said = String::from_utf8_lossy(&out.stdout);
@@ -225,7 +228,7 @@ fn a_second_registry_on_the_same_data_dir_is_refused_and_the_cli_retries() {
         String::from_utf8_lossy(&out.stderr)
     );
     assert!(said.contains(" 1 removed"), "{said}");
-    assert!(!orphan.exists());
+    assert!(!orphan_there());
     let bytes_after = first
         .get(&format!("/artifact/{art}"))
         .bytes()
@@ -700,6 +703,10 @@ fn a_full_disk_during_pack_or_chunk_ingest_is_retried_not_fatal() {
     // ingested) on a 64 KiB tmpfs: the attempt fails with ENOSPC, is retried, and once
     // the operator has made room (a remount to 64 MiB) the job completes.
     for (area, stage) in [("work", "pack"), ("chunks", "store")] {
+        if area == "chunks" && scaled_stores() {
+            eprintln!("[skip] the chunk store is a bucket in this mode: no local disk to fill");
+            continue;
+        }
         let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
         let data = tmp.path().join("data");
         let small = data.join(area);

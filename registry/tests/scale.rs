@@ -470,6 +470,7 @@ fn two_writers_of_one_piece_store_it_once() {
 #[test]
 #[ignore]
 fn bench_jobs_per_minute_by_worker_processes() {
+    println!();
     let Some((db, s3)) = services() else { return };
     let jobs_per_run = 12;
     let counts = [1usize, 2, 4];
@@ -534,6 +535,8 @@ fn bench_jobs_per_minute_by_worker_processes() {
 #[test]
 #[ignore]
 fn bench_claim_latency_1000_jobs_8_workers() {
+    // Off the line libtest starts with the test's name.
+    println!();
     let Some(db) = TempDb::new("claims_bench") else { return };
     let setup = PgStore::open(&db.url).expect("pg");
     let keys: Vec<String> = (0..1000).map(|i| format!("bench-{i}")).collect();

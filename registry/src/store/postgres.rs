@@ -157,7 +157,24 @@ impl PgStore {
             .map_err(|_| StoreError::Backend("the database thread ended".into()))?
     }
 
+    /// Running jobs whose lease was held by an earlier process on the same data dir
+    /// (`owner_prefix`, see `pipeline::lease_owner`) back to the queue at once, or to
+    /// failed when out of attempts: the data dir's lock proves that process is gone, so
+    /// its jobs need not wait for their leases to run out.
+    pub fn requeue_predecessors(&self, owner_prefix: &str, max_attempts: i64) -> Result<Interrupted> {
+        self.requeue_where(max_attempts, None, Some(format!("{owner_prefix}%")))
+    }
+
     fn requeue(&self, max_attempts: i64, expired_before: Option<f64>) -> Result<Interrupted> {
+        self.requeue_where(max_attempts, expired_before, None)
+    }
+
+    fn requeue_where(
+        &self,
+        max_attempts: i64,
+        expired_before: Option<f64>,
+        owner_like: Option<String>,
+    ) -> Result<Interrupted> {
         let (why, stage) = super::requeue_wording(expired_before.is_some());
         self.with(move |c| {
             let t = now();
@@ -167,14 +184,16 @@ impl PgStore {
                      lease_owner = NULL, lease_until = NULL,
                      error = $5 || attempts || ' attempts (out of memory, killed, or a crash); not tried again'
                  WHERE state = $3 AND attempts >= $4
-                   AND ($6::DOUBLE PRECISION IS NULL OR lease_until < $6)",
-                &[&FAILED, &t, &RUNNING, &max_attempts, &why, &expired_before],
+                   AND ($6::DOUBLE PRECISION IS NULL OR lease_until < $6)
+                   AND ($7::TEXT IS NULL OR lease_owner LIKE $7)",
+                &[&FAILED, &t, &RUNNING, &max_attempts, &why, &expired_before, &owner_like],
             )?;
             let requeued = tx.execute(
                 "UPDATE jobs SET state = $1, stage = $4, updated_at = $2,
                      lease_owner = NULL, lease_until = NULL
-                 WHERE state = $3 AND ($5::DOUBLE PRECISION IS NULL OR lease_until < $5)",
-                &[&QUEUED, &t, &RUNNING, &stage, &expired_before],
+                 WHERE state = $3 AND ($5::DOUBLE PRECISION IS NULL OR lease_until < $5)
+                   AND ($6::TEXT IS NULL OR lease_owner LIKE $6)",
+                &[&QUEUED, &t, &RUNNING, &stage, &expired_before, &owner_like],
             )?;
             tx.commit()?;
             Ok(Interrupted {

@@ -91,6 +91,91 @@ pub fn wait_downloads(hub: &hub::Running, n: usize) {
     }
 }
 
+/// Whether the tests run the registry on the engines of a scaled-out deployment:
+/// `TENPAK_TEST_STORES=postgres+s3` (see [`stores_of`]).
+pub fn scaled_stores() -> bool {
+    std::env::var("TENPAK_TEST_STORES").as_deref() == Ok("postgres+s3")
+}
+
+/// The moto_server every registry of this test process shares in the scaled-out mode
+/// (it ends with the process: it watches its parent).
+fn shared_s3() -> &'static services::S3Server {
+    static S3: std::sync::OnceLock<services::S3Server> = std::sync::OnceLock::new();
+    S3.get_or_init(|| {
+        services::S3Server::start()
+            .expect("TENPAK_TEST_STORES=postgres+s3 needs moto_server (pip install 'moto[server]')")
+    })
+}
+
+/// The name of the database and bucket prefix of `data_dir` in the scaled-out mode.
+fn store_name(data_dir: &Path) -> String {
+    use sha2::Digest;
+    let h = hex::encode(sha2::Sha256::digest(data_dir.to_string_lossy().as_bytes()));
+    format!("tenpak_p_{}", &h[..16])
+}
+
+/// Extra flags and environment for a registry process (or a `gc`/`retry` command) on
+/// `data_dir`: none by default (SQLite and `chunks/` in the data dir); with
+/// `TENPAK_TEST_STORES=postgres+s3`, a PostgreSQL database of the data dir's own on the
+/// machine's server (made on first use, so a restarted registry finds its jobs) and a
+/// prefix of its own in one moto_server bucket. The same tests then run on the engines
+/// of a scaled-out registry (`scripts/test.sh` runs the registry's tests both ways
+/// under CI; the databases are named `tenpak_p_*` and dropped after).
+pub fn stores_of(data_dir: &Path) -> (Vec<String>, Vec<(&'static str, String)>) {
+    if !scaled_stores() {
+        return (vec![], vec![]);
+    }
+    let name = store_name(data_dir);
+    let server = services::pg_server();
+    let mut c = postgres::Client::connect(&format!("{server}/postgres"), postgres::NoTls)
+        .expect("TENPAK_TEST_STORES=postgres+s3 needs PostgreSQL");
+    let exists = c
+        .query_opt("SELECT 1 FROM pg_database WHERE datname = $1", &[&name])
+        .expect("pg_database")
+        .is_some();
+    if !exists {
+        let _ = c.batch_execute(&format!("CREATE DATABASE {name}"));
+    }
+    let s3 = shared_s3();
+    (
+        vec![
+            "--database".into(),
+            format!("{server}/{name}"),
+            "--chunks".into(),
+            s3.chunks(&name),
+        ],
+        s3.env(),
+    )
+}
+
+/// Puts an unreferenced piece (what a job that failed after storing leaves) into the
+/// chunk store of the registry on `data_dir`; returns a probe of whether it is still
+/// there.
+pub fn plant_orphan(data_dir: &Path) -> Box<dyn Fn() -> bool> {
+    let name = format!("ab/{}", "c".repeat(62));
+    if scaled_stores() {
+        let s3 = shared_s3();
+        let url = format!("{}/{}/{}/{name}", s3.endpoint, s3.bucket, store_name(data_dir));
+        let r = reqwest::blocking::Client::new()
+            .put(&url)
+            .body("left by a job that failed after storing")
+            .send()
+            .expect("put orphan");
+        assert!(r.status().is_success(), "put orphan: {}", r.status());
+        Box::new(move || {
+            reqwest::blocking::Client::new()
+                .head(&url)
+                .send()
+                .is_ok_and(|r| r.status().is_success())
+        })
+    } else {
+        let orphan = data_dir.join("chunks").join(name);
+        std::fs::create_dir_all(orphan.parent().expect("dir")).expect("dir");
+        std::fs::write(&orphan, b"left by a job that failed after storing").expect("orphan");
+        Box::new(move || orphan.exists())
+    }
+}
+
 /// A registry child process.
 pub struct Registry {
     pub url: String,
@@ -167,9 +252,17 @@ impl Registry {
         args: &[&str],
     ) -> Result<Self, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenpak-registry"));
+        // A test that names its stores itself (the scale-out tests) keeps them.
+        let (store_args, store_env) = if args.contains(&"--database") {
+            (vec![], vec![])
+        } else {
+            stores_of(data_dir)
+        };
+        cmd.envs(store_env);
         cmd.args(sub)
             .arg("--data-dir")
             .arg(data_dir)
+            .args(store_args)
             .args(args)
             .env("HF_ENDPOINT", hub_url)
             .env("HF_TOKEN", HUB_TOKEN)
