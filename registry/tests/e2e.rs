@@ -218,24 +218,8 @@ fn webhook_to_signed_companion_repo_and_range_serving() {
     remote.verify_chunks(&|_| {}).expect("chunks over HTTP");
 
     // A second target of the same model: its kept tensors' chunks are already stored.
-    let chunk_bytes = |dir: &std::path::Path| -> u64 {
-        fn walk(p: &std::path::Path) -> u64 {
-            std::fs::read_dir(p).map_or(0, |rd| {
-                rd.filter_map(|e| e.ok())
-                    .map(|e| {
-                        if e.path().is_dir() {
-                            walk(&e.path())
-                        } else {
-                            e.metadata().map_or(0, |m| m.len())
-                        }
-                    })
-                    .sum()
-            })
-        }
-        walk(dir)
-    };
-    let chunks_dir = tmp.path().join("data/chunks");
-    let before = chunk_bytes(&chunks_dir);
+    let data_dir = tmp.path().join("data");
+    let before = chunk_store_bytes(&data_dir);
     // Identical pieces (alignment padding) are stored once even within one artifact.
     assert!(
         before > n as u64 / 2 && before < n as u64 + 4096,
@@ -256,7 +240,7 @@ fn webhook_to_signed_companion_repo_and_range_serving() {
     assert_eq!(commits.len(), 2);
     let size_art = &commits[1].files["tiny-llama-size.tnpk"];
     check_artifact(size_art, &key, &model);
-    let after = chunk_bytes(&chunks_dir);
+    let after = chunk_store_bytes(&data_dir);
     let embed = 128 * 256 * 2; // bf16 embedding, kept as is in both
     assert!(
         after + embed as u64 <= before + size_art.len() as u64 + 8192,

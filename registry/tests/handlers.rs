@@ -3,6 +3,8 @@
 //! Hub endpoint is a closed port: nothing here reaches the Hub). Every error is one
 //! `AppError` shape: JSON `{error, code}` with a stable code.
 
+mod common;
+
 use axum::body::Body;
 use axum::http::{Request, StatusCode};
 use serde_json::Value;
@@ -17,8 +19,31 @@ fn ctx(dir: &std::path::Path) -> std::sync::Arc<tenpak_registry::pipeline::Ctx> 
         "hub_endpoint = \"http://127.0.0.1:9\"\nhub_token = \"hf_x\"\nwebhook_secret = \"s\"\napi_token = \"t\"\n",
     )
     .expect("config");
-    let settings =
-        Settings::load(&dir.join("data"), Some(&cfg), &Overrides::default()).expect("settings");
+    // On the engines of a scaled-out registry too (TENPAK_TEST_STORES=postgres+s3): the
+    // object store's client reads its endpoint and keys from the environment, set here
+    // once (this binary has one test).
+    let data = dir.join("data");
+    // (On a thread of its own: its blocking clients may not run on the test's runtime.)
+    let (args, env) = {
+        let d = data.clone();
+        std::thread::spawn(move || common::stores_of(&d))
+            .join()
+            .expect("stores")
+    };
+    for (k, v) in env {
+        std::env::set_var(k, v);
+    }
+    let flag = |name: &str| {
+        args.iter()
+            .position(|a| a == name)
+            .and_then(|i| args.get(i + 1).cloned())
+    };
+    let overrides = Overrides {
+        database: flag("--database"),
+        chunks: flag("--chunks"),
+        ..Overrides::default()
+    };
+    let settings = Settings::load(&data, Some(&cfg), &overrides).expect("settings");
     tenpak_registry::open(settings).expect("open")
 }
 

@@ -148,6 +148,25 @@ pub fn stores_of(data_dir: &Path) -> (Vec<String>, Vec<(&'static str, String)>) 
     )
 }
 
+/// Bytes in the chunk store of the registry on `data_dir` (its `chunks/` pieces, or its
+/// prefix of the bucket in the scaled-out mode; temporary files not counted).
+pub fn chunk_store_bytes(data_dir: &Path) -> u64 {
+    if scaled_stores() {
+        shared_s3()
+            .objects(&store_name(data_dir))
+            .iter()
+            .map(|o| o.1)
+            .sum()
+    } else {
+        std::fs::read_dir(data_dir.join("chunks")).map_or(0, |rd| {
+            rd.flatten()
+                .filter(|e| e.file_name() != "tmp")
+                .map(|e| dir_bytes(&e.path()))
+                .sum()
+        })
+    }
+}
+
 /// Puts an unreferenced piece (what a job that failed after storing leaves) into the
 /// chunk store of the registry on `data_dir`; returns a probe of whether it is still
 /// there.
@@ -253,7 +272,9 @@ impl Registry {
     ) -> Result<Self, String> {
         let mut cmd = Command::new(env!("CARGO_BIN_EXE_tenpak-registry"));
         // A test that names its stores itself (the scale-out tests) keeps them.
-        let (store_args, store_env) = if args.contains(&"--database") {
+        let (store_args, store_env) = if args.contains(&"--database")
+            || extra_env.iter().any(|(k, _)| *k == "TENPAK_DATABASE_URL")
+        {
             (vec![], vec![])
         } else {
             stores_of(data_dir)

@@ -198,8 +198,14 @@ impl S3Server {
         format!("s3://{}/{prefix}", self.bucket)
     }
 
-    /// Keys stored under `prefix` (ListObjectsV2, following continuation tokens).
+    /// Keys stored under `prefix`.
     pub fn keys(&self, prefix: &str) -> Vec<String> {
+        self.objects(prefix).into_iter().map(|o| o.0).collect()
+    }
+
+    /// (key, size) of the objects under `prefix` (ListObjectsV2, following continuation
+    /// tokens).
+    pub fn objects(&self, prefix: &str) -> Vec<(String, u64)> {
         let mut out = Vec::new();
         let mut token: Option<String> = None;
         loop {
@@ -214,12 +220,16 @@ impl S3Server {
                 .expect("list")
                 .text()
                 .expect("text");
-            let mut rest = body.as_str();
-            while let Some(i) = rest.find("<Key>") {
-                let r = &rest[i + 5..];
-                let j = r.find("</Key>").expect("</Key>");
-                out.push(r[..j].to_string());
-                rest = &r[j..];
+            let field = |xml: &str, tag: &str| -> Option<String> {
+                let open = format!("<{tag}>");
+                let i = xml.find(&open)? + open.len();
+                let j = xml[i..].find(&format!("</{tag}>"))?;
+                Some(xml[i..i + j].to_string())
+            };
+            for item in body.split("<Contents>").skip(1) {
+                let key = field(item, "Key").expect("Key");
+                let size = field(item, "Size").and_then(|s| s.parse().ok()).unwrap_or(0);
+                out.push((key, size));
             }
             token = body
                 .split("<NextContinuationToken>")
