@@ -37,8 +37,8 @@ def stage_sums(url):
     return out
 
 
-def run_one(profile, model, work, name):
-    hub, hub_url = rb.start([f"{ROOT}/target/{profile}/examples/hub_standin", rb.REPO, rb.SHA, model, rb.TOKEN],
+def run_one(profile, model, work, name, mode):
+    hub, hub_url = rb.start([f"{ROOT}/target/{profile}/examples/hub_standin", rb.REPO, rb.SHA, model, rb.TOKEN, mode],
                             dict(os.environ), r"listening on (http://\S+)")
     data = os.path.join(work, f"data-{name}")
     env = dict(os.environ, HF_ENDPOINT=hub_url, HF_TOKEN=rb.TOKEN, TENPAK_WEBHOOK_SECRET=rb.SECRET,
@@ -63,6 +63,8 @@ def main():
     ap.add_argument("--profile", default="debug", choices=["debug", "release"])
     ap.add_argument("--fixtures", default=os.environ.get("TENPAK_FIXTURES", os.path.expanduser("~/.cache/tenpak-fixtures")))
     ap.add_argument("--work", default=None)
+    ap.add_argument("--mode", default="basic", choices=["regular", "xet", "basic", "multipart"],
+                    help="how the Hub stand-in takes large files (basic: LFS, as the Hub does for them)")
     a = ap.parse_args()
     work = a.work or tempfile.mkdtemp(prefix="tenpak-stages-")
     flags = ["--release"] if a.profile == "release" else []
@@ -76,19 +78,19 @@ def main():
     if not os.path.exists(os.path.join(big, "config.json")):
         rb.sh(f"{ROOT}/target/{a.profile}/examples/synth_model", big, *map(str, BIG), stdout=subprocess.DEVNULL)
     rows = []
-    for name, model in [("SmolLM2-135M-Instruct", smol), ("synthetic Llama %dx%d ff %d vocab %d" % (BIG[3], BIG[0], BIG[2], BIG[1]) if False else "synthetic Llama (hidden 2048, ff 5632, vocab 32000, 8 layers)", big)]:
+    big_name = "synthetic Llama (hidden %d, ff %d, vocab %d, %d layers)" % BIG
+    for name, model in [("SmolLM2-135M-Instruct", smol), (big_name, big)]:
         src = weights_of(model)
-        t0 = time.perf_counter()
-        total, stages, size = run_one(a.profile, model, work, name.split()[0])
+        total, stages, size = run_one(a.profile, model, work, name.split()[0], a.mode)
         rows.append((name, src, total, stages, size))
         print(name, src, total, stages, size, file=sys.stderr)
     order = ["resolve", "download", "pack", "verify", "evaluate", "store", "publish"]
     seen = [s for s in order if any(s in r[3] for r in rows)] + sorted({k for r in rows for k in r[3]} - set(order))
     lines = [
         "# One registry job, stage by stage (capacity planning, docs/SCALING.md)", "",
-        f"`python3 bench/stages.py --profile {a.profile}` on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; "
+        f"`python3 bench/stages.py --profile {a.profile} --mode {a.mode}` on {os.cpu_count()} cores, {time.strftime('%Y-%m-%d')}; "
         "one worker, target `balanced`, no perplexity column; the Hub stand-in over loopback (so download and "
-        "upload show the registry's own cost, not a network's). Stage seconds are the registry's "
+        f"upload show the registry's own cost, not a network's), large files taken by `{a.mode}` transfer. Stage seconds are the registry's "
         "`tenpak_job_stage_duration_seconds` sums at /metrics."
         + (" Debug build of the registry; the packing library and every dependency are built at opt-level 2 in it." if a.profile == "debug" else ""),
         "",

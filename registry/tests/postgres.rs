@@ -193,6 +193,28 @@ fn contract(s: &dyn Store) {
     }
     assert_eq!(s.prune_deliveries(1).expect("prune"), 3);
     assert_eq!(s.delivery_count().expect("count"), 1);
+    // Pieces a running job declares are referenced until it ends; no declaration is
+    // taken while a sweep holds its lease, and one sweep at a time.
+    let j = s.enqueue(&new_job("k9", "a/nine", "full")).expect("enqueue").job;
+    let got = s.claim("w9", lease).expect("claim").expect("job");
+    assert_eq!(got.id, j.id);
+    assert!(s.declare_pieces(j.id, &["d1".into(), "d2".into()]).expect("declare"));
+    assert!(s.declare_pieces(j.id, &["d2".into(), "d3".into()]).expect("again"));
+    let refd = s.referenced_pieces().expect("pieces");
+    assert!(["d1", "d2", "d3", "p1"].iter().all(|p| refd.contains(*p)), "{refd:?}");
+    assert!(s.begin_sweep(lease).expect("sweep"));
+    assert!(!s.begin_sweep(lease).expect("a second sweeper waits"));
+    assert!(!s.declare_pieces(j.id, &["d4".into()]).expect("declare during a sweep"));
+    s.end_sweep().expect("end");
+    assert!(s.declare_pieces(j.id, &["d4".into()]).expect("declare after"));
+    s.finish(j.id).expect("finish");
+    let refd = s.referenced_pieces().expect("pieces");
+    assert!(!refd.contains("d1") && refd.contains("p1"), "{refd:?}");
+    // A lease that ran out (its sweeper died) is taken over.
+    assert!(s.begin_sweep(Duration::ZERO).expect("sweep"));
+    std::thread::sleep(Duration::from_millis(20));
+    assert!(s.begin_sweep(lease).expect("taken over"));
+    s.end_sweep().expect("end");
 }
 
 #[test]
@@ -323,4 +345,40 @@ fn a_connection_the_server_closed_is_replaced() {
             .expect("enqueue")
             .created
     );
+}
+
+#[test]
+fn idle_workers_are_woken_by_notify_when_another_process_queues_or_ends_a_job() {
+    let Some(db) = TempDb::new("notify") else {
+        return;
+    };
+    let listener = PgStore::open(&db.url).expect("open");
+    let (tx, rx) = std::sync::mpsc::channel::<()>();
+    let tx = std::sync::Mutex::new(tx);
+    listener
+        .watch(Arc::new(move || {
+            let _ = tx.lock().expect("lock").send(());
+        }))
+        .expect("watch");
+    // The first call comes when the listener is connected (anything may have happened
+    // before it listened).
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("listening");
+    // Another connection (another process, as far as the server knows) queues a job,
+    // then ends it: each wakes the listener; a claim (queued -> running) does not.
+    let other = PgStore::open(&db.url).expect("open");
+    let j = other
+        .enqueue(&new_job("n1", "a/n", "full"))
+        .expect("enqueue")
+        .job;
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("woken by a new job");
+    other.claim("w", Duration::from_secs(60)).expect("claim");
+    assert!(
+        rx.recv_timeout(Duration::from_millis(500)).is_err(),
+        "a claim wakes nobody"
+    );
+    other.finish(j.id).expect("finish");
+    rx.recv_timeout(Duration::from_secs(30))
+        .expect("woken by a job that ended");
 }
