@@ -143,8 +143,7 @@ impl ChunkStore {
         if endpoint.starts_with("http://") {
             b = b.with_allow_http(true);
         }
-        if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err()
-        {
+        if std::env::var("AWS_REGION").is_err() && std::env::var("AWS_DEFAULT_REGION").is_err() {
             b = b.with_region("us-east-1");
         }
         let store = b
@@ -272,13 +271,7 @@ impl ChunkStore {
             Backend::Object {
                 store, prefix, rt, ..
             } => rt
-                .block_on(async {
-                    store
-                        .get(&Self::key(prefix, sha))
-                        .await?
-                        .bytes()
-                        .await
-                })
+                .block_on(async { store.get(&Self::key(prefix, sha)).await?.bytes().await })
                 .map_err(object_err)?
                 .to_vec(),
         };
@@ -324,8 +317,7 @@ impl ChunkStore {
                         continue;
                     }
                     let tmp = prefix == "tmp";
-                    if !tmp
-                        && (prefix.len() != 2 || !prefix.bytes().all(|c| c.is_ascii_hexdigit()))
+                    if !tmp && (prefix.len() != 2 || !prefix.bytes().all(|c| c.is_ascii_hexdigit()))
                     {
                         continue;
                     }
@@ -404,7 +396,7 @@ impl ChunkStore {
                             Err(e) => return Err(object_err(e)),
                         }
                         out.removed += 1;
-                        out.bytes_freed += meta.size as u64;
+                        out.bytes_freed += meta.size;
                     }
                 }
             }
@@ -594,12 +586,7 @@ impl Representation for Assembled {
                 let stream = futures_util::stream::iter(blocks)
                     .map(move |(key, s, n)| {
                         let store = store.clone();
-                        async move {
-                            store
-                                .get_range(&key, s..s + n)
-                                .await
-                                .map_err(object_err)
-                        }
+                        async move { store.get_range(&key, s..s + n).await.map_err(object_err) }
                     })
                     .buffered(2);
                 Body::from_stream(stream)
@@ -659,7 +646,12 @@ mod tests {
             let s = store
                 .sweep(&refs, Duration::from_secs(3600), later())
                 .expect("sweep");
-            assert_eq!((s.kept, s.young, s.removed), (1, 1, 0), "{}", store.describe());
+            assert_eq!(
+                (s.kept, s.young, s.removed),
+                (1, 1, 0),
+                "{}",
+                store.describe()
+            );
             // A sweep past its deadline removes nothing.
             let s = store
                 .sweep(&refs, Duration::ZERO, Instant::now())
@@ -724,7 +716,13 @@ mod tests {
             // Served by ranges across piece boundaries.
             let a = store.assemble(&ing.pieces, "etag").expect("assemble");
             let rt = tokio::runtime::Runtime::new().expect("runtime");
-            for (s, n) in [(0u64, 10_000u64), (50, 100), (4090, 20), (9_999, 1), (3000, 6000)] {
+            for (s, n) in [
+                (0u64, 10_000u64),
+                (50, 100),
+                (4090, 20),
+                (9_999, 1),
+                (3000, 6000),
+            ] {
                 let got = rt
                     .block_on(axum::body::to_bytes(a.body(s, n), usize::MAX))
                     .expect("body");

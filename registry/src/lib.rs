@@ -70,10 +70,8 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
             // no more, and those an earlier process on this data dir held (its lock is
             // ours now, so that process is gone).
             let mut i = s.requeue_expired(settings.max_attempts)?;
-            let p = s.requeue_predecessors(
-                &pipeline::owner_prefix(&instance),
-                settings.max_attempts,
-            )?;
+            let p =
+                s.requeue_predecessors(&pipeline::owner_prefix(&instance), settings.max_attempts)?;
             i.requeued += p.requeued;
             i.failed += p.failed;
             (Arc::new(s), i)

@@ -195,18 +195,32 @@ fn contract(s: &dyn Store) {
     assert_eq!(s.delivery_count().expect("count"), 1);
     // Pieces a running job declares are referenced until it ends; no declaration is
     // taken while a sweep holds its lease, and one sweep at a time.
-    let j = s.enqueue(&new_job("k9", "a/nine", "full")).expect("enqueue").job;
+    let j = s
+        .enqueue(&new_job("k9", "a/nine", "full"))
+        .expect("enqueue")
+        .job;
     let got = s.claim("w9", lease).expect("claim").expect("job");
     assert_eq!(got.id, j.id);
-    assert!(s.declare_pieces(j.id, &["d1".into(), "d2".into()]).expect("declare"));
-    assert!(s.declare_pieces(j.id, &["d2".into(), "d3".into()]).expect("again"));
+    assert!(s
+        .declare_pieces(j.id, &["d1".into(), "d2".into()])
+        .expect("declare"));
+    assert!(s
+        .declare_pieces(j.id, &["d2".into(), "d3".into()])
+        .expect("again"));
     let refd = s.referenced_pieces().expect("pieces");
-    assert!(["d1", "d2", "d3", "p1"].iter().all(|p| refd.contains(*p)), "{refd:?}");
+    assert!(
+        ["d1", "d2", "d3", "p1"].iter().all(|p| refd.contains(*p)),
+        "{refd:?}"
+    );
     assert!(s.begin_sweep(lease).expect("sweep"));
     assert!(!s.begin_sweep(lease).expect("a second sweeper waits"));
-    assert!(!s.declare_pieces(j.id, &["d4".into()]).expect("declare during a sweep"));
+    assert!(!s
+        .declare_pieces(j.id, &["d4".into()])
+        .expect("declare during a sweep"));
     s.end_sweep().expect("end");
-    assert!(s.declare_pieces(j.id, &["d4".into()]).expect("declare after"));
+    assert!(s
+        .declare_pieces(j.id, &["d4".into()])
+        .expect("declare after"));
     s.finish(j.id).expect("finish");
     let refd = s.referenced_pieces().expect("pieces");
     assert!(!refd.contains("d1") && refd.contains("p1"), "{refd:?}");
@@ -304,8 +318,9 @@ fn a_connection_the_server_closed_is_replaced() {
     let s = PgStore::open(&db.url).expect("open");
     s.enqueue(&new_job("k", "a/b", "auto")).expect("enqueue");
     // As a PostgreSQL restart (or an admin) does: the server ends the store's session.
-    let mut admin = postgres::Client::connect(&format!("{}/postgres", pg_server()), postgres::NoTls)
-        .expect("admin");
+    let mut admin =
+        postgres::Client::connect(&format!("{}/postgres", pg_server()), postgres::NoTls)
+            .expect("admin");
     let ended = admin
         .query(
             "SELECT pg_terminate_backend(pid) FROM pg_stat_activity
@@ -362,8 +377,7 @@ fn idle_workers_are_woken_by_notify_when_another_process_queues_or_ends_a_job() 
         .expect("watch");
     // The first call comes when the listener is connected (anything may have happened
     // before it listened).
-    rx.recv_timeout(Duration::from_secs(30))
-        .expect("listening");
+    rx.recv_timeout(Duration::from_secs(30)).expect("listening");
     // Another connection (another process, as far as the server knows) queues a job,
     // then ends it: each wakes the listener; a claim (queued -> running) does not.
     let other = PgStore::open(&db.url).expect("open");

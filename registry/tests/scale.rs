@@ -18,9 +18,7 @@ use common::*;
 use serde_json::Value;
 use sha2::{Digest, Sha256};
 use tenpak_registry::chunks::ChunkStore;
-use tenpak_registry::store::{
-    ArtifactRow, JobStore, NewJob, PgStore, SqliteStore, Store,
-};
+use tenpak_registry::store::{ArtifactRow, JobStore, NewJob, PgStore, SqliteStore, Store};
 
 /// A 40-hex commit id for model `i`.
 fn sha_of(i: usize) -> String {
@@ -145,7 +143,10 @@ fn thirty_jobs_over_three_workers_and_two_apis_complete_exactly_once() {
     let Some((db, s3)) = services() else { return };
     let n = 30;
     let sh = Shared::new(n, db.url.clone(), s3, "job_lease_s = 10\n");
-    let apis = [sh.spawn("api-0", true, 0, &[]), sh.spawn("api-1", true, 0, &[])];
+    let apis = [
+        sh.spawn("api-0", true, 0, &[]),
+        sh.spawn("api-1", true, 0, &[]),
+    ];
     let workers: Vec<Registry> = (0..3)
         .map(|k| sh.spawn(&format!("worker-{k}"), false, 1, &[]))
         .collect();
@@ -157,7 +158,9 @@ fn thirty_jobs_over_three_workers_and_two_apis_complete_exactly_once() {
                 .webhook(&content_update(&repo_of(i), &sha_of(i)), Some(SECRET))
                 .json()
                 .expect("json");
-            v["job_id"].as_i64().unwrap_or_else(|| panic!("job id: {v}"))
+            v["job_id"]
+                .as_i64()
+                .unwrap_or_else(|| panic!("job id: {v}"))
         })
         .collect();
     let jobs = wait_all(&apis[1], &ids, Duration::from_secs(600));
@@ -197,7 +200,10 @@ fn thirty_jobs_over_three_workers_and_two_apis_complete_exactly_once() {
             || c.files
                 .values()
                 .any(|f| hex::encode(Sha256::digest(f)) == digest);
-        assert!(published, "{companion}: the served artifact is the published one");
+        assert!(
+            published,
+            "{companion}: the served artifact is the published one"
+        );
         pieces.insert(digest);
     }
     // Thirty repositories of one model: the artifacts' chunks are stored once.
@@ -219,7 +225,12 @@ fn a_worker_killed_mid_pack_has_its_job_finished_by_another() {
     let Some((db, s3)) = services() else { return };
     let sh = Shared::new(1, db.url.clone(), s3, "job_lease_s = 3\n");
     let api = sh.spawn("api", true, 0, &[]);
-    let mut a = sh.spawn("worker-a", false, 1, &[("TENPAK_REGISTRY_PAUSE_AT", "pack")]);
+    let mut a = sh.spawn(
+        "worker-a",
+        false,
+        1,
+        &[("TENPAK_REGISTRY_PAUSE_AT", "pack")],
+    );
     let v: Value = api
         .webhook(&content_update(&repo_of(0), &sha_of(0)), Some(SECRET))
         .json()
@@ -282,9 +293,16 @@ fn postgres_restarted_mid_run_loses_nothing() {
         .webhook(&content_update(&repo_of(0), &sha_of(0)), Some(SECRET))
         .json()
         .expect("json");
-    assert_eq!(v["job_id"].as_i64(), Some(ids[0]), "the same commit, the same job: {v}");
+    assert_eq!(
+        v["job_id"].as_i64(),
+        Some(ids[0]),
+        "the same commit, the same job: {v}"
+    );
     let ran: usize = workers.iter().map(jobs_run).sum();
-    let attempts: Vec<i64> = jobs.iter().map(|j| j["attempts"].as_i64().unwrap_or(0)).collect();
+    let attempts: Vec<i64> = jobs
+        .iter()
+        .map(|j| j["attempts"].as_i64().unwrap_or(0))
+        .collect();
     eprintln!(
         "FAULT | PostgreSQL stopped (immediate) 3 s and started, 6 jobs mid-download | download | all done, {ran} published, attempts {attempts:?}; 1 Hub commit each | {:.1} s |",
         t0.elapsed().as_secs_f64()
@@ -305,7 +323,11 @@ fn new_job(key: &str) -> NewJob<'_> {
 
 /// A file of `n` chunks of 4 KiB: chunk `k` holds bytes seeded by `seeds[k]` (equal
 /// seeds, equal chunks), after a 100-byte header.
-fn chunked_file(dir: &Path, name: &str, seeds: &[u64]) -> (PathBuf, Vec<tenpak::artifact::format::Chunk>) {
+fn chunked_file(
+    dir: &Path,
+    name: &str,
+    seeds: &[u64],
+) -> (PathBuf, Vec<tenpak::artifact::format::Chunk>) {
     let mut bytes = vec![7u8; 100];
     let mut chunks = Vec::new();
     for s in seeds {
@@ -347,7 +369,11 @@ fn gc_race(store: Arc<dyn Store>, chunks: ChunkStore, rounds: usize) {
                 if store.begin_sweep(Duration::from_secs(60)).expect("begin") {
                     let refs = store.referenced_pieces().expect("mark");
                     let s = chunks
-                        .sweep(&refs, Duration::ZERO, Instant::now() + Duration::from_secs(50))
+                        .sweep(
+                            &refs,
+                            Duration::ZERO,
+                            Instant::now() + Duration::from_secs(50),
+                        )
                         .expect("sweep");
                     store.end_sweep().expect("end");
                     sweeps.fetch_add(1, Ordering::Relaxed);
@@ -359,16 +385,23 @@ fn gc_race(store: Arc<dyn Store>, chunks: ChunkStore, rounds: usize) {
     let mut recorded: Vec<ArtifactRow> = Vec::new();
     for r in 0..rounds {
         // An orphan: a job that stored its pieces and failed before recording.
-        let (orphan, oc) = chunked_file(tmp.path(), "orphan", &[r as u64 * 2, 1_000_000 + r as u64]);
+        let (orphan, oc) =
+            chunked_file(tmp.path(), "orphan", &[r as u64 * 2, 1_000_000 + r as u64]);
         chunks.ingest(&orphan, &oc, &|_| Ok(())).expect("orphan");
         // A job taking up one of the orphan's pieces (and a new one).
         let key = format!("job-{r}");
         let job = store.enqueue(&new_job(&key)).expect("enqueue").job;
-        let got = store.claim("w", Duration::from_secs(60)).expect("claim").expect("job");
+        let got = store
+            .claim("w", Duration::from_secs(60))
+            .expect("claim")
+            .expect("job");
         assert_eq!(got.id, job.id);
         let (file, fc) = chunked_file(tmp.path(), "art", &[r as u64 * 2, r as u64 * 2 + 1]);
         let declare = |shas: &[String]| -> std::io::Result<()> {
-            while !store.declare_pieces(job.id, shas).map_err(std::io::Error::other)? {
+            while !store
+                .declare_pieces(job.id, shas)
+                .map_err(std::io::Error::other)?
+            {
                 std::thread::sleep(Duration::from_millis(1));
             }
             Ok(())
@@ -393,7 +426,11 @@ fn gc_race(store: Arc<dyn Store>, chunks: ChunkStore, rounds: usize) {
         // Every piece of every artifact recorded so far is there.
         for a in &recorded {
             for (sha, _) in &a.pieces {
-                assert!(chunks.contains(sha), "round {r}: piece {sha} of {} was swept", a.path);
+                assert!(
+                    chunks.contains(sha),
+                    "round {r}: piece {sha} of {} was swept",
+                    a.path
+                );
             }
         }
     }
@@ -401,7 +438,9 @@ fn gc_race(store: Arc<dyn Store>, chunks: ChunkStore, rounds: usize) {
     sweeper.join().expect("sweeper");
     let out = tmp.path().join("check");
     for a in &recorded {
-        chunks.materialize(&a.pieces, &a.sha256, &out).expect("whole");
+        chunks
+            .materialize(&a.pieces, &a.sha256, &out)
+            .expect("whole");
     }
     eprintln!(
         "GC race on {}: {rounds} artifacts recorded under {} sweeps; {} orphan pieces removed; none of a recorded artifact",
@@ -410,7 +449,10 @@ fn gc_race(store: Arc<dyn Store>, chunks: ChunkStore, rounds: usize) {
         removed.load(Ordering::Relaxed)
     );
     assert!(sweeps.load(Ordering::Relaxed) > 0);
-    assert!(removed.load(Ordering::Relaxed) > 0, "orphans nobody took up are removed");
+    assert!(
+        removed.load(Ordering::Relaxed) > 0,
+        "orphans nobody took up are removed"
+    );
 }
 
 #[test]
@@ -440,7 +482,8 @@ fn two_writers_of_one_piece_store_it_once() {
     let written = Arc::new(AtomicUsize::new(0));
     let threads: Vec<_> = (0..8)
         .map(|_| {
-            let (chunks, file, fc, written) = (chunks.clone(), file.clone(), fc.clone(), written.clone());
+            let (chunks, file, fc, written) =
+                (chunks.clone(), file.clone(), fc.clone(), written.clone());
             std::thread::spawn(move || {
                 let ing = chunks.ingest(&file, &fc, &|_| Ok(())).expect("ingest");
                 written.fetch_add(ing.new_bytes as usize, Ordering::Relaxed);
@@ -448,18 +491,33 @@ fn two_writers_of_one_piece_store_it_once() {
             })
         })
         .collect();
-    let ings: Vec<_> = threads.into_iter().map(|t| t.join().expect("thread")).collect();
+    let ings: Vec<_> = threads
+        .into_iter()
+        .map(|t| t.join().expect("thread"))
+        .collect();
     let total = std::fs::metadata(&file).expect("meta").len() as usize;
-    assert!(ings.windows(2).all(|w| w[0] == w[1] || w[0].pieces == w[1].pieces));
+    assert!(ings
+        .windows(2)
+        .all(|w| w[0] == w[1] || w[0].pieces == w[1].pieces));
     assert_eq!(
         written.load(Ordering::Relaxed),
         total,
         "eight writers at once: every byte written by exactly one"
     );
-    assert_eq!(s3.keys("once").len(), 4, "the header and three chunks: {:?}", s3.keys("once"));
+    assert_eq!(
+        s3.keys("once").len(),
+        4,
+        "the header and three chunks: {:?}",
+        s3.keys("once")
+    );
     let out = tmp.path().join("back");
-    chunks.materialize(&ings[0].pieces, &ings[0].sha256, &out).expect("read back");
-    assert_eq!(std::fs::read(&out).expect("read"), std::fs::read(&file).expect("read"));
+    chunks
+        .materialize(&ings[0].pieces, &ings[0].sha256, &out)
+        .expect("read back");
+    assert_eq!(
+        std::fs::read(&out).expect("read"),
+        std::fs::read(&file).expect("read")
+    );
 }
 
 /// Benchmark (ignored; `bash bench/scale.sh` runs it and records the table): jobs per
@@ -505,7 +563,9 @@ fn bench_jobs_per_minute_by_worker_processes() {
             .collect();
         let jobs = wait_all(&api, &ids, Duration::from_secs(600));
         let secs = t0.elapsed().as_secs_f64();
-        assert!(jobs.iter().all(|j| j["state"] == "done" && j["attempts"] == 1));
+        assert!(jobs
+            .iter()
+            .all(|j| j["state"] == "done" && j["attempts"] == 1));
         let per_min = jobs_per_run as f64 * 60.0 / secs;
         if w == 1 {
             base = per_min;
@@ -537,7 +597,9 @@ fn bench_jobs_per_minute_by_worker_processes() {
 fn bench_claim_latency_1000_jobs_8_workers() {
     // Off the line libtest starts with the test's name.
     println!();
-    let Some(db) = TempDb::new("claims_bench") else { return };
+    let Some(db) = TempDb::new("claims_bench") else {
+        return;
+    };
     let setup = PgStore::open(&db.url).expect("pg");
     let keys: Vec<String> = (0..1000).map(|i| format!("bench-{i}")).collect();
     for k in &keys {
@@ -553,7 +615,9 @@ fn bench_claim_latency_1000_jobs_8_workers() {
                 let mut ids = Vec::new();
                 loop {
                     let t = Instant::now();
-                    let got = s.claim(&format!("w{w}"), Duration::from_secs(60)).expect("claim");
+                    let got = s
+                        .claim(&format!("w{w}"), Duration::from_secs(60))
+                        .expect("claim");
                     lat.push(t.elapsed());
                     let Some(job) = got else { break };
                     ids.push(job.id);

@@ -489,7 +489,10 @@ async fn resolve(
     let (parts, body) = response.into_parts();
     let stream = body.into_data_stream().then(move |block| async move {
         if let Ok(b) = &block {
-            tokio::time::sleep(std::time::Duration::from_secs_f64(b.len() as f64 / bw as f64)).await;
+            tokio::time::sleep(std::time::Duration::from_secs_f64(
+                b.len() as f64 / bw as f64,
+            ))
+            .await;
         }
         block
     });

@@ -42,8 +42,8 @@ impl From<postgres::Error> for StoreError {
             let code = db.code();
             // Class 08 (connection exceptions) and 57P01-57P03 (admin shutdown, crash
             // shutdown, cannot connect now): the server went away or is restarting.
-            let gone = code.code().starts_with("08")
-                || matches!(code.code(), "57P01" | "57P02" | "57P03");
+            let gone =
+                code.code().starts_with("08") || matches!(code.code(), "57P01" | "57P02" | "57P03");
             let text = format!("{} ({})", db.message(), code.code());
             return if gone {
                 StoreError::Unavailable(text)
@@ -161,7 +161,11 @@ impl PgStore {
     /// (`owner_prefix`, see `pipeline::lease_owner`) back to the queue at once, or to
     /// failed when out of attempts: the data dir's lock proves that process is gone, so
     /// its jobs need not wait for their leases to run out.
-    pub fn requeue_predecessors(&self, owner_prefix: &str, max_attempts: i64) -> Result<Interrupted> {
+    pub fn requeue_predecessors(
+        &self,
+        owner_prefix: &str,
+        max_attempts: i64,
+    ) -> Result<Interrupted> {
         self.requeue_where(max_attempts, None, Some(format!("{owner_prefix}%")))
     }
 
@@ -568,7 +572,10 @@ impl JobStore for PgStore {
             // FOR SHARE: a sweep taking its lease (an UPDATE of this row) waits until this
             // declaration commits, and one that took it already is seen here.
             let until: Option<f64> = tx
-                .query_one("SELECT sweeping_until FROM gc_state WHERE id = 1 FOR SHARE", &[])?
+                .query_one(
+                    "SELECT sweeping_until FROM gc_state WHERE id = 1 FOR SHARE",
+                    &[],
+                )?
                 .try_get(0)?;
             if until.is_some_and(|u| u > now()) {
                 return Ok(false);
@@ -615,7 +622,10 @@ impl Catalog for PgStore {
 
     fn end_sweep(&self) -> Result<()> {
         self.with(|c| {
-            c.execute("UPDATE gc_state SET sweeping_until = NULL WHERE id = 1", &[])?;
+            c.execute(
+                "UPDATE gc_state SET sweeping_until = NULL WHERE id = 1",
+                &[],
+            )?;
             Ok(())
         })
     }

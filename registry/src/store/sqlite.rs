@@ -207,10 +207,11 @@ impl JobStore for SqliteStore {
         // IMMEDIATE: the write lock from the start, so the sweep lease read here cannot
         // change before the declaration commits (SQLite has one writer at a time).
         let tx = c.transaction_with_behavior(rusqlite::TransactionBehavior::Immediate)?;
-        let until: Option<f64> =
-            tx.query_row("SELECT sweeping_until FROM gc_state WHERE id = 1", [], |r| {
-                r.get(0)
-            })?;
+        let until: Option<f64> = tx.query_row(
+            "SELECT sweeping_until FROM gc_state WHERE id = 1",
+            [],
+            |r| r.get(0),
+        )?;
         if until.is_some_and(|u| u > now()) {
             return Ok(false);
         }

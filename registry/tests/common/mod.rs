@@ -174,7 +174,12 @@ pub fn plant_orphan(data_dir: &Path) -> Box<dyn Fn() -> bool> {
     let name = format!("ab/{}", "c".repeat(62));
     if scaled_stores() {
         let s3 = shared_s3();
-        let url = format!("{}/{}/{}/{name}", s3.endpoint, s3.bucket, store_name(data_dir));
+        let url = format!(
+            "{}/{}/{}/{name}",
+            s3.endpoint,
+            s3.bucket,
+            store_name(data_dir)
+        );
         let r = reqwest::blocking::Client::new()
             .put(&url)
             .body("left by a job that failed after storing")

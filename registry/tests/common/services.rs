@@ -228,7 +228,9 @@ impl S3Server {
             };
             for item in body.split("<Contents>").skip(1) {
                 let key = field(item, "Key").expect("Key");
-                let size = field(item, "Size").and_then(|s| s.parse().ok()).unwrap_or(0);
+                let size = field(item, "Size")
+                    .and_then(|s| s.parse().ok())
+                    .unwrap_or(0);
                 out.push((key, size));
             }
             token = body
@@ -271,12 +273,14 @@ pub struct PrivatePg {
 
 impl PrivatePg {
     pub fn start() -> Option<Self> {
-        let bin = match std::fs::read_dir("/usr/lib/postgresql").ok().and_then(|rd| {
-            rd.flatten()
-                .map(|e| e.path().join("bin"))
-                .filter(|b| b.join("initdb").exists())
-                .max()
-        }) {
+        let bin = match std::fs::read_dir("/usr/lib/postgresql")
+            .ok()
+            .and_then(|rd| {
+                rd.flatten()
+                    .map(|e| e.path().join("bin"))
+                    .filter(|b| b.join("initdb").exists())
+                    .max()
+            }) {
             Some(b) => b,
             None => return unavailable("PostgreSQL's initdb", "no /usr/lib/postgresql/*/bin"),
         };
