@@ -1,4 +1,7 @@
-//! The content-addressed chunk store and the artifacts reassembled from it.
+//! The content-addressed chunk store and the artifacts reassembled from it: a directory
+//! in the data dir (the default), or a bucket of an S3-compatible object store shared by
+//! registry processes on any hosts (`--chunks s3://bucket/prefix`, through the
+//! `object_store` crate).
 //!
 //! An artifact file is cut into pieces: each chunk of its manifest's chunk table, and
 //! each run of bytes between them (header, manifest, signature block, alignment
@@ -361,44 +364,42 @@ impl ChunkStore {
                 store, prefix, rt, ..
             } => {
                 use futures_util::StreamExt;
-                let listed: Result<Vec<object_store::ObjectMeta>, _> = rt.block_on(async {
+                // The listing is streamed (pages of 1,000 keys), not held: a bucket of
+                // millions of pieces costs a page of memory.
+                let now = epoch_now();
+                rt.block_on(async {
                     let p = object_store::path::Path::from(prefix.trim_end_matches('/'));
                     let p = (!prefix.is_empty()).then_some(p);
-                    store
-                        .list(p.as_ref())
-                        .collect::<Vec<_>>()
-                        .await
-                        .into_iter()
-                        .collect::<Result<Vec<_>, _>>()
-                });
-                let listed = listed.map_err(object_err)?;
-                let now = epoch_now();
-                for meta in listed {
-                    let key = meta.location.as_ref();
-                    let Some(rel) = key.strip_prefix(prefix.as_str()) else {
-                        continue;
-                    };
-                    let sha = rel.replacen('/', "", 1);
-                    if !is_hex64(&sha) || rel.len() != 65 {
-                        continue;
-                    }
-                    let age = now - meta.last_modified.timestamp();
-                    if referenced.contains(&sha) {
-                        out.kept += 1;
-                    } else if age < grace.as_secs() as i64 {
-                        out.young += 1;
-                    } else if std::time::Instant::now() >= deadline {
-                        out.cut_short = true;
-                        return Ok(out);
-                    } else {
-                        match rt.block_on(store.delete(&meta.location)) {
-                            Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
-                            Err(e) => return Err(object_err(e)),
+                    let mut listing = store.list(p.as_ref());
+                    while let Some(meta) = listing.next().await {
+                        let meta = meta.map_err(object_err)?;
+                        let key = meta.location.as_ref();
+                        let Some(rel) = key.strip_prefix(prefix.as_str()) else {
+                            continue;
+                        };
+                        let sha = rel.replacen('/', "", 1);
+                        if !is_hex64(&sha) || rel.len() != 65 {
+                            continue;
                         }
-                        out.removed += 1;
-                        out.bytes_freed += meta.size;
+                        let age = now - meta.last_modified.timestamp();
+                        if referenced.contains(&sha) {
+                            out.kept += 1;
+                        } else if age < grace.as_secs() as i64 {
+                            out.young += 1;
+                        } else if std::time::Instant::now() >= deadline {
+                            out.cut_short = true;
+                            return Ok(());
+                        } else {
+                            match store.delete(&meta.location).await {
+                                Ok(()) | Err(object_store::Error::NotFound { .. }) => {}
+                                Err(e) => return Err(object_err(e)),
+                            }
+                            out.removed += 1;
+                            out.bytes_freed += meta.size;
+                        }
                     }
-                }
+                    Ok::<(), std::io::Error>(())
+                })?;
             }
         }
         Ok(out)

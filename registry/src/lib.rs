@@ -277,17 +277,22 @@ pub async fn work(ctx: Arc<pipeline::Ctx>) -> anyhow::Result<()> {
         "tenpak-registry {} working: {} worker(s), jobs from {}, chunks in {}, hub {}",
         env!("CARGO_PKG_VERSION"),
         ctx.settings.workers,
-        ctx.settings
-            .database
-            .as_deref()
-            .map(redact_url)
-            .unwrap_or_else(|| "SQLite in the data dir".into()),
+        job_store_name(&ctx.settings),
         ctx.chunks.describe(),
         ctx.hub.endpoint()
     );
     background(&ctx)?;
     shutdown_signal().await;
     Ok(())
+}
+
+/// The job store, as the startup log names it (a database URL without its password).
+fn job_store_name(settings: &config::Settings) -> String {
+    settings
+        .database
+        .as_deref()
+        .map(redact_url)
+        .unwrap_or_else(|| "SQLite in the data dir".into())
 }
 
 /// A database URL without its password, for logs.
@@ -316,11 +321,7 @@ pub async fn serve(ctx: Arc<pipeline::Ctx>) -> anyhow::Result<()> {
         "tenpak-registry {} listening on http://{addr} (data {}, jobs {}, chunks {}, hub {}, targets {}, {} worker(s))",
         env!("CARGO_PKG_VERSION"),
         ctx.settings.data_dir.display(),
-        ctx.settings
-            .database
-            .as_deref()
-            .map(redact_url)
-            .unwrap_or_else(|| "SQLite".into()),
+        job_store_name(&ctx.settings),
         ctx.chunks.describe(),
         ctx.hub.endpoint(),
         ctx.settings
@@ -343,4 +344,20 @@ pub async fn serve(ctx: Arc<pipeline::Ctx>) -> anyhow::Result<()> {
     let limits = ctx.settings.limits;
     server::serve(listener, api::router(ctx), limits, shutdown_signal()).await?;
     Ok(())
+}
+
+#[cfg(test)]
+mod tests {
+    #[test]
+    fn database_urls_lose_their_password_in_logs() {
+        assert_eq!(
+            super::redact_url("postgres://tenpak:s3cret@db.internal:5432/registry"),
+            "postgres://tenpak:***@db.internal:5432/registry"
+        );
+        assert_eq!(
+            super::redact_url("postgres://postgres@127.0.0.1/x"),
+            "postgres://postgres@127.0.0.1/x"
+        );
+        assert_eq!(super::redact_url("postgres:///x"), "postgres:///x");
+    }
 }

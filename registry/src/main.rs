@@ -112,13 +112,14 @@ enum Command {
 
 fn logs() {
     // Logs to stderr as tracing events inside per-request and per-job spans; RUST_LOG
-    // filters them (default `info`; `tower_http=debug` shows every request).
+    // filters them (default `info`, the migration library's own chatter at `warn`;
+    // `tower_http=debug` shows every request).
     tracing_subscriber::fmt()
         .with_writer(std::io::stderr)
         .with_ansi(false)
         .with_env_filter(
             tracing_subscriber::EnvFilter::try_from_default_env()
-                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info")),
+                .unwrap_or_else(|_| tracing_subscriber::EnvFilter::new("info,refinery_core=warn")),
         )
         .init();
 }

@@ -108,6 +108,17 @@ impl Shared {
     }
 }
 
+/// Delivers the `main` update of model `i` to `api`; the job id.
+fn deliver_model(api: &Registry, i: usize) -> i64 {
+    let v: Value = api
+        .webhook(&content_update(&repo_of(i), &sha_of(i)), Some(SECRET))
+        .json()
+        .expect("json");
+    v["job_id"]
+        .as_i64()
+        .unwrap_or_else(|| panic!("job id: {v}"))
+}
+
 /// The services a test needs, or None (skipped) outside CI.
 fn services() -> Option<(TempDb, S3Server)> {
     let db = TempDb::new("scale")?;
@@ -115,7 +126,20 @@ fn services() -> Option<(TempDb, S3Server)> {
     Some((db, s3))
 }
 
-/// Jobs each worker process ran ("worker N: job ID … published" lines).
+/// Jobs each worker process ran, once they add up to `n` (a worker logs "published in"
+/// just after the job is marked done, so the API may say done a moment before).
+fn jobs_run_by(workers: &[Registry], n: usize) -> Vec<usize> {
+    let t0 = Instant::now();
+    loop {
+        let ran: Vec<usize> = workers.iter().map(jobs_run).collect();
+        if ran.iter().sum::<usize>() >= n || t0.elapsed() > Duration::from_secs(30) {
+            return ran;
+        }
+        std::thread::sleep(Duration::from_millis(50));
+    }
+}
+
+/// Jobs a worker process ran ("worker N: job ID … published" lines).
 fn jobs_run(r: &Registry) -> usize {
     r.log
         .lock()
@@ -152,17 +176,7 @@ fn thirty_jobs_over_three_workers_and_two_apis_complete_exactly_once() {
         .collect();
     let t0 = Instant::now();
     // Deliveries alternate between the two API processes.
-    let ids: Vec<i64> = (0..n)
-        .map(|i| {
-            let v: Value = apis[i % 2]
-                .webhook(&content_update(&repo_of(i), &sha_of(i)), Some(SECRET))
-                .json()
-                .expect("json");
-            v["job_id"]
-                .as_i64()
-                .unwrap_or_else(|| panic!("job id: {v}"))
-        })
-        .collect();
+    let ids: Vec<i64> = (0..n).map(|i| deliver_model(&apis[i % 2], i)).collect();
     let jobs = wait_all(&apis[1], &ids, Duration::from_secs(600));
     let took = t0.elapsed();
     for j in &jobs {
@@ -172,7 +186,7 @@ fn thirty_jobs_over_three_workers_and_two_apis_complete_exactly_once() {
     let per = commits_per_companion(&sh.hub);
     assert_eq!(per.len(), n, "{per:?}");
     assert!(per.values().all(|c| *c == 1), "one commit each: {per:?}");
-    let ran: Vec<usize> = workers.iter().map(jobs_run).collect();
+    let ran = jobs_run_by(&workers, n);
     assert_eq!(ran.iter().sum::<usize>(), n, "{ran:?}");
     assert!(
         ran.iter().filter(|r| **r > 0).count() >= 2,
@@ -231,11 +245,7 @@ fn a_worker_killed_mid_pack_has_its_job_finished_by_another() {
         1,
         &[("TENPAK_REGISTRY_PAUSE_AT", "pack")],
     );
-    let v: Value = api
-        .webhook(&content_update(&repo_of(0), &sha_of(0)), Some(SECRET))
-        .json()
-        .expect("json");
-    let id = v["job_id"].as_i64().expect("id");
+    let id = deliver_model(&api, 0);
     a.wait_log("fault injection", Duration::from_secs(120));
     a.kill();
     let killed = Instant::now();
@@ -244,7 +254,7 @@ fn a_worker_killed_mid_pack_has_its_job_finished_by_another() {
     assert_eq!(job["state"], "done", "{job}");
     assert_eq!(job["attempts"], 2, "{job}");
     assert_eq!(sh.hub.hub.commits().len(), 1);
-    assert_eq!(jobs_run(&b), 1);
+    assert_eq!(jobs_run_by(std::slice::from_ref(&b), 1), [1]);
     eprintln!(
         "FAULT | SIGKILL of a worker process (PostgreSQL + S3) | pack | done after 2 attempts by another worker; 1 Hub commit | {:.1} s |",
         killed.elapsed().as_secs_f64()
@@ -266,15 +276,7 @@ fn postgres_restarted_mid_run_loses_nothing() {
     let workers: Vec<Registry> = (0..2)
         .map(|k| sh.spawn(&format!("worker-{k}"), false, 1, &[]))
         .collect();
-    let ids: Vec<i64> = (0..n)
-        .map(|i| {
-            let v: Value = api
-                .webhook(&content_update(&repo_of(i), &sha_of(i)), Some(SECRET))
-                .json()
-                .expect("json");
-            v["job_id"].as_i64().expect("id")
-        })
-        .collect();
+    let ids: Vec<i64> = (0..n).map(|i| deliver_model(&api, i)).collect();
     wait_downloads(&sh.hub, 2);
     let t0 = Instant::now();
     pg.stop();
@@ -289,16 +291,12 @@ fn postgres_restarted_mid_run_loses_nothing() {
     assert_eq!(per.len(), n, "{per:?}");
     assert!(per.values().all(|c| *c == 1), "one commit each: {per:?}");
     // The API process took deliveries again after the restart.
-    let v: Value = api
-        .webhook(&content_update(&repo_of(0), &sha_of(0)), Some(SECRET))
-        .json()
-        .expect("json");
     assert_eq!(
-        v["job_id"].as_i64(),
-        Some(ids[0]),
-        "the same commit, the same job: {v}"
+        deliver_model(&api, 0),
+        ids[0],
+        "the same commit, the same job"
     );
-    let ran: usize = workers.iter().map(jobs_run).sum();
+    let ran: usize = jobs_run_by(&workers, n).iter().sum();
     let attempts: Vec<i64> = jobs
         .iter()
         .map(|j| j["attempts"].as_i64().unwrap_or(0))
@@ -553,13 +551,7 @@ fn bench_jobs_per_minute_by_worker_processes() {
         std::thread::sleep(Duration::from_millis(500));
         let t0 = Instant::now();
         let ids: Vec<i64> = (run * jobs_per_run..(run + 1) * jobs_per_run)
-            .map(|i| {
-                let v: Value = api
-                    .webhook(&content_update(&repo_of(i), &sha_of(i)), Some(SECRET))
-                    .json()
-                    .expect("json");
-                v["job_id"].as_i64().expect("id")
-            })
+            .map(|i| deliver_model(&api, i))
             .collect();
         let jobs = wait_all(&api, &ids, Duration::from_secs(600));
         let secs = t0.elapsed().as_secs_f64();
@@ -570,7 +562,7 @@ fn bench_jobs_per_minute_by_worker_processes() {
         if w == 1 {
             base = per_min;
         }
-        let ran: Vec<usize> = workers.iter().map(jobs_run).collect();
+        let ran = jobs_run_by(&workers, jobs_per_run);
         rows.push(format!(
             "| {w} | {jobs_per_run} | {secs:.1} | {per_min:.1} | {:.2}x | {ran:?} |",
             per_min / base

@@ -112,9 +112,16 @@ impl PgStore {
                         return;
                     }
                 };
-                if let Err(e) = embedded::migrations::runner().run(&mut client) {
-                    let _ = ready_tx.send(Err(StoreError::Backend(format!("migrations: {e}"))));
-                    return;
+                match embedded::migrations::runner().run(&mut client) {
+                    Ok(report) => {
+                        for m in report.applied_migrations() {
+                            tracing::info!("job store: applied migration {m}");
+                        }
+                    }
+                    Err(e) => {
+                        let _ = ready_tx.send(Err(StoreError::Backend(format!("migrations: {e}"))));
+                        return;
+                    }
                 }
                 let _ = ready_tx.send(Ok(()));
                 for call in rx {
