@@ -155,6 +155,20 @@ fn channel_weights(opts: &DeltaOptions, meta: &TensorMeta) -> Result<Option<Vec<
 struct Offer {
     choices: Vec<Choice>,
     measured: Vec<Measured>,
+    /// Several candidates applied but only `Exact` was measured ([`Narrow::ExactFirst`]).
+    narrowed: bool,
+}
+
+/// Which candidates [`offer`] measures.
+#[derive(Clone, Copy)]
+enum Narrow {
+    /// Every candidate of the mode.
+    All,
+    /// Only this one (the allocation's pick).
+    Only(Choice),
+    /// Only `Exact` where several candidates apply: if every tensor exact fits the budget,
+    /// no lossy candidate can lose less (exact loses nothing), so none need be measured.
+    ExactFirst,
 }
 
 fn offer(
@@ -162,7 +176,7 @@ fn offer(
     base: &Artifact,
     meta: &TensorMeta,
     opts: &DeltaOptions,
-    only: Option<Choice>,
+    narrow: Narrow,
 ) -> Result<Offer> {
     let ft = ft_src.read_f32(&meta.name)?;
     let Some(entry) = base_entry(base, &meta.name, &meta.shape) else {
@@ -175,6 +189,7 @@ fn offer(
                 rel_error: 0.0,
                 rel_delta_error: 0.0,
             }],
+            narrowed: false,
         });
     };
     let b = load_base(base, entry)?;
@@ -187,6 +202,7 @@ fn offer(
                 rel_error: 0.0,
                 rel_delta_error: 0.0,
             }],
+            narrowed: false,
         });
     }
     let matrix = meta.shape.len() == 2 && meta.numel() >= MIN_QUANT_NUMEL;
@@ -196,9 +212,19 @@ fn offer(
         (1, meta.numel())
     };
     let h = channel_weights(opts, meta)?;
-    let list = match only {
-        Some(c) => vec![c],
-        None => candidates(opts.mode, matrix, b.encoded.is_some()),
+    let mut narrowed = false;
+    let list = match narrow {
+        Narrow::Only(c) => vec![c],
+        Narrow::All => candidates(opts.mode, matrix, b.encoded.is_some()),
+        Narrow::ExactFirst => {
+            let all = candidates(opts.mode, matrix, b.encoded.is_some());
+            if all.len() > 1 && all.contains(&Choice::Exact) {
+                narrowed = true;
+                vec![Choice::Exact]
+            } else {
+                all
+            }
+        }
     };
     let view = b.view();
     let mut choices = vec![];
@@ -240,7 +266,11 @@ fn offer(
         choices.push(Choice::Exact);
         measured.push(m);
     }
-    Ok(Offer { choices, measured })
+    Ok(Offer {
+        choices,
+        measured,
+        narrowed,
+    })
 }
 
 fn encoding_of(choice: Choice, label: &str) -> Encoding {
@@ -338,13 +368,34 @@ pub fn pack_delta(
     // Pass 1 (auto): every candidate measured, then the budget allocated.
     // A tensor with one candidate (a reference, a vector, a grid) has nothing to choose:
     // its pass-1 encoding is kept and written as is (at most the delta's own size).
+    // Exact first: where every tensor stored exactly fits the budget, that is the choice
+    // (no candidate loses less than nothing) and the lossy candidates are never measured;
+    // otherwise they are, and the budget is allocated over all of them.
     let mut kept: Vec<Option<(Choice, Measured)>> = Vec::new();
     let plan: Option<Vec<Choice>> = if opts.mode.allocates() {
-        let mut costs = Vec::with_capacity(metas.len());
-        let mut offers = Vec::with_capacity(metas.len());
+        let overhead: u64 = files
+            .iter()
+            .map(|(_, b)| b.len() as u64 + DELTA_ALIGNMENT)
+            .sum::<u64>()
+            + metas.len() as u64 * (DELTA_ALIGNMENT + MANIFEST_BYTES_PER_TENSOR)
+            + 4096;
+        let limit = opts.bits_per_weight * weights as f64 - 8.0 * overhead as f64;
+        let mut first = Vec::with_capacity(metas.len());
         for m in metas {
             progress("measure", &m.name);
-            let mut o = offer(ft, base, m, opts, None)?;
+            first.push(offer(ft, base, m, opts, Narrow::ExactFirst)?);
+        }
+        let exact_bits: f64 = first
+            .iter()
+            .map(|o| 8.0 * o.measured.first().map_or(0, |x| x.bytes.len()) as f64)
+            .sum();
+        let mut costs = Vec::with_capacity(metas.len());
+        let mut offers = Vec::with_capacity(metas.len());
+        for (m, mut o) in metas.iter().zip(first) {
+            if o.narrowed && exact_bits > limit {
+                progress("measure", &m.name);
+                o = offer(ft, base, m, opts, Narrow::All)?;
+            }
             costs.push(
                 o.measured
                     .iter()
@@ -357,13 +408,6 @@ pub fn pack_delta(
             });
             offers.push(o.choices);
         }
-        let overhead: u64 = files
-            .iter()
-            .map(|(_, b)| b.len() as u64 + DELTA_ALIGNMENT)
-            .sum::<u64>()
-            + metas.len() as u64 * (DELTA_ALIGNMENT + MANIFEST_BYTES_PER_TENSOR)
-            + 4096;
-        let limit = opts.bits_per_weight * weights as f64 - 8.0 * overhead as f64;
         let Some(pick) = crate::plan::allocate(&costs, limit) else {
             let cheapest: f64 = costs
                 .iter()
@@ -395,7 +439,8 @@ pub fn pack_delta(
             if let Some((choice, got)) = kept.get_mut(i).and_then(Option::take) {
                 return Ok((choice, choice.label(), got));
             }
-            let o = offer(ft, base, m, opts, plan.map(|p| p[i]))?;
+            let narrow = plan.map_or(Narrow::All, |p| Narrow::Only(p[i]));
+            let o = offer(ft, base, m, opts, narrow)?;
             let (choice, got) = o
                 .choices
                 .into_iter()
