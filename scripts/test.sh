@@ -29,6 +29,10 @@ command -v st > /dev/null 2>&1 ||
 python3 -c 'import moto.server' 2> /dev/null ||
   python3 -m pip install --quiet --disable-pip-version-check 'moto[server]' > /dev/null ||
   echo "[test] moto[server] could not be installed: the S3 chunk-store tests will skip (and fail under CI=true)" >&2
+# The dashboard's browser tests need Debian's chromium and chromium-driver (.ci/run
+# installs them); without them those tests skip here, and fail under CI=true.
+command -v chromedriver > /dev/null 2>&1 ||
+  echo "[test] no chromedriver: the dashboard's browser test will skip (apt-get install chromium chromium-driver)" >&2
 cargo test --workspace "$@" || exit $?
 # The registry's tests once more on the engines of a scaled-out registry: a PostgreSQL
 # database per registry (the machine's server, 127.0.0.1:5432) and an S3 bucket

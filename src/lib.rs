@@ -11,6 +11,7 @@ pub mod codec;
 pub mod delta;
 pub mod dtype;
 pub mod error;
+pub mod github;
 pub mod glob;
 pub mod gpu;
 pub mod hub;

@@ -82,6 +82,12 @@ pub struct Settings {
     /// Largest model accepted (all its safetensors) and largest side file (config,
     /// tokenizer, card), checked against the Hub's listing before downloading.
     pub download_limits: tenpak::hub::DownloadLimits,
+    /// Models reported on GitHub: a Hub owner (`acme`) or model (`acme/llama`) → the GitHub
+    /// repository (`acme-ml/models`) that gets an issue per model and a comment per revision.
+    pub github_repos: std::collections::BTreeMap<String, String>,
+    /// How to reach GitHub (credentials from `GITHUB_TOKEN`, or `GITHUB_APP_ID` +
+    /// `GITHUB_APP_KEY` + `GITHUB_INSTALLATION_ID`); `None` without `github_repos`.
+    pub github: Option<tenpak::github::GitHubConfig>,
 }
 
 /// The config file: every key optional.
@@ -146,6 +152,12 @@ pub struct FileConfig {
     pub max_model_bytes: Option<u64>,
     /// See [`Settings::download_limits`] (bytes of one side file).
     pub max_side_file_bytes: Option<u64>,
+    /// See [`Settings::github_repos`].
+    pub github_repos: Option<std::collections::BTreeMap<String, String>>,
+    /// GitHub's REST API (GitHub Enterprise: `https://HOST/api/v3`); `GITHUB_API_URL`.
+    pub github_api_url: Option<String>,
+    /// GitHub's upload host; `GITHUB_UPLOADS_URL`.
+    pub github_uploads_url: Option<String>,
 }
 
 /// Default cap on a model's weights (all its safetensors): 64 GiB.
@@ -345,6 +357,37 @@ impl Settings {
             idle_timeout: secs("idle_timeout_s", file.idle_timeout_s, d.idle_timeout)?,
             shutdown_grace: d.shutdown_grace,
         };
+        let github_repos = file.github_repos.clone().unwrap_or_default();
+        for (from, to) in &github_repos {
+            let parts: Vec<&str> = from.split('/').collect();
+            if parts.is_empty()
+                || parts.len() > 2
+                || !parts
+                    .iter()
+                    .all(|p| tenpak_hooks::is_repo_id(&format!("{p}/x")))
+            {
+                bail!("github_repos: {from:?} is neither a Hub owner nor owner/name");
+            }
+            tenpak::github::RepoName::parse(to)
+                .map_err(|e| anyhow::anyhow!("github_repos.{from}: {e}"))?;
+        }
+        let github = if github_repos.is_empty() {
+            None
+        } else {
+            let mut cfg = tenpak::github::GitHubConfig::from_env()?.ok_or_else(|| {
+                anyhow::anyhow!(
+                    "github_repos is set but there are no GitHub credentials: set GITHUB_TOKEN, \
+                     or GITHUB_APP_ID, GITHUB_APP_KEY and GITHUB_INSTALLATION_ID"
+                )
+            })?;
+            if cfg.api_url.is_none() {
+                cfg.api_url = file.github_api_url.clone();
+            }
+            if cfg.uploads_url.is_none() {
+                cfg.uploads_url = file.github_uploads_url.clone();
+            }
+            Some(cfg)
+        };
         let max_attempts = file.max_attempts.unwrap_or(3);
         if max_attempts < 1 {
             bail!("max_attempts must be at least 1");
@@ -423,7 +466,18 @@ impl Settings {
                     .max_side_file_bytes
                     .unwrap_or(DEFAULT_MAX_SIDE_FILE_BYTES),
             },
+            github_repos,
+            github,
         })
+    }
+
+    /// The GitHub repository a model's reports go to: its own mapping, else its owner's.
+    pub fn github_repo_for(&self, model: &str) -> Option<&str> {
+        let owner = model.split('/').next().unwrap_or(model);
+        self.github_repos
+            .get(model)
+            .or_else(|| self.github_repos.get(owner))
+            .map(String::as_str)
     }
 
     /// The companion repository of `repo` (`owner/name`).

@@ -15,11 +15,14 @@
 
 pub mod api;
 pub mod card;
+pub mod charts;
 pub mod chunks;
 pub mod config;
 pub mod metrics;
 pub mod pipeline;
 pub mod redact;
+pub mod report;
+pub mod reports;
 pub mod server;
 pub mod store;
 pub mod tokenize;
@@ -95,6 +98,12 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
         Some(spec) => chunks::ChunkStore::open_spec(spec)
             .with_context(|| format!("opening the chunk store {spec}"))?,
     };
+    let github = match &settings.github {
+        Some(cfg) => Some(Arc::new(
+            tenpak::github::GitHub::new(cfg).context("the GitHub client")?,
+        )),
+        None => None,
+    };
     let hub = tenpak::hub::Hub::new(&tenpak::hub::HubConfig {
         endpoint: settings.hub_endpoint.clone(),
         token: settings.hub_token.clone(),
@@ -115,6 +124,7 @@ pub fn open(settings: config::Settings) -> anyhow::Result<Arc<pipeline::Ctx>> {
         memory: tokio::sync::Semaphore::new(
             usize::try_from(settings_memory_mib).unwrap_or(usize::MAX >> 4),
         ),
+        github,
     }))
 }
 

@@ -50,6 +50,8 @@ pub struct Ctx {
     pub metrics: crate::metrics::Metrics,
     /// The memory budget jobs share, in MiB ([`Settings::memory_budget`]).
     pub memory: tokio::sync::Semaphore,
+    /// GitHub, where models are mapped to repositories for reports ([`crate::reports`]).
+    pub github: Option<Arc<tenpak::github::GitHub>>,
 }
 
 /// A lease holder's name for this process: `host:instance:pid:start`, unique across
@@ -206,6 +208,9 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                         clean_hub_cache(&ctx, repo, id).await;
                         // Jobs waiting on this one (fine-tunes of it) may run now.
                         ctx.wake.notify_waiters();
+                        if matches!(outcome, Outcome::Published) {
+                            crate::reports::spawn(ctx.clone(), id);
+                        }
                         tracing::info!(
                             "worker {n}: job {id} {} in {:.1} s",
                             if matches!(outcome, Outcome::Published) {
@@ -243,6 +248,7 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                             let _ = std::fs::remove_dir_all(work_dir(&ctx, id));
                             clean_hub_cache(&ctx, repo, id).await;
                             ctx.wake.notify_waiters();
+                            crate::reports::spawn(ctx.clone(), id);
                         }
                     }
                 }
@@ -980,7 +986,33 @@ async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
             ),
             _ => (0.0, 0.0, 0),
         };
+        let details = crate::report::ArtifactDetails {
+            digest: p.digest().to_string(),
+            target: target_name(p.target).into(),
+            file: file.clone(),
+            bytes: p.file_bytes(),
+            bits_quantized: bits_q,
+            bits_file,
+            source_bytes,
+            ppl_delta: delta.as_ref().ok().copied(),
+            ppl_note: delta.as_ref().err().cloned(),
+            signer: sign::key_id(&public),
+            base: p.delta.as_ref().map(|d| crate::report::BaseDetails {
+                repo: d.base_repo.clone(),
+                file: d.base_file.clone(),
+                digest: d.report.base.clone(),
+                own_bytes: d.report.full_bytes,
+                adapter,
+            }),
+            note: p.note.clone(),
+            tensors: match (&p.report, &p.delta) {
+                (Some(r), _) => crate::report::ArtifactDetails::tensors_of_pack(&r.report),
+                (_, Some(d)) => crate::report::ArtifactDetails::tensors_of_delta(&d.report),
+                _ => vec![],
+            },
+        };
         let row = ArtifactRow {
+            details: serde_json::to_string(&details).ok(),
             id: digest_hex.clone(),
             job_id: id,
             repo: companion.clone(),

@@ -128,17 +128,20 @@ fn contract(s: &dyn Store) {
         sha256: "e".repeat(64),
         pieces: vec![("p1".into(), 6), ("p2".into(), 4)],
         private: false,
+        details: Some(r#"{"target":"balanced"}"#.into()),
     };
     s.add_artifact(&art).expect("artifact");
+    // Recorded again (a retried job) without details: they are kept.
     s.add_artifact(&ArtifactRow {
         private: true,
+        details: None,
         ..art.clone()
     })
     .expect("again, private");
     let back = s.artifact(&art.id).expect("read").expect("artifact");
     assert_eq!(
-        (back.pieces.clone(), back.private),
-        (art.pieces.clone(), true)
+        (back.pieces.clone(), back.private, back.details.clone()),
+        (art.pieces.clone(), true, art.details.clone())
     );
     assert_eq!(
         s.artifacts_of_job(b.job.id).expect("of job"),
@@ -173,9 +176,28 @@ fn contract(s: &dyn Store) {
     );
     assert_eq!(
         s.revision("a/two-tnpk", &"f".repeat(40)).expect("by id"),
-        Some(rev)
+        Some(rev.clone())
     );
     assert_eq!(s.revision("a/none", "main").expect("none"), None);
+    // The newest revision of each companion, newest first.
+    let newer = RepoRevision {
+        commit: "9".repeat(40),
+        created_at: 3.0,
+        ..rev.clone()
+    };
+    let other = RepoRevision {
+        repo: "a/one-tnpk".into(),
+        commit: "8".repeat(40),
+        created_at: 2.0,
+        ..rev.clone()
+    };
+    s.add_revision(&other).expect("other repo");
+    s.add_revision(&newer).expect("newer revision");
+    assert_eq!(
+        s.companions(10).expect("companions"),
+        vec![newer.clone(), other.clone()]
+    );
+    assert_eq!(s.companions(1).expect("one"), vec![newer]);
     let refd = s.referenced_pieces().expect("pieces");
     assert_eq!(
         refd,

@@ -417,6 +417,7 @@ fn gc_race(store: Arc<dyn Store>, chunks: ChunkStore, rounds: usize) {
             sha256: ing.sha256.clone(),
             pieces: ing.pieces.clone(),
             private: false,
+            details: None,
         };
         store.add_artifact(&row).expect("record");
         store.finish(job.id).expect("finish");

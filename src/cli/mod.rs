@@ -12,6 +12,7 @@ mod pack;
 mod progress;
 mod push;
 mod quantize;
+mod report;
 mod serve_file;
 mod unpack;
 mod verify;
@@ -55,6 +56,9 @@ enum Command {
     Load(load::Args),
     /// Verify a .tnpk: its signature (with --key) and the sha256 of every chunk.
     Verify(verify::Args),
+    /// An artifact's report (Markdown): printed, posted as a sticky comment on a GitHub pull
+    /// request, and/or the artifact uploaded to a GitHub release.
+    Report(report::Args),
     /// GPU decode: kernels checked against the CPU and timed; .tnpk vs bf16 load into GPU memory.
     BenchGpu(bench_gpu::Args),
     /// Serve one .tnpk over HTTP with Range support, for streaming loads and tests.
@@ -74,6 +78,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Unpack(a) => unpack::run(a),
         Command::Info(a) => info::run(a),
         Command::Verify(a) => verify::run(a),
+        Command::Report(a) => report::run(a),
         Command::Load(a) => load::run(a),
         Command::ServeFile(a) => serve_file::run(a),
         Command::BenchGpu(a) => bench_gpu::run(a),

@@ -7,6 +7,8 @@ mod cli;
 mod codecs;
 mod delta;
 mod fixtures;
+mod github;
+mod github_standin;
 mod hub;
 mod hub_standin;
 mod runtime;

@@ -12,6 +12,7 @@
 mod hub;
 mod service;
 mod studio;
+mod ui;
 mod webhook;
 
 use std::sync::Arc;
@@ -53,6 +54,17 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/{owner}/{name}/resolve/{rev}/{*path}", get(hub::resolve))
         .route("/metrics", get(service::metrics))
         .route("/openapi.json", get(openapi))
+        .route("/ui", get(ui::jobs_page))
+        .route("/ui/jobs/rows", get(ui::job_rows))
+        .route("/ui/jobs/counts", get(ui::job_counts))
+        .route("/ui/jobs/{id}/retry", post(ui::retry_submit))
+        .route("/ui/models", get(ui::models_page))
+        .route("/ui/models/{owner}/{name}", get(ui::model_page))
+        .route(
+            "/ui/compress",
+            get(ui::compress_form).post(ui::compress_submit),
+        )
+        .route("/ui/static/{file}", get(ui::asset))
         .layer(axum::middleware::from_fn_with_state(
             ctx.clone(),
             service::track,

@@ -48,8 +48,13 @@ pub(super) async fn metrics(State(ctx): State<Arc<Ctx>>) -> Response {
 
 /// `GET /`: what this service is.
 #[utoipa::path(get, path = "/", tag = "service",
-    responses((status = 200, description = "Service, version, public key, job counts per state, targets", body = Object)))]
-pub(super) async fn root(State(ctx): State<Arc<Ctx>>) -> Response {
+    responses((status = 200, description = "Service, version, public key, job counts per state, targets, the dashboard's address", body = Object),
+              (status = 303, description = "A browser (Accept: text/html) is sent to the dashboard at /ui")))]
+pub(super) async fn root(State(ctx): State<Arc<Ctx>>, headers: HeaderMap) -> Response {
+    // A browser asks for HTML: it gets the dashboard.
+    if header(&headers, "accept").is_some_and(|a| a.contains("text/html")) {
+        return axum::response::Redirect::to("/ui").into_response();
+    }
     let counts = match db(&ctx, |s| s.counts()).await {
         Ok(c) => c,
         Err(e) => return e.into_response(),
@@ -70,6 +75,7 @@ pub(super) async fn root(State(ctx): State<Arc<Ctx>>) -> Response {
         "companion": s.companion,
         "workers": s.workers,
         "hub": ctx.hub.endpoint(),
+        "dashboard": "/ui",
         "endpoints": ["POST /webhooks/hub", "POST /compress", "GET /status/{id}", "GET /jobs",
                       "POST /jobs/{id}/retry", "GET /artifact/{id}", "GET /keys",
                       "GET /api/models/{repo}", "GET|HEAD /{repo}/resolve/{rev}/{path}",

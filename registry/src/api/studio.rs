@@ -95,16 +95,28 @@ pub(super) async fn compress(
         Ok(r) => r,
         Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid request: {e}")),
     };
+    match start_compress(&ctx, req).await {
+        Ok((en, answer)) => enqueued(&ctx, &en, answer),
+        Err(r) => r,
+    }
+}
+
+/// Queues (or finds, or retries) the job of a compress request, its caller authorized:
+/// `POST /compress` and the dashboard's form. The error is the API's answer.
+pub(super) async fn start_compress(
+    ctx: &Arc<Ctx>,
+    req: CompressRequest,
+) -> Result<(Enqueued, Answer), Response> {
     let Some(mref) = tenpak::hub::ModelRef::parse(&req.model_id) else {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             format!("model_id {:?} is not owner/name", req.model_id),
-        );
+        ));
     };
     let targets = match &req.target {
         Some(t) => match parse_targets(std::slice::from_ref(t)) {
             Ok(t) => t,
-            Err(e) => return error(StatusCode::BAD_REQUEST, e),
+            Err(e) => return Err(error(StatusCode::BAD_REQUEST, e)),
         },
         None => ctx.settings.targets.clone(),
     };
@@ -114,10 +126,10 @@ pub(super) async fn compress(
         .or(mref.revision.clone())
         .unwrap_or_else(|| "main".into());
     if !tenpak_hooks::is_revision(&revision) {
-        return error(
+        return Err(error(
             StatusCode::BAD_REQUEST,
             format!("revision {revision:?} is not a branch, tag or commit name"),
-        );
+        ));
     }
     // Who may read the model decides whether it is packed at all: the same rule as for
     // webhooks (a private or gated source only with allow_private, and then its
@@ -132,19 +144,19 @@ pub(super) async fn compress(
                 _ => StatusCode::BAD_GATEWAY,
             };
             tracing::warn!("compress {}: {e}", mref.repo);
-            return error(
+            return Err(error(
                 status,
                 format!("{}@{revision} cannot be read on the Hub", mref.repo),
-            );
+            ));
         }
     };
     if access.restricted() && !ctx.settings.allow_private {
-        return AppError::Restricted(format!(
+        return Err(AppError::Restricted(format!(
             "{} is {}: its weights are not republished (allow_private is off)",
             mref.repo,
             access.describe()
         ))
-        .into_response();
+        .into_response());
     }
     let commit = access.commit;
     let names: Vec<&str> = targets.iter().map(|t| target_name(*t)).collect();
@@ -156,7 +168,7 @@ pub(super) async fn compress(
     };
     let companion = ctx.settings.companion_of(&mref.repo);
     let (repo2, commit2) = (mref.repo.clone(), commit.clone());
-    let en = match db(&ctx, move |s| {
+    let en = match db(ctx, move |s| {
         let en = s.enqueue(&NewJob {
             key: &key,
             repo: &repo2,
@@ -171,20 +183,17 @@ pub(super) async fn compress(
     .await
     {
         Ok(en) => en,
-        Err(e) => return e.into_response(),
+        Err(e) => return Err(e.into_response()),
     };
-    enqueued(
-        &ctx,
-        &en,
-        Answer {
-            created: Some(en.created),
-            retried: Some(en.retried),
-            repo: Some(mref.repo),
-            revision: Some(commit),
-            targets: Some(names.iter().map(|n| n.to_string()).collect()),
-            ..Answer::default()
-        },
-    )
+    let answer = Answer {
+        created: Some(en.created),
+        retried: Some(en.retried),
+        repo: Some(mref.repo),
+        revision: Some(commit),
+        targets: Some(names.iter().map(|n| n.to_string()).collect()),
+        ..Answer::default()
+    };
+    Ok((en, answer))
 }
 
 /// `POST /jobs/{id}/retry` (bearer token): a failed job back to the queue, its attempts

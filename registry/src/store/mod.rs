@@ -155,6 +155,10 @@ pub struct ArtifactRow {
     pub pieces: Vec<(String, u64)>,
     /// Made from a private or gated source: served only with the API token.
     pub private: bool,
+    /// What the dashboard shows of it ([`crate::ui::ArtifactDetails`] as JSON: quality,
+    /// signer, base, per-tensor bits and errors); `None` for artifacts stored before.
+    #[serde(skip)]
+    pub details: Option<String>,
 }
 
 /// A revision of a companion repository served by the Hub-compatible API.
@@ -205,6 +209,24 @@ pub enum StoreError {
 
 /// Store results.
 pub type Result<T> = std::result::Result<T, StoreError>;
+
+/// A revision from its row (the files column is JSON), for every engine.
+pub fn revision_of(
+    repo: String,
+    commit: String,
+    files: &str,
+    created_at: f64,
+    private: bool,
+) -> Result<RepoRevision> {
+    Ok(RepoRevision {
+        files: serde_json::from_str::<Vec<RepoFile>>(files)
+            .map_err(|e| StoreError::Corrupt(format!("revision {repo}@{commit}: {e}")))?,
+        repo,
+        commit,
+        created_at,
+        private,
+    })
+}
 
 /// What [`JobStore::requeue_interrupted`] did.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -419,6 +441,9 @@ pub trait Catalog: Send + Sync {
 
     /// A companion revision: `rev` is a commit id, or `main` for the latest.
     fn revision(&self, repo: &str, rev: &str) -> Result<Option<RepoRevision>>;
+
+    /// The newest revision of every companion repository, newest first (at most `limit`).
+    fn companions(&self, limit: i64) -> Result<Vec<RepoRevision>>;
 }
 
 /// The error text and stage of jobs [`JobStore::requeue_interrupted`] (`expired`: false)

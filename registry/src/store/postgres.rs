@@ -19,7 +19,7 @@ use std::sync::Mutex;
 use postgres::{Client, NoTls, Row};
 
 use super::{
-    now, ArtifactRow, Catalog, Enqueued, Interrupted, Job, JobState, JobStore, NewJob, RepoFile,
+    now, ArtifactRow, Catalog, Enqueued, Interrupted, Job, JobState, JobStore, NewJob,
     RepoRevision, Result, StoreError,
 };
 
@@ -644,9 +644,10 @@ impl Catalog for PgStore {
         self.with(move |c| {
             c.execute(
                 "INSERT INTO artifacts (id, job_id, repo, path, size, source, target,
-                                        bits_per_weight, sha256, pieces, created_at, private)
-                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12)
-                 ON CONFLICT (id) DO UPDATE SET private = artifacts.private OR excluded.private",
+                                        bits_per_weight, sha256, pieces, created_at, private, details)
+                 VALUES ($1, $2, $3, $4, $5, $6, $7, $8, $9, $10, $11, $12, $13)
+                 ON CONFLICT (id) DO UPDATE SET private = artifacts.private OR excluded.private,
+                     details = COALESCE(excluded.details, artifacts.details)",
                 &[
                     &a.id,
                     &a.job_id,
@@ -660,6 +661,7 @@ impl Catalog for PgStore {
                     &pieces,
                     &now(),
                     &a.private,
+                    &a.details,
                 ],
             )?;
             Ok(())
@@ -686,6 +688,7 @@ impl Catalog for PgStore {
                 pieces: serde_json::from_str(&pieces)
                     .map_err(|e| StoreError::Corrupt(format!("artifact {id}: {e}")))?,
                 private: r.try_get("private")?,
+                details: r.try_get("details")?,
             }))
         })
     }
@@ -751,15 +754,32 @@ impl Catalog for PgStore {
                 )?
             };
             let Some(r) = row else { return Ok(None) };
-            let files: String = r.try_get(2)?;
-            Ok(Some(RepoRevision {
-                repo: r.try_get(0)?,
-                commit: r.try_get(1)?,
-                files: serde_json::from_str::<Vec<RepoFile>>(&files)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                created_at: r.try_get(3)?,
-                private: r.try_get(4)?,
-            }))
+            revision_from(&r).map(Some)
         })
     }
+
+    fn companions(&self, limit: i64) -> Result<Vec<RepoRevision>> {
+        self.with(move |c| {
+            c.query(
+                "SELECT repo, commit_id, files, created_at, private FROM repo_revisions r
+                 WHERE seq = (SELECT MAX(seq) FROM repo_revisions WHERE repo = r.repo)
+                 ORDER BY seq DESC LIMIT $1",
+                &[&limit],
+            )?
+            .iter()
+            .map(revision_from)
+            .collect()
+        })
+    }
+}
+
+fn revision_from(r: &postgres::Row) -> Result<RepoRevision> {
+    let files: String = r.try_get(2)?;
+    super::revision_of(
+        r.try_get(0)?,
+        r.try_get(1)?,
+        &files,
+        r.try_get(3)?,
+        r.try_get(4)?,
+    )
 }

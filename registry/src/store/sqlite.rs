@@ -8,7 +8,7 @@ use rusqlite::types::{FromSql, FromSqlError, FromSqlResult, ToSql, ToSqlOutput, 
 use rusqlite::{params, Connection, OptionalExtension, Row};
 
 use super::{
-    now, ArtifactRow, Catalog, Enqueued, Interrupted, Job, JobState, JobStore, NewJob, RepoFile,
+    now, revision_of, ArtifactRow, Catalog, Enqueued, Interrupted, Job, JobState, JobStore, NewJob,
     RepoRevision, Result, StoreError,
 };
 
@@ -142,6 +142,8 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("jobs", "lease_until", "REAL"),
     // Chunk-store pieces the job declared before looking for them (JSON array).
     ("jobs", "pieces_in_use", "TEXT"),
+    // What the dashboard shows of an artifact (JSON).
+    ("artifacts", "details", "TEXT"),
 ];
 
 fn migrate(conn: &Connection) -> Result<()> {
@@ -511,9 +513,10 @@ impl Catalog for SqliteStore {
             serde_json::to_string(&a.pieces).map_err(|e| StoreError::Corrupt(e.to_string()))?;
         self.conn().execute(
             "INSERT INTO artifacts (id, job_id, repo, path, size, source, target,
-                                    bits_per_weight, sha256, pieces, created_at, private)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12)
-             ON CONFLICT(id) DO UPDATE SET private = MAX(private, excluded.private)",
+                                    bits_per_weight, sha256, pieces, created_at, private, details)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, ?7, ?8, ?9, ?10, ?11, ?12, ?13)
+             ON CONFLICT(id) DO UPDATE SET private = MAX(private, excluded.private),
+                 details = COALESCE(excluded.details, details)",
             params![
                 a.id,
                 a.job_id,
@@ -526,7 +529,8 @@ impl Catalog for SqliteStore {
                 a.sha256,
                 pieces,
                 now(),
-                a.private
+                a.private,
+                a.details
             ],
         )?;
         Ok(())
@@ -549,6 +553,7 @@ impl Catalog for SqliteStore {
                         sha256: r.get("sha256")?,
                         pieces: Vec::new(),
                         private: r.get("private")?,
+                        details: r.get("details")?,
                     },
                     r.get::<_, String>("pieces")?,
                 ))
@@ -617,6 +622,23 @@ impl Catalog for SqliteStore {
         Ok(())
     }
 
+    fn companions(&self, limit: i64) -> Result<Vec<RepoRevision>> {
+        let c = self.conn();
+        let mut st = c.prepare(
+            "SELECT repo, commit_id, files, created_at, private FROM repo_revisions r
+             WHERE seq = (SELECT MAX(seq) FROM repo_revisions WHERE repo = r.repo)
+             ORDER BY seq DESC LIMIT ?1",
+        )?;
+        let rows = st
+            .query_map([limit], revision_row)?
+            .collect::<rusqlite::Result<Vec<_>>>()?;
+        rows.into_iter()
+            .map(|(repo, commit, files, created_at, private)| {
+                revision_of(repo, commit, &files, created_at, private)
+            })
+            .collect()
+    }
+
     fn revision(&self, repo: &str, rev: &str) -> Result<Option<RepoRevision>> {
         let c = self.conn();
         let q = if rev == "main" {
@@ -637,14 +659,9 @@ impl Catalog for SqliteStore {
         .optional()?;
         match q {
             None => Ok(None),
-            Some((repo, commit, files, created_at, private)) => Ok(Some(RepoRevision {
-                repo,
-                commit,
-                files: serde_json::from_str::<Vec<RepoFile>>(&files)
-                    .map_err(|e| StoreError::Corrupt(e.to_string()))?,
-                created_at,
-                private,
-            })),
+            Some((repo, commit, files, created_at, private)) => {
+                revision_of(repo, commit, &files, created_at, private).map(Some)
+            }
         }
     }
 }
