@@ -356,10 +356,32 @@ fn the_dashboard_in_a_real_browser_follows_jobs_and_shows_models_as_the_api_does
             .expect("artifact")
             .bytes()
             .expect("bytes");
-        // What `tenpak info --json` says of it (the same computation, on the same bytes).
         let art = Artifact::open(Box::new(MemorySource::new(bytes.to_vec()))).expect("open");
         let weights: u64 = art.manifest().tensors.iter().map(|t| t.numel()).sum();
         let bpw_file = art.len() as f64 * 8.0 / weights as f64;
+        // What `tenpak info --json` says of it, where the workspace built the CLI beside
+        // the registry (`cargo test --workspace`); the same figures otherwise.
+        let cli = Path::new(env!("CARGO_BIN_EXE_tenpak-registry")).with_file_name("tenpak");
+        if cli.exists() {
+            let f = tmp.path().join(format!("{id}.tnpk"));
+            std::fs::write(&f, &bytes).expect("write");
+            let out = Command::new(&cli)
+                .args(["info", f.to_str().expect("path"), "--json"])
+                .output()
+                .expect("tenpak info");
+            assert!(
+                out.status.success(),
+                "{}",
+                String::from_utf8_lossy(&out.stderr)
+            );
+            let info: Value = serde_json::from_slice(&out.stdout).expect("json");
+            assert_eq!(info["digest"], format!("sha256:{id}"));
+            assert_eq!(info["file_bytes"], art.len());
+            assert_eq!(info["signers"], json!([key_id.clone()]));
+            let b = info["bits_per_weight_file"].as_f64().expect("bits");
+            assert_eq!(format!("{b:.3}"), format!("{bpw_file:.3}"));
+            eprintln!("checked against `tenpak info --json` ({})", cli.display());
+        }
         let (size, bits_file, ppl, signer) = rows
             .get(&format!("sha256:{id}"))
             .unwrap_or_else(|| panic!("no row for {id}: {rows:?}"));
@@ -453,9 +475,23 @@ fn the_dashboard_in_a_real_browser_follows_jobs_and_shows_models_as_the_api_does
 #[test]
 fn pages_work_without_scripts_refuse_bad_input_and_ask_for_nothing_elsewhere() {
     let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
-    let reg = Registry::start(&tmp.path().join("data"), &hub.url, &[]);
+    // Reports go to a GitHub that cannot be reached: the job is not touched by it.
+    let reg = Registry::start_with_config(
+        &tmp.path().join("data"),
+        &hub.url,
+        &[
+            ("GITHUB_TOKEN", "ghp_unused"),
+            ("GITHUB_API_URL", "http://127.0.0.1:9"),
+        ],
+        "[github_repos]\nacme = \"acme-gh/models\"\n",
+    );
     let job = reg.wait_job(reg.deliver(), Duration::from_secs(120));
     assert_eq!(job["state"], "done", "{job}");
+    reg.wait_log("GitHub report (attempt 1)", Duration::from_secs(30));
+    assert_eq!(
+        reg.get_json(&format!("/status/{}", job["id"]))["state"],
+        "done"
+    );
     let id = job["id"].as_i64().expect("id");
     // The job list is in the HTML itself (no script needed), and its rows alone too.
     for path in ["/ui", "/ui?state=done&kind=full", "/ui/jobs/rows"] {
@@ -694,7 +730,7 @@ fn github_reports_open_one_issue_per_model_and_comment_once_per_revision() {
         "{comment}"
     );
     assert!(
-        comment.contains(&format!("/acme/tiny-llama-tnpk/resolve/")),
+        comment.contains("/acme/tiny-llama-tnpk/resolve/"),
         "{comment}"
     );
     assert!(

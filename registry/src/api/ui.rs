@@ -629,18 +629,20 @@ pub(super) struct CompressForm {
     size: Option<String>,
 }
 
-fn token_ok(ctx: &Ctx, token: &str) -> Result<(), Response> {
+fn token_ok(ctx: &Ctx, token: &str) -> Result<(), Box<Response>> {
     let got = (!token.is_empty()).then_some(token);
     match check_secret(&ctx.settings.api_token, got) {
         Ok(()) => Ok(()),
-        Err(tenpak_hooks::SecretError::Missing) => Err(page_error(
+        Err(tenpak_hooks::SecretError::Missing) => Err(Box::new(page_error(
             ctx,
             StatusCode::UNAUTHORIZED,
             "the API token is needed for this",
-        )),
-        Err(tenpak_hooks::SecretError::Wrong) => {
-            Err(page_error(ctx, StatusCode::FORBIDDEN, "wrong API token"))
-        }
+        ))),
+        Err(tenpak_hooks::SecretError::Wrong) => Err(Box::new(page_error(
+            ctx,
+            StatusCode::FORBIDDEN,
+            "wrong API token",
+        ))),
     }
 }
 
@@ -650,7 +652,7 @@ pub(super) async fn compress_submit(
     Form(f): Form<CompressForm>,
 ) -> Response {
     if let Err(r) = token_ok(&ctx, &f.token) {
-        return r;
+        return *r;
     }
     let targets: Vec<&str> = [
         ("quality", &f.quality),
@@ -691,7 +693,7 @@ pub(super) async fn retry_submit(
     Form(f): Form<TokenForm>,
 ) -> Response {
     if let Err(r) = token_ok(&ctx, &f.token) {
-        return r;
+        return *r;
     }
     match db(&ctx, move |s| s.retry(id)).await {
         Ok(Some((_, true))) => {
