@@ -221,6 +221,39 @@ fn env(k: &str) -> Option<String> {
     std::env::var(k).ok().filter(|v| !v.trim().is_empty())
 }
 
+/// The job store: the flag, else `TENPAK_DATABASE_URL`, else the config file's
+/// `database`; `None` (or empty) is SQLite in the data dir. Only `postgres://` URLs are
+/// another engine. Every command that opens the job store decides it here.
+pub fn database_url(flag: Option<String>, file: Option<String>) -> anyhow::Result<Option<String>> {
+    match flag
+        .filter(|u| !u.trim().is_empty())
+        .or_else(|| env("TENPAK_DATABASE_URL"))
+        .or(file)
+    {
+        Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => Ok(Some(u)),
+        Some(u) if u.is_empty() => Ok(None),
+        Some(u) => bail!("database {u:?}: a postgres:// URL, or none for SQLite in the data dir"),
+        None => Ok(None),
+    }
+}
+
+/// The chunk store: the flag, else `TENPAK_CHUNKS`, else the config file's `chunks`;
+/// `None` (or empty) is `chunks/` in the data dir, else an `s3://bucket/prefix` URL.
+pub fn chunks_spec(flag: Option<String>, file: Option<String>) -> anyhow::Result<Option<String>> {
+    match flag
+        .filter(|u| !u.trim().is_empty())
+        .or_else(|| env("TENPAK_CHUNKS"))
+        .or(file)
+    {
+        Some(u) if u.is_empty() => Ok(None),
+        Some(u) if u.starts_with("s3://") && u.len() > "s3://".len() => Ok(Some(u)),
+        Some(u) => {
+            bail!("chunks {u:?}: an s3://bucket/prefix URL, or none for chunks/ in the data dir")
+        }
+        None => Ok(None),
+    }
+}
+
 /// Reads `path`, or creates it with a fresh random token (hex, 32 bytes).
 fn secret_file(path: &Path) -> anyhow::Result<String> {
     if let Ok(s) = std::fs::read_to_string(path) {
@@ -421,34 +454,8 @@ impl Settings {
             memory_budget: file
                 .memory_budget_bytes
                 .unwrap_or_else(default_memory_budget),
-            database: match flags
-                .database
-                .clone()
-                .or_else(|| env("TENPAK_DATABASE_URL"))
-                .or(file.database)
-            {
-                Some(u) if u.starts_with("postgres://") || u.starts_with("postgresql://") => {
-                    Some(u)
-                }
-                Some(u) if u.is_empty() => None,
-                Some(u) => {
-                    bail!("database {u:?}: a postgres:// URL, or none for SQLite in the data dir")
-                }
-                None => None,
-            },
-            chunks: match flags
-                .chunks
-                .clone()
-                .or_else(|| env("TENPAK_CHUNKS"))
-                .or(file.chunks)
-            {
-                Some(u) if u.is_empty() => None,
-                Some(u) if u.starts_with("s3://") && u.len() > "s3://".len() => Some(u),
-                Some(u) => bail!(
-                    "chunks {u:?}: an s3://bucket/prefix URL, or none for chunks/ in the data dir"
-                ),
-                None => None,
-            },
+            database: database_url(flags.database.clone(), file.database)?,
+            chunks: chunks_spec(flags.chunks.clone(), file.chunks)?,
             signing_key: flags
                 .signing_key
                 .clone()
@@ -550,6 +557,32 @@ mod tests {
         let cfg = tmp.path().join("registry.toml");
         std::fs::write(&cfg, format!("hub_token = \"hf_test\"\n{toml}")).expect("config");
         Settings::load(&tmp.path().join("data"), Some(&cfg), &Overrides::default())
+    }
+
+    #[test]
+    fn every_command_reads_the_stores_the_same_way() {
+        // (The variables are not set in this test process; flags and files decide.)
+        assert_eq!(database_url(None, None).expect("none"), None);
+        assert_eq!(database_url(Some(String::new()), None).expect("empty"), None);
+        assert_eq!(
+            database_url(None, Some("postgres://u@h/db".into())).expect("file"),
+            Some("postgres://u@h/db".into())
+        );
+        assert_eq!(
+            database_url(Some("postgresql://a@b/c".into()), Some("postgres://x@y/z".into()))
+                .expect("flag first"),
+            Some("postgresql://a@b/c".into())
+        );
+        assert!(database_url(Some("mysql://h/db".into()), None).is_err());
+        assert!(database_url(Some("registry.sqlite3".into()), None).is_err());
+        assert_eq!(chunks_spec(None, None).expect("none"), None);
+        assert_eq!(
+            chunks_spec(Some("s3://bucket/p".into()), None).expect("s3"),
+            Some("s3://bucket/p".into())
+        );
+        for bad in ["s3://", "file:///etc", "/tmp/chunks", "gs://b"] {
+            assert!(chunks_spec(Some(bad.into()), None).is_err(), "{bad}");
+        }
     }
 
     #[test]

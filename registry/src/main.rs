@@ -156,12 +156,7 @@ fn run(run: Run, listen: Option<Option<SocketAddr>>) -> anyhow::Result<()> {
 
 /// The job store a one-shot command works on.
 fn store_of(s: &Stores) -> anyhow::Result<Box<dyn tenpak_registry::store::Store>> {
-    match s
-        .database
-        .clone()
-        .or_else(|| std::env::var("TENPAK_DATABASE_URL").ok())
-        .filter(|u| !u.is_empty())
-    {
+    match tenpak_registry::config::database_url(s.database.clone(), None)? {
         Some(url) => Ok(Box::new(tenpak_registry::store::PgStore::open(&url)?)),
         None => {
             let db = s.data_dir.join("registry.sqlite3");
@@ -190,12 +185,7 @@ fn main() -> anyhow::Result<()> {
             // The object store's client runs on the runtime; the sweep waits on it from
             // this (non-async) thread.
             let _guard = rt.enter();
-            let chunks = match stores
-                .chunks
-                .clone()
-                .or_else(|| std::env::var("TENPAK_CHUNKS").ok())
-                .filter(|c| !c.is_empty())
-            {
+            let chunks = match tenpak_registry::config::chunks_spec(stores.chunks.clone(), None)? {
                 Some(spec) => tenpak_registry::chunks::ChunkStore::open_spec(&spec)?,
                 None => tenpak_registry::chunks::ChunkStore::open(&stores.data_dir.join("chunks"))?,
             };

@@ -6,6 +6,7 @@
 use std::fmt::Write;
 
 use serde::{Deserialize, Serialize};
+use tenpak::artifact::select::layer_of;
 
 /// An artifact's facts, as stored (`artifacts.details`).
 #[derive(Debug, Clone, Default, PartialEq, Serialize, Deserialize)]
@@ -118,17 +119,6 @@ impl ArtifactDetails {
             .map(|(l, (b, n))| (l, b / n.max(1) as f64))
             .collect()
     }
-}
-
-/// The block index in a tensor name (`model.layers.12.mlp.up_proj.weight` → 12).
-pub fn layer_of(name: &str) -> Option<usize> {
-    let mut parts = name.split('.');
-    while let Some(p) = parts.next() {
-        if p == "layers" || p == "h" || p == "blocks" {
-            return parts.next()?.parse().ok();
-        }
-    }
-    None
 }
 
 /// Bytes for people (`12.3 MB`).

@@ -252,6 +252,23 @@ async fn compress_in_browser(c: &Client, base: &str, model: &str, targets: &[&st
     id
 }
 
+/// Types `token` into the retry form of job `id`'s row and presses *Retry*.
+async fn retry_in_row(c: &Client, id: i64, token: &str) {
+    let row = format!("#job-{id}");
+    c.find(Locator::Css(&format!("{row} input[name=token]")))
+        .await
+        .expect("token field")
+        .send_keys(token)
+        .await
+        .expect("type");
+    c.find(Locator::Css(&format!("{row} button")))
+        .await
+        .expect("retry button")
+        .click()
+        .await
+        .expect("click");
+}
+
 async fn text_of(c: &Client, css: &str) -> String {
     c.find(Locator::Css(css))
         .await
@@ -357,8 +374,7 @@ fn the_dashboard_in_a_real_browser_follows_jobs_and_shows_models_as_the_api_does
             .bytes()
             .expect("bytes");
         let art = Artifact::open(Box::new(MemorySource::new(bytes.to_vec()))).expect("open");
-        let weights: u64 = art.manifest().tensors.iter().map(|t| t.numel()).sum();
-        let bpw_file = art.len() as f64 * 8.0 / weights as f64;
+        let bpw_file = art.len() as f64 * 8.0 / art.manifest().weights() as f64;
         // What `tenpak info --json` says of it, where the workspace built the CLI beside
         // the registry (`cargo test --workspace`); the same figures otherwise.
         let cli = Path::new(env!("CARGO_BIN_EXE_tenpak-registry")).with_file_name("tenpak");
@@ -431,36 +447,13 @@ fn the_dashboard_in_a_real_browser_follows_jobs_and_shows_models_as_the_api_does
         c.goto(&format!("{}/ui?state=failed", reg.url))
             .await
             .expect("failed jobs");
-        let row = format!("#job-{failed}");
-        c.find(Locator::Css(&format!("{row} input[name=token]")))
-            .await
-            .expect("token")
-            .send_keys("a wrong token")
-            .await
-            .expect("type");
-        c.find(Locator::Css(&format!("{row} button")))
-            .await
-            .expect("retry")
-            .click()
-            .await
-            .expect("click");
+        retry_in_row(&c, failed, "a wrong token").await;
         let msg = text_of(&c, "#message").await;
         assert_eq!(msg, "wrong API token");
         c.goto(&format!("{}/ui?state=failed", reg.url))
             .await
             .expect("failed jobs");
-        c.find(Locator::Css(&format!("{row} input[name=token]")))
-            .await
-            .expect("token")
-            .send_keys(API_TOKEN)
-            .await
-            .expect("type");
-        c.find(Locator::Css(&format!("{row} button")))
-            .await
-            .expect("retry")
-            .click()
-            .await
-            .expect("click");
+        retry_in_row(&c, failed, API_TOKEN).await;
         let url = c.current_url().await.expect("url");
         assert_eq!(url.query(), Some(format!("highlight={failed}").as_str()));
     });

@@ -387,6 +387,20 @@ pub fn sha256_hex(bytes: &[u8]) -> String {
 }
 
 impl Manifest {
+    /// Weights over every tensor.
+    pub fn weights(&self) -> u64 {
+        self.tensors.iter().map(|t| t.numel()).sum()
+    }
+
+    /// What the tensors weigh in their source dtype (bf16/fp16/f32): the bytes ratios are
+    /// taken against.
+    pub fn source_bytes(&self) -> u64 {
+        self.tensors
+            .iter()
+            .map(|t| t.numel() * t.dtype.size() as u64)
+            .sum()
+    }
+
     /// Canonical bytes: compact JSON with object keys sorted (serde_json's map is a
     /// BTreeMap), integers only.
     pub fn to_canonical(&self) -> Vec<u8> {

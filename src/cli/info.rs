@@ -18,12 +18,8 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let art = a.source.open(None)?;
     let m = art.manifest();
-    let weights: u64 = m.tensors.iter().map(|t| t.numel()).sum();
-    let source_bytes: u64 = m
-        .tensors
-        .iter()
-        .map(|t| t.numel() * t.dtype.size() as u64)
-        .sum();
+    let weights = m.weights();
+    let source_bytes = m.source_bytes();
     let encoded: u64 = m.tensors.iter().map(|t| t.encoded_length).sum();
     let ratio = source_bytes as f64 / art.len() as f64;
     let mut out = std::io::stdout().lock();

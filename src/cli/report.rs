@@ -47,12 +47,8 @@ fn markdown(opened: &Opened, location: &str) -> (String, serde_json::Value) {
         Opened::Delta(d) => (d.delta(), Some(d.base())),
     };
     let m = art.manifest();
-    let weights: u64 = m.tensors.iter().map(|t| t.numel()).sum();
-    let source: u64 = m
-        .tensors
-        .iter()
-        .map(|t| t.numel() * t.dtype.size() as u64)
-        .sum();
+    let weights = m.weights();
+    let source = m.source_bytes();
     let name = Path::new(location)
         .file_name()
         .map(|n| n.to_string_lossy().into_owned())
