@@ -563,14 +563,20 @@ mod tests {
     fn every_command_reads_the_stores_the_same_way() {
         // (The variables are not set in this test process; flags and files decide.)
         assert_eq!(database_url(None, None).expect("none"), None);
-        assert_eq!(database_url(Some(String::new()), None).expect("empty"), None);
+        assert_eq!(
+            database_url(Some(String::new()), None).expect("empty"),
+            None
+        );
         assert_eq!(
             database_url(None, Some("postgres://u@h/db".into())).expect("file"),
             Some("postgres://u@h/db".into())
         );
         assert_eq!(
-            database_url(Some("postgresql://a@b/c".into()), Some("postgres://x@y/z".into()))
-                .expect("flag first"),
+            database_url(
+                Some("postgresql://a@b/c".into()),
+                Some("postgres://x@y/z".into())
+            )
+            .expect("flag first"),
             Some("postgresql://a@b/c".into())
         );
         assert!(database_url(Some("mysql://h/db".into()), None).is_err());

@@ -303,9 +303,7 @@ fn retry_failed(
 /// The answer to an enqueue: 202 for a new or retried job (and a worker woken), 200 for
 /// an existing one; `body` gets `job_id` and `status_url`.
 fn enqueued(ctx: &Ctx, en: &Enqueued, mut body: Answer) -> Response {
-    if en.created || en.retried {
-        ctx.wake.notify_one();
-    }
+    wake_for(ctx, en);
     body.job_id = Some(en.job.id);
     body.status_url = Some(format!("/status/{}", en.job.id));
     let status = if en.created || en.retried {
@@ -314,6 +312,13 @@ fn enqueued(ctx: &Ctx, en: &Enqueued, mut body: Answer) -> Response {
         StatusCode::OK
     };
     (status, Json(body)).into_response()
+}
+
+/// A new or retried job wakes an idle worker.
+fn wake_for(ctx: &Ctx, en: &Enqueued) {
+    if en.created || en.retried {
+        ctx.wake.notify_one();
+    }
 }
 
 /// Bearer-token check of the write endpoints (401 missing, 403 wrong).

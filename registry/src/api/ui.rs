@@ -670,9 +670,7 @@ pub(super) async fn compress_submit(
     };
     match super::studio::start_compress(&ctx, req).await {
         Ok((en, _)) => {
-            if en.created || en.retried {
-                ctx.wake.notify_one();
-            }
+            wake_for(&ctx, &en);
             Redirect::to(&format!("/ui?highlight={0}#job-{0}", en.job.id)).into_response()
         }
         Err(resp) => error_page_from(&ctx, resp).await,
@@ -748,10 +746,11 @@ fn store_error(ctx: &Ctx, e: AppError) -> Response {
                 "the job store failed",
             )
         }
-        other => {
-            let (status, _) = other.status_code();
-            page_error(ctx, status, &format!("{other:?}"))
-        }
+        other => page_error(
+            ctx,
+            other.status_code().0,
+            "the job store refused the request",
+        ),
     }
 }
 
