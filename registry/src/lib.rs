@@ -271,6 +271,10 @@ fn background(ctx: &Arc<pipeline::Ctx>) -> anyhow::Result<()> {
     for n in 0..ctx.settings.workers {
         tokio::spawn(pipeline::worker(ctx.clone(), n));
     }
+    if ctx.settings.workers > 0 {
+        // Reports a stopped process did not get to send (idempotent on GitHub's side).
+        reports::catch_up(ctx.clone());
+    }
     tokio::spawn(maintain(ctx.clone()));
     Ok(())
 }

@@ -6,7 +6,10 @@
 //!
 //! A report never touches its job: it runs as a task of its own after the job ended,
 //! retried with back-off (rate limits, GitHub's failures, the network) up to
-//! [`ATTEMPTS`] times, and only logged when it gives up.
+//! [`ATTEMPTS`] times, and only logged when it gives up. A registry stopped while a report
+//! waits sends it at its next start: [`catch_up`] reports again every job of a mapped
+//! model that ended within [`CATCH_UP`] (reports are idempotent: a comment that says it
+//! already is left alone, so this costs GitHub reads, not comments).
 
 use std::sync::Arc;
 use std::time::Duration;
@@ -23,29 +26,73 @@ pub const ATTEMPTS: u32 = 6;
 /// Reports job `id` in the background, if its model is mapped to a GitHub repository.
 pub fn spawn(ctx: Arc<Ctx>, id: i64) {
     let Some(gh) = ctx.github.clone() else { return };
+    tokio::spawn(async move { deliver(&ctx, &gh, id).await });
+}
+
+/// How far back [`catch_up`] looks.
+pub const CATCH_UP: Duration = Duration::from_secs(24 * 3600);
+
+/// At start: the reports of the jobs of mapped models that ended within [`CATCH_UP`]
+/// (newest 200 done and 200 failed), one after another, in the background.
+pub fn catch_up(ctx: Arc<Ctx>) {
+    let Some(gh) = ctx.github.clone() else { return };
     tokio::spawn(async move {
-        let mut wait = Duration::from_secs(2);
-        for attempt in 1..=ATTEMPTS {
-            match report(&ctx, &gh, id).await {
-                Ok(Some(what)) => {
-                    tracing::info!("job {id}: GitHub report {what}");
-                    return;
-                }
-                Ok(None) => return,
-                Err(e) if e.is_transient() && attempt < ATTEMPTS => {
-                    tracing::warn!(
-                        "job {id}: GitHub report (attempt {attempt}): {e}; again in {wait:?}"
-                    );
-                    tokio::time::sleep(wait).await;
-                    wait = (wait * 4).min(Duration::from_secs(600));
-                }
-                Err(e) => {
-                    tracing::warn!("job {id}: GitHub report given up: {e}");
-                    return;
-                }
+        let since = crate::store::now() - CATCH_UP.as_secs_f64();
+        let found = off_thread(&ctx.store, |s| {
+            let (mut jobs, _) = s.jobs(Some(JobState::Done), 200, 0)?;
+            jobs.extend(s.jobs(Some(JobState::Failed), 200, 0)?.0);
+            Ok(jobs)
+        })
+        .await;
+        let jobs = match found {
+            Ok(j) => j,
+            Err(e) => {
+                tracing::warn!("GitHub reports at start: job store: {e}");
+                return;
             }
+        };
+        let due: Vec<i64> = jobs
+            .iter()
+            .filter(|j| j.finished_at.is_some_and(|t| t >= since))
+            .filter(|j| ctx.settings.github_repo_for(&j.repo).is_some())
+            .filter(|j| j.state == JobState::Failed || j.published_commit.is_some())
+            .map(|j| j.id)
+            .collect();
+        if !due.is_empty() {
+            tracing::info!(
+                "GitHub reports at start: {} recent job(s) to check",
+                due.len()
+            );
+        }
+        for id in due {
+            deliver(&ctx, &gh, id).await;
         }
     });
+}
+
+/// Posts job `id`'s report, retried with back-off; logs the outcome.
+async fn deliver(ctx: &Arc<Ctx>, gh: &GitHub, id: i64) {
+    let mut wait = Duration::from_secs(2);
+    for attempt in 1..=ATTEMPTS {
+        match report(ctx, gh, id).await {
+            Ok(Some(what)) => {
+                tracing::info!("job {id}: GitHub report {what}");
+                return;
+            }
+            Ok(None) => return,
+            Err(e) if e.is_transient() && attempt < ATTEMPTS => {
+                tracing::warn!(
+                    "job {id}: GitHub report (attempt {attempt}): {e}; again in {wait:?}"
+                );
+                tokio::time::sleep(wait).await;
+                wait = (wait * 4).min(Duration::from_secs(600));
+            }
+            Err(e) => {
+                tracing::warn!("job {id}: GitHub report given up: {e}");
+                return;
+            }
+        }
+    }
 }
 
 /// Posts the report of job `id`; `None` when there is nothing to report (not mapped, not

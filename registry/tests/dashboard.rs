@@ -761,6 +761,52 @@ fn github_reports_open_one_issue_per_model_and_comment_once_per_revision() {
 }
 
 #[test]
+fn a_report_a_stopped_registry_did_not_send_is_sent_at_its_next_start() {
+    let Fixture { tmp, hub, .. } = fixture(HUB_TOKEN, true, hub::Mode::Regular);
+    let gh = github::start("ghp_test_token");
+    // GitHub answers every call with a rate limit for now.
+    gh.gh.rate_limited.store(1_000_000, Ordering::SeqCst);
+    let data = tmp.path().join("data");
+    let env = [
+        ("GITHUB_TOKEN", "ghp_test_token"),
+        ("GITHUB_API_URL", gh.url.as_str()),
+    ];
+    let toml = "[github_repos]\nacme = \"acme-gh/models\"\n";
+    let mut reg = Registry::start_with_config(&data, &hub.url, &env, toml);
+    let job = reg.wait_job(reg.deliver(), Duration::from_secs(120));
+    assert_eq!(job["state"], "done", "{job}");
+    reg.wait_log("GitHub report (attempt 1)", Duration::from_secs(60));
+    reg.kill();
+    assert!(gh.gh.issues("acme-gh/models").is_empty());
+    // GitHub is back; the next start sends the report the stopped process owed.
+    gh.gh.rate_limited.store(0, Ordering::SeqCst);
+    let reg = Registry::start_with_config(&data, &hub.url, &env, toml);
+    let t0 = Instant::now();
+    while gh
+        .gh
+        .issues("acme-gh/models")
+        .iter()
+        .map(|i| i.comments.len())
+        .sum::<usize>()
+        < 1
+    {
+        assert!(
+            t0.elapsed() < Duration::from_secs(60),
+            "the report never came"
+        );
+        std::thread::sleep(Duration::from_millis(100));
+    }
+    reg.wait_log("GitHub report Created", Duration::from_secs(30));
+    drop(reg);
+    // Another start looks again and adds nothing (the comment says it already).
+    let reg = Registry::start_with_config(&data, &hub.url, &env, toml);
+    reg.wait_log("GitHub report Unchanged", Duration::from_secs(60));
+    let issues = gh.gh.issues("acme-gh/models");
+    assert_eq!(issues.len(), 1);
+    assert_eq!(issues[0].comments.len(), 1);
+}
+
+#[test]
 fn reports_need_credentials_and_a_well_formed_mapping() {
     let tmp = tempfile::tempdir().expect("tmp");
     for (k, (toml, token, says)) in [
