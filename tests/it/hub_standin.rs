@@ -35,8 +35,12 @@
 
 #![allow(dead_code)]
 
+// (Each stand-in includes the server helper; the `it` binary holds both stand-ins.)
+#[allow(clippy::duplicate_mod)]
+#[path = "standin_server.rs"]
+mod server;
+
 use std::collections::BTreeMap;
-use std::net::SocketAddr;
 use std::path::{Path, PathBuf};
 use std::sync::atomic::{AtomicUsize, Ordering};
 use std::sync::{Arc, Mutex};
@@ -1033,22 +1037,7 @@ pub fn start_with(models: Vec<ModelRepo>, token: &str, gate_open: bool, mode: Mo
         .route("/lfs/verify", post(lfs_verify))
         .route("/{o}/{n}/resolve/{rev}/{*path}", get(resolve))
         .with_state(hub.clone());
-    let (tx, rx) = std::sync::mpsc::channel::<SocketAddr>();
-    let thread = std::thread::spawn(move || {
-        let rt = tokio::runtime::Builder::new_multi_thread()
-            .worker_threads(2)
-            .enable_all()
-            .build()
-            .expect("runtime");
-        rt.block_on(async move {
-            let l = tokio::net::TcpListener::bind("127.0.0.1:0")
-                .await
-                .expect("bind");
-            tx.send(l.local_addr().expect("addr")).expect("send");
-            axum::serve(l, app).await.expect("serve");
-        });
-    });
-    let addr = rx.recv().expect("stand-in address");
+    let (addr, thread) = server::serve(app);
     hub.inner.lock().expect("lock").base_url = format!("http://{addr}");
     Running {
         url: format!("http://{addr}"),

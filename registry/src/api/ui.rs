@@ -176,7 +176,14 @@ async fn filtered_jobs(ctx: &Arc<Ctx>, f: &Filter) -> Result<(Vec<JobRow>, i64),
             ));
         }
     }
-    let (jobs, total) = db(ctx, move |s| s.jobs(state, JOB_WINDOW, 0))
+    // Without a kind filter the store gives exactly the rows shown (the page's script asks
+    // every 2 s); with one, a window of the newest jobs is filtered here.
+    let window = if kind.is_some() {
+        JOB_WINDOW
+    } else {
+        JOB_ROWS as i64
+    };
+    let (jobs, total) = db(ctx, move |s| s.jobs(state, window, 0))
         .await
         .map_err(|e| store_error(ctx, e))?;
     let rows = jobs
