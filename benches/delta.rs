@@ -5,7 +5,8 @@
 //!
 //!     TENPAK_FIXTURES=... cargo bench --bench delta
 //!
-//! Every delta family is measured: exact (two zstd levels), sign x scale, the lossy
+//! Every delta family is measured: exact (the coded layout, and the planes layout at two
+//! zstd levels), sign x scale, the lossy
 //! families `--delta auto` chooses from, and the grid against the base stored as INT4
 //! g128 (as `balanced` stores an MLP matrix). The output `apply` writes is f32 (4 bytes
 //! per weight): the f32 output rate is twice the figure printed.
@@ -85,8 +86,17 @@ fn bench(c: &mut Criterion) {
         };
         let mut codecs: Vec<(String, Box<dyn DeltaCodec>, &BaseView<'_>)> = vec![
             (
-                "exact_l19".into(),
+                "exact_coded".into(),
                 Box::new(DeltaExact::new(DType::BF16)),
+                &view,
+            ),
+            (
+                "exact_l19".into(),
+                Box::new(DeltaExact {
+                    dtype: DType::BF16,
+                    level: 19,
+                    layout: tenpak::codec::delta_exact::Layout::Planes,
+                }),
                 &view,
             ),
             (
@@ -94,6 +104,7 @@ fn bench(c: &mut Criterion) {
                 Box::new(DeltaExact {
                     dtype: DType::BF16,
                     level: 9,
+                    layout: tenpak::codec::delta_exact::Layout::Planes,
                 }),
                 &view,
             ),
@@ -117,13 +128,13 @@ fn bench(c: &mut Criterion) {
             },
         ] {
             let c = choice
-                .codec(DType::BF16, 19, 1.5)
+                .codec(DType::BF16, Default::default(), 1.5)
                 .expect("codec")
                 .expect("has bytes");
             codecs.push((choice.label().replace(['+', ' '], ""), c, &view));
         }
         let grid = Choice::Grid
-            .codec(DType::BF16, 19, 1.5)
+            .codec(DType::BF16, Default::default(), 1.5)
             .expect("codec")
             .expect("has bytes");
         codecs.push(("grid_on_int4_g128".into(), grid, &grid_view));

@@ -21,8 +21,9 @@ pub const MAGIC: [u8; 8] = *b"\x89TNPK\r\n\x1a";
 pub const HEADER_LEN: usize = 128;
 /// Major version this code reads and writes.
 pub const MAJOR: u16 = 1;
-/// Minor version this code writes (1.2: delta artifacts, `docs/FORMAT.md` §6).
-pub const MINOR: u16 = 2;
+/// Minor version this code writes (1.2: delta artifacts, `docs/FORMAT.md` §6; 1.3: codec ids
+/// 13 `factored` and 14 `delta_exact_coded`).
+pub const MINOR: u16 = 3;
 /// Default chunk alignment (direct I/O and GPU copies).
 pub const DEFAULT_ALIGNMENT: u64 = 4096;
 /// Default largest chunk.

@@ -53,6 +53,12 @@ pub struct DeltaArgs {
     #[arg(long, default_value_t = tenpak::codec::delta_exact::DEFAULT_LEVEL,
           value_parser = clap::value_parser!(i32).range(1..=22), requires = "base")]
     pub delta_level: i32,
+    /// The exact delta's entropy stage: coded (Huffman codes with the base's exponent as
+    /// context, in the values' natural order; decodes several times faster) or planes
+    /// (byte planes in exponent order through zstd at --delta-level; the layout of
+    /// format 1.3, for readers that predate 1.4). f32 tensors always use planes.
+    #[arg(long, value_enum, default_value = "coded", requires = "base")]
+    pub delta_exact_layout: ExactLayout,
     /// On a quantized base's grid (`grid`, and `auto`'s grid candidate), let a group take
     /// its own scale and offset where they lose less than this times the error on the
     /// base's (0: keep every group's grid; 1: refit wherever it lowers the error; larger:
@@ -248,7 +254,10 @@ fn run_delta(
     let dopts = tenpak::delta::DeltaOptions {
         mode: a.delta.delta,
         bits_per_weight: a.delta.delta_bits_per_weight,
-        level: a.delta.delta_level,
+        entropy: tenpak::delta::choose::Entropy {
+            level: a.delta.delta_level,
+            layout: a.delta.delta_exact_layout.into(),
+        },
         grid_refit: a.delta.delta_grid_refit,
         calib: opts.calib.clone(),
     };
@@ -327,5 +336,23 @@ fn parse_refit(s: &str) -> Result<f32, String> {
     match s.parse::<f32>() {
         Ok(v) if v >= 0.0 && v.is_finite() => Ok(v),
         _ => Err(format!("{s} is not a non-negative ratio")),
+    }
+}
+
+/// `--delta-exact-layout`.
+#[derive(Debug, Clone, Copy, clap::ValueEnum)]
+pub enum ExactLayout {
+    /// Context-coded Huffman (format 1.4).
+    Coded,
+    /// zstd byte planes (format 1.3).
+    Planes,
+}
+
+impl From<ExactLayout> for tenpak::codec::delta_exact::Layout {
+    fn from(l: ExactLayout) -> Self {
+        match l {
+            ExactLayout::Coded => Self::Coded,
+            ExactLayout::Planes => Self::Planes,
+        }
     }
 }

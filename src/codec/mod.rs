@@ -46,6 +46,7 @@ pub mod factored;
 pub mod gptq;
 pub mod group;
 pub mod header;
+pub mod huffman;
 pub mod int4;
 pub mod int4_residual;
 pub mod lowrank;

@@ -37,6 +37,7 @@ pub const ENCODINGS: &[EncodingRow] = &[
     lowrank::ENCODING,
     lowrank::ENCODING_SUM,
     delta_exact::ENCODING,
+    delta_exact::ENCODING_CODED,
     delta_sign::ENCODING,
     delta_add::ENCODING,
     delta_grid::ENCODING,

@@ -14,7 +14,7 @@ use serde::Serialize;
 
 use crate::calib::Calib;
 use crate::codec::delta_add::DeltaAdd;
-use crate::codec::delta_exact::DeltaExact;
+use crate::codec::delta_exact::{DeltaExact, Layout};
 use crate::codec::delta_grid::DeltaGrid;
 use crate::codec::delta_sign::DeltaSign;
 use crate::codec::factored::QuantLowRank;
@@ -47,6 +47,25 @@ pub enum DeltaMode {
     Adapter,
 }
 
+/// The entropy stage of the lossless delta encodings: zstd level (1..=22) and
+/// `delta_exact`'s layout.
+#[derive(Debug, Clone, Copy)]
+pub struct Entropy {
+    /// zstd level of the zstd-coded parts (decode speed does not depend on it).
+    pub level: i32,
+    /// `delta_exact`'s layout.
+    pub layout: Layout,
+}
+
+impl Default for Entropy {
+    fn default() -> Self {
+        Self {
+            level: codec::delta_exact::DEFAULT_LEVEL,
+            layout: Layout::Coded,
+        }
+    }
+}
+
 /// Options of a delta pack.
 #[derive(Debug, Clone)]
 pub struct DeltaOptions {
@@ -54,8 +73,8 @@ pub struct DeltaOptions {
     pub mode: DeltaMode,
     /// `auto`'s budget: bits per weight of the whole delta file (every byte counted).
     pub bits_per_weight: f64,
-    /// zstd level of the entropy-coded encodings (1..=22).
-    pub level: i32,
+    /// The entropy stage of the lossless encodings.
+    pub entropy: Entropy,
     /// Calibration statistics (weights the error by each input channel's energy).
     pub calib: Option<Arc<Calib>>,
     /// On the base's grid, a group takes its own scale and offset where they lose less
@@ -75,7 +94,7 @@ impl Default for DeltaOptions {
         Self {
             mode: DeltaMode::Auto,
             bits_per_weight: 2.0,
-            level: codec::delta_exact::DEFAULT_LEVEL,
+            entropy: Entropy::default(),
             calib: None,
             grid_refit: DEFAULT_GRID_REFIT,
         }
@@ -163,9 +182,10 @@ impl Choice {
     pub fn codec(
         &self,
         dtype: DType,
-        level: i32,
+        entropy: Entropy,
         grid_refit: f32,
     ) -> Result<Option<Box<dyn DeltaCodec>>> {
+        let level = entropy.level;
         let int = |bits: u32, group: usize| -> Result<Box<dyn codec::Codec>> {
             Ok(Box::new(Int4::with_bits(
                 bits,
@@ -182,7 +202,11 @@ impl Choice {
         };
         Ok(match *self {
             Choice::Reference | Choice::Drop | Choice::Full | Choice::Adapter { .. } => None,
-            Choice::Exact => Some(Box::new(DeltaExact { dtype, level })),
+            Choice::Exact => Some(Box::new(DeltaExact {
+                dtype,
+                level,
+                layout: entropy.layout,
+            })),
             Choice::Sign => Some(Box::new(DeltaSign)),
             Choice::Int { bits, group } => Some(add(int(bits, group)?)),
             Choice::LowRank { rank } => Some(add(Box::new(LowRank::new(rank)?))),
@@ -282,7 +306,7 @@ pub fn measure(
     rows: usize,
     cols: usize,
     dtype: DType,
-    level: i32,
+    entropy: Entropy,
     grid_refit: f32,
     h: Option<&[f32]>,
 ) -> Result<Option<Measured>> {
@@ -294,7 +318,7 @@ pub fn measure(
         v
     });
     let (bytes, recon): (Vec<u8>, std::borrow::Cow<'_, [f32]>) =
-        match choice.codec(dtype, level, grid_refit)? {
+        match choice.codec(dtype, entropy, grid_refit)? {
             None => (vec![], std::borrow::Cow::Borrowed(base.values)),
             Some(c) => {
                 let Some(bytes) = c.encode(ft, base, rows, cols, importance.as_deref())? else {

@@ -22,6 +22,6 @@ pub mod pack;
 pub mod source;
 
 pub use adapter::pack_adapter;
-pub use choose::{Choice, DeltaMode, DeltaOptions};
+pub use choose::{Choice, DeltaMode, DeltaOptions, Entropy};
 pub use pack::{check_compatible, pack_delta, DeltaReport, DeltaTensorReport};
 pub use source::DeltaSource;

@@ -237,7 +237,7 @@ fn offer(
             rows,
             cols,
             meta.dtype,
-            opts.level,
+            opts.entropy,
             opts.grid_refit,
             h.as_deref(),
         )
@@ -256,7 +256,7 @@ fn offer(
             rows,
             cols,
             meta.dtype,
-            opts.level,
+            opts.entropy,
             opts.grid_refit,
             None,
         )?

@@ -56,7 +56,10 @@ fn opts(mode: DeltaMode, bits: f64) -> DeltaOptions {
     DeltaOptions {
         mode,
         bits_per_weight: bits,
-        level: 9,
+        entropy: tenpak::delta::choose::Entropy {
+            level: 9,
+            ..Default::default()
+        },
         calib: None,
         grid_refit: 0.0,
     }
@@ -110,7 +113,7 @@ fn exact_delta_reconstructs_the_fine_tune_bit_for_bit_and_references_untouched_t
     );
     // The side files equal the base's: none is repeated.
     assert!(m.manifest().files.is_empty(), "{:?}", m.manifest().files);
-    assert_eq!(m.header().minor, 2);
+    assert_eq!(m.header().minor, tenpak::artifact::format::MINOR);
 }
 
 #[test]
