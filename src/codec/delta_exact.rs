@@ -610,9 +610,11 @@ const MAX_SHIFT: u32 = 12;
 /// The escape symbol: the whole 16-bit difference follows.
 const ESCAPE: usize = 255;
 
-/// Bytes of zero padding after a block's streams, so that reading the next 8 bytes at any
-/// position inside them stays in the buffer.
-const STREAM_PAD: usize = 8;
+/// A decoder reads a block's streams from a buffer of `STREAM_SPAN + 8` bytes at byte
+/// offsets masked to `STREAM_SPAN` (a power of two): every 8-byte read is in bounds by
+/// construction, with no check or clamp per value. A valid block's streams take at most
+/// `BLOCK` values x (10 + 16) bits (< 2^20 bytes); longer ones are refused.
+const STREAM_SPAN: usize = 1 << 20;
 
 /// Decode table entries. Where a symbol's code and its raw bits fit in the
 /// `huffman::MAX_LEN` bits a lookup sees (most values), the entry resolves the whole value
@@ -737,6 +739,30 @@ fn encode_coded_block(dtype: DType, f: &[f32], b: &[f32]) -> std::io::Result<Vec
         per[ctx(p)].push(z);
     }
     let codes: Vec<ContextCode> = per.iter().map(|zs| best_code(zs)).collect();
+    if std::env::var_os("TENPAK_CODED_STATS").is_some() {
+        for (c, (code, zs)) in codes.iter().zip(&per).enumerate() {
+            let slow = zs
+                .iter()
+                .filter(|&&z| {
+                    let (s, r) = symbol(u32::from(z), code.shift);
+                    u32::from(code.lengths.get(s).copied().unwrap_or(0)) + r
+                        > super::huffman::MAX_LEN
+                })
+                .count();
+            let esc = zs
+                .iter()
+                .filter(|&&z| symbol(u32::from(z), code.shift).0 == ESCAPE)
+                .count();
+            eprintln!(
+                "ctx {} n {} shift {} slow {} esc {}",
+                c + lo,
+                zs.len(),
+                code.shift,
+                slow,
+                esc
+            );
+        }
+    }
     let mut desc = vec![lo as u8, contexts as u8];
     for c in &codes {
         match (c.used, c.single) {
@@ -779,11 +805,19 @@ fn encode_coded_block(dtype: DType, f: &[f32], b: &[f32]) -> std::io::Result<Vec
     Ok(out)
 }
 
-/// A decoder's per-thread buffers, kept across blocks (the tables are 8 KiB per context).
+/// One context's decode table.
+type Table = [u32; 1 << super::huffman::MAX_LEN];
+
+/// Entries of every context's table together, rounded up to 2^16 so that any u16 context
+/// offset plus a code index is in bounds by its type (no mask or check per value; the
+/// entries past the contexts' tables are never filled and never read by valid data).
+const TABLES_LEN: usize = 1 << 16;
+
+/// A decoder's per-thread buffers, kept across blocks (the tables are 4 KiB per context).
 #[derive(Default)]
 struct CodedScratch {
-    tables: Vec<u32>,
-    streams: Vec<u8>,
+    tables: Vec<Table>,
+    streams: Option<Box<[u8; STREAM_SPAN + 8]>>,
     patterns: Vec<u32>,
 }
 
@@ -817,8 +851,6 @@ fn decode_coded_block_in(
     out: &mut [f32],
     scratch: &mut CodedScratch,
 ) -> Result<()> {
-    let n = out.len();
-    let table_len = 1usize << super::huffman::MAX_LEN;
     // The description: contexts and their codes.
     let desc_len = read_u32(bytes, 0, "block description length")? as usize;
     let packed = bytes
@@ -840,11 +872,15 @@ fn decode_coded_block_in(
         }
         _ => return Err(truncated("block description", 2, desc.len())),
     };
-    scratch.tables.clear();
-    scratch.tables.resize(contexts * table_len, TRAP | SLOW);
+    // Allocated once per thread; each block writes every entry of its contexts' tables
+    // (the others are never read: a value's context is clamped to the block's).
+    scratch.tables.resize(
+        TABLES_LEN >> super::huffman::MAX_LEN,
+        [TRAP | SLOW; 1 << super::huffman::MAX_LEN],
+    );
     let mut at = 2;
     for c in 0..contexts {
-        let table = &mut scratch.tables[c * table_len..(c + 1) * table_len];
+        let table = &mut scratch.tables[c];
         let (kind, shift) = match desc.get(at..at + 2) {
             Some(&[k, s]) => (k, u32::from(s)),
             _ => return Err(truncated("context description", at + 2, desc.len())),
@@ -864,7 +900,7 @@ fn decode_coded_block_in(
             }
         };
         match kind {
-            0 => {} // unused: every entry traps
+            0 => table.fill(TRAP | SLOW), // unused: every entry traps
             1 => {
                 let s = *desc
                     .get(at)
@@ -910,13 +946,21 @@ fn decode_coded_block_in(
             actual: bytes.len() as u64,
         }));
     }
-    scratch.streams.clear();
-    scratch.streams.extend_from_slice(&bytes[streams_at..]);
-    scratch.streams.extend_from_slice(&[0; STREAM_PAD]);
-    let mut map = [0u32; 256];
-    for (e, m) in map.iter_mut().enumerate() {
-        *m = (e.saturating_sub(lo).min(contexts - 1) * table_len) as u32;
+    if total > STREAM_SPAN {
+        return Err(corrupt(Corruption::Field {
+            field: "bytes of a block's streams",
+            value: total as u64,
+        }));
     }
+    let streams = scratch.streams.get_or_insert_with(|| {
+        match vec![0u8; STREAM_SPAN + 8].into_boxed_slice().try_into() {
+            Ok(b) => b,
+            Err(_) => unreachable!("the length is the array's"),
+        }
+    });
+    // The streams, then zeros where the last values' reads may look (8 bytes).
+    streams[..total].copy_from_slice(&bytes[streams_at..]);
+    streams[total..total + 8].fill(0);
     let starts = {
         let mut s = [0usize; LANES_CODED];
         for k in 1..LANES_CODED {
@@ -924,39 +968,56 @@ fn decode_coded_block_in(
         }
         s
     };
-    let walk = Walk {
-        tables: &scratch.tables,
-        streams: &scratch.streams,
-        map: &map,
+    let Ok(tables) = <&[u32; TABLES_LEN]>::try_from(scratch.tables.as_flattened()) else {
+        unreachable!("resized to TABLES_LEN entries above")
     };
-    let (pos, trap) = match dtype {
-        DType::BF16 if base.iter().fold(0u32, |a, x| a | x.to_bits()) & 0xffff == 0 => walk.run(
-            n,
-            starts,
-            |i| base[i].to_bits() >> 16,
+    let walk = Walk {
+        tables,
+        streams,
+        lo: lo as u32,
+        last: (lo + contexts - 1) as u32,
+    };
+    let general = |walk: &Walk<'_>, out: &mut [f32], pats: &mut Vec<u32>| {
+        pats.clear();
+        pats.extend(base_bits(dtype, base));
+        let exp = if dtype == DType::BF16 {
+            (7, 0xff)
+        } else {
+            (10, 0x1f)
+        };
+        let finish = |z: u32, p: u32| {
+            let r = undo(z, p, 16, 0xffff);
+            if dtype == DType::BF16 {
+                f32::from_bits(r << 16)
+            } else {
+                half::f16::from_bits(r as u16).to_f32()
+            }
+        };
+        walk.run(pats, |p| p, |_| 0, exp, starts, out, finish)
+    };
+    let (pos, trap) = if dtype == DType::BF16 {
+        // A base stored as bf16 (the usual case): its pattern is the high half of the
+        // f32, read on the fly; a value with low bits set (a base that is not exact bf16)
+        // is noticed as the walk goes, and the block is decoded again the general way.
+        let fast = walk.run(
+            base,
+            |x| x.to_bits() >> 16,
+            |x| x.to_bits() & 0xffff,
             (7, 0xff),
+            starts,
             out,
             |z, p| f32::from_bits(undo(z, p, 16, 0xffff) << 16),
-        ),
-        _ => {
-            let pats = &mut scratch.patterns;
-            pats.clear();
-            pats.extend(base_bits(dtype, base));
-            let exp = if dtype == DType::BF16 {
-                (7, 0xff)
-            } else {
-                (10, 0x1f)
-            };
-            let finish = |z: u32, p: u32| {
-                let r = undo(z, p, 16, 0xffff);
-                if dtype == DType::BF16 {
-                    f32::from_bits(r << 16)
-                } else {
-                    half::f16::from_bits(r as u16).to_f32()
-                }
-            };
-            walk.run(n, starts, |i| pats[i], exp, out, finish)
+        );
+        match fast {
+            (pos, trap, 0) => (pos, trap),
+            _ => {
+                let (pos, trap, _) = general(&walk, out, &mut scratch.patterns);
+                (pos, trap)
+            }
         }
+    } else {
+        let (pos, trap, _) = general(&walk, out, &mut scratch.patterns);
+        (pos, trap)
     };
     if trap {
         return Err(corrupt(Corruption::Stream(
@@ -976,30 +1037,41 @@ fn decode_coded_block_in(
 
 /// The decode walk of a context-coded block.
 struct Walk<'a> {
-    tables: &'a [u32],
-    streams: &'a [u8],
-    map: &'a [u32; 256],
+    /// Every context's table, one after another.
+    tables: &'a [u32; TABLES_LEN],
+    streams: &'a [u8; STREAM_SPAN + 8],
+    /// The exponent of context 0, and of the last context.
+    lo: u32,
+    last: u32,
 }
 
 impl Walk<'_> {
     /// One value of a lane: the next 8 bytes at the lane's bit position (0 past the
     /// buffer: a corrupt stream, caught by the position check after the walk), the entry
-    /// of the value's context, then the raw bits after the code.
+    /// of the value's context, then (slow entries only) the raw bits after the code.
     #[inline(always)]
-    fn step(&self, pos: &mut usize, ctx: u32, trap: &mut u32) -> u16 {
-        let i = *pos >> 3;
-        let word = self
-            .streams
-            .get(i..i + 8)
-            .and_then(|s| <[u8; 8]>::try_from(s).ok())
-            .map_or(0, u64::from_le_bytes)
-            >> (*pos & 7);
-        let t =
-            self.tables[(ctx as usize) | (word as usize & ((1 << super::huffman::MAX_LEN) - 1))];
+    /// `ctx`: the context's first entry (context << MAX_LEN).
+    fn step(&self, pos: &mut usize, ctx: u16, trap: &mut u32) -> u16 {
+        // Masked, not checked: a position past the streams (a corrupt stream) reads
+        // other bytes of the buffer, and the position check after the walk reports it.
+        let at = (*pos >> 3) & (STREAM_SPAN - 1);
+        let bytes = &self.streams[at..at + 8];
+        let word = u64::from_le_bytes([
+            bytes[0], bytes[1], bytes[2], bytes[3], bytes[4], bytes[5], bytes[6], bytes[7],
+        ]) >> (*pos & 7);
+        let index = usize::from(ctx) | (word as usize & ((1 << super::huffman::MAX_LEN) - 1));
+        let t = self.tables[index & (TABLES_LEN - 1)];
         if t & SLOW == 0 {
             *pos += (t >> 16) as usize;
             return t as u16;
         }
+        Self::slow(pos, t, word, trap)
+    }
+
+    /// A slow entry: the raw bits after the code (or a trap).
+    #[cold]
+    #[inline(never)]
+    fn slow(pos: &mut usize, t: u32, word: u64, trap: &mut u32) -> u16 {
         *trap |= t;
         let len = t >> 16 & 31;
         let raw_bits = t >> 21 & 31;
@@ -1008,59 +1080,81 @@ impl Walk<'_> {
         ((t & 0xffff) | raw) as u16
     }
 
-    /// Decodes `n` values: `pattern(i)` is the base's 16-bit pattern of value `i`, its
-    /// exponent field `pattern >> exp.0 & exp.1`; `finish(z, pattern)` the output.
-    /// Returns the lanes' final bit positions and whether a trap entry was hit.
+    /// Decodes the block's values against `base`: `pattern(x)` is a base value's 16-bit
+    /// pattern, its exponent field `pattern >> exp.0 & exp.1`, `finish(z, pattern)` the
+    /// output value; `check(x)` is OR-ed over every base value and returned (non-zero:
+    /// the fast path does not apply). Returns the lanes' final bit positions, whether a
+    /// trap entry was hit, and the check.
     #[inline(always)]
-    fn run(
+    #[allow(clippy::too_many_arguments)]
+    fn run<T: Copy>(
         &self,
-        n: usize,
-        mut pos: [usize; LANES_CODED],
-        pattern: impl Fn(usize) -> u32,
+        base: &[T],
+        pattern: impl Fn(T) -> u32,
+        check: impl Fn(T) -> u32,
         exp: (u32, u32),
+        mut pos: [usize; LANES_CODED],
         out: &mut [f32],
         finish: impl Fn(u32, u32) -> f32,
-    ) -> ([usize; LANES_CODED], bool) {
+    ) -> ([usize; LANES_CODED], bool, u32) {
         const CHUNK: usize = 256;
+        let n = base.len();
         let m = n / LANES_CODED;
         let mut trap = 0u32;
-        let ctx = |p: u32| self.map[(p >> exp.0 & exp.1) as usize];
+        let mut checked = 0u32;
+        // A value's context: its exponent clamped to [lo, last], less lo (branch-free
+        // arithmetic, computed for a chunk of each lane at a time: it vectorizes).
+        let ctx = |x: T| {
+            (((pattern(x) >> exp.0 & exp.1).clamp(self.lo, self.last) - self.lo)
+                << super::huffman::MAX_LEN) as u16
+        };
         let mut zs = [[0u16; CHUNK]; LANES_CODED];
+        let mut cs = [[0u16; CHUNK]; LANES_CODED];
         let mut j = 0;
         while j < m {
             let len = CHUNK.min(m - j);
+            let b: [&[T]; LANES_CODED] = std::array::from_fn(|k| &base[k * m + j..][..len]);
+            for (c, b) in cs.iter_mut().zip(&b) {
+                for (c, &x) in c.iter_mut().zip(b.iter()) {
+                    *c = ctx(x);
+                }
+            }
             // The eight lanes' cursors as eight locals, the steps written out: each
             // lane's chain (stream load, table load, advance) overlaps the others'.
             let [mut p0, mut p1, mut p2, mut p3, mut p4, mut p5, mut p6, mut p7] = pos;
+            let [c0, c1, c2, c3, c4, c5, c6, c7] = &cs;
             let [z0, z1, z2, z3, z4, z5, z6, z7] = &mut zs;
             for i in 0..len {
-                let at = j + i;
-                z0[i] = self.step(&mut p0, ctx(pattern(at)), &mut trap);
-                z1[i] = self.step(&mut p1, ctx(pattern(m + at)), &mut trap);
-                z2[i] = self.step(&mut p2, ctx(pattern(2 * m + at)), &mut trap);
-                z3[i] = self.step(&mut p3, ctx(pattern(3 * m + at)), &mut trap);
-                z4[i] = self.step(&mut p4, ctx(pattern(4 * m + at)), &mut trap);
-                z5[i] = self.step(&mut p5, ctx(pattern(5 * m + at)), &mut trap);
-                z6[i] = self.step(&mut p6, ctx(pattern(6 * m + at)), &mut trap);
-                z7[i] = self.step(&mut p7, ctx(pattern(7 * m + at)), &mut trap);
+                z0[i] = self.step(&mut p0, c0[i], &mut trap);
+                z1[i] = self.step(&mut p1, c1[i], &mut trap);
+                z2[i] = self.step(&mut p2, c2[i], &mut trap);
+                z3[i] = self.step(&mut p3, c3[i], &mut trap);
+                z4[i] = self.step(&mut p4, c4[i], &mut trap);
+                z5[i] = self.step(&mut p5, c5[i], &mut trap);
+                z6[i] = self.step(&mut p6, c6[i], &mut trap);
+                z7[i] = self.step(&mut p7, c7[i], &mut trap);
             }
             pos = [p0, p1, p2, p3, p4, p5, p6, p7];
             for (k, z) in zs.iter().enumerate() {
-                let at = k * m + j;
-                for (i, (o, &z)) in out[at..at + len].iter_mut().zip(&z[..len]).enumerate() {
-                    *o = finish(u32::from(z), pattern(at + i));
+                let o = &mut out[k * m + j..][..len];
+                for ((o, &z), &x) in o.iter_mut().zip(&z[..len]).zip(b[k]) {
+                    checked |= check(x);
+                    *o = finish(u32::from(z), pattern(x));
                 }
             }
             j += len;
         }
         // The last lane's remainder.
         let k = LANES_CODED - 1;
-        for i in LANES_CODED * m..n {
-            let p = pattern(i);
-            let z = self.step(&mut pos[k], ctx(p), &mut trap);
-            out[i] = finish(u32::from(z), p);
+        for (o, &x) in out[LANES_CODED * m..]
+            .iter_mut()
+            .zip(&base[LANES_CODED * m..])
+        {
+            let z = self.step(&mut pos[k], ctx(x), &mut trap);
+            checked |= check(x);
+            *o = finish(u32::from(z), pattern(x));
         }
-        (pos, trap & TRAP != 0)
+        (pos, trap & TRAP != 0, checked)
     }
 }
 
