@@ -46,33 +46,53 @@ fn main() {
         }
         let root = std::env::var_os("TENPAK_FIXTURES")
             .map(PathBuf::from)
-            .or_else(|| std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tenpak-fixtures")))
+            .or_else(|| {
+                std::env::var_os("HOME").map(|h| PathBuf::from(h).join(".cache/tenpak-fixtures"))
+            })
             .expect("TENPAK_FIXTURES or HOME")
             .join("models");
         let b = HfModelDir::open(&root.join("smollm2-135m")).expect("base (scripts/fixtures.sh)");
-        let f = HfModelDir::open(&root.join("smollm2-135m-austen-ft")).expect("fine-tune (scripts/finetune.sh)");
-        (b.read_f32(name).expect("base tensor"), f.read_f32(name).expect("fine-tune tensor"))
+        let f = HfModelDir::open(&root.join("smollm2-135m-austen-ft"))
+            .expect("fine-tune (scripts/finetune.sh)");
+        (
+            b.read_f32(name).expect("base tensor"),
+            f.read_f32(name).expect("fine-tune tensor"),
+        )
     };
-    let pool = rayon::ThreadPoolBuilder::new().num_threads(1).build().expect("pool");
+    let pool = rayon::ThreadPoolBuilder::new()
+        .num_threads(1)
+        .build()
+        .expect("pool");
     for name in &names {
         let (base, ft) = pair(name);
         if let Some(dir) = std::env::var_os("DELTA_DUMP") {
             for (v, ext) in [(&base, "base"), (&ft, "ft")] {
-                let bytes: Vec<u8> = v.iter().flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes()).collect();
-                std::fs::write(PathBuf::from(&dir).join(format!("{name}.{ext}")), bytes).expect("dump");
+                let bytes: Vec<u8> = v
+                    .iter()
+                    .flat_map(|x| ((x.to_bits() >> 16) as u16).to_le_bytes())
+                    .collect();
+                std::fs::write(PathBuf::from(&dir).join(format!("{name}.{ext}")), bytes)
+                    .expect("dump");
             }
             continue;
         }
         let n = base.len();
-        let view = BaseView { values: &base, encoded: None };
+        let view = BaseView {
+            values: &base,
+            encoded: None,
+        };
         let layouts = [("coded", Layout::Coded), ("planes_l19", Layout::Planes)];
         let encs: Vec<Vec<u8>> = layouts
             .iter()
             .map(|&(_, layout)| {
-                DeltaExact { dtype: DType::BF16, level: 19, layout }
-                    .encode(&ft, &view, 1, n, None)
-                    .expect("encode")
-                    .expect("applies")
+                DeltaExact {
+                    dtype: DType::BF16,
+                    level: 19,
+                    layout,
+                }
+                .encode(&ft, &view, 1, n, None)
+                .expect("encode")
+                .expect("applies")
             })
             .collect();
         let mut times = vec![vec![]; 3];
@@ -85,7 +105,10 @@ fn main() {
                     let t = Instant::now();
                     tenpak::codec::apply(e, &view, &mut out).expect("apply");
                     times[k].push(t.elapsed().as_secs_f64());
-                    assert!(out.iter().zip(&ft).all(|(a, b)| a.to_bits() == b.to_bits()), "not exact");
+                    assert!(
+                        out.iter().zip(&ft).all(|(a, b)| a.to_bits() == b.to_bits()),
+                        "not exact"
+                    );
                 }
                 let t = Instant::now();
                 dst.copy_from_slice(std::hint::black_box(&src));
