@@ -56,6 +56,10 @@ pub const ENCODING_CODED: EncodingRow = EncodingRow {
 
 /// Values per independently compressed block (blocks encode and decode in parallel).
 pub const BLOCK: usize = 1 << 18;
+const _: () = assert!(
+    BLOCK <= MAX_CODED_BLOCK,
+    "the coded layout decodes blocks of at most 2^18 values"
+);
 
 /// zstd level of [`DeltaExact::new`]'s default (`--delta-level`).
 pub const DEFAULT_LEVEL: i32 = 19;
@@ -385,7 +389,11 @@ fn apply(h: &Header, bytes: &[u8], base: &BaseView<'_>, out: &mut [f32], _: Deco
         }));
     };
     let block = u32::from_le_bytes([block[0], block[1], block[2], block[3]]) as usize;
-    if block == 0 || block > 1 << 28 {
+    let max_block = match layout {
+        Layout::Planes => 1 << 28,
+        Layout::Coded => MAX_CODED_BLOCK,
+    };
+    if block == 0 || block > max_block {
         return Err(corrupt(Corruption::Field {
             field: "block size",
             value: block as u64,
@@ -578,7 +586,7 @@ fn apply_bf16_lanes(lo: &[u8], hi: &[u8], base: &[f32], out: &mut [f32]) -> bool
 }
 
 // ---------------------------------------------------------------------------------------
-// Layout 1: context-coded (16-bit dtypes).
+// Codec 14, `delta_exact_coded`: the context-coded layout (16-bit dtypes).
 //
 // The planes layout codes the differences in the base's exponent order so that zstd's
 // per-block Huffman tables see one exponent's distribution at a time; the decoder then
@@ -622,13 +630,17 @@ const ESCAPE: usize = 255;
 
 /// A decoder reads a block's streams from a buffer of `STREAM_SPAN + 8` bytes at byte
 /// offsets masked to `STREAM_SPAN` (a power of two): every 8-byte read is in bounds by
-/// construction, with no check or clamp per value. A valid block's streams take at most
-/// `BLOCK` values x (10 + 16) bits (< 2^20 bytes); longer ones are refused.
+/// construction, with no check or clamp per value. A block holds at most
+/// [`MAX_CODED_BLOCK`] values, whose streams take at most 2^18 x (10 + 16) bits (< 2^20
+/// bytes); longer streams are refused.
 const STREAM_SPAN: usize = 1 << 20;
+
+/// Values per block at most in the coded layout (the writer's [`BLOCK`]).
+const MAX_CODED_BLOCK: usize = 1 << 18;
 
 /// Decode table entries. Where a symbol's code and its raw bits fit in the
 /// `huffman::MAX_LEN` bits a lookup sees (most values), the entry resolves the whole value
-/// (`z | bits << 16`, bit 31 clear). Otherwise (an escape's 16 raw bits, or a long code
+/// (`z | (code length + raw bits) << 16`, bit 31 clear). Otherwise (an escape's 16 raw bits, or a long code
 /// followed by many raw bits) it is *slow*: `(symbol << raw) | length << 16 | raw << 21 |
 /// SLOW`, and the raw bits are read after it. A context no value may use has slow entries
 /// with `TRAP` set (a corrupt stream).
@@ -749,30 +761,6 @@ fn encode_coded_block(dtype: DType, f: &[f32], b: &[f32]) -> std::io::Result<Vec
         per[ctx(p)].push(z);
     }
     let codes: Vec<ContextCode> = per.iter().map(|zs| best_code(zs)).collect();
-    if std::env::var_os("TENPAK_CODED_STATS").is_some() {
-        for (c, (code, zs)) in codes.iter().zip(&per).enumerate() {
-            let slow = zs
-                .iter()
-                .filter(|&&z| {
-                    let (s, r) = symbol(u32::from(z), code.shift);
-                    u32::from(code.lengths.get(s).copied().unwrap_or(0)) + r
-                        > super::huffman::MAX_LEN
-                })
-                .count();
-            let esc = zs
-                .iter()
-                .filter(|&&z| symbol(u32::from(z), code.shift).0 == ESCAPE)
-                .count();
-            eprintln!(
-                "ctx {} n {} shift {} slow {} esc {}",
-                c + lo,
-                zs.len(),
-                code.shift,
-                slow,
-                esc
-            );
-        }
-    }
     let mut desc = vec![lo as u8, contexts as u8];
     for c in &codes {
         match (c.used, c.single) {
