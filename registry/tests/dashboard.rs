@@ -269,8 +269,25 @@ async fn retry_in_row(c: &Client, id: i64, token: &str) {
         .expect("click");
 }
 
+/// The browser's URL once `ok` holds for it, or after 15 s (a click returns before the
+/// navigation it starts has ended).
+async fn url_when(c: &Client, ok: impl Fn(&reqwest::Url) -> bool) -> reqwest::Url {
+    let deadline = Instant::now() + Duration::from_secs(15);
+    loop {
+        let url = c.current_url().await.expect("url");
+        if ok(&url) || Instant::now() > deadline {
+            return url;
+        }
+        tokio::time::sleep(Duration::from_millis(100)).await;
+    }
+}
+
+/// The text of the first element matching `css`, waiting for it to appear (a click that
+/// submits a form returns before the next page is there).
 async fn text_of(c: &Client, css: &str) -> String {
-    c.find(Locator::Css(css))
+    c.wait()
+        .at_most(Duration::from_secs(15))
+        .for_element(Locator::Css(css))
         .await
         .unwrap_or_else(|e| panic!("{css}: {e}"))
         .text()
@@ -321,7 +338,9 @@ fn the_dashboard_in_a_real_browser_follows_jobs_and_shows_models_as_the_api_does
             .await
             .expect("click");
     });
-    let url = rt.block_on(c.current_url()).expect("url");
+    let url = rt.block_on(url_when(&c, |u| {
+        u.path() == "/ui/models/acme/tiny-llama-tnpk"
+    }));
     assert_eq!(url.path(), "/ui/models/acme/tiny-llama-tnpk");
     let key_id = reg.get_json("/keys")["keys"][0]["id"]
         .as_str()
@@ -454,8 +473,10 @@ fn the_dashboard_in_a_real_browser_follows_jobs_and_shows_models_as_the_api_does
             .await
             .expect("failed jobs");
         retry_in_row(&c, failed, API_TOKEN).await;
-        let url = c.current_url().await.expect("url");
-        assert_eq!(url.query(), Some(format!("highlight={failed}").as_str()));
+        // The form's answer is a redirect to the highlighted row.
+        let want = format!("highlight={failed}");
+        let url = url_when(&c, |u| u.query() == Some(want.as_str())).await;
+        assert_eq!(url.query(), Some(want.as_str()));
     });
     let again = reg.wait_job(failed, Duration::from_secs(60));
     assert_eq!(again["attempts"], 1, "retried with a fresh count: {again}");
