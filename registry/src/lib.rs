@@ -176,9 +176,14 @@ pub const DELIVERIES_KEPT: i64 = 100_000;
 /// How old an unreferenced chunk-store piece must be before a sweep removes it.
 pub const SWEEP_GRACE: std::time::Duration = std::time::Duration::from_secs(24 * 3600);
 
-/// Longest a sweep holds the job store's sweep lease (jobs wait to declare pieces while
-/// it does): a sweep stops removing pieces a minute before it ends.
+/// Longest a sweep runs (jobs wait to declare pieces while it does): it stops removing
+/// pieces a minute before.
 pub const SWEEP_LEASE: std::time::Duration = std::time::Duration::from_secs(10 * 60);
+
+/// The sweep lease as taken and renewed: a sweeping process renews it every third of
+/// this while it sweeps, so a process killed mid-sweep holds it this long at most
+/// (rather than [`SWEEP_LEASE`], which would stall every job's store stage for minutes).
+pub const SWEEP_HEARTBEAT: std::time::Duration = std::time::Duration::from_secs(30);
 
 /// One round of housekeeping: prunes old webhook deliveries, removes the Hub-cache
 /// downloads of repositories no queued, running or waiting job needs (left by jobs that
@@ -210,17 +215,36 @@ pub fn maintenance(
             }
         }
     }
-    if !store.begin_sweep(SWEEP_LEASE)? {
+    if !store.begin_sweep(SWEEP_HEARTBEAT)? {
         tracing::info!("maintenance: another process is sweeping the chunk store");
         return Ok((pruned, chunks::Swept::default()));
     }
     let deadline = std::time::Instant::now() + SWEEP_LEASE - std::time::Duration::from_secs(60);
     // The mark, read under the lease: every declaration made before is in it, and none
     // is made until the lease is given back.
-    let swept = store
-        .referenced_pieces()
-        .map_err(anyhow::Error::from)
-        .and_then(|referenced| Ok(chunks.sweep(&referenced, grace, deadline)?));
+    let done = std::sync::atomic::AtomicBool::new(false);
+    let swept = std::thread::scope(|s| {
+        // The heartbeat: renews the lease while the sweep runs.
+        s.spawn(|| {
+            let beat = SWEEP_HEARTBEAT / 3;
+            let mut last = std::time::Instant::now();
+            while !done.load(std::sync::atomic::Ordering::Acquire) {
+                std::thread::sleep(std::time::Duration::from_millis(100));
+                if last.elapsed() >= beat {
+                    if let Err(e) = store.renew_sweep(SWEEP_HEARTBEAT) {
+                        tracing::warn!("maintenance: renewing the sweep lease: {e}");
+                    }
+                    last = std::time::Instant::now();
+                }
+            }
+        });
+        let swept = store
+            .referenced_pieces()
+            .map_err(anyhow::Error::from)
+            .and_then(|referenced| Ok(chunks.sweep(&referenced, grace, deadline)?));
+        done.store(true, std::sync::atomic::Ordering::Release);
+        swept
+    });
     store.end_sweep()?;
     Ok((pruned, swept?))
 }

@@ -251,6 +251,18 @@ fn contract(s: &dyn Store) {
     std::thread::sleep(Duration::from_millis(20));
     assert!(s.begin_sweep(lease).expect("taken over"));
     s.end_sweep().expect("end");
+    // A short lease renewed by its sweeper's heartbeat outlives its first term; renewing
+    // a lease nobody holds takes nothing.
+    assert!(s.begin_sweep(Duration::from_millis(300)).expect("sweep"));
+    s.renew_sweep(lease).expect("renew");
+    std::thread::sleep(Duration::from_millis(400));
+    assert!(!s
+        .begin_sweep(lease)
+        .expect("the renewed lease is still held"));
+    s.end_sweep().expect("end");
+    s.renew_sweep(lease).expect("renew a free lease");
+    assert!(s.begin_sweep(lease).expect("still free"));
+    s.end_sweep().expect("end");
 }
 
 #[test]

@@ -433,6 +433,9 @@ pub trait Catalog: Send + Sync {
     /// after taking it stays true until [`Catalog::end_sweep`].
     fn begin_sweep(&self, lease: Duration) -> Result<bool>;
 
+    /// Extends the sweep lease this process holds to `lease` from now (its heartbeat).
+    fn renew_sweep(&self, lease: Duration) -> Result<()>;
+
     /// Gives the sweep lease back.
     fn end_sweep(&self) -> Result<()>;
 

@@ -627,6 +627,16 @@ impl Catalog for PgStore {
         })
     }
 
+    fn renew_sweep(&self, lease: std::time::Duration) -> Result<()> {
+        self.with(move |c| {
+            c.execute(
+                "UPDATE gc_state SET sweeping_until = $1 WHERE id = 1 AND sweeping_until IS NOT NULL",
+                &[&(now() + lease.as_secs_f64())],
+            )?;
+            Ok(())
+        })
+    }
+
     fn end_sweep(&self) -> Result<()> {
         self.with(|c| {
             c.execute(

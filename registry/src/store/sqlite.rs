@@ -605,6 +605,14 @@ impl Catalog for SqliteStore {
         Ok(n == 1)
     }
 
+    fn renew_sweep(&self, lease: std::time::Duration) -> Result<()> {
+        self.conn().execute(
+            "UPDATE gc_state SET sweeping_until = ?1 WHERE id = 1 AND sweeping_until IS NOT NULL",
+            params![now() + lease.as_secs_f64()],
+        )?;
+        Ok(())
+    }
+
     fn end_sweep(&self) -> Result<()> {
         self.conn()
             .execute("UPDATE gc_state SET sweeping_until = NULL WHERE id = 1", [])?;
