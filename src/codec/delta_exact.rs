@@ -381,14 +381,7 @@ fn apply(h: &Header, bytes: &[u8], base: &BaseView<'_>, out: &mut [f32], _: Deco
         Layout::Coded => 1,
     };
     let body = &bytes[HEADER_LEN..];
-    let Some(block) = body.get(..4) else {
-        return Err(corrupt(Corruption::Truncated {
-            what: "block size",
-            needed: (HEADER_LEN + 4) as u64,
-            len: bytes.len() as u64,
-        }));
-    };
-    let block = u32::from_le_bytes([block[0], block[1], block[2], block[3]]) as usize;
+    let block = read_u32(bytes, HEADER_LEN, "block size")? as usize;
     let max_block = match layout {
         Layout::Planes => 1 << 28,
         Layout::Coded => MAX_CODED_BLOCK,
