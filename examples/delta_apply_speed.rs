@@ -1,5 +1,6 @@
-//! `delta_exact` apply speed on one core, both layouts and a memcpy of the output
-//! interleaved in one run (so that a shared, noisy machine slows all three alike).
+//! `delta_exact` apply speed on one core: the coded layout on the CPU's widest
+//! instantiation and on the baseline one, the planes layout and a memcpy of the output,
+//! interleaved in one run (so that a shared, noisy machine slows them all alike).
 //!
 //!     cargo run --release --example delta_apply_speed -- ROUNDS [TENSOR...]
 //!
@@ -95,16 +96,21 @@ fn main() {
                 .expect("applies")
             })
             .collect();
-        let mut times = vec![vec![]; 3];
+        // Timed in each round: the coded layout on the CPU's widest instantiation
+        // (`tenpak::cpu`), the same on the baseline one, the planes layout, a memcpy.
+        let runs = [(0, false), (0, true), (1, false)];
+        let mut times = vec![vec![]; runs.len() + 1];
         let mut out = vec![0f32; n];
         let src = vec![1u16; n];
         let mut dst = vec![0u16; n];
         pool.install(|| {
             for _ in 0..rounds {
-                for (k, e) in encs.iter().enumerate() {
+                for (k, &(e, baseline)) in runs.iter().enumerate() {
+                    tenpak::cpu::force_baseline(baseline);
                     let t = Instant::now();
-                    tenpak::codec::apply(e, &view, &mut out).expect("apply");
+                    tenpak::codec::apply(&encs[e], &view, &mut out).expect("apply");
                     times[k].push(t.elapsed().as_secs_f64());
+                    tenpak::cpu::force_baseline(false);
                     assert!(
                         out.iter().zip(&ft).all(|(a, b)| a.to_bits() == b.to_bits()),
                         "not exact"
@@ -113,7 +119,7 @@ fn main() {
                 let t = Instant::now();
                 dst.copy_from_slice(std::hint::black_box(&src));
                 std::hint::black_box(&dst);
-                times[2].push(t.elapsed().as_secs_f64());
+                times[runs.len()].push(t.elapsed().as_secs_f64());
             }
         });
         let stat = |k: usize| {
@@ -122,15 +128,24 @@ fn main() {
             (t[0], t[t.len() / 2])
         };
         let mib = |s: f64| 2.0 * n as f64 / s / 1048576.0;
-        let planes = stat(1);
-        for (k, label) in ["coded", "planes_l19", "memcpy_bf16"].iter().enumerate() {
+        let gbs = |s: f64| 2.0 * n as f64 / s / 1e9;
+        let planes = stat(2);
+        let coded_cpu = format!("coded ({})", tenpak::cpu::level_name());
+        let labels = [
+            coded_cpu.as_str(),
+            "coded (baseline)",
+            "planes_l19",
+            "memcpy_bf16",
+        ];
+        for (k, label) in labels.iter().enumerate() {
             let (best, median) = stat(k);
-            let bytes = encs.get(k).map_or(0, Vec::len);
+            let bytes = runs.get(k).map_or(0, |&(e, _)| encs[e].len());
             println!(
-                "{name} | {label} | {bytes} bytes | {:.4}x bf16 | best {:.0} MiB/s | median {:.0} MiB/s | median {:.2}x planes | {n} weights, {rounds} rounds",
+                "{name} | {label} | {bytes} bytes | {:.4}x bf16 | best {:.0} MiB/s | median {:.0} MiB/s = {:.3} GB/s | median {:.2}x planes | {n} weights, {rounds} rounds",
                 bytes as f64 / (2 * n) as f64,
                 mib(best),
                 mib(median),
+                gbs(median),
                 planes.1 / median,
             );
         }

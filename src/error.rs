@@ -269,6 +269,14 @@ pub enum Error {
     /// The GPU path failed or is not compiled in.
     #[error("GPU: {0}")]
     Gpu(String),
+    /// An export to another format (GGUF, compressed-tensors) that cannot be made.
+    #[error("export to {format}: {reason}")]
+    Export {
+        /// The target format ("GGUF", "compressed-tensors").
+        format: &'static str,
+        /// Why.
+        reason: String,
+    },
     /// JSON that is syntactically or structurally wrong.
     #[error("{path}: invalid JSON: {message}")]
     Json {

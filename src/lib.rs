@@ -8,9 +8,11 @@
 pub mod artifact;
 pub mod calib;
 pub mod codec;
+pub mod cpu;
 pub mod delta;
 pub mod dtype;
 pub mod error;
+pub mod export;
 pub mod github;
 pub mod glob;
 pub mod gpu;

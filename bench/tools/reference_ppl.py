@@ -4,6 +4,8 @@ attention, CPU, torch threads = cores) on an HF directory, with the window rule 
 BOS prepended and all ctx scored if the tokenizer adds one, else last ctx-1 scored).
 
     python3 bench/tools/reference_ppl.py MODEL_DIR TEXT [--ctx 512] [--max-tokens 8192]
+    python3 bench/tools/reference_ppl.py FILE.gguf TEXT ...   # transformers' GGUF loader
+                                                               # (model and tokenizer from the file)
 
 Prints one JSON object: ppl, tokens, tokens_per_s (tokens fed / forward time).
 """
@@ -16,8 +18,14 @@ p.add_argument("model"); p.add_argument("text")
 p.add_argument("--ctx", type=int, default=512); p.add_argument("--max-tokens", type=int, default=8192)
 a = p.parse_args()
 torch.set_num_threads(torch.get_num_threads())
-tok = AutoTokenizer.from_pretrained(a.model)
-model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="eager").eval()
+if a.model.endswith(".gguf"):
+    import os
+    d, f = os.path.split(os.path.abspath(a.model))
+    tok = AutoTokenizer.from_pretrained(d, gguf_file=f)
+    model = AutoModelForCausalLM.from_pretrained(d, gguf_file=f, dtype=torch.float32, attn_implementation="eager").eval()
+else:
+    tok = AutoTokenizer.from_pretrained(a.model)
+    model = AutoModelForCausalLM.from_pretrained(a.model, dtype=torch.float32, attn_implementation="eager").eval()
 ids = tok(open(a.text, encoding="utf-8").read(), add_special_tokens=False)["input_ids"][: a.max_tokens]
 with_bos = tok("", add_special_tokens=True)["input_ids"]
 bos = with_bos[0] if len(with_bos) == 1 else None

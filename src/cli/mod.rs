@@ -4,6 +4,7 @@ mod artifact_args;
 mod bench_gpu;
 mod calibrate;
 mod eval;
+mod export;
 mod import;
 mod info;
 mod keygen;
@@ -50,6 +51,8 @@ enum Command {
     Push(push::Args),
     /// Unpack a .tnpk (file or URL) into a loadable HF directory, verifying every chunk.
     Unpack(unpack::Args),
+    /// Export a .tnpk for another engine: GGUF (llama.cpp, transformers' gguf_file=).
+    Export(export::Args),
     /// Show what a .tnpk holds: tensors, codecs, bits/weight, sizes, signer, digest.
     Info(info::Args),
     /// Fetch, verify and decode a .tnpk's tensors into memory (no output); report timings.
@@ -76,6 +79,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Pack(a) => pack::run(a),
         Command::Push(a) => push::run(a),
         Command::Unpack(a) => unpack::run(a),
+        Command::Export(a) => export::run(a),
         Command::Info(a) => info::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Report(a) => report::run(a),

@@ -990,15 +990,7 @@ fn decode_coded_block_in(
         // A base stored as bf16 (the usual case): its pattern is the high half of the
         // f32, read on the fly; a value with low bits set (a base that is not exact bf16)
         // is noticed as the walk goes, and the block is decoded again the general way.
-        let fast = walk.run(
-            base,
-            |x| x.to_bits() >> 16,
-            |x| x.to_bits() & 0xffff,
-            (7, 0xff),
-            starts,
-            out,
-            |z, p| f32::from_bits(u32::from(undo_bf16(z as u16, p as u16)) << 16),
-        );
+        let fast = walk.run_bf16(base, starts, out);
         match fast {
             (pos, trap, 0) => (pos, trap),
             _ => {
@@ -1057,6 +1049,55 @@ impl Walk<'_> {
             return t as u16;
         }
         Self::slow(pos, t, word, trap)
+    }
+
+    /// The walk of a bf16 block over a base held as f32 whose values are bf16 (the
+    /// usual case; `run`'s check is the low halves), on the widest instantiation the CPU
+    /// allows ([`crate::cpu`]): both compute the same bits.
+    fn run_bf16(
+        &self,
+        base: &[f32],
+        starts: [usize; LANES_CODED],
+        out: &mut [f32],
+    ) -> ([usize; LANES_CODED], bool, u32) {
+        #[cfg(target_arch = "x86_64")]
+        if crate::cpu::x86_64_v3() {
+            #[allow(unsafe_code)]
+            // SAFETY: `x86_64_v3` checked at run time that the CPU has every feature
+            // `run_bf16_v3` is compiled for; that is the whole of its contract.
+            return unsafe { self.run_bf16_v3(base, starts, out) };
+        }
+        self.run_bf16_body(base, starts, out)
+    }
+
+    /// [`Self::run_bf16_body`] compiled for x86-64-v3.
+    #[cfg(target_arch = "x86_64")]
+    #[target_feature(enable = "avx2,bmi1,bmi2,lzcnt,fma,movbe,popcnt")]
+    fn run_bf16_v3(
+        &self,
+        base: &[f32],
+        starts: [usize; LANES_CODED],
+        out: &mut [f32],
+    ) -> ([usize; LANES_CODED], bool, u32) {
+        self.run_bf16_body(base, starts, out)
+    }
+
+    #[inline(always)]
+    fn run_bf16_body(
+        &self,
+        base: &[f32],
+        starts: [usize; LANES_CODED],
+        out: &mut [f32],
+    ) -> ([usize; LANES_CODED], bool, u32) {
+        self.run(
+            base,
+            |x| x.to_bits() >> 16,
+            |x| x.to_bits() & 0xffff,
+            (7, 0xff),
+            starts,
+            out,
+            |z, p| f32::from_bits(u32::from(undo_bf16(z as u16, p as u16)) << 16),
+        )
     }
 
     /// A slow entry: the raw bits after the code (or a trap).

@@ -6,6 +6,7 @@ mod artifact;
 mod cli;
 mod codecs;
 mod delta;
+mod export;
 mod fixtures;
 mod github;
 mod github_standin;

@@ -11,8 +11,10 @@
 
 pub mod dequant;
 pub mod file;
+pub mod quant;
 pub mod tokenizer;
 pub mod types;
+pub mod write;
 
 use std::collections::HashMap;
 use std::path::Path;
@@ -29,10 +31,82 @@ use crate::{Error, Result};
 /// Architectures that import.
 pub const SUPPORTED_ARCHS: &str = "llama, gemma3";
 
+/// An architecture GGUF import and export handle.
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
-enum Arch {
+pub enum Arch {
+    /// `llama` (`LlamaForCausalLM`; SmolLM2).
     Llama,
+    /// `gemma3` (`Gemma3ForCausalLM`, text only).
     Gemma3,
+}
+
+impl Arch {
+    /// The architecture of a transformers `config.json`'s `model_type`.
+    pub fn of_model_type(model_type: &str) -> Option<Self> {
+        match model_type {
+            "llama" => Some(Arch::Llama),
+            "gemma3_text" | "gemma3" => Some(Arch::Gemma3),
+            _ => None,
+        }
+    }
+
+    /// The GGUF `general.architecture` (and metadata key prefix).
+    pub fn gguf(self) -> &'static str {
+        match self {
+            Arch::Llama => "llama",
+            Arch::Gemma3 => "gemma3",
+        }
+    }
+}
+
+/// The GGUF name of a transformers tensor name: the inverse of the import's mapping
+/// (`None` for a tensor GGUF has no name for).
+pub fn gguf_name(arch: Arch, hf: &str) -> Option<String> {
+    let top = match hf {
+        "model.embed_tokens.weight" => Some("token_embd.weight"),
+        "model.norm.weight" => Some("output_norm.weight"),
+        "lm_head.weight" => Some("output.weight"),
+        _ => None,
+    };
+    if let Some(t) = top {
+        return Some(t.to_string());
+    }
+    let rest = hf.strip_prefix("model.layers.")?;
+    let (layer, part) = rest.split_once('.')?;
+    let layer: usize = layer.parse().ok()?;
+    let (stem, suffix) = part.rsplit_once('.')?;
+    let g = match (arch, stem) {
+        (_, "self_attn.q_proj") => "attn_q",
+        (_, "self_attn.k_proj") => "attn_k",
+        (_, "self_attn.v_proj") => "attn_v",
+        (_, "self_attn.o_proj") => "attn_output",
+        (_, "self_attn.q_norm") => "attn_q_norm",
+        (_, "self_attn.k_norm") => "attn_k_norm",
+        (_, "mlp.gate_proj") => "ffn_gate",
+        (_, "mlp.up_proj") => "ffn_up",
+        (_, "mlp.down_proj") => "ffn_down",
+        (_, "input_layernorm") => "attn_norm",
+        (Arch::Llama, "post_attention_layernorm") => "ffn_norm",
+        (Arch::Gemma3, "pre_feedforward_layernorm") => "ffn_norm",
+        (Arch::Gemma3, "post_attention_layernorm") => "post_attention_norm",
+        (Arch::Gemma3, "post_feedforward_layernorm") => "post_ffw_norm",
+        _ => return None,
+    };
+    Some(format!("blk.{layer}.{g}.{suffix}"))
+}
+
+/// llama.cpp's `permute(w, n_head)` as a row order: entry `r` is the transformers row
+/// that GGUF row `r` holds (each head's rotary halves interleaved). Rows move whole, so
+/// the order applies to quantized rows as well.
+pub fn permuted_row_order(rows: usize, n_head: usize) -> Vec<usize> {
+    let head_dim = rows / n_head;
+    let half = head_dim / 2;
+    (0..rows)
+        .map(|r| {
+            let (h, k) = (r / head_dim, r % head_dim);
+            h * head_dim + (k % 2) * half + k / 2
+        })
+        .collect()
 }
 
 #[derive(Debug, Clone, Copy, PartialEq, Eq)]
@@ -379,6 +453,51 @@ mod tests {
             }
         }
         assert_eq!(unpermute_rows(&permuted, rows, cols, n_head), hf);
+        // The export's row order is the same permutation.
+        let order = permuted_row_order(rows, n_head);
+        let again: Vec<f32> = order
+            .iter()
+            .flat_map(|&r| hf[r * cols..(r + 1) * cols].to_vec())
+            .collect();
+        assert_eq!(again, permuted);
+    }
+
+    #[test]
+    fn export_names_invert_import_names() {
+        let stems = [
+            "attn_q",
+            "attn_k",
+            "attn_v",
+            "attn_output",
+            "attn_q_norm",
+            "attn_k_norm",
+            "ffn_gate",
+            "ffn_up",
+            "ffn_down",
+            "attn_norm",
+            "ffn_norm",
+        ];
+        for arch in [Arch::Llama, Arch::Gemma3] {
+            let gemma = ["post_attention_norm", "post_ffw_norm"];
+            let extra: &[&str] = if arch == Arch::Gemma3 { &gemma } else { &[] };
+            let mut names: Vec<String> = stems
+                .iter()
+                .chain(extra)
+                .map(|s| format!("blk.7.{s}.weight"))
+                .collect();
+            names.extend(
+                ["token_embd.weight", "output_norm.weight", "output.weight"].map(String::from),
+            );
+            for g in names {
+                let hf = hf_name(arch, &g).expect("maps");
+                assert_eq!(gguf_name(arch, &hf).as_deref(), Some(g.as_str()), "{hf}");
+            }
+        }
+        assert_eq!(
+            gguf_name(Arch::Llama, "model.layers.0.mlp.experts.weight"),
+            None
+        );
+        assert_eq!(Arch::of_model_type("gemma3_text"), Some(Arch::Gemma3));
     }
 
     #[test]
