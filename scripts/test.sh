@@ -20,6 +20,11 @@ fi
 python3 -c 'import huggingface_hub' 2> /dev/null ||
   python3 -m pip install --quiet --disable-pip-version-check huggingface_hub > /dev/null ||
   echo "[test] huggingface_hub could not be installed: the Python client test will skip" >&2
+# The GGUF export is read back by gguf-py (the `gguf` package llama.cpp maintains), an
+# independent reader of the format.
+python3 -c 'import gguf' 2> /dev/null ||
+  python3 -m pip install --quiet --disable-pip-version-check gguf > /dev/null ||
+  echo "[test] gguf could not be installed: the gguf-py export test will skip (and fail under CI=true)" >&2
 # The registry's OpenAPI test runs schemathesis (its `st` command) against the service.
 command -v st > /dev/null 2>&1 ||
   python3 -m pip install --quiet --disable-pip-version-check schemathesis > /dev/null ||

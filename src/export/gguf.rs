@@ -198,7 +198,7 @@ fn plan_tensor<'a>(
     }
     .map(|h| {
         let rows = t.shape[0] as usize;
-        if t.shape.len() != 2 || h == 0 || rows % (2 * h) != 0 {
+        if t.shape.len() != 2 || h == 0 || !rows.is_multiple_of(2 * h) {
             return Err(export_err(format!(
                 "tensor {}: shape {:?} does not split into {h} rotary heads",
                 t.name, t.shape
