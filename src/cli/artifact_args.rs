@@ -6,6 +6,13 @@ use tenpak::delta::DeltaSource;
 
 use ed25519_dalek::VerifyingKey;
 
+/// The public key of a `--key KEY.pub` flag, when given.
+pub fn public_key(path: Option<&std::path::Path>) -> anyhow::Result<Option<VerifyingKey>> {
+    Ok(path
+        .map(tenpak::artifact::sign::load_public_key)
+        .transpose()?)
+}
+
 /// Where the artifact is and how to fetch it.
 #[derive(Debug, clap::Args)]
 pub struct SourceArgs {

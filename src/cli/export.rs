@@ -3,7 +3,6 @@
 
 use std::path::PathBuf;
 
-use tenpak::artifact::sign;
 use tenpak::export::gguf::{self, Options};
 use tenpak::source::gguf::GgmlType;
 
@@ -51,11 +50,7 @@ fn parse_fallback(s: &str) -> Result<GgmlType, String> {
 
 /// Runs the command.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let key = a
-        .key
-        .as_ref()
-        .map(|k| sign::load_public_key(k))
-        .transpose()?;
+    let key = super::artifact_args::public_key(a.key.as_deref())?;
     let art = match a.source.open_model(key.as_ref())? {
         Opened::Full(art) => art,
         Opened::Delta(_) => anyhow::bail!(

@@ -3,7 +3,7 @@
 use std::path::PathBuf;
 
 use anyhow::{bail, Context};
-use tenpak::artifact::{sign, Artifact};
+use tenpak::artifact::Artifact;
 use tenpak::hub::{Hub, HubConfig, Upload};
 
 /// Arguments of `tenpak push`.
@@ -44,11 +44,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
     if r.revision.is_some() {
         bail!("push commits to main; give the repository without @revision");
     }
-    let key = a
-        .key
-        .as_ref()
-        .map(|k| sign::load_public_key(k))
-        .transpose()?;
+    let key = super::artifact_args::public_key(a.key.as_deref())?;
     let art = Artifact::open_location_verified(&a.artifact.display().to_string(), key.as_ref())
         .with_context(|| format!("opening {}", a.artifact.display()))?;
     art.verify_chunks(&|_| {})?;

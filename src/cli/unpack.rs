@@ -2,7 +2,7 @@
 
 use std::path::PathBuf;
 
-use tenpak::artifact::{sign, Artifact, Selection};
+use tenpak::artifact::{Artifact, Selection};
 use tenpak::dtype::DType;
 
 use super::artifact_args::{Opened, SourceArgs};
@@ -34,11 +34,7 @@ pub struct Args {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let sel =
         Selection::new(a.tensors.as_deref(), a.layers.as_deref()).map_err(anyhow::Error::msg)?;
-    let key = a
-        .key
-        .as_ref()
-        .map(|k| sign::load_public_key(k))
-        .transpose()?;
+    let key = super::artifact_args::public_key(a.key.as_deref())?;
     // With --key, every artifact's signature is checked before its manifest is parsed.
     let art: Artifact = match a.source.open_model(key.as_ref())? {
         Opened::Full(art) => *art,

@@ -20,11 +20,7 @@ pub struct Args {
 
 /// Runs the command.
 pub fn run(a: Args) -> anyhow::Result<()> {
-    let key = a
-        .key
-        .as_ref()
-        .map(|k| sign::load_public_key(k))
-        .transpose()?;
+    let key = super::artifact_args::public_key(a.key.as_deref())?;
     // With --key, the signatures are checked before the manifests are parsed.
     let (arts, what) = match a.source.open_model(key.as_ref())? {
         Opened::Full(art) => (vec![*art], ""),

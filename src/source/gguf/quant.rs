@@ -6,6 +6,7 @@
 use half::f16;
 
 use super::types::GgmlType;
+use crate::dtype::DType;
 
 /// Values per block of the types here.
 pub const QK: usize = 32;
@@ -32,15 +33,9 @@ pub fn q4_0_block(d: f16, codes: &[u8; QK], out: &mut Vec<u8>) {
 /// [`super::write::TensorDecl::data_len`]).
 pub fn quantize_row(ty: GgmlType, x: &[f32], out: &mut Vec<u8>) {
     match ty {
-        GgmlType::F32 => x
-            .iter()
-            .for_each(|v| out.extend_from_slice(&v.to_le_bytes())),
-        GgmlType::F16 => x
-            .iter()
-            .for_each(|v| out.extend_from_slice(&f16::from_f32(*v).to_bits().to_le_bytes())),
-        GgmlType::BF16 => x
-            .iter()
-            .for_each(|v| out.extend_from_slice(&half::bf16::from_f32(*v).to_bits().to_le_bytes())),
+        GgmlType::F32 => DType::F32.encode_into(x, out),
+        GgmlType::F16 => DType::F16.encode_into(x, out),
+        GgmlType::BF16 => DType::BF16.encode_into(x, out),
         GgmlType::Q4_0 | GgmlType::Q4_1 | GgmlType::Q8_0 => {
             assert!(x.len().is_multiple_of(QK), "whole blocks");
             for b in x.chunks_exact(QK) {
