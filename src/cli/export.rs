@@ -3,7 +3,7 @@
 
 use std::path::PathBuf;
 
-use tenpak::export::gguf::{self, Options};
+use tenpak::export::gguf::{self, Model, Options};
 use tenpak::source::gguf::GgmlType;
 
 use super::artifact_args::{Opened, SourceArgs};
@@ -13,7 +13,8 @@ use super::artifact_args::{Opened, SourceArgs};
 pub enum Format {
     /// GGUF v3 (llama.cpp): int4 maps exactly to Q4_1 (asymmetric) / Q4_0 (symmetric)
     /// when its groups are a multiple of 32; raw tensors stay BF16/F16/F32; other
-    /// encodings are re-encoded to --fallback, their added error reported.
+    /// encodings are re-encoded to --fallback, their added error reported. A delta (with
+    /// --base) exports the fine-tune, every tensor in its own dtype.
     Gguf,
 }
 
@@ -51,19 +52,17 @@ fn parse_fallback(s: &str) -> Result<GgmlType, String> {
 /// Runs the command.
 pub fn run(a: Args) -> anyhow::Result<()> {
     let key = super::artifact_args::public_key(a.key.as_deref())?;
-    let art = match a.source.open_model(key.as_ref())? {
-        Opened::Full(art) => art,
-        Opened::Delta(_) => anyhow::bail!(
-            "{} is a delta: exporting a base + delta pair to GGUF is not supported yet; `tenpak unpack --base` it and pack the result, or export the base",
-            a.source.location
-        ),
+    let opened = a.source.open_model(key.as_ref())?;
+    let (model, art) = match &opened {
+        Opened::Full(art) => (Model::Full(art), &**art),
+        Opened::Delta(d) => (Model::Delta(d), d.delta()),
     };
     let Format::Gguf = a.format;
     let n = art.manifest().tensors.len();
     let pb = super::progress::bar(n as u64, "export");
     let t0 = std::time::Instant::now();
     let report = gguf::export(
-        &art,
+        model,
         &a.output,
         &Options {
             fallback: a.fallback,

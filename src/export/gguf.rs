@@ -22,6 +22,10 @@
 //! weights get `+1`. The metadata (`{arch}.*`) is rebuilt from `config.json`, the
 //! tokenizer (`tokenizer.ggml.*`) from `tokenizer.json` ([`super::tokenizer`]).
 //!
+//! A delta artifact exports with its base ([`Model::Delta`]): the fine-tune it
+//! reconstructs, every tensor in its own dtype (`BF16`/`F16`/`F32`), equal to the
+//! fine-tune's values.
+//!
 //! Memory: one tensor at a time (its encoded bytes, its decode, its GGUF bytes).
 
 use std::collections::BTreeMap;
@@ -34,10 +38,12 @@ use serde_json::Value as Json;
 use crate::artifact::format::{Encoding, TensorEntry};
 use crate::artifact::Artifact;
 use crate::codec::header::{Header, HEADER_LEN};
+use crate::delta::DeltaSource;
 use crate::source::gguf::dequant::dequantize;
 use crate::source::gguf::quant::{q4_0_block, q4_1_block, quantize_row, QK};
 use crate::source::gguf::write::{GgufWriter, Meta, TensorDecl};
 use crate::source::gguf::{gguf_name, permuted_row_order, Arch, GgmlType, SUPPORTED_ARCHS};
+use crate::source::TensorSource;
 use crate::{Error, Result};
 
 /// Options of a GGUF export.
@@ -53,6 +59,44 @@ impl Default for Options {
         Options {
             fallback: GgmlType::Q8_0,
         }
+    }
+}
+
+/// What is exported: a full artifact, or a delta with its base (the fine-tune it
+/// reconstructs).
+#[derive(Clone, Copy)]
+pub enum Model<'a> {
+    /// A full model artifact.
+    Full(&'a Artifact),
+    /// A delta artifact opened with its base. Its tensors are the fine-tune's values in
+    /// their dtype (BF16/F16/F32, exact); `--fallback` does not apply.
+    Delta(&'a DeltaSource),
+}
+
+impl Model<'_> {
+    /// The artifact whose manifest lists the tensors (the delta's, for a delta).
+    fn artifact(&self) -> &Artifact {
+        match self {
+            Model::Full(a) => a,
+            Model::Delta(d) => d.delta(),
+        }
+    }
+
+    /// A side file as JSON: the delta's, else the base's.
+    fn side_json(&self, name: &str) -> Result<Option<Json>> {
+        let arts: Vec<&Artifact> = match self {
+            Model::Full(a) => vec![a],
+            Model::Delta(d) => vec![d.delta(), d.base()],
+        };
+        for art in arts {
+            if let Some(f) = art.manifest().files.iter().find(|f| f.name == name) {
+                let bytes = art.read_file(f)?;
+                return serde_json::from_slice(&bytes).map(Some).map_err(|e| {
+                    Error::malformed(format!("{}#{name}", art.digest()), "JSON", e.to_string())
+                });
+            }
+        }
+        Ok(None)
     }
 }
 
@@ -147,6 +191,7 @@ fn plan_tensor<'a>(
     config: &Json,
     t: &'a TensorEntry,
     opts: &Options,
+    delta: bool,
 ) -> Result<Planned<'a>> {
     let gguf = gguf_name(arch, &t.name).ok_or_else(|| {
         export_err(format!(
@@ -162,6 +207,12 @@ fn plan_tensor<'a>(
         Plan::Convert(GgmlType::F32)
     } else {
         match &t.encoding {
+            // A delta's tensors are the fine-tune's values in their dtype.
+            _ if delta => Plan::Convert(match t.dtype {
+                crate::dtype::DType::BF16 => GgmlType::BF16,
+                crate::dtype::DType::F16 => GgmlType::F16,
+                _ => GgmlType::F32,
+            }),
             Encoding::Raw => Plan::Convert(match t.dtype {
                 crate::dtype::DType::BF16 => GgmlType::BF16,
                 crate::dtype::DType::F16 => GgmlType::F16,
@@ -280,9 +331,9 @@ fn int4_blocks(name: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
 }
 
 /// Converts one tensor: its GGUF data, and its report.
-fn convert(art: &Artifact, p: &Planned<'_>, bytes: &[u8]) -> Result<(Vec<u8>, TensorReport)> {
+/// `ours`: the tensor as we decode it; `bytes`: its encoding (for the int4 repacking).
+fn convert(p: &Planned<'_>, mut ours: Vec<f32>, bytes: &[u8]) -> Result<(Vec<u8>, TensorReport)> {
     let t = p.entry;
-    let mut ours = art.decode(t, bytes)?;
     if p.shift != 0.0 {
         ours.iter_mut().for_each(|x| *x += p.shift);
     }
@@ -355,16 +406,6 @@ fn file_type(ty: GgmlType) -> u32 {
         GgmlType::Q6_K => 18,
         GgmlType::BF16 => 32,
     }
-}
-
-fn side_json(art: &Artifact, name: &str) -> Result<Option<Json>> {
-    let Some(f) = art.manifest().files.iter().find(|f| f.name == name) else {
-        return Ok(None);
-    };
-    let bytes = art.read_file(f)?;
-    serde_json::from_slice(&bytes)
-        .map(Some)
-        .map_err(|e| Error::malformed(format!("{}#{name}", art.digest()), "JSON", e.to_string()))
 }
 
 /// The architecture metadata (`general.*`, `{arch}.*`) from `config.json`.
@@ -443,7 +484,7 @@ fn model_meta(arch: Arch, config: &Json, name: &str) -> Result<Vec<(String, Meta
 
 /// Writes the GGUF file at `tmp`; returns the reports and the bytes written.
 fn write_file(
-    art: &Artifact,
+    model: Model<'_>,
     tmp: &Path,
     path: &Path,
     meta: &[(String, Meta)],
@@ -460,17 +501,29 @@ fn write_file(
     let mut reports = Vec::with_capacity(planned.len());
     let entries: Vec<&TensorEntry> = planned.iter().map(|p| p.entry).collect();
     let mut next = planned.iter();
-    art.for_each_encoded(&entries, |t, bytes| {
-        let p = next
-            .next()
-            .filter(|p| std::ptr::eq(p.entry, t))
-            .ok_or_else(|| export_err("tensors came back out of order".into()))?;
-        progress(&t.name);
-        let (data, report) = convert(art, p, &bytes)?;
+    let mut each = |p: &Planned<'_>, ours: Vec<f32>, bytes: &[u8]| -> Result<()> {
+        let (data, report) = convert(p, ours, bytes)?;
         w.tensor(&data)?;
         reports.push(report);
         Ok(())
-    })?;
+    };
+    match model {
+        Model::Full(art) => art.for_each_encoded(&entries, |t, bytes| {
+            let p = next
+                .next()
+                .filter(|p| std::ptr::eq(p.entry, t))
+                .ok_or_else(|| export_err("tensors came back out of order".into()))?;
+            progress(&t.name);
+            each(p, art.decode(t, &bytes)?, &bytes)
+        })?,
+        // One tensor at a time: its chunks of the delta and of the base, verified.
+        Model::Delta(d) => {
+            for p in planned {
+                progress(&p.entry.name);
+                each(p, d.read_f32(&p.entry.name)?, &[])?;
+            }
+        }
+    }
     let (out, file_bytes) = w.finish()?;
     out.into_inner()
         .map_err(|e| Error::io("write", tmp, e.into_error()))?
@@ -483,7 +536,7 @@ fn write_file(
 /// at the end: an interrupted export leaves no partial `path`). `progress` is called
 /// with each tensor's name as it starts.
 pub fn export(
-    art: &Artifact,
+    model: Model<'_>,
     path: &Path,
     opts: &Options,
     progress: &dyn Fn(&str),
@@ -494,30 +547,38 @@ pub fn export(
             opts.fallback
         )));
     }
-    if let Some(base) = &art.manifest().base {
+    let art = model.artifact();
+    let is_delta = matches!(model, Model::Delta(_));
+    if let (Some(base), false) = (&art.manifest().base, is_delta) {
         return Err(export_err(format!(
-            "this artifact is a delta against {}; export the fine-tune after `tenpak unpack --base`, or the base itself",
+            "this artifact is a delta against {}; open it with its base (`--base`)",
             base.digest
         )));
     }
-    let config = side_json(art, "config.json")?.ok_or_else(|| Error::Missing {
-        path: art.digest().into(),
-        what: "config.json (the architecture metadata GGUF needs)".into(),
-    })?;
+    let config = model
+        .side_json("config.json")?
+        .ok_or_else(|| Error::Missing {
+            path: art.digest().into(),
+            what: "config.json (the architecture metadata GGUF needs)".into(),
+        })?;
     let model_type = config["model_type"].as_str().unwrap_or_default();
     let arch = Arch::of_model_type(model_type).ok_or_else(|| Error::UnsupportedArchitecture {
         arch: model_type.to_string(),
         supported: SUPPORTED_ARCHS,
     })?;
-    let tokenizer = side_json(art, "tokenizer.json")?.ok_or_else(|| Error::Missing {
-        path: art.digest().into(),
-        what: "tokenizer.json (GGUF carries the tokenizer)".into(),
-    })?;
-    let tok_config = side_json(art, "tokenizer_config.json")?.unwrap_or(Json::Null);
+    let tokenizer = model
+        .side_json("tokenizer.json")?
+        .ok_or_else(|| Error::Missing {
+            path: art.digest().into(),
+            what: "tokenizer.json (GGUF carries the tokenizer)".into(),
+        })?;
+    let tok_config = model
+        .side_json("tokenizer_config.json")?
+        .unwrap_or(Json::Null);
     let tensors = &art.manifest().tensors;
     let planned: Vec<Planned<'_>> = tensors
         .iter()
-        .map(|t| plan_tensor(arch, &config, t, opts))
+        .map(|t| plan_tensor(arch, &config, t, opts, is_delta))
         .collect::<Result<_>>()?;
     let embed_rows = tensors
         .iter()
@@ -547,6 +608,12 @@ pub fn export(
         "general.source.tnpk".into(),
         Meta::Str(art.digest().to_string()),
     ));
+    if let Model::Delta(d) = model {
+        meta.push((
+            "general.source.tnpk_base".into(),
+            Meta::Str(d.base().digest().to_string()),
+        ));
+    }
     meta.extend(super::tokenizer::gguf_metadata(
         &tokenizer,
         &tok_config,
@@ -560,7 +627,7 @@ pub fn export(
         .file_name()
         .ok_or_else(|| export_err(format!("{} is not a file path", path.display())))?;
     let tmp = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
-    let written = write_file(art, &tmp, path, &meta, &planned, progress);
+    let written = write_file(model, &tmp, path, &meta, &planned, progress);
     let done = written.and_then(|(reports, file_bytes)| {
         std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))?;
         Ok((reports, file_bytes))

@@ -427,3 +427,58 @@ fn fixture_models_round_trip_gguf_tnpk_gguf() {
         b.len()
     );
 }
+
+/// A fine-tune shipped as a delta exports, with its base, to the fine-tune itself: every
+/// tensor in its dtype, equal to the fine-tune's own files; without the base it is refused.
+#[test]
+fn a_delta_with_its_base_exports_the_fine_tune_exactly() {
+    let tmp = tempfile::tempdir().expect("tempdir");
+    let base = tmp.path().join("base");
+    tiny_model(&base);
+    let ft = tmp.path().join("ft");
+    tenpak::synthetic::write_finetune(&base, &ft, 3).expect("fine-tune");
+    let p = |n: &str| tmp.path().join(n).to_str().expect("p").to_string();
+    tenpak_ok(&[
+        "pack",
+        ft.to_str().expect("p"),
+        "-o",
+        &p("ft.tnpk"),
+        "--base",
+        base.to_str().expect("p"),
+        "--delta",
+        "exact",
+    ]);
+    let out = tenpak(&["export", &p("ft.tnpk"), "--to", "gguf", "-o", &p("ft.gguf")]);
+    assert!(!out.status.success());
+    assert!(String::from_utf8_lossy(&out.stderr).contains("delta against"));
+    assert!(!Path::new(&p("ft.gguf")).exists());
+    let out = tenpak_ok(&[
+        "export",
+        &p("ft.tnpk"),
+        "--base",
+        &p("ft.tnpk.base.tnpk"),
+        "--to",
+        "gguf",
+        "-o",
+        &p("ft.gguf"),
+        "--report",
+        &p("ft.json"),
+    ]);
+    assert!(out.contains("20 of 20 tensors exact"), "{out}");
+    let rep = report(Path::new(&p("ft.json")));
+    let back = GgufSource::open(Path::new(&p("ft.gguf")), DType::F32).expect("reimport");
+    let want = tenpak::source::HfModelDir::open(&ft).expect("fine-tune");
+    for t in rep["tensors"].as_array().expect("tensors") {
+        let name = t["name"].as_str().expect("name");
+        let ty = t["ty"].as_str().expect("ty");
+        assert!(ty == "BF16" || ty == "F32", "{name}: {ty}");
+        let (a, b) = (
+            back.read_f32(name).expect("gguf"),
+            want.read_f32(name).expect("ft"),
+        );
+        assert!(
+            a.iter().zip(&b).all(|(x, y)| x.to_bits() == y.to_bits()),
+            "{name}: the exported fine-tune differs from the fine-tune"
+        );
+    }
+}
