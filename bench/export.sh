@@ -7,7 +7,7 @@
 #   - transformers' GGUF loader (bench/tools/reference_ppl.py FILE.gguf) vs `tenpak eval`
 #     on the .tnpk, same windows (emma, first 8192 tokens, ctx 512).
 # Needs the fixtures and a Python with torch, transformers and gguf (PY=..., default the
-# fine-tune venv of scripts/finetune.sh). Writes bench/results/export.md.
+# fine-tune venv of scripts/finetune.sh). Writes bench/results/export_table.md.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 FIX="${TENPAK_FIXTURES:-$HOME/.cache/tenpak-fixtures}"
@@ -15,7 +15,7 @@ PY="${PY:-$FIX/venv-finetune/bin/python}"
 cargo build --release --quiet --bin tenpak
 BIN=./target/release/tenpak
 TMP=$(mktemp -d); trap 'rm -rf "$TMP"' EXIT
-out=bench/results/export.md
+out=bench/results/export_table.md
 {
   echo "# GGUF export"
   echo
