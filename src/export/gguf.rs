@@ -82,6 +82,14 @@ impl Model<'_> {
         }
     }
 
+    /// A side file that must be there, as JSON (`why`: for the error).
+    fn required_json(&self, name: &str, why: &str) -> Result<Json> {
+        self.side_json(name)?.ok_or_else(|| Error::Missing {
+            path: self.artifact().digest().into(),
+            what: format!("{name} ({why})"),
+        })
+    }
+
     /// A side file as JSON: the delta's, else the base's.
     fn side_json(&self, name: &str) -> Result<Option<Json>> {
         let arts: Vec<&Artifact> = match self {
@@ -186,6 +194,15 @@ struct Planned<'a> {
     shift: f32,
 }
 
+/// The GGUF type that holds a dtype's values exactly.
+fn own_type(dtype: crate::dtype::DType) -> GgmlType {
+    match dtype {
+        crate::dtype::DType::BF16 => GgmlType::BF16,
+        crate::dtype::DType::F16 => GgmlType::F16,
+        crate::dtype::DType::F32 => GgmlType::F32,
+    }
+}
+
 fn plan_tensor<'a>(
     arch: Arch,
     config: &Json,
@@ -207,17 +224,10 @@ fn plan_tensor<'a>(
         Plan::Convert(GgmlType::F32)
     } else {
         match &t.encoding {
-            // A delta's tensors are the fine-tune's values in their dtype.
-            _ if delta => Plan::Convert(match t.dtype {
-                crate::dtype::DType::BF16 => GgmlType::BF16,
-                crate::dtype::DType::F16 => GgmlType::F16,
-                _ => GgmlType::F32,
-            }),
-            Encoding::Raw => Plan::Convert(match t.dtype {
-                crate::dtype::DType::BF16 => GgmlType::BF16,
-                crate::dtype::DType::F16 => GgmlType::F16,
-                _ => GgmlType::F32,
-            }),
+            // Raw tensors, and every tensor of a delta (the fine-tune's values), in
+            // their own dtype.
+            Encoding::Raw => Plan::Convert(own_type(t.dtype)),
+            _ if delta => Plan::Convert(own_type(t.dtype)),
             Encoding::Int4 {
                 group,
                 outliers_ppm: 0,
@@ -276,8 +286,8 @@ fn plan_tensor<'a>(
     })
 }
 
-/// The `Q4_1`/`Q4_0` blocks of an `int4` encoding, row by row (our rows, not permuted).
-fn int4_blocks(name: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
+/// Appends the `Q4_1`/`Q4_0` blocks of an `int4` encoding to `out`, our rows in `order`.
+fn int4_blocks(name: &str, bytes: &[u8], order: &[usize], out: &mut Vec<u8>) -> Result<()> {
     let h = Header::parse(bytes).map_err(|e| e.in_tensor(name))?;
     let bad = |why: String| export_err(format!("tensor {name}: {why}"));
     if h.id != crate::codec::int4::ID {
@@ -306,10 +316,14 @@ fn int4_blocks(name: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
     let f16_at = |i: usize| f16::from_bits(u16::from_le_bytes([bytes[i], bytes[i + 1]]));
     let scale = |g: usize| f16_at(HEADER_LEN + 2 * g);
     let offset = |g: usize| f16_at(HEADER_LEN + 2 * (groups + g));
-    let block_bytes = if h.symmetric { 18 } else { 20 };
-    let mut out = Vec::with_capacity(rows);
-    for r in 0..rows {
-        let mut row = Vec::with_capacity(cols / QK * block_bytes);
+    if order.len() != rows {
+        return Err(bad(format!(
+            "{} rows in the header, {} expected",
+            rows,
+            order.len()
+        )));
+    }
+    for &r in order {
         // Codes are packed group after group, two per byte, low nibble first; a row's
         // codes start at r·cols/2 (every group, the last included, has an even count).
         let row_codes = &bytes[codes_at + r * cols / 2..][..cols / 2];
@@ -320,14 +334,13 @@ fn int4_blocks(name: &str, bytes: &[u8]) -> Result<Vec<Vec<u8>>> {
                 (row_codes[i / 2] >> (4 * (i % 2))) & 15
             });
             if h.symmetric {
-                q4_0_block(scale(g), &codes, &mut row);
+                q4_0_block(scale(g), &codes, out);
             } else {
-                q4_1_block(scale(g), offset(g), &codes, &mut row);
+                q4_1_block(scale(g), offset(g), &codes, out);
             }
         }
-        out.push(row);
     }
-    Ok(out)
+    Ok(())
 }
 
 /// Converts one tensor: its GGUF data, and its report.
@@ -342,12 +355,7 @@ fn convert(p: &Planned<'_>, mut ours: Vec<f32>, bytes: &[u8]) -> Result<(Vec<u8>
     let mut data = Vec::with_capacity(p.decl.data_len()? as usize);
     let order: Vec<usize> = p.order.clone().unwrap_or_else(|| (0..rows).collect());
     match p.plan {
-        Plan::Int4Blocks => {
-            let blocks = int4_blocks(&t.name, bytes)?;
-            for &r in &order {
-                data.extend_from_slice(&blocks[r]);
-            }
-        }
+        Plan::Int4Blocks => int4_blocks(&t.name, bytes, &order, &mut data)?,
         Plan::Convert(ty) => {
             for &r in &order {
                 quantize_row(ty, &ours[r * row_len..(r + 1) * row_len], &mut data);
@@ -555,23 +563,13 @@ pub fn export(
             base.digest
         )));
     }
-    let config = model
-        .side_json("config.json")?
-        .ok_or_else(|| Error::Missing {
-            path: art.digest().into(),
-            what: "config.json (the architecture metadata GGUF needs)".into(),
-        })?;
+    let config = model.required_json("config.json", "the architecture metadata GGUF needs")?;
     let model_type = config["model_type"].as_str().unwrap_or_default();
     let arch = Arch::of_model_type(model_type).ok_or_else(|| Error::UnsupportedArchitecture {
         arch: model_type.to_string(),
         supported: SUPPORTED_ARCHS,
     })?;
-    let tokenizer = model
-        .side_json("tokenizer.json")?
-        .ok_or_else(|| Error::Missing {
-            path: art.digest().into(),
-            what: "tokenizer.json (GGUF carries the tokenizer)".into(),
-        })?;
+    let tokenizer = model.required_json("tokenizer.json", "GGUF carries the tokenizer")?;
     let tok_config = model
         .side_json("tokenizer_config.json")?
         .unwrap_or(Json::Null);

@@ -9,7 +9,7 @@ use std::process::Command;
 use serde_json::{json, Value};
 use tenpak::artifact::Artifact;
 use tenpak::dtype::DType;
-use tenpak::source::gguf::{unpermute_rows, GgufFile, GgufSource};
+use tenpak::source::gguf::{hf_name, unpermute_rows, Arch, GgufFile, GgufSource};
 use tenpak::source::TensorSource;
 
 use crate::util::{fixtures, tenpak, tenpak_ok, tiny_llama};
@@ -223,29 +223,7 @@ print(len(r.tensors))
             .chunks_exact(4)
             .map(|b| f32::from_le_bytes([b[0], b[1], b[2], b[3]]))
             .collect();
-        let name = match t.name.as_str() {
-            "token_embd.weight" => "model.embed_tokens.weight".to_string(),
-            "output_norm.weight" => "model.norm.weight".to_string(),
-            n => {
-                let (l, rest) = n
-                    .strip_prefix("blk.")
-                    .and_then(|r| r.split_once('.'))
-                    .expect("block tensor");
-                let hf = match rest {
-                    "attn_q.weight" => "self_attn.q_proj.weight",
-                    "attn_k.weight" => "self_attn.k_proj.weight",
-                    "attn_v.weight" => "self_attn.v_proj.weight",
-                    "attn_output.weight" => "self_attn.o_proj.weight",
-                    "ffn_gate.weight" => "mlp.gate_proj.weight",
-                    "ffn_up.weight" => "mlp.up_proj.weight",
-                    "ffn_down.weight" => "mlp.down_proj.weight",
-                    "attn_norm.weight" => "input_layernorm.weight",
-                    "ffn_norm.weight" => "post_attention_layernorm.weight",
-                    other => panic!("unexpected {other}"),
-                };
-                format!("model.layers.{l}.{hf}")
-            }
-        };
+        let name = hf_name(Arch::Llama, &t.name).expect("a transformers name");
         if name.ends_with("q_proj.weight") || name.ends_with("k_proj.weight") {
             theirs = unpermute_rows(&theirs, 256, 256, 4);
         }

@@ -59,42 +59,6 @@ impl Arch {
     }
 }
 
-/// The GGUF name of a transformers tensor name: the inverse of the import's mapping
-/// (`None` for a tensor GGUF has no name for).
-pub fn gguf_name(arch: Arch, hf: &str) -> Option<String> {
-    let top = match hf {
-        "model.embed_tokens.weight" => Some("token_embd.weight"),
-        "model.norm.weight" => Some("output_norm.weight"),
-        "lm_head.weight" => Some("output.weight"),
-        _ => None,
-    };
-    if let Some(t) = top {
-        return Some(t.to_string());
-    }
-    let rest = hf.strip_prefix("model.layers.")?;
-    let (layer, part) = rest.split_once('.')?;
-    let layer: usize = layer.parse().ok()?;
-    let (stem, suffix) = part.rsplit_once('.')?;
-    let g = match (arch, stem) {
-        (_, "self_attn.q_proj") => "attn_q",
-        (_, "self_attn.k_proj") => "attn_k",
-        (_, "self_attn.v_proj") => "attn_v",
-        (_, "self_attn.o_proj") => "attn_output",
-        (_, "self_attn.q_norm") => "attn_q_norm",
-        (_, "self_attn.k_norm") => "attn_k_norm",
-        (_, "mlp.gate_proj") => "ffn_gate",
-        (_, "mlp.up_proj") => "ffn_up",
-        (_, "mlp.down_proj") => "ffn_down",
-        (_, "input_layernorm") => "attn_norm",
-        (Arch::Llama, "post_attention_layernorm") => "ffn_norm",
-        (Arch::Gemma3, "pre_feedforward_layernorm") => "ffn_norm",
-        (Arch::Gemma3, "post_attention_layernorm") => "post_attention_norm",
-        (Arch::Gemma3, "post_feedforward_layernorm") => "post_ffw_norm",
-        _ => return None,
-    };
-    Some(format!("blk.{layer}.{g}.{suffix}"))
-}
-
 /// llama.cpp's `permute(w, n_head)` as a row order: entry `r` is the transformers row
 /// that GGUF row `r` holds (each head's rotary halves interleaved). Rows move whole, so
 /// the order applies to quantized rows as well.
@@ -131,38 +95,74 @@ pub struct GgufSource {
     config: Json,
 }
 
-fn hf_name(arch: Arch, gguf: &str) -> Option<String> {
-    let top = match gguf {
-        "token_embd.weight" => Some("model.embed_tokens.weight"),
-        "output_norm.weight" => Some("model.norm.weight"),
-        "output.weight" => Some("lm_head.weight"),
-        _ => None,
-    };
-    if let Some(t) = top {
-        return Some(t.to_string());
+/// Whole-model tensors: (GGUF name, transformers name).
+const TOP_NAMES: [(&str, &str); 3] = [
+    ("token_embd.weight", "model.embed_tokens.weight"),
+    ("output_norm.weight", "model.norm.weight"),
+    ("output.weight", "lm_head.weight"),
+];
+
+/// Block tensors: (architecture, or `None` for both; GGUF stem; transformers stem), as
+/// llama.cpp's `convert_hf_to_gguf.py` names them. Import and export read this one table.
+const BLOCK_NAMES: [(Option<Arch>, &str, &str); 14] = [
+    (None, "attn_q", "self_attn.q_proj"),
+    (None, "attn_k", "self_attn.k_proj"),
+    (None, "attn_v", "self_attn.v_proj"),
+    (None, "attn_output", "self_attn.o_proj"),
+    (None, "attn_q_norm", "self_attn.q_norm"),
+    (None, "attn_k_norm", "self_attn.k_norm"),
+    (None, "ffn_gate", "mlp.gate_proj"),
+    (None, "ffn_up", "mlp.up_proj"),
+    (None, "ffn_down", "mlp.down_proj"),
+    (None, "attn_norm", "input_layernorm"),
+    (Some(Arch::Llama), "ffn_norm", "post_attention_layernorm"),
+    (Some(Arch::Gemma3), "ffn_norm", "pre_feedforward_layernorm"),
+    (
+        Some(Arch::Gemma3),
+        "post_attention_norm",
+        "post_attention_layernorm",
+    ),
+    (
+        Some(Arch::Gemma3),
+        "post_ffw_norm",
+        "post_feedforward_layernorm",
+    ),
+];
+
+/// Maps a name through the tables: `from_gguf` picks the direction.
+fn map_name(arch: Arch, name: &str, from_gguf: bool) -> Option<String> {
+    let pick = |pair: (&'static str, &'static str)| if from_gguf { pair } else { (pair.1, pair.0) };
+    if let Some(&(_, to)) = TOP_NAMES
+        .iter()
+        .map(|&p| pick(p))
+        .find(|(from, _)| *from == name)
+        .as_ref()
+    {
+        return Some(to.to_string());
     }
-    let rest = gguf.strip_prefix("blk.")?;
+    let (prefix_from, prefix_to) = pick(("blk.", "model.layers."));
+    let rest = name.strip_prefix(prefix_from)?;
     let (layer, part) = rest.split_once('.')?;
     let layer: usize = layer.parse().ok()?;
     let (stem, suffix) = part.rsplit_once('.')?;
-    let hf = match (arch, stem) {
-        (_, "attn_q") => "self_attn.q_proj",
-        (_, "attn_k") => "self_attn.k_proj",
-        (_, "attn_v") => "self_attn.v_proj",
-        (_, "attn_output") => "self_attn.o_proj",
-        (_, "attn_q_norm") => "self_attn.q_norm",
-        (_, "attn_k_norm") => "self_attn.k_norm",
-        (_, "ffn_gate") => "mlp.gate_proj",
-        (_, "ffn_up") => "mlp.up_proj",
-        (_, "ffn_down") => "mlp.down_proj",
-        (_, "attn_norm") => "input_layernorm",
-        (Arch::Llama, "ffn_norm") => "post_attention_layernorm",
-        (Arch::Gemma3, "ffn_norm") => "pre_feedforward_layernorm",
-        (Arch::Gemma3, "post_attention_norm") => "post_attention_layernorm",
-        (Arch::Gemma3, "post_ffw_norm") => "post_feedforward_layernorm",
-        _ => return None,
-    };
-    Some(format!("model.layers.{layer}.{hf}.{suffix}"))
+    let to = BLOCK_NAMES
+        .iter()
+        .filter(|(a, _, _)| a.is_none_or(|a| a == arch))
+        .map(|&(_, g, h)| pick((g, h)))
+        .find(|(from, _)| *from == stem)?
+        .1;
+    Some(format!("{prefix_to}{layer}.{to}.{suffix}"))
+}
+
+/// The transformers name of a GGUF tensor name (`None`: no equivalent).
+pub fn hf_name(arch: Arch, gguf: &str) -> Option<String> {
+    map_name(arch, gguf, true)
+}
+
+/// The GGUF name of a transformers tensor name: the inverse of [`hf_name`] (`None` for
+/// a tensor GGUF has no name for).
+pub fn gguf_name(arch: Arch, hf: &str) -> Option<String> {
+    map_name(arch, hf, false)
 }
 
 /// Inverse of llama.cpp's `permute(w, n_head)`: rows were reordered per head from
