@@ -440,6 +440,9 @@ pub enum WriterMisuse {
     /// A declared tensor never written.
     #[error("tensor {0} was never written")]
     NeverWritten(String),
+    /// A tensor declared as stored bytes written from float values.
+    #[error("tensor {0} is declared as stored bytes, not float values")]
+    NotFloat(String),
     /// A tensor added twice.
     #[error("tensor {0} added twice")]
     Duplicate(String),

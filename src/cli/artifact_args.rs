@@ -2,7 +2,6 @@
 
 use tenpak::artifact::source::{self, HttpOptions};
 use tenpak::artifact::Artifact;
-use tenpak::delta::DeltaSource;
 
 use ed25519_dalek::VerifyingKey;
 
@@ -27,13 +26,7 @@ pub struct SourceArgs {
     pub parallel: usize,
 }
 
-/// An opened artifact: a full model, or a delta with its base.
-pub enum Opened {
-    /// A full model.
-    Full(Box<Artifact>),
-    /// A delta and its base.
-    Delta(Box<DeltaSource>),
-}
+pub use tenpak::delta::Opened;
 
 impl SourceArgs {
     fn http(&self) -> HttpOptions {
@@ -58,25 +51,11 @@ impl SourceArgs {
     /// With `key`, both artifacts must be signed by it (checked before their manifests
     /// are parsed).
     pub fn open_model(&self, key: Option<&VerifyingKey>) -> anyhow::Result<Opened> {
-        let art = self.open(key)?;
-        match (&art.manifest().base, &self.base) {
-            (None, None) => Ok(Opened::Full(Box::new(art))),
-            (None, Some(_)) => Err(tenpak::Error::NotADelta {
-                location: self.location.clone(),
-            }
-            .into()),
-            (Some(b), None) => Err(tenpak::Error::DeltaNeedsBase {
-                base: b.digest.clone(),
-            }
-            .into()),
-            (Some(_), Some(base)) => {
-                let src = source::open(base, self.http())?;
-                let base = match key {
-                    Some(k) => Artifact::open_verified(src, k)?,
-                    None => Artifact::open(src)?,
-                };
-                Ok(Opened::Delta(Box::new(DeltaSource::new(art, base)?)))
-            }
-        }
+        Ok(tenpak::delta::open_model(
+            &self.location,
+            self.base.as_deref(),
+            self.http(),
+            key,
+        )?)
     }
 }

@@ -1,9 +1,9 @@
 //! `tenpak export`: `.tnpk` → a format an inference engine reads (GGUF for llama.cpp and
-//! transformers' `gguf_file=` loader).
+//! transformers' `gguf_file=` loader; compressed-tensors for vLLM and transformers).
 
 use std::path::PathBuf;
 
-use tenpak::export::gguf::{self, Model, Options};
+use tenpak::export::{compressed_tensors, gguf, Model};
 use tenpak::source::gguf::GgmlType;
 
 use super::artifact_args::{Opened, SourceArgs};
@@ -16,6 +16,11 @@ pub enum Format {
     /// encodings are re-encoded to --fallback, their added error reported. A delta (with
     /// --base) exports the fine-tune, every tensor in its own dtype.
     Gguf,
+    /// A compressed-tensors directory (`pack-quantized`; vLLM, transformers): symmetric
+    /// int4 maps exactly; asymmetric int4 gets integer zero points (its added error
+    /// reported); other encodings of the blocks' Linears become --ct-fallback; embeddings,
+    /// norms and lm_head stay dense. Config, tokenizer and side files are copied.
+    CompressedTensors,
 }
 
 /// Arguments of `tenpak export`.
@@ -26,14 +31,17 @@ pub struct Args {
     /// The format to write.
     #[arg(long = "to", value_enum)]
     pub format: Format,
-    /// The file to write (atomically: nothing is left at this path if the export fails).
+    /// The file (GGUF) or directory (compressed-tensors; must not exist or be empty) to
+    /// write, atomically: nothing is left at this path if the export fails.
     #[arg(short, long)]
     pub output: PathBuf,
-    /// GGUF type of tensors with no exact ggml equivalent (AWQ-scaled, VQ, tenpak_x,
-    /// int4_residual, int3/int2, int4 with fp16 outliers): q8_0 adds the least error,
-    /// q4_1 keeps the size near int4's; rows not a multiple of 32 use f16/bf16.
-    #[arg(long, default_value = "q8_0", value_parser = parse_fallback)]
-    pub fallback: GgmlType,
+    /// What tensors with no exact equivalent in the target become (their added error is
+    /// reported). GGUF: q8_0 (default: the least error), q4_1 (keeps the size near
+    /// int4's), q4_0, f16, bf16, f32 (rows not a multiple of 32 use f16/bf16).
+    /// compressed-tensors: int8 (default: symmetric, groups of 128), int4 (symmetric,
+    /// groups of 128) or dense (the decode, unquantized, listed in `ignore`).
+    #[arg(long)]
+    pub fallback: Option<String>,
     /// Also write the per-tensor report (type, exact or not, added error) as JSON here.
     #[arg(long)]
     pub report: Option<PathBuf>,
@@ -46,7 +54,7 @@ fn parse_fallback(s: &str) -> Result<GgmlType, String> {
     gguf::FALLBACKS
         .into_iter()
         .find(|t| t.to_string().eq_ignore_ascii_case(s))
-        .ok_or_else(|| format!("{s}: one of q8_0, q4_1, q4_0, f16, bf16, f32"))
+        .ok_or_else(|| format!("--fallback {s}: for GGUF one of q8_0, q4_1, q4_0, f16, bf16, f32"))
 }
 
 /// Runs the command.
@@ -57,21 +65,51 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         Opened::Full(art) => (Model::Full(art), &**art),
         Opened::Delta(d) => (Model::Delta(d), d.delta()),
     };
-    let Format::Gguf = a.format;
     let n = art.manifest().tensors.len();
     let pb = super::progress::bar(n as u64, "export");
     let t0 = std::time::Instant::now();
-    let report = gguf::export(
-        model,
-        &a.output,
-        &Options {
-            fallback: a.fallback,
-        },
-        &|name| {
-            pb.set_message(name.to_string());
-            pb.inc(1);
-        },
-    )?;
+    let progress = |name: &str| {
+        pb.set_message(name.to_string());
+        pb.inc(1);
+    };
+    let (report, what) = match a.format {
+        Format::Gguf => (
+            gguf::export(
+                model,
+                &a.output,
+                &gguf::Options {
+                    fallback: a
+                        .fallback
+                        .as_deref()
+                        .map(parse_fallback)
+                        .transpose()
+                        .map_err(anyhow::Error::msg)?
+                        .unwrap_or(GgmlType::Q8_0),
+                },
+                &progress,
+            )?,
+            "GGUF",
+        ),
+        Format::CompressedTensors => (
+            compressed_tensors::export(
+                model,
+                &a.output,
+                &compressed_tensors::Options {
+                    fallback: a
+                        .fallback
+                        .as_deref()
+                        .map(|s| {
+                            s.parse()
+                                .map_err(|e| anyhow::anyhow!("--fallback {e} for compressed-tensors"))
+                        })
+                        .transpose()?
+                        .unwrap_or_default(),
+                },
+                &progress,
+            )?,
+            "compressed-tensors",
+        ),
+    };
     pb.finish_and_clear();
     let mut by_type: std::collections::BTreeMap<&str, (usize, usize)> = Default::default();
     for t in &report.tensors {
@@ -84,7 +122,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .map(|(ty, (n, exact))| format!("{ty} {n} ({exact} exact)"))
         .collect();
     println!(
-        "exported {n} tensors from {} ({}) -> {} as GGUF: {} bytes, {:.3} bits/weight; {} of {n} tensors exact (equal to the .tnpk's decode, {} bit for bit) [{}] in {:.1} s",
+        "exported {n} tensors from {} ({}) -> {} as {what}: {} bytes, {:.3} bits/weight; {} of {n} tensors exact (equal to the .tnpk's decode, {} bit for bit) [{}] in {:.1} s",
         a.source.location,
         art.digest(),
         a.output.display(),

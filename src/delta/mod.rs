@@ -25,3 +25,48 @@ pub use adapter::pack_adapter;
 pub use choose::{Choice, DeltaMode, DeltaOptions, Entropy};
 pub use pack::{check_compatible, pack_delta, DeltaReport, DeltaTensorReport};
 pub use source::DeltaSource;
+
+use crate::artifact::source::{self as art_source, HttpOptions};
+use crate::artifact::Artifact;
+use crate::{Error, Result};
+
+/// An opened model artifact: a full model, or a delta with its base.
+pub enum Opened {
+    /// A full model.
+    Full(Box<Artifact>),
+    /// A delta and its base.
+    Delta(Box<DeltaSource>),
+}
+
+/// Opens the artifact at `location` (a file or an http(s) URL served with Range
+/// support), with its base when it is a delta: a delta without `base`, a delta with
+/// the wrong base and a `base` for a full model are errors. With `key`, both artifacts
+/// must be signed by it (checked before their manifests are parsed).
+pub fn open_model(
+    location: &str,
+    base: Option<&str>,
+    http: HttpOptions,
+    key: Option<&ed25519_dalek::VerifyingKey>,
+) -> Result<Opened> {
+    let open = |loc: &str| {
+        let src = art_source::open(loc, http.clone())?;
+        match key {
+            Some(k) => Artifact::open_verified(src, k),
+            None => Artifact::open(src),
+        }
+    };
+    let art = open(location)?;
+    match (&art.manifest().base, base) {
+        (None, None) => Ok(Opened::Full(Box::new(art))),
+        (None, Some(_)) => Err(Error::NotADelta {
+            location: location.to_string(),
+        }),
+        (Some(b), None) => Err(Error::DeltaNeedsBase {
+            base: b.digest.clone(),
+        }),
+        (Some(_), Some(base)) => Ok(Opened::Delta(Box::new(DeltaSource::new(
+            art,
+            open(base)?,
+        )?))),
+    }
+}

@@ -35,15 +35,13 @@ use std::path::Path;
 use half::f16;
 use serde_json::Value as Json;
 
+use super::{Compare, Model, Report};
 use crate::artifact::format::{Encoding, TensorEntry};
-use crate::artifact::Artifact;
 use crate::codec::header::{Header, HEADER_LEN};
-use crate::delta::DeltaSource;
 use crate::source::gguf::dequant::dequantize;
 use crate::source::gguf::quant::{q4_0_block, q4_1_block, quantize_row, QK};
 use crate::source::gguf::write::{GgufWriter, Meta, TensorDecl};
 use crate::source::gguf::{gguf_name, permuted_row_order, Arch, GgmlType, SUPPORTED_ARCHS};
-use crate::source::TensorSource;
 use crate::{Error, Result};
 
 /// Options of a GGUF export.
@@ -62,52 +60,6 @@ impl Default for Options {
     }
 }
 
-/// What is exported: a full artifact, or a delta with its base (the fine-tune it
-/// reconstructs).
-#[derive(Clone, Copy)]
-pub enum Model<'a> {
-    /// A full model artifact.
-    Full(&'a Artifact),
-    /// A delta artifact opened with its base. Its tensors are the fine-tune's values in
-    /// their dtype (BF16/F16/F32, exact); `--fallback` does not apply.
-    Delta(&'a DeltaSource),
-}
-
-impl Model<'_> {
-    /// The artifact whose manifest lists the tensors (the delta's, for a delta).
-    fn artifact(&self) -> &Artifact {
-        match self {
-            Model::Full(a) => a,
-            Model::Delta(d) => d.delta(),
-        }
-    }
-
-    /// A side file that must be there, as JSON (`why`: for the error).
-    fn required_json(&self, name: &str, why: &str) -> Result<Json> {
-        self.side_json(name)?.ok_or_else(|| Error::Missing {
-            path: self.artifact().digest().into(),
-            what: format!("{name} ({why})"),
-        })
-    }
-
-    /// A side file as JSON: the delta's, else the base's.
-    fn side_json(&self, name: &str) -> Result<Option<Json>> {
-        let arts: Vec<&Artifact> = match self {
-            Model::Full(a) => vec![a],
-            Model::Delta(d) => vec![d.delta(), d.base()],
-        };
-        for art in arts {
-            if let Some(f) = art.manifest().files.iter().find(|f| f.name == name) {
-                let bytes = art.read_file(f)?;
-                return serde_json::from_slice(&bytes).map(Some).map_err(|e| {
-                    Error::malformed(format!("{}#{name}", art.digest()), "JSON", e.to_string())
-                });
-            }
-        }
-        Ok(None)
-    }
-}
-
 /// The types a fallback may be.
 pub const FALLBACKS: [GgmlType; 6] = [
     GgmlType::Q8_0,
@@ -117,56 +69,6 @@ pub const FALLBACKS: [GgmlType; 6] = [
     GgmlType::BF16,
     GgmlType::F32,
 ];
-
-/// What happened to one tensor.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct TensorReport {
-    /// The transformers name.
-    pub name: String,
-    /// The GGUF name.
-    pub gguf_name: String,
-    /// Our encoding (its label).
-    pub from: String,
-    /// The ggml type written.
-    pub ty: String,
-    /// Whether every GGUF value equals our decode (checked, not assumed; `-0.0` equals
-    /// `0.0`: `Q4_0`'s `(q − 8)·d` gives `-0.0` where our `q·s − 8s` gives `0.0`, as
-    /// llama.cpp's own `Q4_0` files do, whose `d` is negative).
-    pub exact: bool,
-    /// Whether they are equal bit for bit as well.
-    pub bit_identical: bool,
-    /// ‖gguf − ours‖ / ‖ours‖ (0 when exact).
-    pub rel_rms_error: f64,
-    /// Largest |gguf − ours|.
-    pub max_abs_error: f64,
-    /// Bytes of GGUF data.
-    pub bytes: u64,
-}
-
-/// The result of an export.
-#[derive(Debug, Clone, serde::Serialize)]
-pub struct Report {
-    /// One entry per tensor, in file order.
-    pub tensors: Vec<TensorReport>,
-    /// Bytes of the whole file.
-    pub file_bytes: u64,
-    /// Weights (elements) in the file.
-    pub weights: u64,
-    /// `general.file_type` written (llama.cpp's `LLAMA_FTYPE_*`).
-    pub file_type: u32,
-}
-
-impl Report {
-    /// Tensors whose GGUF values equal our decode.
-    pub fn exact(&self) -> usize {
-        self.tensors.iter().filter(|t| t.exact).count()
-    }
-
-    /// Bits per weight of the file (tensor data, metadata and alignment included).
-    pub fn bits_per_weight(&self) -> f64 {
-        self.file_bytes as f64 * 8.0 / self.weights.max(1) as f64
-    }
-}
 
 fn export_err(reason: String) -> Error {
     Error::Export {
@@ -345,7 +247,11 @@ fn int4_blocks(name: &str, bytes: &[u8], order: &[usize], out: &mut Vec<u8>) -> 
 
 /// Converts one tensor: its GGUF data, and its report.
 /// `ours`: the tensor as we decode it; `bytes`: its encoding (for the int4 repacking).
-fn convert(p: &Planned<'_>, mut ours: Vec<f32>, bytes: &[u8]) -> Result<(Vec<u8>, TensorReport)> {
+fn convert(
+    p: &Planned<'_>,
+    mut ours: Vec<f32>,
+    bytes: &[u8],
+) -> Result<(Vec<u8>, super::TensorReport)> {
     let t = p.entry;
     if p.shift != 0.0 {
         ours.iter_mut().for_each(|x| *x += p.shift);
@@ -365,37 +271,19 @@ fn convert(p: &Planned<'_>, mut ours: Vec<f32>, bytes: &[u8]) -> Result<(Vec<u8>
     // The check: llama.cpp's dequantization of what was written, against our decode.
     let mut back = vec![0f32; ours.len()];
     dequantize(p.decl.ty, &data, &mut back);
-    let (mut diff2, mut norm2, mut worst) = (0f64, 0f64, 0f64);
-    let (mut exact, mut bits) = (true, true);
+    let mut cmp = Compare::default();
     for (k, &r) in order.iter().enumerate() {
-        let (a, b) = (
+        cmp.add(
             &ours[r * row_len..(r + 1) * row_len],
             &back[k * row_len..(k + 1) * row_len],
         );
-        for (&x, &y) in a.iter().zip(b) {
-            exact &= x == y;
-            bits &= x.to_bits() == y.to_bits();
-            let d = f64::from(x) - f64::from(y);
-            diff2 += d * d;
-            norm2 += f64::from(x) * f64::from(x);
-            worst = worst.max(d.abs());
-        }
     }
-    let report = TensorReport {
-        name: t.name.clone(),
-        gguf_name: p.decl.name.clone(),
-        from: t.encoding.label(t.dtype),
-        ty: p.decl.ty.to_string(),
-        exact,
-        bit_identical: bits,
-        rel_rms_error: if norm2 > 0.0 {
-            (diff2 / norm2).sqrt()
-        } else {
-            diff2.sqrt()
-        },
-        max_abs_error: worst,
-        bytes: data.len() as u64,
-    };
+    let report = cmp.report(
+        t,
+        p.decl.name.clone(),
+        p.decl.ty.to_string(),
+        data.len() as u64,
+    );
     Ok((data, report))
 }
 
@@ -498,7 +386,7 @@ fn write_file(
     meta: &[(String, Meta)],
     planned: &[Planned<'_>],
     progress: &dyn Fn(&str),
-) -> Result<(Vec<TensorReport>, u64)> {
+) -> Result<(Vec<super::TensorReport>, u64)> {
     let file = std::fs::File::create(tmp).map_err(|e| Error::io("create", tmp, e))?;
     let mut w = GgufWriter::begin(
         BufWriter::with_capacity(1 << 20, file),
@@ -509,29 +397,17 @@ fn write_file(
     let mut reports = Vec::with_capacity(planned.len());
     let entries: Vec<&TensorEntry> = planned.iter().map(|p| p.entry).collect();
     let mut next = planned.iter();
-    let mut each = |p: &Planned<'_>, ours: Vec<f32>, bytes: &[u8]| -> Result<()> {
+    model.for_each_decoded(&entries, |t, ours, bytes| {
+        let p = next
+            .next()
+            .filter(|p| std::ptr::eq(p.entry, t))
+            .ok_or_else(|| export_err("tensors came back out of order".into()))?;
+        progress(&t.name);
         let (data, report) = convert(p, ours, bytes)?;
         w.tensor(&data)?;
         reports.push(report);
         Ok(())
-    };
-    match model {
-        Model::Full(art) => art.for_each_encoded(&entries, |t, bytes| {
-            let p = next
-                .next()
-                .filter(|p| std::ptr::eq(p.entry, t))
-                .ok_or_else(|| export_err("tensors came back out of order".into()))?;
-            progress(&t.name);
-            each(p, art.decode(t, &bytes)?, &bytes)
-        })?,
-        // One tensor at a time: its chunks of the delta and of the base, verified.
-        Model::Delta(d) => {
-            for p in planned {
-                progress(&p.entry.name);
-                each(p, d.read_f32(&p.entry.name)?, &[])?;
-            }
-        }
-    }
+    })?;
     let (out, file_bytes) = w.finish()?;
     out.into_inner()
         .map_err(|e| Error::io("write", tmp, e.into_error()))?
@@ -621,17 +497,8 @@ pub fn export(
 
     // Written under a temporary name beside `path` (File::create: the umask's
     // permissions), renamed into place once complete; removed on any error.
-    let name = path
-        .file_name()
-        .ok_or_else(|| export_err(format!("{} is not a file path", path.display())))?;
-    let tmp = path.with_file_name(format!(".{}.partial", name.to_string_lossy()));
-    let written = write_file(model, &tmp, path, &meta, &planned, progress);
-    let done = written.and_then(|(reports, file_bytes)| {
-        std::fs::rename(&tmp, path).map_err(|e| Error::io("rename", path, e))?;
-        Ok((reports, file_bytes))
-    });
-    let (reports, file_bytes) = done.inspect_err(|_| {
-        let _ = std::fs::remove_file(&tmp);
+    let (reports, file_bytes) = super::atomically("GGUF", path, |tmp| {
+        write_file(model, tmp, path, &meta, &planned, progress)
     })?;
     Ok(Report {
         tensors: reports,

@@ -13,7 +13,7 @@ pub mod writer;
 use std::path::Path;
 
 pub use hf::HfModelDir;
-pub use writer::{HfDirWriter, DEFAULT_MAX_SHARD_BYTES};
+pub use writer::{HfDirWriter, RawDecl, DEFAULT_MAX_SHARD_BYTES};
 
 use crate::dtype::DType;
 use crate::{Error, Result};

@@ -34,10 +34,40 @@ struct Shard {
     header: Vec<u8>,
 }
 
+/// A tensor written as stored bytes (packed integers, shapes: what quantized layouts such
+/// as compressed-tensors keep beside float weights).
+#[derive(Debug, Clone)]
+pub struct RawDecl {
+    /// Tensor name.
+    pub name: String,
+    /// Row-major shape.
+    pub shape: Vec<usize>,
+    /// Its safetensors dtype.
+    pub dtype: safetensors::Dtype,
+}
+
+impl RawDecl {
+    fn len(&self) -> usize {
+        self.shape.iter().product::<usize>() * self.dtype.bitsize() / 8
+    }
+}
+
+impl From<&TensorMeta> for RawDecl {
+    fn from(m: &TensorMeta) -> Self {
+        RawDecl {
+            name: m.name.clone(),
+            shape: m.shape.clone(),
+            dtype: m.dtype.safetensors_dtype(),
+        }
+    }
+}
+
 /// Streams tensors into a sharded safetensors HF directory.
 pub struct HfDirWriter {
     dir: PathBuf,
-    metas: Vec<TensorMeta>,
+    metas: Vec<RawDecl>,
+    /// Per tensor: the float dtype `write` converts f32 values to (`None`: bytes only).
+    floats: Vec<Option<crate::dtype::DType>>,
     shard_of: Vec<usize>,
     shards: Vec<Shard>,
     next: usize,
@@ -48,12 +78,38 @@ pub struct HfDirWriter {
 impl HfDirWriter {
     /// Plans the shards for `metas` (written in this order) under `dir`, creating it.
     pub fn new(dir: &Path, metas: Vec<TensorMeta>, max_shard_bytes: u64) -> Result<Self> {
+        let floats = metas.iter().map(|m| Some(m.dtype)).collect();
+        Self::plan(
+            dir,
+            metas.iter().map(RawDecl::from).collect(),
+            floats,
+            max_shard_bytes,
+        )
+    }
+
+    /// Plans the shards for tensors of any safetensors dtype, each written as bytes by
+    /// [`HfDirWriter::write_bytes`] (or, for `float` entries, from f32 by `write`).
+    pub fn with_decls(
+        dir: &Path,
+        decls: Vec<RawDecl>,
+        floats: Vec<Option<crate::dtype::DType>>,
+        max_shard_bytes: u64,
+    ) -> Result<Self> {
+        Self::plan(dir, decls, floats, max_shard_bytes)
+    }
+
+    fn plan(
+        dir: &Path,
+        metas: Vec<RawDecl>,
+        floats: Vec<Option<crate::dtype::DType>>,
+        max_shard_bytes: u64,
+    ) -> Result<Self> {
         std::fs::create_dir_all(dir).map_err(|e| Error::io("create directory", dir, e))?;
         let mut groups: Vec<Vec<usize>> = vec![];
         let mut size = 0u64;
         let mut total = 0u64;
         for (i, m) in metas.iter().enumerate() {
-            let bytes = (m.numel() * m.dtype.size()) as u64;
+            let bytes = m.len() as u64;
             total += bytes;
             match groups.last_mut() {
                 Some(g) if size + bytes <= max_shard_bytes => g.push(i),
@@ -80,11 +136,11 @@ impl HfDirWriter {
             let mut off = 0usize;
             for &i in &g {
                 let m = &metas[i];
-                let len = m.numel() * m.dtype.size();
+                let len = m.len();
                 infos.push((
                     m.name.clone(),
                     safetensors::tensor::TensorInfo {
-                        dtype: m.dtype.safetensors_dtype(),
+                        dtype: m.dtype,
                         shape: m.shape.clone(),
                         data_offsets: (off, off + len),
                     },
@@ -112,6 +168,7 @@ impl HfDirWriter {
         Ok(Self {
             dir: dir.to_path_buf(),
             metas,
+            floats,
             shard_of,
             shards,
             next: 0,
@@ -125,33 +182,65 @@ impl HfDirWriter {
     }
 
     /// The next tensor the writer expects, if any.
-    pub fn next_tensor(&self) -> Option<&TensorMeta> {
+    pub fn next_tensor(&self) -> Option<&RawDecl> {
         self.metas.get(self.next)
     }
 
     /// Writes the next tensor (must be `name`, in declaration order) from f32 values,
     /// converting to its declared dtype.
     pub fn write(&mut self, name: &str, values: &[f32]) -> Result<()> {
-        let Some(meta) = self.metas.get(self.next) else {
-            return Err(Error::Writer(WriterMisuse::OutOfOrder {
-                expected: String::new(),
-                got: name.to_string(),
-            }));
+        let (meta, dtype) = self.expect(name)?;
+        let Some(dtype) = dtype else {
+            return Err(Error::Writer(WriterMisuse::NotFloat(name.to_string())));
         };
-        if meta.name != name {
-            return Err(Error::Writer(WriterMisuse::OutOfOrder {
-                expected: meta.name.clone(),
-                got: name.to_string(),
-            }));
-        }
-        if values.len() != meta.numel() {
+        let numel: usize = meta.shape.iter().product();
+        if values.len() != numel {
             return Err(Error::ShapeMismatch {
                 tensor: name.to_string(),
                 expected: meta.shape.clone(),
                 got: vec![values.len()],
             });
         }
-        let dtype = meta.dtype;
+        // Convert in slices so a large tensor never exists twice in memory.
+        let mut buf = Vec::with_capacity(WRITE_CHUNK * dtype.size());
+        for chunk in values.chunks(WRITE_CHUNK) {
+            buf.clear();
+            dtype.encode_into(chunk, &mut buf);
+            self.put(&buf)?;
+        }
+        self.next += 1;
+        Ok(())
+    }
+
+    /// Writes the next tensor (must be `name`, in declaration order) as its stored bytes
+    /// (little-endian, exactly the declared shape's size).
+    pub fn write_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
+        let (meta, _) = self.expect(name)?;
+        if bytes.len() != meta.len() {
+            return Err(Error::ShapeMismatch {
+                tensor: name.to_string(),
+                expected: meta.shape.clone(),
+                got: vec![bytes.len() * 8 / meta.dtype.bitsize().max(1)],
+            });
+        }
+        self.put(bytes)?;
+        self.next += 1;
+        Ok(())
+    }
+
+    /// The declaration of the next tensor, checked to be `name`.
+    fn expect(&self, name: &str) -> Result<(RawDecl, Option<crate::dtype::DType>)> {
+        match self.metas.get(self.next) {
+            Some(m) if m.name == name => Ok((m.clone(), self.floats[self.next])),
+            m => Err(Error::Writer(WriterMisuse::OutOfOrder {
+                expected: m.map(|m| m.name.clone()).unwrap_or_default(),
+                got: name.to_string(),
+            })),
+        }
+    }
+
+    /// Appends bytes of the next tensor to its shard, opening the shard when it starts.
+    fn put(&mut self, bytes: &[u8]) -> Result<()> {
         let si = self.shard_of[self.next];
         if self.open.as_ref().map(|(s, _)| *s) != Some(si) {
             self.close_current()?;
@@ -166,15 +255,8 @@ impl HfDirWriter {
         }
         let p = self.tmp_path(si);
         if let Some((_, w)) = self.open.as_mut() {
-            // Convert in slices so a large tensor never exists twice in memory.
-            let mut buf = Vec::with_capacity(WRITE_CHUNK * dtype.size());
-            for chunk in values.chunks(WRITE_CHUNK) {
-                buf.clear();
-                dtype.encode_into(chunk, &mut buf);
-                w.write_all(&buf).map_err(|e| Error::io("write", &p, e))?;
-            }
+            w.write_all(bytes).map_err(|e| Error::io("write", &p, e))?;
         }
-        self.next += 1;
         Ok(())
     }
 

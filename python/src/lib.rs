@@ -1,0 +1,366 @@
+//! `tenpak._tenpak`: the compiled half of the Python package (`python/tenpak/__init__.py`
+//! is the API users see). An [`Artifact`] is a `.tnpk` opened from a file or an http(s)
+//! URL (range requests: only the chunks a load needs are fetched), optionally checked
+//! against an ed25519 public key, and, for a delta, opened with its base. `load` fetches,
+//! verifies (sha256 per chunk) and decodes the selected tensors with the GIL released,
+//! converting each straight into a Python `bytearray` in the requested dtype, which torch
+//! then wraps without a copy (`torch.frombuffer`).
+//!
+//! Errors become typed Python exceptions (see [`raise`]).
+
+use std::collections::BTreeMap;
+use std::path::PathBuf;
+
+use pyo3::create_exception;
+use pyo3::exceptions::PyException;
+use pyo3::prelude::*;
+use pyo3::types::{PyByteArray, PyBytes};
+use rayon::prelude::*;
+
+use tenpak::artifact::format::TensorEntry;
+use tenpak::artifact::source::HttpOptions;
+
+use tenpak::delta::Opened;
+use tenpak::dtype::DType;
+use tenpak::error::FormatError as Fe;
+use tenpak::source::TensorSource;
+
+create_exception!(
+    _tenpak,
+    TenpakError,
+    PyException,
+    "Any error of tenpak (the others derive from it)."
+);
+create_exception!(
+    _tenpak,
+    SignatureError,
+    TenpakError,
+    "The artifact is not signed by the given key, or its signature does not verify."
+);
+create_exception!(
+    _tenpak,
+    IntegrityError,
+    TenpakError,
+    "A chunk or the manifest does not hash to its recorded sha256 (corrupt or altered bytes)."
+);
+create_exception!(
+    _tenpak,
+    FormatError,
+    TenpakError,
+    "Not a valid .tnpk (bad magic, truncated, malformed manifest, unsupported version)."
+);
+create_exception!(
+    _tenpak,
+    MissingBaseError,
+    TenpakError,
+    "The artifact is a delta: open it with its base (base=...)."
+);
+create_exception!(
+    _tenpak,
+    WrongBaseError,
+    TenpakError,
+    "The base given is not the one the delta names (or does not fit it), or the artifact is not a delta."
+);
+create_exception!(
+    _tenpak,
+    FetchError,
+    TenpakError,
+    "Reading the file or fetching the URL failed."
+);
+create_exception!(
+    _tenpak,
+    TensorNotFoundError,
+    TenpakError,
+    "No tensor of that name, or the selection matched nothing."
+);
+
+/// The Python exception for an error of tenpak.
+fn raise(e: tenpak::Error) -> PyErr {
+    use tenpak::Error as E;
+    let msg = e.to_string();
+    match &e {
+        E::Artifact { error, .. } => match error {
+            Fe::NotSignedBy { .. }
+            | Fe::BadSignature { .. }
+            | Fe::SignatureBlock(_) => SignatureError::new_err(msg),
+            Fe::ChunkDigest { .. } | Fe::ManifestDigest { .. } => {
+                IntegrityError::new_err(msg)
+            }
+            _ => FormatError::new_err(msg),
+        },
+        E::Key { .. } => SignatureError::new_err(msg),
+        E::DeltaNeedsBase { .. } => MissingBaseError::new_err(msg),
+        E::WrongBase { .. }
+        | E::NotADelta { .. }
+        | E::IncompatibleBase { .. }
+        | E::BaseMismatch { .. } => WrongBaseError::new_err(msg),
+        E::Io { .. } | E::Http { .. } => FetchError::new_err(msg),
+        E::Truncated { .. } | E::Malformed { .. } | E::LimitExceeded { .. } => {
+            FormatError::new_err(msg)
+        }
+        E::TensorNotFound { .. } | E::NothingSelected => TensorNotFoundError::new_err(msg),
+        _ => TenpakError::new_err(msg),
+    }
+}
+
+/// A `.tnpk` artifact (a full model, or a delta with its base), opened.
+#[pyclass(frozen, module = "tenpak._tenpak")]
+struct Artifact {
+    opened: Opened,
+    location: String,
+}
+
+impl Artifact {
+    /// The artifact whose manifest lists the tensors (the delta's, for a delta).
+    fn art(&self) -> &tenpak::artifact::Artifact {
+        match &self.opened {
+            Opened::Full(a) => a,
+            Opened::Delta(d) => d.delta(),
+        }
+    }
+
+    fn selected(&self, names: Option<&[String]>, layers: Option<&[usize]>) -> Vec<&TensorEntry> {
+        self.art()
+            .manifest()
+            .tensors
+            .iter()
+            .filter(|t| {
+                names.is_none_or(|ns| {
+                    ns.iter()
+                        .any(|p| *p == t.name || tenpak::glob::matches(p, &t.name, None))
+                })
+            })
+            .filter(|t| {
+                layers.is_none_or(|ls| {
+                    tenpak::artifact::select::layer_of(&t.name).is_some_and(|l| ls.contains(&l))
+                })
+            })
+            .collect()
+    }
+}
+
+/// Converts f32 values into `out` in `dtype`, in parallel slices.
+fn convert_into(values: &[f32], dtype: DType, out: &mut [u8]) {
+    const SLICE: usize = 1 << 16;
+    let size = dtype.size();
+    values
+        .par_chunks(SLICE)
+        .zip(out.par_chunks_mut(SLICE * size))
+        .for_each(|(v, o)| {
+            let mut buf = Vec::with_capacity(v.len() * size);
+            dtype.encode_into(v, &mut buf);
+            o.copy_from_slice(&buf);
+        });
+}
+
+/// One loaded tensor: name, shape, dtype name, its bytes.
+type Loaded = (String, Vec<usize>, String, Py<PyByteArray>);
+
+#[pymethods]
+impl Artifact {
+    /// Opens `location` (a `.tnpk` path or an http(s) URL served with Range support).
+    /// `key`: a public key file (`KEY.pub` from `tenpak keygen`) the artifact must be
+    /// signed by (checked before the manifest is parsed). `base`: the base artifact of a
+    /// delta. `parallel`: concurrent HTTP range requests.
+    #[new]
+    #[pyo3(signature = (location, key=None, base=None, parallel=4))]
+    fn new(
+        py: Python<'_>,
+        location: String,
+        key: Option<PathBuf>,
+        base: Option<String>,
+        parallel: usize,
+    ) -> PyResult<Self> {
+        py.detach(|| {
+            let key = key
+                .as_deref()
+                .map(tenpak::artifact::sign::load_public_key)
+                .transpose()?;
+            let http = HttpOptions {
+                parallel: parallel.max(1),
+                ..HttpOptions::default()
+            };
+            let opened = tenpak::delta::open_model(&location, base.as_deref(), http, key.as_ref())?;
+            Ok(Artifact { opened, location })
+        })
+        .map_err(raise)
+    }
+
+    /// Where it was opened from.
+    #[getter]
+    fn location(&self) -> &str {
+        &self.location
+    }
+
+    /// The artifact's digest (`sha256:…` of its manifest).
+    #[getter]
+    fn digest(&self) -> String {
+        self.art().digest().to_string()
+    }
+
+    /// The base's digest, for a delta.
+    #[getter]
+    fn base_digest(&self) -> Option<String> {
+        match &self.opened {
+            Opened::Full(_) => None,
+            Opened::Delta(d) => Some(d.base().digest().to_string()),
+        }
+    }
+
+    /// The manifest's metadata (source, method, calibration…).
+    fn metadata(&self) -> BTreeMap<String, String> {
+        self.art().manifest().metadata.clone()
+    }
+
+    /// Every tensor: (name, shape, dtype, encoding, layer or None, encoded bytes).
+    #[allow(clippy::type_complexity)]
+    fn tensors(&self) -> Vec<(String, Vec<u64>, String, String, Option<usize>, u64)> {
+        self.art()
+            .manifest()
+            .tensors
+            .iter()
+            .map(|t| {
+                (
+                    t.name.clone(),
+                    t.shape.clone(),
+                    t.dtype.to_string(),
+                    t.encoding.label(t.dtype),
+                    tenpak::artifact::select::layer_of(&t.name),
+                    t.encoded_length,
+                )
+            })
+            .collect()
+    }
+
+    /// The side files (config.json, tokenizer.json, …) by name.
+    fn files(&self) -> Vec<String> {
+        let mut names: Vec<String> = vec![];
+        let arts: Vec<&tenpak::artifact::Artifact> = match &self.opened {
+            Opened::Full(a) => vec![a],
+            Opened::Delta(d) => vec![d.delta(), d.base()],
+        };
+        for a in arts {
+            for f in &a.manifest().files {
+                if !names.contains(&f.name) {
+                    names.push(f.name.clone());
+                }
+            }
+        }
+        names
+    }
+
+    /// A side file's bytes (verified), the delta's own or else its base's.
+    fn read_file<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
+        let arts: Vec<&tenpak::artifact::Artifact> = match &self.opened {
+            Opened::Full(a) => vec![a],
+            Opened::Delta(d) => vec![d.delta(), d.base()],
+        };
+        for a in arts {
+            if let Some(f) = a.manifest().files.iter().find(|f| f.name == name) {
+                let bytes = py.detach(|| a.read_file(f)).map_err(raise)?;
+                return Ok(PyBytes::new(py, &bytes));
+            }
+        }
+        Err(TensorNotFoundError::new_err(format!(
+            "{}: no side file {name}",
+            self.location
+        )))
+    }
+
+    /// Bytes fetched so far (the delta's and its base's).
+    fn bytes_fetched(&self) -> u64 {
+        match &self.opened {
+            Opened::Full(a) => a.bytes_fetched(),
+            Opened::Delta(d) => d.delta().bytes_fetched() + d.base().bytes_fetched(),
+        }
+    }
+
+    /// The file's size in bytes (the delta's, for a delta).
+    fn size(&self) -> u64 {
+        self.art().len()
+    }
+
+    /// Fetches, verifies and decodes the tensors selected by `names` (exact names or
+    /// globs) and `layers` (transformer layer numbers), all when both are None. Each
+    /// comes back as (name, shape, dtype, bytearray), in `dtype` (`bf16`, `f16`, `f32`;
+    /// None: each tensor's own dtype).
+    #[pyo3(signature = (names=None, layers=None, dtype=None))]
+    fn load(
+        &self,
+        py: Python<'_>,
+        names: Option<Vec<String>>,
+        layers: Option<Vec<usize>>,
+        dtype: Option<String>,
+    ) -> PyResult<Vec<Loaded>> {
+        let dtype = dtype
+            .map(|d| {
+                DType::parse(&d).ok_or_else(|| {
+                    pyo3::exceptions::PyValueError::new_err(format!(
+                        "dtype {d}: use bf16, f16 or f32"
+                    ))
+                })
+            })
+            .transpose()?;
+        let chosen = self.selected(names.as_deref(), layers.as_deref());
+        if chosen.is_empty() {
+            return Err(raise(tenpak::Error::NothingSelected));
+        }
+        let mut out: Vec<Loaded> = Vec::with_capacity(chosen.len());
+        let mut py_err: Option<PyErr> = None;
+        // Each tensor is decoded without the GIL, then converted straight into its
+        // bytearray with it (one write of the output, no intermediate copy).
+        let mut put = |t: &TensorEntry, values: Vec<f32>| -> tenpak::Result<()> {
+            let dt = dtype.unwrap_or(t.dtype);
+            let ba = Python::attach(|py| {
+                PyByteArray::new_with(py, values.len() * dt.size(), |buf| {
+                    convert_into(&values, dt, buf);
+                    Ok(())
+                })
+                .map(Bound::unbind)
+            })
+            .map_err(|e| {
+                let message = format!("allocating the output of {}: {e}", t.name);
+                py_err = Some(e);
+                tenpak::Error::Compute { message }
+            })?;
+            let shape = t.shape.iter().map(|&d| d as usize).collect();
+            out.push((t.name.clone(), shape, dt.to_string(), ba));
+            Ok(())
+        };
+        let loaded = py.detach(|| match &self.opened {
+            Opened::Full(a) => a.for_each_encoded(&chosen, |t, bytes| {
+                let values = a.decode(t, &bytes)?;
+                drop(bytes);
+                put(t, values)
+            }),
+            Opened::Delta(d) => {
+                for t in &chosen {
+                    put(t, d.read_f32(&t.name)?)?;
+                }
+                Ok(())
+            }
+        });
+        match (loaded, py_err) {
+            (_, Some(e)) => Err(e),
+            (Err(e), None) => Err(raise(e)),
+            (Ok(()), None) => Ok(out),
+        }
+    }
+}
+
+/// The compiled module.
+#[pymodule]
+fn _tenpak(m: &Bound<'_, PyModule>) -> PyResult<()> {
+    let py = m.py();
+    m.add_class::<Artifact>()?;
+    m.add("TenpakError", py.get_type::<TenpakError>())?;
+    m.add("SignatureError", py.get_type::<SignatureError>())?;
+    m.add("IntegrityError", py.get_type::<IntegrityError>())?;
+    m.add("FormatError", py.get_type::<FormatError>())?;
+    m.add("MissingBaseError", py.get_type::<MissingBaseError>())?;
+    m.add("WrongBaseError", py.get_type::<WrongBaseError>())?;
+    m.add("FetchError", py.get_type::<FetchError>())?;
+    m.add("TensorNotFoundError", py.get_type::<TensorNotFoundError>())?;
+    m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    Ok(())
+}
