@@ -39,6 +39,9 @@ python3 -c 'import moto.server' 2> /dev/null ||
 command -v chromedriver > /dev/null 2>&1 ||
   echo "[test] no chromedriver: the dashboard's browser test will skip (apt-get install chromium chromium-driver)" >&2
 cargo test --workspace "$@" || exit $?
+# The Python package: its wheel in a virtual environment of its own, pytest (and the
+# compressed-tensors export read by that library and by transformers).
+bash scripts/python.sh || exit $?
 # The registry's tests once more on the engines of a scaled-out registry: a PostgreSQL
 # database per registry (the machine's server, 127.0.0.1:5432) and an S3 bucket
 # (moto_server). Always under CI=true; elsewhere when PostgreSQL answers.

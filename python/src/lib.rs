@@ -8,6 +8,9 @@
 //!
 //! Errors become typed Python exceptions (see [`raise`]).
 
+#[cfg(feature = "cuda")]
+mod dlpack;
+
 use std::collections::BTreeMap;
 use std::path::PathBuf;
 
@@ -80,12 +83,10 @@ fn raise(e: tenpak::Error) -> PyErr {
     let msg = e.to_string();
     match &e {
         E::Artifact { error, .. } => match error {
-            Fe::NotSignedBy { .. }
-            | Fe::BadSignature { .. }
-            | Fe::SignatureBlock(_) => SignatureError::new_err(msg),
-            Fe::ChunkDigest { .. } | Fe::ManifestDigest { .. } => {
-                IntegrityError::new_err(msg)
+            Fe::NotSignedBy { .. } | Fe::BadSignature { .. } | Fe::SignatureBlock(_) => {
+                SignatureError::new_err(msg)
             }
+            Fe::ChunkDigest { .. } | Fe::ManifestDigest { .. } => IntegrityError::new_err(msg),
             _ => FormatError::new_err(msg),
         },
         E::Key { .. } => SignatureError::new_err(msg),
@@ -275,6 +276,50 @@ impl Artifact {
         }
     }
 
+    /// Fetches, verifies and decodes the selected tensors into the memory of GPU 0
+    /// (`tenpak::gpu::load_artifact`: encodings with a kernel are uploaded as stored and
+    /// decoded there), all in `dtype` (default bf16); each comes back as (name, DLPack
+    /// capsule). Full artifacts only (a delta loads through `load`).
+    #[cfg(feature = "cuda")]
+    #[pyo3(signature = (names=None, layers=None, dtype=None))]
+    fn load_cuda(
+        &self,
+        py: Python<'_>,
+        names: Option<Vec<String>>,
+        layers: Option<Vec<usize>>,
+        dtype: Option<String>,
+    ) -> PyResult<Vec<(String, Py<PyAny>)>> {
+        let Opened::Full(art) = &self.opened else {
+            return Err(TenpakError::new_err(
+                "a delta loads on the CPU (load), then moves to the GPU",
+            ));
+        };
+        let dtype = match dtype {
+            None => DType::BF16,
+            Some(d) => DType::parse(&d).ok_or_else(|| {
+                pyo3::exceptions::PyValueError::new_err(format!("dtype {d}: use bf16, f16 or f32"))
+            })?,
+        };
+        let chosen: Vec<String> = self
+            .selected(names.as_deref(), layers.as_deref())
+            .iter()
+            .map(|t| t.name.clone())
+            .collect();
+        if chosen.is_empty() {
+            return Err(raise(tenpak::Error::NothingSelected));
+        }
+        let sel = tenpak::artifact::Selection::new(Some(&chosen.join(",")), None)
+            .map_err(TenpakError::new_err)?;
+        let loaded = py
+            .detach(|| tenpak::gpu::load_artifact(art, &sel, dtype))
+            .map_err(raise)?;
+        let loaded = std::sync::Arc::new(loaded);
+        chosen
+            .iter()
+            .map(|n| Ok((n.clone(), dlpack::capsule(py, &loaded, n)?)))
+            .collect()
+    }
+
     /// The file's size in bytes (the delta's, for a delta).
     fn size(&self) -> u64 {
         self.art().len()
@@ -362,5 +407,7 @@ fn _tenpak(m: &Bound<'_, PyModule>) -> PyResult<()> {
     m.add("FetchError", py.get_type::<FetchError>())?;
     m.add("TensorNotFoundError", py.get_type::<TensorNotFoundError>())?;
     m.add("__version__", env!("CARGO_PKG_VERSION"))?;
+    // Whether `load_cuda` exists (a wheel built with the `cuda` feature).
+    m.add("HAS_CUDA", cfg!(feature = "cuda"))?;
     Ok(())
 }

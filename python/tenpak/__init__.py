@@ -12,7 +12,9 @@ as a delta opens with its base (``base=``) and loads as the fine-tune.
 
 Decoding runs in Rust with the GIL released, on all cores; each tensor is written once,
 straight into a buffer that torch wraps without copying (``torch.frombuffer``).
-``device="cuda"`` decodes on the CPU and copies each tensor to the GPU.
+``device="cuda"``: a wheel built with CUDA (``tenpak.HAS_CUDA``) uploads the encoded
+chunks and decodes them on GPU 0 with tenpak's kernels, handing the memory to torch by
+DLPack; otherwise each tensor is decoded on the CPU and copied.
 
 Errors are typed: :class:`SignatureError`, :class:`IntegrityError` (a corrupt chunk),
 :class:`FormatError`, :class:`MissingBaseError`, :class:`WrongBaseError`,
@@ -26,6 +28,7 @@ from dataclasses import dataclass
 from typing import Dict, Iterable, List, Optional, Sequence, Tuple, Union
 
 from ._tenpak import (  # noqa: F401  (re-exported)
+    HAS_CUDA,
     Artifact as _Artifact,
     FetchError,
     FormatError,
@@ -175,6 +178,18 @@ class Artifact:
         tensor's own dtype) on ``device``."""
         torch = _torch()
         tdt = {"bf16": torch.bfloat16, "f16": torch.float16, "f32": torch.float32}
+        if str(device) in ("cuda", "cuda:0") and HAS_CUDA and self.base_digest is None:
+            # Decoded on the GPU (tenpak's kernels), handed over by DLPack: no copy.
+            from torch.utils.dlpack import from_dlpack
+
+            if isinstance(names, str):
+                names = [names]
+            loaded = self._a.load_cuda(
+                None if names is None else list(names),
+                None if layers is None else [int(l) for l in layers],
+                _dtype_name(dtype),
+            )
+            return {name: from_dlpack(cap) for name, cap in loaded}
         out = {}
         for name, shape, dt, buf in self.load_bytes(names, layers, dtype):
             if len(buf) == 0:

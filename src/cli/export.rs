@@ -99,8 +99,9 @@ pub fn run(a: Args) -> anyhow::Result<()> {
                         .fallback
                         .as_deref()
                         .map(|s| {
-                            s.parse()
-                                .map_err(|e| anyhow::anyhow!("--fallback {e} for compressed-tensors"))
+                            s.parse().map_err(|e| {
+                                anyhow::anyhow!("--fallback {e} for compressed-tensors")
+                            })
                         })
                         .transpose()?
                         .unwrap_or_default(),

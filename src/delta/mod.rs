@@ -64,9 +64,6 @@ pub fn open_model(
         (Some(b), None) => Err(Error::DeltaNeedsBase {
             base: b.digest.clone(),
         }),
-        (Some(_), Some(base)) => Ok(Opened::Delta(Box::new(DeltaSource::new(
-            art,
-            open(base)?,
-        )?))),
+        (Some(_), Some(base)) => Ok(Opened::Delta(Box::new(DeltaSource::new(art, open(base)?)?))),
     }
 }

@@ -276,7 +276,13 @@ fn from_sym_int4(name: &str, bytes: &[u8], rows: usize, cols: usize) -> Result<P
         )));
     }
     let scales = (0..groups)
-        .map(|g| f16::from_bits(u16::from_le_bytes([bytes[HEADER_LEN + 2 * g], bytes[HEADER_LEN + 2 * g + 1]])).to_f32())
+        .map(|g| {
+            f16::from_bits(u16::from_le_bytes([
+                bytes[HEADER_LEN + 2 * g],
+                bytes[HEADER_LEN + 2 * g + 1],
+            ]))
+            .to_f32()
+        })
         .collect();
     let codes = bytes[codes_at..]
         .iter()
@@ -322,7 +328,9 @@ fn requantize(w: &[f32], cols: usize, bits: u32, group: usize, symmetric: bool) 
     for (g, x) in w.chunks_exact(group).enumerate() {
         let (mn, mx) = x
             .iter()
-            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| (a.min(v), b.max(v)));
+            .fold((f32::INFINITY, f32::NEG_INFINITY), |(a, b), &v| {
+                (a.min(v), b.max(v))
+            });
         let base = if symmetric {
             mn.abs().max(mx.abs()) / hi as f32
         } else {
@@ -385,7 +393,10 @@ fn quantize_linear(t: &TensorEntry, q: Quant, ours: &[f32], bytes: &[u8]) -> Res
 
 /// The `quantization_config` for the packed Linears (one config group per distinct
 /// quantization, its targets the module names) and the Linears left dense.
-fn quantization_config(groups: &BTreeMap<(u32, usize, bool), Vec<String>>, ignore: &[String]) -> Json {
+fn quantization_config(
+    groups: &BTreeMap<(u32, usize, bool), Vec<String>>,
+    ignore: &[String],
+) -> Json {
     let mut config_groups = serde_json::Map::new();
     for (i, ((bits, group, symmetric), targets)) in groups.iter().enumerate() {
         config_groups.insert(
@@ -436,7 +447,12 @@ fn type_label(plan: Plan) -> String {
 /// name beside it and renamed at the end: an interrupted export leaves no partial
 /// `dir`; an existing non-empty `dir` is refused). `progress` is called with each
 /// tensor's name as it starts.
-pub fn export(model: Model<'_>, dir: &Path, opts: &Options, progress: &dyn Fn(&str)) -> Result<Report> {
+pub fn export(
+    model: Model<'_>,
+    dir: &Path,
+    opts: &Options,
+    progress: &dyn Fn(&str),
+) -> Result<Report> {
     let art = model.artifact();
     let is_delta = matches!(model, Model::Delta(_));
     if let (Some(base), false) = (&art.manifest().base, is_delta) {
@@ -522,7 +538,12 @@ pub fn export(model: Model<'_>, dir: &Path, opts: &Options, progress: &dyn Fn(&s
                         // Packed along the rows (`packed_dim=0`): transposed, packed per
                         // group column, transposed back.
                         let groups = cols / q.group;
-                        let mut zt = vec![0i8; rows.div_ceil(32 / q.bits as usize) * (32 / q.bits as usize) * groups];
+                        let mut zt = vec![
+                            0i8;
+                            rows.div_ceil(32 / q.bits as usize)
+                                * (32 / q.bits as usize)
+                                * groups
+                        ];
                         let padded = zt.len() / groups;
                         for r in 0..rows {
                             for g in 0..groups {
@@ -602,10 +623,16 @@ mod tests {
     fn requantize_is_exact_on_its_own_grid_and_close_elsewhere() {
         // Values already on an integer-zero-point grid come back exactly.
         let s = 0.25f32;
-        let w: Vec<f32> = (0..64).map(|i| ((i % 16) as i32 - 3 - 8) as f32 * s).collect();
+        let w: Vec<f32> = (0..64)
+            .map(|i| ((i % 16) as i32 - 3 - 8) as f32 * s)
+            .collect();
         let p = requantize(&w, 64, 4, 32, false);
         let back = p.dequantize(64, 32);
-        let err: f32 = w.iter().zip(&back).map(|(a, b)| (a - b).abs()).fold(0.0, f32::max);
+        let err: f32 = w
+            .iter()
+            .zip(&back)
+            .map(|(a, b)| (a - b).abs())
+            .fold(0.0, f32::max);
         assert!(err < 1e-6, "{err}");
         // An asymmetric fp16-offset grid: within half a step.
         let w: Vec<f32> = (0..64).map(|i| (i % 16) as f32 * 0.1 + 0.037).collect();
@@ -615,7 +642,9 @@ mod tests {
             assert!((a - b).abs() <= 0.051, "{a} {b}");
         }
         // Symmetric int8 RTN: within half a step of absmax/127.
-        let w: Vec<f32> = (0..256).map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0).collect();
+        let w: Vec<f32> = (0..256)
+            .map(|i| ((i * 37 % 101) as f32 - 50.0) / 7.0)
+            .collect();
         let p = requantize(&w, 256, 8, 128, true);
         let back = p.dequantize(256, 128);
         for (a, b) in w.iter().zip(&back) {

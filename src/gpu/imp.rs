@@ -294,6 +294,15 @@ impl GpuTensors {
     pub fn buffer(&self, name: &str) -> Option<&CudaSlice<u8>> {
         self.tensors.iter().find(|t| t.0 == name).map(|t| &t.2)
     }
+    /// The raw device address of a tensor's buffer (on GPU 0, in the primary context),
+    /// for handing the memory to another runtime (DLPack) while `self` stays alive. The
+    /// load has synchronized its stream, so the data is complete.
+    pub fn device_address(&self, name: &str) -> Option<u64> {
+        use tenpak_kernels::cudarc::driver::DevicePtr;
+        let b = self.buffer(name)?;
+        let (ptr, _record) = b.device_ptr(self.gpu.stream());
+        Some(ptr)
+    }
     /// The device the buffers live on.
     pub fn gpu(&self) -> &Gpu {
         &self.gpu
