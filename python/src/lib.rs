@@ -20,7 +20,7 @@ use pyo3::prelude::*;
 use pyo3::types::{PyByteArray, PyBytes};
 use rayon::prelude::*;
 
-use tenpak::artifact::format::TensorEntry;
+use tenpak::artifact::format::{Encoding, TensorEntry};
 use tenpak::artifact::source::HttpOptions;
 
 use tenpak::delta::Opened;
@@ -140,18 +140,71 @@ impl Artifact {
     }
 }
 
-/// Converts f32 values into `out` in `dtype`, in parallel slices.
+/// Converts f32 values into `out` (little-endian `dtype`), in parallel slices, written
+/// in place.
 fn convert_into(values: &[f32], dtype: DType, out: &mut [u8]) {
+    use half::slice::HalfFloatSliceExt;
     const SLICE: usize = 1 << 16;
     let size = dtype.size();
     values
         .par_chunks(SLICE)
         .zip(out.par_chunks_mut(SLICE * size))
-        .for_each(|(v, o)| {
-            let mut buf = Vec::with_capacity(v.len() * size);
-            dtype.encode_into(v, &mut buf);
-            o.copy_from_slice(&buf);
+        .for_each(|(v, o)| match dtype {
+            DType::F32 => o.copy_from_slice(bytemuck_f32(v)),
+            DType::BF16 | DType::F16 => {
+                let mut h = [0u16; 1024];
+                for (vv, oo) in v.chunks(1024).zip(o.chunks_mut(2048)) {
+                    let h = &mut h[..vv.len()];
+                    if dtype == DType::BF16 {
+                        let b: &mut [half::bf16] = bytemuck::cast_slice_mut(h);
+                        b.convert_from_f32_slice(vv);
+                    } else {
+                        let b: &mut [half::f16] = bytemuck::cast_slice_mut(h);
+                        b.convert_from_f32_slice(vv);
+                    }
+                    for (d, x) in oo.chunks_exact_mut(2).zip(h.iter()) {
+                        d.copy_from_slice(&x.to_le_bytes());
+                    }
+                }
+            }
         });
+}
+
+fn bytemuck_f32(v: &[f32]) -> &[u8] {
+    bytemuck::cast_slice(v)
+}
+
+/// A new bytearray of `len` bytes filled by `fill`, which must write every byte. Unlike
+/// `PyByteArray::new_with`, the buffer is not zeroed first: the output is written once.
+#[allow(unsafe_code)]
+fn with_new_bytearray<'py>(
+    py: Python<'py>,
+    len: usize,
+    fill: impl FnOnce(&mut [u8]) -> PyResult<()>,
+) -> PyResult<Bound<'py, PyByteArray>> {
+    let len_py = pyo3::ffi::Py_ssize_t::try_from(len)
+        .map_err(|_| pyo3::exceptions::PyOverflowError::new_err("tensor too large"))?;
+    // SAFETY: PyByteArray_FromStringAndSize(NULL, n) returns a new bytearray of n bytes
+    // (or NULL with an exception set); nothing else holds it until `fill` has written
+    // all of it, and bytes are plain data (any value is valid).
+    unsafe {
+        let ptr = pyo3::ffi::PyByteArray_FromStringAndSize(std::ptr::null(), len_py);
+        let ba = Bound::from_owned_ptr_or_err(py, ptr)?.cast_into_unchecked::<PyByteArray>();
+        fill(ba.as_bytes_mut())?;
+        Ok(ba)
+    }
+}
+
+/// Decodes into the reused f32 buffer.
+fn decode_via(
+    a: &tenpak::artifact::Artifact,
+    t: &TensorEntry,
+    bytes: &[u8],
+    scratch: &mut Vec<f32>,
+) -> tenpak::Result<()> {
+    scratch.clear();
+    scratch.resize(t.numel() as usize, 0.0);
+    a.decode_into(t, bytes, scratch)
 }
 
 /// One loaded tensor: name, shape, dtype name, its bytes.
@@ -352,13 +405,43 @@ impl Artifact {
         }
         let mut out: Vec<Loaded> = Vec::with_capacity(chosen.len());
         let mut py_err: Option<PyErr> = None;
-        // Each tensor is decoded without the GIL, then converted straight into its
-        // bytearray with it (one write of the output, no intermediate copy).
-        let mut put = |t: &TensorEntry, values: Vec<f32>| -> tenpak::Result<()> {
+        // One f32 buffer reused across tensors (fewer fresh pages than one per tensor).
+        let mut scratch: Vec<f32> = Vec::new();
+        // Each tensor is fetched and verified without the GIL, then decoded and written
+        // once into its bytearray with it: f32 straight from the decoder, a raw tensor in
+        // its own dtype as its bytes, others through the reused f32 buffer.
+        // `art`: decode `bytes` (a full artifact's tensor); None: `given` holds the values
+        // (a delta's tensor, applied to its base).
+        let mut put = |t: &TensorEntry,
+                       bytes: &[u8],
+                       art: Option<&tenpak::artifact::Artifact>,
+                       given: &[f32]|
+         -> tenpak::Result<()> {
             let dt = dtype.unwrap_or(t.dtype);
+            let numel = t.numel() as usize;
+            let mut failed: Option<tenpak::Error> = None;
             let ba = Python::attach(|py| {
-                PyByteArray::new_with(py, values.len() * dt.size(), |buf| {
-                    convert_into(&values, dt, buf);
+                with_new_bytearray(py, numel * dt.size(), |buf| {
+                    let done = match art {
+                        Some(_) if matches!(t.encoding, Encoding::Raw) && t.dtype == dt => {
+                            buf.copy_from_slice(bytes);
+                            Ok(())
+                        }
+                        Some(a) if dt == DType::F32 => match bytemuck::try_cast_slice_mut(buf) {
+                            Ok(f) => a.decode_into(t, bytes, f),
+                            Err(_) => decode_via(a, t, bytes, &mut scratch)
+                                .map(|()| convert_into(&scratch, dt, buf)),
+                        },
+                        Some(a) => decode_via(a, t, bytes, &mut scratch)
+                            .map(|()| convert_into(&scratch, dt, buf)),
+                        None => {
+                            convert_into(given, dt, buf);
+                            Ok(())
+                        }
+                    };
+                    if let Err(e) = done {
+                        failed = Some(e);
+                    }
                     Ok(())
                 })
                 .map(Bound::unbind)
@@ -368,19 +451,18 @@ impl Artifact {
                 py_err = Some(e);
                 tenpak::Error::Compute { message }
             })?;
+            if let Some(e) = failed {
+                return Err(e);
+            }
             let shape = t.shape.iter().map(|&d| d as usize).collect();
             out.push((t.name.clone(), shape, dt.to_string(), ba));
             Ok(())
         };
         let loaded = py.detach(|| match &self.opened {
-            Opened::Full(a) => a.for_each_encoded(&chosen, |t, bytes| {
-                let values = a.decode(t, &bytes)?;
-                drop(bytes);
-                put(t, values)
-            }),
+            Opened::Full(a) => a.for_each_encoded(&chosen, |t, bytes| put(t, &bytes, Some(a), &[])),
             Opened::Delta(d) => {
                 for t in &chosen {
-                    put(t, d.read_f32(&t.name)?)?;
+                    put(t, &[], None, &d.read_f32(&t.name)?)?;
                 }
                 Ok(())
             }

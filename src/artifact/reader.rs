@@ -208,6 +208,28 @@ impl Artifact {
     /// manifest's validation), an encoded one's header claims its shape and it has bytes
     /// enough for that ([`codec::check_output`]).
     pub fn decode(&self, t: &TensorEntry, bytes: &[u8]) -> Result<Vec<f32>> {
+        let numel = self.checked(t, bytes)?;
+        let mut out = vec![0f32; numel];
+        self.decode_checked(t, bytes, &mut out)?;
+        Ok(out)
+    }
+
+    /// [`Artifact::decode`] into `out`, which must hold exactly the tensor's elements
+    /// (callers that keep the output elsewhere: a buffer handed to Python, a reused one).
+    pub fn decode_into(&self, t: &TensorEntry, bytes: &[u8], out: &mut [f32]) -> Result<()> {
+        let numel = self.checked(t, bytes)?;
+        if out.len() != numel {
+            return Err(Error::ShapeMismatch {
+                tensor: t.name.clone(),
+                expected: t.shape.iter().map(|&d| d as usize).collect(),
+                got: vec![out.len()],
+            });
+        }
+        self.decode_checked(t, bytes, out)
+    }
+
+    /// The element count of `t`, once its bytes are known to fill it.
+    fn checked(&self, t: &TensorEntry, bytes: &[u8]) -> Result<usize> {
         let numel = usize::try_from(t.numel()).map_err(|_| Error::LimitExceeded {
             path: self.src.location().into(),
             what: "tensor elements",
@@ -228,11 +250,14 @@ impl Artifact {
         ) {
             codec::check_output(bytes, numel).map_err(|e| e.in_tensor(&t.name))?;
         }
-        let mut out = vec![0f32; numel];
+        Ok(numel)
+    }
+
+    fn decode_checked(&self, t: &TensorEntry, bytes: &[u8], out: &mut [f32]) -> Result<()> {
         match &t.encoding {
-            Encoding::Raw => t.dtype.decode_into(bytes, &mut out),
+            Encoding::Raw => t.dtype.decode_into(bytes, out),
             Encoding::Int4 { .. } | Encoding::Int4Residual { .. } | Encoding::Composite { .. } => {
-                codec::decode(bytes, &mut out).map_err(|e| e.in_tensor(&t.name))?
+                codec::decode(bytes, out).map_err(|e| e.in_tensor(&t.name))?
             }
             Encoding::Unknown => {
                 return Err(Error::UnknownCodec {
@@ -241,7 +266,7 @@ impl Artifact {
             }
             Encoding::Base | Encoding::Delta { .. } => return Err(self.needs_base()),
         }
-        Ok(out)
+        Ok(())
     }
 
     /// The error for decoding a delta's tensor without its base.

@@ -256,4 +256,41 @@ mod tests {
             }
         }
     }
+
+    #[test]
+    fn decode_writes_every_output_value_whatever_the_buffer_held() {
+        // Callers decode into reused or uninitialized buffers (the Python package writes
+        // f32 straight into a new bytearray): no codec may read or accumulate into what
+        // `out` held before. Decodes into a NaN-filled and a zeroed buffer must agree.
+        let (rows, cols) = (32, 256);
+        let w = crate::rng::weights(rows * cols, 7, 0.02);
+        let mut specs: Vec<crate::codec::CodecSpec> =
+            FAMILIES.iter().map(|f| (f.preset)(None)).collect();
+        let mut outliers = (FAMILIES[0].preset)(None);
+        outliers.outlier_fraction = 0.01;
+        specs.push(outliers);
+        let mut sym = (FAMILIES[0].preset)(None);
+        sym.symmetric = true;
+        specs.push(sym);
+        for spec in specs {
+            let bytes = spec
+                .build()
+                .expect("build")
+                .encode(&w, rows, cols, None)
+                .expect("encode");
+            let mut zeroed = vec![0f32; w.len()];
+            let mut dirty = vec![f32::NAN; w.len()];
+            decode(&bytes, &mut zeroed).expect("decode");
+            decode(&bytes, &mut dirty).expect("decode");
+            let same = zeroed
+                .iter()
+                .zip(&dirty)
+                .all(|(a, b)| a.to_bits() == b.to_bits());
+            assert!(
+                same,
+                "{}: decode depends on the buffer's contents",
+                spec.label()
+            );
+        }
+    }
 }

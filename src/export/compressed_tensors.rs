@@ -27,7 +27,8 @@
 //! bf16, a relative change below 2^-8), transformers keeps them.
 //!
 //! A delta artifact exports with its base: the fine-tune, every tensor dense in its own
-//! dtype (exact).
+//! dtype (exact), without a `quantization_config` (as when every Linear falls back to
+//! `dense`).
 //!
 //! Memory: one tensor at a time (its encoding, its decode, its packed form).
 
@@ -491,11 +492,19 @@ pub fn export(
         // Tied embeddings: transformers still builds an lm_head Linear.
         ignore.push("lm_head".into());
     }
-    let qc = quantization_config(&groups, &ignore);
-    config
+    let object = config
         .as_object_mut()
-        .ok_or_else(|| export_err("config.json is not a JSON object".into()))?
-        .insert("quantization_config".into(), qc);
+        .ok_or_else(|| export_err("config.json is not a JSON object".into()))?;
+    if groups.is_empty() {
+        // Nothing packed (a delta's fine-tune, or every Linear dense): a plain dense model
+        // that any loader reads, without a quantization_config.
+        object.remove("quantization_config");
+    } else {
+        object.insert(
+            "quantization_config".into(),
+            quantization_config(&groups, &ignore),
+        );
+    }
 
     let (reports, file_bytes) = super::atomically("compressed-tensors", dir, |tmp| {
         let mut w = HfDirWriter::with_decls(tmp, all_decls, floats, DEFAULT_MAX_SHARD_BYTES)?;
