@@ -26,6 +26,7 @@ use tenpak::artifact::source::HttpOptions;
 use tenpak::delta::Opened;
 use tenpak::dtype::DType;
 use tenpak::error::FormatError as Fe;
+use tenpak::export::Model;
 use tenpak::source::TensorSource;
 
 create_exception!(
@@ -195,6 +196,17 @@ fn with_new_bytearray<'py>(
     }
 }
 
+/// The dtype a caller named (`bf16`, `f16`, `f32`), if any.
+fn parse_dtype(dtype: Option<String>) -> PyResult<Option<DType>> {
+    dtype
+        .map(|d| {
+            DType::parse(&d).ok_or_else(|| {
+                pyo3::exceptions::PyValueError::new_err(format!("dtype {d}: use bf16, f16 or f32"))
+            })
+        })
+        .transpose()
+}
+
 /// Decodes into the reused f32 buffer.
 fn decode_via(
     a: &tenpak::artifact::Artifact,
@@ -288,37 +300,21 @@ impl Artifact {
 
     /// The side files (config.json, tokenizer.json, …) by name.
     fn files(&self) -> Vec<String> {
-        let mut names: Vec<String> = vec![];
-        let arts: Vec<&tenpak::artifact::Artifact> = match &self.opened {
-            Opened::Full(a) => vec![a],
-            Opened::Delta(d) => vec![d.delta(), d.base()],
-        };
-        for a in arts {
-            for f in &a.manifest().files {
-                if !names.contains(&f.name) {
-                    names.push(f.name.clone());
-                }
-            }
-        }
-        names
+        Model::from(&self.opened).side_file_names()
     }
 
     /// A side file's bytes (verified), the delta's own or else its base's.
     fn read_file<'py>(&self, py: Python<'py>, name: &str) -> PyResult<Bound<'py, PyBytes>> {
-        let arts: Vec<&tenpak::artifact::Artifact> = match &self.opened {
-            Opened::Full(a) => vec![a],
-            Opened::Delta(d) => vec![d.delta(), d.base()],
-        };
-        for a in arts {
-            if let Some(f) = a.manifest().files.iter().find(|f| f.name == name) {
-                let bytes = py.detach(|| a.read_file(f)).map_err(raise)?;
-                return Ok(PyBytes::new(py, &bytes));
-            }
+        match py
+            .detach(|| Model::from(&self.opened).side_file(name))
+            .map_err(raise)?
+        {
+            Some((_, bytes)) => Ok(PyBytes::new(py, &bytes)),
+            None => Err(TensorNotFoundError::new_err(format!(
+                "{}: no side file {name}",
+                self.location
+            ))),
         }
-        Err(TensorNotFoundError::new_err(format!(
-            "{}: no side file {name}",
-            self.location
-        )))
     }
 
     /// Bytes fetched so far (the delta's and its base's).
@@ -347,12 +343,7 @@ impl Artifact {
                 "a delta loads on the CPU (load), then moves to the GPU",
             ));
         };
-        let dtype = match dtype {
-            None => DType::BF16,
-            Some(d) => DType::parse(&d).ok_or_else(|| {
-                pyo3::exceptions::PyValueError::new_err(format!("dtype {d}: use bf16, f16 or f32"))
-            })?,
-        };
+        let dtype = parse_dtype(dtype)?.unwrap_or(DType::BF16);
         let chosen: Vec<String> = self
             .selected(names.as_deref(), layers.as_deref())
             .iter()
@@ -390,15 +381,7 @@ impl Artifact {
         layers: Option<Vec<usize>>,
         dtype: Option<String>,
     ) -> PyResult<Vec<Loaded>> {
-        let dtype = dtype
-            .map(|d| {
-                DType::parse(&d).ok_or_else(|| {
-                    pyo3::exceptions::PyValueError::new_err(format!(
-                        "dtype {d}: use bf16, f16 or f32"
-                    ))
-                })
-            })
-            .transpose()?;
+        let dtype = parse_dtype(dtype)?;
         let chosen = self.selected(names.as_deref(), layers.as_deref());
         if chosen.is_empty() {
             return Err(raise(tenpak::Error::NothingSelected));

@@ -6,7 +6,7 @@ use std::path::PathBuf;
 use tenpak::export::{compressed_tensors, gguf, Model};
 use tenpak::source::gguf::GgmlType;
 
-use super::artifact_args::{Opened, SourceArgs};
+use super::artifact_args::SourceArgs;
 
 /// Target formats.
 #[derive(Debug, Clone, Copy, PartialEq, Eq, clap::ValueEnum)]
@@ -61,10 +61,8 @@ fn parse_fallback(s: &str) -> Result<GgmlType, String> {
 pub fn run(a: Args) -> anyhow::Result<()> {
     let key = super::artifact_args::public_key(a.key.as_deref())?;
     let opened = a.source.open_model(key.as_ref())?;
-    let (model, art) = match &opened {
-        Opened::Full(art) => (Model::Full(art), &**art),
-        Opened::Delta(d) => (Model::Delta(d), d.delta()),
-    };
+    let model = Model::from(&opened);
+    let art = model.artifact();
     let n = art.manifest().tensors.len();
     let pb = super::progress::bar(n as u64, "export");
     let t0 = std::time::Instant::now();

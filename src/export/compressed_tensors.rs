@@ -123,7 +123,9 @@ fn plan_tensor(t: &TensorEntry, opts: &Options, delta: bool) -> Plan {
         return dense;
     }
     let cols = t.shape[1] as usize;
-    let packs = |group: usize| cols % 32 == 0 && group % 8 == 0 && cols % group == 0;
+    let packs = |group: usize| {
+        cols.is_multiple_of(32) && group.is_multiple_of(8) && cols.is_multiple_of(group)
+    };
     let requant = |bits| Quant {
         bits,
         group: FALLBACK_GROUP,
@@ -261,7 +263,10 @@ fn from_sym_int4(name: &str, bytes: &[u8], rows: usize, cols: usize) -> Result<P
         )));
     }
     let group = h.group as usize;
-    if (h.rows as usize, h.cols as usize) != (rows, cols) || group == 0 || cols % group != 0 {
+    if (h.rows as usize, h.cols as usize) != (rows, cols)
+        || group == 0
+        || !cols.is_multiple_of(group)
+    {
         return Err(bad(format!(
             "header {}x{} g{group} does not match the manifest's {rows}x{cols}",
             h.rows, h.cols
@@ -633,7 +638,7 @@ mod tests {
         // Values already on an integer-zero-point grid come back exactly.
         let s = 0.25f32;
         let w: Vec<f32> = (0..64)
-            .map(|i| ((i % 16) as i32 - 3 - 8) as f32 * s)
+            .map(|i: i32| ((i % 16) - 3 - 8) as f32 * s)
             .collect();
         let p = requantize(&w, 64, 4, 32, false);
         let back = p.dequantize(64, 32);

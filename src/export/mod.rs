@@ -29,6 +29,15 @@ pub enum Model<'a> {
     Delta(&'a DeltaSource),
 }
 
+impl<'a> From<&'a crate::delta::Opened> for Model<'a> {
+    fn from(o: &'a crate::delta::Opened) -> Self {
+        match o {
+            crate::delta::Opened::Full(a) => Model::Full(a),
+            crate::delta::Opened::Delta(d) => Model::Delta(d),
+        }
+    }
+}
+
 impl Model<'_> {
     /// The artifact whose manifest lists the tensors (the delta's, for a delta).
     pub fn artifact(&self) -> &Artifact {
@@ -65,8 +74,9 @@ impl Model<'_> {
         }
     }
 
-    /// A side file's bytes (and the digest of the artifact that holds it).
-    pub(crate) fn side_file(&self, name: &str) -> Result<Option<(String, Vec<u8>)>> {
+    /// A side file's bytes, verified (and the digest of the artifact that holds it): the
+    /// delta's own, else its base's.
+    pub fn side_file(&self, name: &str) -> Result<Option<(String, Vec<u8>)>> {
         for art in self.side_artifacts() {
             if let Some(f) = art.manifest().files.iter().find(|f| f.name == name) {
                 return Ok(Some((art.digest().to_string(), art.read_file(f)?)));
@@ -76,7 +86,7 @@ impl Model<'_> {
     }
 
     /// Every side file's name (the delta's and the base's, once each).
-    pub(crate) fn side_file_names(&self) -> Vec<String> {
+    pub fn side_file_names(&self) -> Vec<String> {
         let mut names: Vec<String> = vec![];
         for art in self.side_artifacts() {
             for f in &art.manifest().files {
