@@ -18,6 +18,7 @@ pub mod glob;
 pub mod gpu;
 pub mod hub;
 pub mod models;
+pub mod optimize;
 pub mod plan;
 pub mod quantize;
 pub mod rng;

@@ -9,6 +9,7 @@ mod import;
 mod info;
 mod keygen;
 mod load;
+mod optimize;
 mod pack;
 mod progress;
 mod push;
@@ -51,8 +52,12 @@ enum Command {
     Push(push::Args),
     /// Unpack a .tnpk (file or URL) into a loadable HF directory, verifying every chunk.
     Unpack(unpack::Args),
-    /// Export a .tnpk for another engine: GGUF (llama.cpp, transformers' gguf_file=).
+    /// Export a .tnpk for another engine: GGUF (llama.cpp, transformers' gguf_file=) or
+    /// compressed-tensors (vLLM, transformers).
     Export(export::Args),
+    /// Measure compression candidates on a model and pick the cheapest (hardware,
+    /// candidate) that meets quality, latency and throughput constraints.
+    Optimize(optimize::Args),
     /// Show what a .tnpk holds: tensors, codecs, bits/weight, sizes, signer, digest.
     Info(info::Args),
     /// Fetch, verify and decode a .tnpk's tensors into memory (no output); report timings.
@@ -80,6 +85,7 @@ pub fn run(cli: Cli) -> anyhow::Result<()> {
         Command::Push(a) => push::run(a),
         Command::Unpack(a) => unpack::run(a),
         Command::Export(a) => export::run(a),
+        Command::Optimize(a) => optimize::run(a),
         Command::Info(a) => info::run(a),
         Command::Verify(a) => verify::run(a),
         Command::Report(a) => report::run(a),
