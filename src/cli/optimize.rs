@@ -445,7 +445,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         .unwrap_or_else(|| a.output.with_extension("svg"));
     let title = format!(
         "{}: bits/weight vs PPL change ({} tokens of {})",
-        model.display(),
+        model.file_name().unwrap_or_default().to_string_lossy(),
         measured.first().map_or(0, |m| m.tokens),
         text.file_name().unwrap_or_default().to_string_lossy()
     );

@@ -67,6 +67,17 @@ pub fn pareto_svg(d: &Decision, title: &str) -> String {
         y0 = y0.min(y);
         y1 = y1.max(y);
     }
+    // One far-off point (a budget that broke the model) would flatten the rest: above
+    // three times the next largest change, the axis stops and that point sits on the top
+    // edge, its value in its label.
+    let mut ys: Vec<f64> = pts.iter().map(|p| p.1).collect();
+    ys.sort_by(|a, b| b.total_cmp(a));
+    if let [top, next, ..] = ys[..] {
+        if next > 0.0 && top > 3.0 * next {
+            y1 = next * 1.3;
+        }
+    }
+    let cap = y1;
     if pts.is_empty() {
         (x0, x1, y1) = (0.0, 16.0, 1.0);
     }
@@ -130,7 +141,7 @@ pub fn pareto_svg(d: &Decision, title: &str) -> String {
     let mut front: Vec<(f64, f64)> = pts
         .iter()
         .filter(|p| p.3)
-        .map(|p| (sx(p.0), sy(p.1)))
+        .map(|p| (sx(p.0), sy(p.1.min(cap))))
         .collect();
     front.sort_by(|a, b| a.0.total_cmp(&b.0));
     if front.len() > 1 {
@@ -144,8 +155,11 @@ pub fn pareto_svg(d: &Decision, title: &str) -> String {
             path.join(" ")
         );
     }
+    // Labels placed where they overlap no earlier one (approximate text boxes).
+    let mut placed: Vec<(f64, f64, f64, f64)> = vec![];
     for &(x, y, name, on, chosen) in &pts {
-        let (px, py) = (sx(x), sy(y));
+        let clipped = y > cap;
+        let (px, py) = (sx(x), sy(y.min(cap)));
         let fill = if on { "#1f77b4" } else { "#aaa" };
         let _ = writeln!(
             s,
@@ -158,17 +172,40 @@ pub fn pareto_svg(d: &Decision, title: &str) -> String {
                 r##"<circle cx="{px:.1}" cy="{py:.1}" r="11" fill="none" stroke="#d62728" stroke-width="2.5"/>"##
             );
         }
+        let mut label = name.to_string();
+        if clipped {
+            label.push_str(&format!(" ({y:+.0}% ↑)"));
+        }
+        if chosen {
+            label.push_str(" (chosen)");
+        }
+        let width = 6.5 * label.chars().count() as f64;
+        let spot = [
+            (8.0, -8.0),
+            (8.0, 16.0),
+            (-8.0 - width, -8.0),
+            (-8.0 - width, 16.0),
+            (8.0, -22.0),
+            (8.0, 30.0),
+            (-8.0 - width, -22.0),
+            (-8.0 - width, 30.0),
+        ]
+        .into_iter()
+        .map(|(dx, dy)| (px + dx, py + dy))
+        .find(|&(lx, ly)| {
+            !placed
+                .iter()
+                .any(|&(ax, ay, aw, _)| lx < ax + aw && ax < lx + width && (ly - ay).abs() < 13.0)
+        })
+        .unwrap_or((px + 8.0, py - 8.0));
+        placed.push((spot.0, spot.1, width, 13.0));
         let _ = writeln!(
             s,
             r##"<text x="{:.1}" y="{:.1}" fill="{}">{}</text>"##,
-            px + 8.0,
-            py - 8.0,
+            spot.0,
+            spot.1,
             if chosen { "#d62728" } else { "#333" },
-            esc(&if chosen {
-                format!("{name} (chosen)")
-            } else {
-                name.to_string()
-            })
+            esc(&label)
         );
     }
     let _ = writeln!(

@@ -12,5 +12,6 @@ mod github;
 mod github_standin;
 mod hub;
 mod hub_standin;
+mod optimize;
 mod runtime;
 mod util;
