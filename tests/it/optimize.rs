@@ -117,7 +117,7 @@ fn optimize_refuses_bad_requests_clearly() {
         ),
         (vec!["--hardware", "tpu9"], "unknown hardware tpu9"),
         (
-            vec!["--max-latency", "-3"],
+            vec!["--max-latency=-3"],
             "--max-latency must be a positive number",
         ),
     ] {
