@@ -461,12 +461,7 @@ pub fn export(
 ) -> Result<Report> {
     let art = model.artifact();
     let is_delta = matches!(model, Model::Delta(_));
-    if let (Some(base), false) = (&art.manifest().base, is_delta) {
-        return Err(export_err(format!(
-            "this artifact is a delta against {}; open it with its base (`--base`)",
-            base.digest
-        )));
-    }
+    model.check_not_bare_delta("compressed-tensors")?;
     let mut config = model.required_json("config.json", "transformers and vLLM need it")?;
     let tensors = &art.manifest().tensors;
     let plans: Vec<Plan> = tensors

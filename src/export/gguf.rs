@@ -433,12 +433,7 @@ pub fn export(
     }
     let art = model.artifact();
     let is_delta = matches!(model, Model::Delta(_));
-    if let (Some(base), false) = (&art.manifest().base, is_delta) {
-        return Err(export_err(format!(
-            "this artifact is a delta against {}; open it with its base (`--base`)",
-            base.digest
-        )));
-    }
+    model.check_not_bare_delta("GGUF")?;
     let config = model.required_json("config.json", "the architecture metadata GGUF needs")?;
     let model_type = config["model_type"].as_str().unwrap_or_default();
     let arch = Arch::of_model_type(model_type).ok_or_else(|| Error::UnsupportedArchitecture {

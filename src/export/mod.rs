@@ -47,6 +47,20 @@ impl Model<'_> {
         }
     }
 
+    /// A delta artifact passed as a full model is refused: it exports with its base.
+    pub(crate) fn check_not_bare_delta(&self, format: &'static str) -> Result<()> {
+        match (self, &self.artifact().manifest().base) {
+            (Model::Full(_), Some(base)) => Err(Error::Export {
+                format,
+                reason: format!(
+                    "this artifact is a delta against {}; open it with its base (`--base`)",
+                    base.digest
+                ),
+            }),
+            _ => Ok(()),
+        }
+    }
+
     /// The artifacts whose side files count, first match wins: the delta's, then the
     /// base's.
     fn side_artifacts(&self) -> Vec<&Artifact> {
