@@ -4,8 +4,8 @@
 # default .venv-py under the checkout), the wheel pip-installed there, then pytest on
 # python/tests from outside the source tree, so that `import tenpak` is the installed
 # wheel. The tests also drive the CLI (TENPAK_BIN, built by `cargo test`/`cargo build`)
-# and check `tenpak export --to compressed-tensors` with the compressed-tensors library
-# and transformers. Extra arguments go to pytest.
+# and check `tenpak export` with its consumers: the compressed-tensors library and
+# transformers (compressed-tensors and GGUF loaders). Extra arguments go to pytest.
 set -euo pipefail
 cd "$(dirname "$0")/.."
 root=$PWD
@@ -13,7 +13,7 @@ target=${CARGO_TARGET_DIR:-$root/target}
 venv=${TENPAK_PYENV:-$root/.venv-py}
 # Versions the suite was written against (torch from PyPI: its CPU code is what runs).
 pkgs=(torch==2.15.0 transformers==5.25.0 compressed-tensors==0.20.1 safetensors==0.8.0
-  pytest==9.2.0 maturin==1.16.0)
+  gguf==0.19.0 accelerate==1.16.0 pytest==9.2.0 maturin==1.16.0)
 if [ ! -x "$venv/bin/python" ]; then
   echo "[python] creating $venv and installing ${pkgs[*]}" >&2
   python3 -m venv "$venv"

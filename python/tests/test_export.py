@@ -5,6 +5,8 @@ itself checked against `tenpak unpack`)."""
 
 import json
 import os
+import subprocess
+import sys
 from pathlib import Path
 
 import pytest
@@ -200,3 +202,32 @@ def test_a_delta_exports_the_finetune_dense(work, tmp_path):
     assert set(theirs) == set(ours)
     for name, t in ours.items():
         assert theirs[name].dtype == t.dtype and torch.equal(theirs[name], t), name
+
+
+@pytest.mark.parametrize(
+    "which,pack",
+    [(0, ["--gguf-dtype", "f32", "--codec", "int4", "--group-size", "32"]), (1, ["--codec", "int4", "--group-size", "64"])],
+    ids=["SmolLM2-135M", "Gemma-3-270M"],
+)
+def test_fixture_gguf_export_gives_transformers_the_tnpk_ppl(tmp_path, which, pack):
+    """The GGUF export loaded by transformers' GGUF loader (`gguf_file=`) scores the same
+    windows as `tenpak eval` on the .tnpk within 0.1% (bench/tools/reference_ppl.py: the
+    same window rule, f32)."""
+    pytest.importorskip("gguf")
+    pytest.importorskip("accelerate")
+    model = fixtures()[which]
+    text = model.parent.parent / "text/emma.txt"
+    tnpk, out = tmp_path / "m.tnpk", tmp_path / "m.gguf"
+    run("pack", model, "-o", tnpk, *pack)
+    run("export", tnpk, "--to", "gguf", "-o", out)
+    ours = json.loads(run("eval", tnpk, "--text", text, "--max-tokens", "1024", "--json").stdout)["ppl"]
+    script = Path(__file__).resolve().parents[2] / "bench/tools/reference_ppl.py"
+    r = subprocess.run(
+        [sys.executable, str(script), str(out), str(text), "--max-tokens", "1024"],
+        capture_output=True,
+        text=True,
+    )
+    assert r.returncode == 0, r.stderr[-2000:]
+    theirs = json.loads(r.stdout.strip().splitlines()[-1])["ppl"]
+    print(f"\n{model.name}: tenpak eval {ours:.4f}, transformers on the GGUF export {theirs:.4f} ({(theirs / ours - 1) * 100:+.4f}%)")
+    assert abs(theirs / ours - 1) < 1e-3, (ours, theirs)
