@@ -22,6 +22,7 @@ use rayon::prelude::*;
 
 use tenpak::artifact::format::{Encoding, TensorEntry};
 use tenpak::artifact::source::HttpOptions;
+use tenpak::artifact::Selection;
 
 use tenpak::delta::Opened;
 use tenpak::dtype::DType;
@@ -121,23 +122,9 @@ impl Artifact {
         }
     }
 
-    fn selected(&self, names: Option<&[String]>, layers: Option<&[usize]>) -> Vec<&TensorEntry> {
-        self.art()
-            .manifest()
-            .tensors
-            .iter()
-            .filter(|t| {
-                names.is_none_or(|ns| {
-                    ns.iter()
-                        .any(|p| *p == t.name || tenpak::glob::matches(p, &t.name, None))
-                })
-            })
-            .filter(|t| {
-                layers.is_none_or(|ls| {
-                    tenpak::artifact::select::layer_of(&t.name).is_some_and(|l| ls.contains(&l))
-                })
-            })
-            .collect()
+    /// The tensors `names` (exact names or globs) and `layers` select, in manifest order.
+    fn selection(names: Option<Vec<String>>, layers: Option<Vec<usize>>) -> Selection {
+        Selection::from_lists(names.unwrap_or_default(), layers)
     }
 }
 
@@ -344,23 +331,18 @@ impl Artifact {
             ));
         };
         let dtype = parse_dtype(dtype)?.unwrap_or(DType::BF16);
-        let chosen: Vec<String> = self
-            .selected(names.as_deref(), layers.as_deref())
-            .iter()
-            .map(|t| t.name.clone())
-            .collect();
-        if chosen.is_empty() {
+        let sel = Self::selection(names, layers);
+        if art.select(&sel).is_empty() {
             return Err(raise(tenpak::Error::NothingSelected));
         }
-        let sel = tenpak::artifact::Selection::new(Some(&chosen.join(",")), None)
-            .map_err(TenpakError::new_err)?;
         let loaded = py
             .detach(|| tenpak::gpu::load_artifact(art, &sel, dtype))
             .map_err(raise)?;
         let loaded = std::sync::Arc::new(loaded);
-        chosen
-            .iter()
-            .map(|n| Ok((n.clone(), dlpack::capsule(py, &loaded, n)?)))
+        loaded
+            .names()
+            .into_iter()
+            .map(|n| Ok((n.to_string(), dlpack::capsule(py, &loaded, n)?)))
             .collect()
     }
 
@@ -382,7 +364,7 @@ impl Artifact {
         dtype: Option<String>,
     ) -> PyResult<Vec<Loaded>> {
         let dtype = parse_dtype(dtype)?;
-        let chosen = self.selected(names.as_deref(), layers.as_deref());
+        let chosen = self.art().select(&Self::selection(names, layers));
         if chosen.is_empty() {
             return Err(raise(tenpak::Error::NothingSelected));
         }

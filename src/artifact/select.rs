@@ -7,7 +7,8 @@ use std::ops::RangeInclusive;
 #[derive(Debug, Clone, Default, PartialEq, Eq)]
 pub struct Selection {
     patterns: Vec<String>,
-    layers: Option<RangeInclusive<usize>>,
+    /// Layer ranges, any of which selects (None: every tensor, with or without a layer).
+    layers: Option<Vec<RangeInclusive<usize>>>,
 }
 
 impl Selection {
@@ -37,10 +38,19 @@ impl Selection {
                 if a > b {
                     return Err(format!("empty layer range {s:?}"));
                 }
-                Some(a..=b)
+                Some(vec![a..=b])
             }
         };
         Ok(Self { patterns, layers })
+    }
+
+    /// From lists, as an API takes them: names or globs (any matches; empty: all), and
+    /// layer numbers (any matches; None: all).
+    pub fn from_lists(patterns: Vec<String>, layers: Option<Vec<usize>>) -> Self {
+        Self {
+            patterns,
+            layers: layers.map(|ls| ls.into_iter().map(|l| l..=l).collect()),
+        }
     }
 
     /// Whether a tensor name is selected.
@@ -52,7 +62,7 @@ impl Selection {
                 .any(|p| crate::glob::matches(p, name, None));
         let by_layer = match &self.layers {
             None => true,
-            Some(r) => layer_of(name).is_some_and(|l| r.contains(&l)),
+            Some(rs) => layer_of(name).is_some_and(|l| rs.iter().any(|r| r.contains(&l))),
         };
         by_pattern && by_layer
     }

@@ -251,6 +251,31 @@ fn pack_rows(values: &[i8], per_row: usize, bits: u32) -> Vec<u8> {
     out
 }
 
+/// Packs `[rows, groups]` values (row-major) along the rows, as `pack_to_int32(...,
+/// packed_dim=0)` does: each group column packed on its own (padded to whole words with
+/// the value that packs as 0), the words laid out `[ceil(rows·bits/32), groups]`.
+fn pack_columns(z: &[i8], rows: usize, groups: usize, bits: u32) -> Vec<u8> {
+    let per_word = 32 / bits as usize;
+    let padded = rows.div_ceil(per_word) * per_word;
+    let mut columns = vec![-(1i8 << (bits - 1)); padded * groups];
+    for r in 0..rows {
+        for g in 0..groups {
+            columns[g * padded + r] = z[r * groups + g];
+        }
+    }
+    let words = pack_rows(&columns, padded, bits);
+    let per_column = padded / per_word;
+    let mut out = vec![0u8; words.len()];
+    for g in 0..groups {
+        for k in 0..per_column {
+            let from = (g * per_column + k) * 4;
+            let to = (k * groups + g) * 4;
+            out[to..to + 4].copy_from_slice(&words[from..from + 4]);
+        }
+    }
+    out
+}
+
 /// Our symmetric int4 encoding's codes and scales, as they are.
 fn from_sym_int4(name: &str, bytes: &[u8], rows: usize, cols: usize) -> Result<Packed> {
     let h = Header::parse(bytes).map_err(|e| e.in_tensor(name))?;
@@ -510,7 +535,6 @@ pub fn export(
         let mut w = HfDirWriter::with_decls(tmp, all_decls, floats, DEFAULT_MAX_SHARD_BYTES)?;
         let mut reports: Vec<TensorReport> = Vec::with_capacity(tensors.len());
         let entries: Vec<&TensorEntry> = tensors.iter().collect();
-        let mut bytes_out = 0u64;
         let mut next = plans.iter();
         model.for_each_decoded(&entries, |t, ours, bytes| {
             progress(&t.name);
@@ -544,37 +568,7 @@ pub fn export(
                     w.write_bytes(&format!("{m}.weight_shape"), &shape)?;
                     let mut n = packed.len() + scales.len() + shape.len();
                     if let Some(z) = &p.zero_points {
-                        // Packed along the rows (`packed_dim=0`): transposed, packed per
-                        // group column, transposed back.
-                        let groups = cols / q.group;
-                        let mut zt = vec![
-                            0i8;
-                            rows.div_ceil(32 / q.bits as usize)
-                                * (32 / q.bits as usize)
-                                * groups
-                        ];
-                        let padded = zt.len() / groups;
-                        for r in 0..rows {
-                            for g in 0..groups {
-                                zt[g * padded + r] = z[r * groups + g];
-                            }
-                        }
-                        // Padding rows hold the value that packs as 0.
-                        for g in 0..groups {
-                            for r in rows..padded {
-                                zt[g * padded + r] = -(1i8 << (q.bits - 1));
-                            }
-                        }
-                        let words_t = pack_rows(&zt, padded, q.bits);
-                        let wpr = padded * q.bits as usize / 32;
-                        let mut zb = vec![0u8; words_t.len()];
-                        for g in 0..groups {
-                            for k in 0..wpr {
-                                let from = (g * wpr + k) * 4;
-                                let to = (k * groups + g) * 4;
-                                zb[to..to + 4].copy_from_slice(&words_t[from..from + 4]);
-                            }
-                        }
+                        let zb = pack_columns(z, rows, cols / q.group, q.bits);
                         w.write_bytes(&format!("{m}.weight_zero_point"), &zb)?;
                         n += zb.len();
                     }
@@ -582,7 +576,6 @@ pub fn export(
                     (format!("{m}.weight_packed"), n as u64)
                 }
             };
-            bytes_out += written;
             reports.push(cmp.report(t, out_name, type_label(plan), written));
             Ok(())
         })?;
@@ -593,7 +586,6 @@ pub fn export(
                 .map_err(|e| Error::io("stat", tmp.join(f), e))?
                 .len();
         }
-        debug_assert!(bytes_out <= file_bytes);
         crate::source::write_json(&tmp.join("config.json"), &config)?;
         for name in model.side_file_names() {
             if name == "config.json" || name.contains('/') || name.starts_with('.') {
@@ -626,6 +618,22 @@ mod tests {
         // 8 bits: four per word, stored +128.
         let b = pack_rows(&[-128, -1, 0, 127], 4, 8);
         assert_eq!(u32::from_le_bytes([b[0], b[1], b[2], b[3]]), 0xFF80_7F00);
+    }
+
+    #[test]
+    fn zero_points_pack_down_the_rows() {
+        // 9 rows × 2 groups at 4 bits: column g's rows 0..8 fill word (0, g), row 8 and
+        // seven padding values (stored as 0) word (1, g).
+        let z: Vec<i8> = (0..18).map(|i| (i % 16) as i8 - 8).collect();
+        let b = pack_columns(&z, 9, 2, 4);
+        let word = |k: usize, g: usize| {
+            u32::from_le_bytes(b[(k * 2 + g) * 4..][..4].try_into().expect("4"))
+        };
+        assert_eq!(b.len(), 2 * 2 * 4);
+        // Column 0 holds z[0], z[2], ..., z[14] (stored +8: 0, 2, 4, ..., 14).
+        assert_eq!(word(0, 0), 0xECA8_6420);
+        assert_eq!(word(1, 0), 0x0); // z[16] = 16 % 16 − 8 + 8 = 0
+        assert_eq!(word(1, 1), 0x1); // z[17] = 1
     }
 
     #[test]

@@ -79,7 +79,7 @@ impl HfDirWriter {
     /// Plans the shards for `metas` (written in this order) under `dir`, creating it.
     pub fn new(dir: &Path, metas: Vec<TensorMeta>, max_shard_bytes: u64) -> Result<Self> {
         let floats = metas.iter().map(|m| Some(m.dtype)).collect();
-        Self::plan(
+        Self::with_decls(
             dir,
             metas.iter().map(RawDecl::from).collect(),
             floats,
@@ -88,17 +88,8 @@ impl HfDirWriter {
     }
 
     /// Plans the shards for tensors of any safetensors dtype, each written as bytes by
-    /// [`HfDirWriter::write_bytes`] (or, for `float` entries, from f32 by `write`).
+    /// [`HfDirWriter::write_bytes`] or, where `floats` names a dtype, from f32 by `write`.
     pub fn with_decls(
-        dir: &Path,
-        decls: Vec<RawDecl>,
-        floats: Vec<Option<crate::dtype::DType>>,
-        max_shard_bytes: u64,
-    ) -> Result<Self> {
-        Self::plan(dir, decls, floats, max_shard_bytes)
-    }
-
-    fn plan(
         dir: &Path,
         metas: Vec<RawDecl>,
         floats: Vec<Option<crate::dtype::DType>>,
@@ -189,12 +180,11 @@ impl HfDirWriter {
     /// Writes the next tensor (must be `name`, in declaration order) from f32 values,
     /// converting to its declared dtype.
     pub fn write(&mut self, name: &str, values: &[f32]) -> Result<()> {
-        let (meta, dtype) = self.expect(name)?;
-        let Some(dtype) = dtype else {
+        let meta = self.expect(name)?;
+        let Some(dtype) = self.floats[self.next] else {
             return Err(Error::Writer(WriterMisuse::NotFloat(name.to_string())));
         };
-        let numel: usize = meta.shape.iter().product();
-        if values.len() != numel {
+        if values.len() != meta.shape.iter().product::<usize>() {
             return Err(Error::ShapeMismatch {
                 tensor: name.to_string(),
                 expected: meta.shape.clone(),
@@ -215,7 +205,7 @@ impl HfDirWriter {
     /// Writes the next tensor (must be `name`, in declaration order) as its stored bytes
     /// (little-endian, exactly the declared shape's size).
     pub fn write_bytes(&mut self, name: &str, bytes: &[u8]) -> Result<()> {
-        let (meta, _) = self.expect(name)?;
+        let meta = self.expect(name)?;
         if bytes.len() != meta.len() {
             return Err(Error::ShapeMismatch {
                 tensor: name.to_string(),
@@ -229,9 +219,9 @@ impl HfDirWriter {
     }
 
     /// The declaration of the next tensor, checked to be `name`.
-    fn expect(&self, name: &str) -> Result<(RawDecl, Option<crate::dtype::DType>)> {
+    fn expect(&self, name: &str) -> Result<&RawDecl> {
         match self.metas.get(self.next) {
-            Some(m) if m.name == name => Ok((m.clone(), self.floats[self.next])),
+            Some(m) if m.name == name => Ok(m),
             m => Err(Error::Writer(WriterMisuse::OutOfOrder {
                 expected: m.map(|m| m.name.clone()).unwrap_or_default(),
                 got: name.to_string(),
