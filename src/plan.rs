@@ -217,6 +217,8 @@ pub struct Tuning {
     pub awq: bool,
     /// GPTQ error feedback for the scalar codecs.
     pub gptq: bool,
+    /// What a bit budget spends by, with calibration statistics.
+    pub sensitivity: Sensitivity,
 }
 
 impl Default for Tuning {
@@ -226,8 +228,23 @@ impl Default for Tuning {
             refine_iters: crate::codec::DEFAULT_REFINE_ITERS,
             awq: false,
             gptq: false,
+            sensitivity: Sensitivity::default(),
         }
     }
+}
+
+/// The error a bit budget minimises, with calibration statistics.
+#[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
+#[serde(rename_all = "lowercase")]
+pub enum Sensitivity {
+    /// Each tensor's relative output error on the calibration inputs (the Hessian
+    /// diagonal `E[x_j²]` weights column j), weighted by its size.
+    #[default]
+    Hessian,
+    /// The loss increase estimated from the empirical Fisher diagonal, `Σ F_ij·δ_ij²`
+    /// (`tenpak calibrate --fisher`): comparable across tensors, so layers the loss
+    /// is more sensitive to get more bits.
+    Fisher,
 }
 
 impl Tuning {
@@ -302,16 +319,44 @@ fn measure(
     meta: &TensorMeta,
     cands: &[CodecSpec],
     calib: Option<&crate::calib::Calib>,
+    sensitivity: Sensitivity,
 ) -> Result<Vec<(f64, f64)>> {
     let (rows, cols) = (meta.shape[0], meta.shape[1]);
-    let w = src.read_f32(&meta.name)?;
     let take = rows.min(SAMPLE_ROWS);
-    let mut sample = Vec::with_capacity(take * cols);
-    for k in 0..take {
-        let r = k * rows / take;
-        sample.extend_from_slice(&w[r * cols..(r + 1) * cols]);
-    }
-    drop(w);
+    let rows_of = |w: &[f32]| {
+        let mut sample = Vec::with_capacity(take * cols);
+        for k in 0..take {
+            let r = k * rows / take;
+            sample.extend_from_slice(&w[r * cols..(r + 1) * cols]);
+        }
+        sample
+    };
+    let sample = rows_of(&src.read_f32(&meta.name)?);
+    // The Fisher diagonal of the same rows: errors in loss units.
+    let fisher = match (sensitivity, calib) {
+        (Sensitivity::Hessian, _) => None,
+        (Sensitivity::Fisher, Some(c)) => match c.fisher(&meta.name, meta.numel())? {
+            Some(f) => Some(rows_of(&f)),
+            None => {
+                return Err(Error::InvalidOption {
+                    option: "--sensitivity fisher",
+                    reason: format!(
+                        "{} has no Fisher information in {} (tenpak calibrate --fisher N)",
+                        meta.name,
+                        c.describe()
+                    ),
+                })
+            }
+        },
+        (Sensitivity::Fisher, None) => {
+            return Err(Error::InvalidOption {
+                option: "--sensitivity fisher",
+                reason: "needs calibration statistics with the Fisher diagonal (tenpak calibrate \
+                         --fisher N, then --stats; or --calibrate TEXT)"
+                    .into(),
+            })
+        }
+    };
     let stats = match calib {
         // Candidates are measured without AWQ and GPTQ (see below): no XᵀX, no factor.
         Some(c) => c.tensor(&meta.name, false, false)?,
@@ -345,13 +390,27 @@ fn measure(
             };
             let enc = c.encode(&sample, take, cols, stats.as_ref())?;
             let dec = crate::codec::decode_vec(&enc.bytes)?;
-            let sse: f64 = dec
-                .iter()
-                .zip(&sample)
-                .enumerate()
-                .map(|(i, (a, b))| h[i % cols] * ((a - b) as f64).powi(2))
-                .sum();
-            Ok((len as f64 * 8.0, n * sse / norm))
+            let err = match &fisher {
+                Some(f) => {
+                    let s: f64 = dec
+                        .iter()
+                        .zip(&sample)
+                        .zip(f)
+                        .map(|((a, b), f)| *f as f64 * ((a - b) as f64).powi(2))
+                        .sum();
+                    s * rows as f64 / take as f64
+                }
+                None => {
+                    let sse: f64 = dec
+                        .iter()
+                        .zip(&sample)
+                        .enumerate()
+                        .map(|(i, (a, b))| h[i % cols] * ((a - b) as f64).powi(2))
+                        .sum();
+                    n * sse / norm
+                }
+            };
+            Ok((len as f64 * 8.0, err))
         })
         .collect()
 }
@@ -384,7 +443,7 @@ fn allocate_budget(
     for &i in &idx {
         let meta = src.meta(&plans[i].name)?;
         total_weights += meta.numel() as f64;
-        costs.push(measure(src, meta, &cands, calib)?);
+        costs.push(measure(src, meta, &cands, calib, tuning.sensitivity)?);
     }
     let limit = budget * total_weights;
     let Some(best) = allocate(&costs, limit) else {

@@ -43,6 +43,14 @@ pub struct Settings {
     pub eval_text: Option<PathBuf>,
     /// Tokens of `eval_text` evaluated.
     pub eval_tokens: usize,
+    /// Texts `POST /evaluate` and `POST /optimize` may name (`"text": "NAME"`), by name;
+    /// `eval_text`, when set, is also `eval`. `GET /texts` lists them.
+    pub texts: std::collections::BTreeMap<String, PathBuf>,
+    /// Hosts whose `.tnpk` URLs `POST /evaluate` may fetch (`url`); none by default (the
+    /// registry fetching any URL it is given would let callers reach internal hosts).
+    pub evaluate_url_hosts: Vec<String>,
+    /// The optimizer's hardware table changes (`tenpak optimize --hardware-file`'s JSON).
+    pub hardware_file: Option<PathBuf>,
     /// A delta job's budget in bits per fine-tune weight (`TENPAK_DELTA_BITS`; every
     /// byte counted): the tensors its base keeps raw (embeddings) are stored exactly
     /// when it allows, lossily (chosen by measured error) below. 2.0 keeps them exact on
@@ -120,6 +128,12 @@ pub struct FileConfig {
     pub eval_text: Option<PathBuf>,
     /// See [`Settings::eval_tokens`].
     pub eval_tokens: Option<usize>,
+    /// See [`Settings::texts`].
+    pub texts: Option<std::collections::BTreeMap<String, PathBuf>>,
+    /// See [`Settings::evaluate_url_hosts`].
+    pub evaluate_url_hosts: Option<Vec<String>>,
+    /// See [`Settings::hardware_file`].
+    pub hardware_file: Option<PathBuf>,
     /// See [`Settings::delta_bits_per_weight`].
     pub delta_bits_per_weight: Option<f64>,
     /// See [`crate::server::Limits::max_connections`].
@@ -187,6 +201,31 @@ pub const DEFAULT_JOB_LEASE: std::time::Duration = std::time::Duration::from_sec
 
 /// Default listen address.
 pub const DEFAULT_LISTEN: &str = "127.0.0.1:8787";
+
+/// The named texts: those configured, and `eval_text` as `eval`. Names are short
+/// identifiers (they appear in job requests and URLs).
+fn texts(
+    mut named: std::collections::BTreeMap<String, PathBuf>,
+    eval_text: Option<&Path>,
+) -> anyhow::Result<std::collections::BTreeMap<String, PathBuf>> {
+    if let Some(p) = eval_text {
+        named.entry("eval".into()).or_insert_with(|| p.to_path_buf());
+    }
+    for (name, p) in &named {
+        if name.is_empty()
+            || name.len() > 64
+            || !name
+                .chars()
+                .all(|c| c.is_ascii_alphanumeric() || "-_.".contains(c))
+        {
+            bail!("text name {name:?}: use letters, digits, '-', '_' or '.' (at most 64)");
+        }
+        if !p.is_file() {
+            bail!("text {name}: {} is not a file", p.display());
+        }
+    }
+    Ok(named)
+}
 
 /// Parses `balanced,quality` into targets.
 pub fn parse_targets(s: &[String]) -> anyhow::Result<Vec<Target>> {
@@ -441,6 +480,9 @@ impl Settings {
             branch: file.branch.unwrap_or_else(|| "main".into()),
             allow_private: file.allow_private.unwrap_or(false),
             max_attempts,
+            texts: texts(file.texts.unwrap_or_default(), file.eval_text.as_deref())?,
+            evaluate_url_hosts: file.evaluate_url_hosts.unwrap_or_default(),
+            hardware_file: file.hardware_file,
             eval_text: file.eval_text,
             eval_tokens: file.eval_tokens.unwrap_or(4096),
             delta_bits_per_weight,

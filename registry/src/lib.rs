@@ -13,6 +13,7 @@
 //! - [`tokenize`]: untrusted tokenizers run in a child process under a time limit;
 //! - [`metrics`]: the Prometheus `/metrics` endpoint's counters and histograms.
 
+pub mod analysis;
 pub mod api;
 pub mod card;
 pub mod charts;

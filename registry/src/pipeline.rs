@@ -88,7 +88,7 @@ pub struct JobError {
 }
 
 impl JobError {
-    fn new(m: impl std::fmt::Display, transient: bool) -> Self {
+    pub(crate) fn new(m: impl std::fmt::Display, transient: bool) -> Self {
         Self {
             message: m.to_string(),
             transient,
@@ -96,7 +96,7 @@ impl JobError {
         }
     }
 
-    fn permanent(m: impl std::fmt::Display) -> Self {
+    pub(crate) fn permanent(m: impl std::fmt::Display) -> Self {
         Self::new(m, false)
     }
 
@@ -192,6 +192,7 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                     id,
                     match &result {
                         Ok(Outcome::Published) => "published",
+                        Ok(Outcome::Analysed) => "analysed",
                         Ok(Outcome::Superseded) => "superseded",
                         Ok(Outcome::Waiting(_)) => "waiting",
                         Err(e) if e.lost_lease => "lost_lease",
@@ -201,7 +202,7 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                     t0.elapsed(),
                 );
                 match result {
-                    Ok(outcome @ (Outcome::Published | Outcome::Superseded)) => {
+                    Ok(outcome @ (Outcome::Published | Outcome::Superseded | Outcome::Analysed)) => {
                         if let Err(e) = db(&ctx, move |s| s.finish(id)).await {
                             tracing::warn!("worker {n}: job {id}: {}", e.message);
                         }
@@ -213,10 +214,10 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                         }
                         tracing::info!(
                             "worker {n}: job {id} {} in {:.1} s",
-                            if matches!(outcome, Outcome::Published) {
-                                "published"
-                            } else {
-                                "stored, not published (superseded)"
+                            match outcome {
+                                Outcome::Published => "published",
+                                Outcome::Analysed => "done (result stored)",
+                                _ => "stored, not published (superseded)",
                             },
                             t0.elapsed().as_secs_f64()
                         );
@@ -265,6 +266,36 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
             }
         }
     }
+}
+
+/// Runs an evaluate or optimize job ([`crate::analysis`]) on the blocking pool and
+/// stores its result.
+async fn analyse(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
+    let id = job.id;
+    let params = job
+        .params
+        .clone()
+        .ok_or_else(|| JobError::permanent("the job has no request stored"))?;
+    let bad = |e: serde_json::Error| JobError::permanent(format!("the job's request: {e}"));
+    let (c, rt) = (ctx.clone(), tokio::runtime::Handle::current());
+    let progress = move |c: &Ctx, name: &str, p: f64| stage(c, id, name, p);
+    let result = if job.kind == crate::store::KIND_EVALUATE {
+        let p: crate::analysis::EvaluateParams = serde_json::from_value(params).map_err(bad)?;
+        blocking(move || {
+            let r = crate::analysis::evaluate(&c, &rt, id, &p, &|n, f| progress(&c, n, f))?;
+            serde_json::to_string(&r).map_err(JobError::permanent)
+        })
+        .await?
+    } else {
+        let p: crate::analysis::OptimizeParams = serde_json::from_value(params).map_err(bad)?;
+        blocking(move || {
+            let r = crate::analysis::optimize(&c, &rt, id, &p, &|n, f| progress(&c, n, f))?;
+            serde_json::to_string(&r).map_err(JobError::permanent)
+        })
+        .await?
+    };
+    db(ctx, move |s| s.set_result(id, &result)).await?;
+    Ok(Outcome::Analysed)
 }
 
 /// Bytes of memory a job is expected to need at its peak, from the Hub listing: its
@@ -425,6 +456,8 @@ enum Plan {
 /// What a run ended with.
 enum Outcome {
     Published,
+    /// An evaluate or optimize job's result is stored.
+    Analysed,
     /// Packed and stored, not published: a newer commit's artifacts are already there.
     Superseded,
     Waiting(i64),
@@ -605,6 +638,7 @@ async fn plan(
                     origin: "base",
                     companion: &companion,
                     kind: KIND_FULL,
+                    params: None,
                 })
             })
             .await?;
@@ -648,6 +682,9 @@ fn base_unfit(e: &tenpak::Error) -> bool {
 }
 
 async fn run(ctx: &Arc<Ctx>, job: Job) -> Result<Outcome, JobError> {
+    if crate::store::is_analysis(&job.kind) {
+        return analyse(ctx, job).await;
+    }
     let id = job.id;
     if job.published_commit.is_some() {
         // Published before an interruption; only the final mark was missing.

@@ -22,45 +22,6 @@ use tenpak::artifact::Artifact;
 const FT: &str = "acme/tiny-llama-ft";
 const FT_SHA: &str = "1111111111111111111111111111111111111111";
 
-/// Words of the evaluation text and of the tokenizer written for the models (a
-/// WordLevel tokenizer splitting on spaces, so the perplexity column is measured).
-const WORDS: &[&str] = &[
-    "the", "of", "and", "to", "a", "in", "that", "it", "was", "her", "she", "not", "be", "had",
-    "his", "as", "with", "for", "he", "but", "you", "all", "have", "so", "at", "by", "i", "which",
-    "no", "they", "on", "my", "very", "said", "is", "could", "would", "been", "from", "mr",
-];
-
-fn tokenizer_json() -> String {
-    let mut vocab = serde_json::Map::new();
-    for (i, w) in WORDS.iter().enumerate() {
-        vocab.insert((*w).into(), json!(i));
-    }
-    vocab.insert("[UNK]".into(), json!(WORDS.len()));
-    json!({
-        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
-        "normalizer": null,
-        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "Removed", "invert": false},
-        "post_processor": null, "decoder": null,
-        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
-    })
-    .to_string()
-}
-
-fn eval_text(dir: &Path) -> PathBuf {
-    let mut s = String::new();
-    let mut x: u64 = 7;
-    for _ in 0..4000 {
-        x = x
-            .wrapping_mul(6364136223846793005)
-            .wrapping_add(1442695040888963407);
-        s.push_str(WORDS[((x >> 33) % WORDS.len() as u64) as usize]);
-        s.push(' ');
-    }
-    let p = dir.join("eval.txt");
-    std::fs::write(&p, s).expect("text");
-    p
-}
-
 /// The Hub stand-in with the base model (REPO at SHA) and a fine-tune of it (FT).
 fn models(tmp: &Path) -> hub::Running {
     let base = model_dir(tmp);

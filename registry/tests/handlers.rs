@@ -150,6 +150,7 @@ async fn errors_are_one_shape_with_stable_codes() {
             origin: "api",
             companion: "a/b-tnpk",
             kind: "auto",
+            params: None,
         })
         .expect("enqueue");
     ctx.store.finish(en.job.id).expect("finish");

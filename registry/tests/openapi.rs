@@ -37,12 +37,19 @@ fn the_openapi_document_covers_every_route_and_the_service_conforms_to_it() {
         "/{owner}/{name}/resolve/{rev}/{path}",
         "/metrics",
         "/openapi.json",
+        "/evaluate",
+        "/evaluate/{id}",
+        "/optimize",
+        "/optimize/{id}",
+        "/optimize/{id}/plot",
+        "/optimize/candidates",
+        "/texts",
     ] {
         assert!(paths.contains_key(p), "{p} missing from the document");
     }
     assert_eq!(
         paths.len(),
-        15,
+        22,
         "a route the test does not know: {:?}",
         paths.keys()
     );
@@ -54,6 +61,10 @@ fn the_openapi_document_covers_every_route_and_the_service_conforms_to_it() {
         "Answer",
         "ErrorBody",
         "CompressRequest",
+        "EvaluateRequest",
+        "OptimizeRequest",
+        "AnalysisStatus",
+        "Candidates",
     ] {
         assert!(schemas.contains_key(s), "schema {s} missing");
     }

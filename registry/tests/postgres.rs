@@ -25,6 +25,7 @@ fn new_job<'a>(key: &'a str, repo: &'a str, kind: &'a str) -> NewJob<'a> {
         origin: "api",
         companion: "a/b-tnpk",
         kind,
+        params: None,
     }
 }
 
@@ -263,6 +264,28 @@ fn contract(s: &dyn Store) {
     s.renew_sweep(lease).expect("renew a free lease");
     assert!(s.begin_sweep(lease).expect("still free"));
     s.end_sweep().expect("end");
+    // Analysis jobs: the request stored with the job, the result beside it, and the
+    // stage `done` (nothing is published).
+    let ev = s
+        .enqueue(&NewJob {
+            params: Some(r#"{"text":"builtin:emma"}"#),
+            ..new_job("k-eval", "a/one", "evaluate")
+        })
+        .expect("enqueue evaluate")
+        .job;
+    assert_eq!(ev.params, Some(serde_json::json!({"text": "builtin:emma"})));
+    assert_eq!(s.result(ev.id).expect("no result yet"), None);
+    let got = s.claim("w4", lease).expect("claim").expect("the evaluate job");
+    assert_eq!(got.id, ev.id);
+    s.set_result(ev.id, r#"{"ppl":12.5}"#).expect("result");
+    s.finish(ev.id).expect("finish");
+    assert_eq!(
+        s.result(ev.id).expect("result").as_deref(),
+        Some(r#"{"ppl":12.5}"#)
+    );
+    let done = s.job(ev.id).expect("job").expect("it");
+    assert_eq!((done.state, done.stage.as_str()), (JobState::Done, "done"));
+    assert_eq!(s.result(-1).expect("no job"), None);
 }
 
 #[test]

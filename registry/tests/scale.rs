@@ -316,6 +316,7 @@ fn new_job(key: &str) -> NewJob<'_> {
         origin: "api",
         companion: "a/b-tnpk",
         kind: "full",
+        params: None,
     }
 }
 

@@ -47,6 +47,32 @@ impl Calib {
         })
     }
 
+    /// Whether the file holds the empirical Fisher diagonal (`tenpak calibrate --fisher`).
+    pub fn has_fisher(&self) -> bool {
+        self.file.names().iter().any(|n| n.ends_with(".fisher"))
+    }
+
+    /// The empirical Fisher diagonal of weight `tensor` (`numel` values, row-major), when
+    /// the file has it ([`crate::calib::fisher`]).
+    pub fn fisher(&self, tensor: &str, numel: usize) -> Result<Option<Vec<f32>>> {
+        let Some(linear) = tensor.strip_suffix(".weight") else {
+            return Ok(None);
+        };
+        let key = format!("{linear}.fisher");
+        if !self.file.names().contains(&key.as_str()) {
+            return Ok(None);
+        }
+        let (v, _) = self.file.read_f32_with_shape(&key)?;
+        if v.len() != numel {
+            return Err(crate::Error::ShapeMismatch {
+                tensor: key,
+                expected: vec![numel],
+                got: vec![v.len()],
+            });
+        }
+        Ok(Some(v))
+    }
+
     /// Whether any layer has its full XᵀX (what GPTQ needs).
     pub fn has_xtx(&self) -> bool {
         self.file.names().iter().any(|n| n.ends_with(".input_xtx"))

@@ -17,11 +17,11 @@
 //! tokenizer adds a BOS it is prepended (as in use) but its position is left out of the
 //! statistics (its activations are attention-sink outliers, not text).
 //!
-//! Fisher information (squared loss gradients) is not computed: candle's CPU autograd
-//! could provide it, but backpropagating f32 through the 262k-entry Gemma head for 64k
-//! tokens costs several times the forward passes; the Hessian diagonal above is the
-//! proxy the calibrated codecs use.
+//! With `--fisher`, the file also holds the empirical Fisher diagonal of every block
+//! linear (`<linear>.fisher`, `[out, in]`: mean squared loss gradients, [`fisher`]), what
+//! `--sensitivity fisher` spends a bit budget by.
 
+pub mod fisher;
 mod file;
 
 pub use file::Calib;
@@ -146,6 +146,50 @@ impl Observer for Stats {
     }
 }
 
+/// Calibration windows and their length, the defaults of `tenpak calibrate` and the optimizer.
+pub const DEFAULT_SAMPLES: usize = 32;
+/// Tokens per calibration window.
+pub const DEFAULT_SEQ: usize = 512;
+/// Widest input whose full `XᵀX` is kept (as `tenpak calibrate --xtx-max-width`).
+pub const DEFAULT_XTX_MAX_WIDTH: usize = 2048;
+
+/// Runs `model` over the calibration windows of `ids` and writes the statistics file
+/// (`tenpak calibrate`'s, with `extra` metadata); with `fisher_samples > 0`, also the
+/// empirical Fisher diagonal from that many windows (a backward pass each; `model` is
+/// left switched to differentiable ops). Returns the tokens observed.
+#[allow(clippy::too_many_arguments)]
+pub fn calibrate_to(
+    model: &mut Model,
+    ids: &[u32],
+    bos: Option<u32>,
+    opts: CalibOptions,
+    fisher_samples: usize,
+    extra: &[(&str, String)],
+    out: &Path,
+    progress: &dyn Fn(&str, usize, usize),
+) -> Result<u64> {
+    let wins = windows(ids, opts)?;
+    let stats = collect(model, &wins, bos, opts, &|k, n| progress("statistics", k, n))?;
+    let mut more = Vec::new();
+    let mut extra = extra.to_vec();
+    if fisher_samples > 0 {
+        let fw = windows(
+            ids,
+            CalibOptions {
+                samples: fisher_samples,
+                ..opts
+            },
+        )?;
+        for (name, shape, v) in fisher::collect(model, &fw, bos, &|k, n| progress("fisher", k, n))? {
+            let linear = name.strip_suffix(".weight").unwrap_or(&name).to_string();
+            more.push((format!("{linear}.fisher"), shape, v));
+        }
+        extra.push(("fisher_samples", fisher_samples.to_string()));
+    }
+    stats.save_with(out, &extra, more)?;
+    Ok(stats.tokens)
+}
+
 /// Evenly spaced windows of `seq` tokens over `ids`.
 pub fn windows(ids: &[u32], opts: CalibOptions) -> Result<Vec<&[u32]>> {
     if opts.samples == 0 || opts.seq == 0 {
@@ -229,7 +273,19 @@ impl Stats {
 
     /// Writes the statistics file (safetensors), adding `extra` metadata.
     pub fn save(&self, path: &Path, extra: &[(&str, String)]) -> Result<()> {
-        let (tensors, mut md) = self.tensors();
+        self.save_with(path, extra, Vec::new())
+    }
+
+    /// [`Stats::save`] with more tensors (the Fisher diagonal).
+    pub fn save_with(
+        &self,
+        path: &Path,
+        extra: &[(&str, String)],
+        more: Vec<NamedTensor>,
+    ) -> Result<()> {
+        let (mut tensors, mut md) = self.tensors();
+        tensors.extend(more);
+        tensors.sort_by(|a, b| a.0.cmp(&b.0));
         for (k, v) in extra {
             md.insert(k.to_string(), v.clone());
         }

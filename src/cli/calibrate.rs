@@ -30,13 +30,18 @@ pub struct Args {
     /// (memory: width² × 8 bytes per distinct input while collecting).
     #[arg(long, default_value_t = DEFAULT_XTX_MAX_WIDTH)]
     pub xtx_max_width: usize,
+    /// Also compute the empirical Fisher diagonal (squared loss gradients, one backward
+    /// pass per window) on this many windows, for `--sensitivity fisher` (adds 4 bytes
+    /// per linear weight to the file).
+    #[arg(long, default_value_t = 0)]
+    pub fisher: usize,
     /// Output statistics file (.safetensors).
     #[arg(short, long)]
     pub output: PathBuf,
 }
 
 /// Default for --xtx-max-width: covers SmolLM2 (1536) and Gemma-3-270M (2048).
-pub const DEFAULT_XTX_MAX_WIDTH: usize = 2048;
+pub const DEFAULT_XTX_MAX_WIDTH: usize = calib::DEFAULT_XTX_MAX_WIDTH;
 
 /// Runs the command.
 pub fn run(a: Args) -> anyhow::Result<()> {
@@ -47,6 +52,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         a.samples,
         a.seq,
         a.xtx_max_width,
+        a.fisher,
         &a.output,
     )?;
     println!(
@@ -67,6 +73,7 @@ pub fn calibrate(
     samples: usize,
     seq: usize,
     xtx_max_width: usize,
+    fisher_samples: usize,
     output: &std::path::Path,
 ) -> anyhow::Result<u64> {
     let text = std::fs::read_to_string(text_path)
@@ -79,7 +86,7 @@ pub fn calibrate(
         .map(|(_, b)| b)
         .with_context(|| format!("{} has no tokenizer.json", model_path.display()))?;
     let tok = Tokenizer::from_bytes(&tok)?;
-    let model = Model::load(src.as_ref())?;
+    let mut model = Model::load(src.as_ref())?;
     drop(src);
     let ids = tok.encode(&text)?;
     let opts = CalibOptions {
@@ -87,15 +94,14 @@ pub fn calibrate(
         seq,
         xtx_max_width,
     };
-    let windows = calib::windows(&ids, opts)?;
-    let pb = super::progress::bar_of(windows.len() as u64, "calibrate", "windows");
-    let stats = calib::collect(&model, &windows, tok.default_bos(), opts, &|k, _| {
-        pb.set_position(k as u64)
-    })?;
-    pb.finish_and_clear();
+    let pb = super::progress::bar_of(samples as u64, "calibrate", "windows");
     let sha = hex::encode(sha2::Sha256::digest(text.as_bytes()));
-    stats.save(
-        output,
+    let tokens = calib::calibrate_to(
+        &mut model,
+        &ids,
+        tok.default_bos(),
+        opts,
+        fisher_samples,
         &[
             ("samples", samples.to_string()),
             ("seq", seq.to_string()),
@@ -109,6 +115,15 @@ pub fn calibrate(
             ("text_sha256", sha),
             ("model", model_path.display().to_string()),
         ],
+        output,
+        &|what, k, n| {
+            if what == "fisher" && pb.message() != "fisher" {
+                pb.set_message("fisher");
+                pb.set_length(n as u64);
+            }
+            pb.set_position(k as u64)
+        },
     )?;
-    Ok(stats.tokens)
+    pb.finish_and_clear();
+    Ok(tokens)
 }

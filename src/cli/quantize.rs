@@ -86,6 +86,12 @@ pub struct CodecArgs {
     /// Tokens per window of --calibrate.
     #[arg(long, default_value_t = 512, requires = "calibrate")]
     pub calib_seq: usize,
+    /// What a bit budget (--bits-per-weight) spends by with statistics: `hessian`, each
+    /// tensor's relative output error (input E[x²] per column); `fisher`, the loss
+    /// increase from the empirical Fisher diagonal (statistics from `tenpak calibrate
+    /// --fisher N`; with --calibrate, computed on the --calib-samples windows).
+    #[arg(long, value_enum, default_value_t = tenpak::plan::Sensitivity::default())]
+    pub sensitivity: tenpak::plan::Sensitivity,
     /// Dtype used when the model is a GGUF file (its weights are imported first).
     #[arg(long, default_value = "bf16", value_parser = super::import::parse_dtype)]
     pub gguf_dtype: DType,
@@ -155,6 +161,7 @@ impl CodecArgs {
                 refine_iters: self.refine_iters,
                 awq: self.awq,
                 gptq: self.gptq,
+                sensitivity: self.sensitivity,
             },
             max_shard_bytes,
             calib: None,
@@ -182,6 +189,11 @@ impl CodecArgs {
                     self.calib_samples,
                     self.calib_seq,
                     super::calibrate::DEFAULT_XTX_MAX_WIDTH,
+                    if self.sensitivity == tenpak::plan::Sensitivity::Fisher {
+                        self.calib_samples
+                    } else {
+                        0
+                    },
                     &p,
                 )?;
                 eprintln!(

@@ -7,6 +7,7 @@
 //! [`decide`]; [`plot::pareto_svg`] draws the result.
 
 pub mod plot;
+pub mod study;
 
 use serde::{Deserialize, Serialize};
 

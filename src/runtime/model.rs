@@ -59,6 +59,10 @@ pub struct Model {
     norm: Tensor,
     blocks: Vec<Block>,
     device: Device,
+    /// Differentiable ops (candle's composite RMSNorm, softmax and rotary embedding,
+    /// which have backward passes) instead of the fused ones: set by
+    /// [`Model::trainable_linears`].
+    grad: bool,
 }
 
 fn load(src: &dyn TensorSource, name: &str, shape: &[usize], dev: &Device) -> Result<Tensor> {
@@ -153,7 +157,43 @@ impl Model {
             norm: norm_w,
             blocks,
             device: dev,
+            grad: false,
         })
+    }
+
+    /// Makes the blocks' linear weights variables (for gradients, e.g. the empirical
+    /// Fisher in [`crate::calib::fisher`]) and switches the forward pass to ops with
+    /// backward passes; returns each weight's name (`model.layers.N.mlp.up_proj.weight`)
+    /// and variable, in block order.
+    pub fn trainable_linears(&mut self) -> Result<Vec<(String, candle_core::Var)>> {
+        let mut out = Vec::new();
+        for b in &mut self.blocks {
+            let p = b.prefix.clone();
+            for (name, lin) in [
+                ("self_attn.q_proj", &mut b.attn.q),
+                ("self_attn.k_proj", &mut b.attn.k),
+                ("self_attn.v_proj", &mut b.attn.v),
+                ("self_attn.o_proj", &mut b.attn.o),
+                ("mlp.gate_proj", &mut b.gate),
+                ("mlp.up_proj", &mut b.up),
+                ("mlp.down_proj", &mut b.down),
+            ] {
+                let var = candle_core::Var::from_tensor(lin.weight()).map_err(ce)?;
+                *lin = Linear::new(var.as_tensor().clone(), lin.bias().cloned());
+                out.push((format!("{p}.{name}.weight"), var));
+            }
+        }
+        self.grad = true;
+        Ok(out)
+    }
+
+    fn rms(&self, x: &Tensor, w: &Tensor) -> Result<Tensor> {
+        let eps = self.cfg.eps as f32;
+        if self.grad {
+            candle_nn::ops::rms_norm_slow(x, w, eps).map_err(ce)
+        } else {
+            candle_nn::ops::rms_norm(x, w, eps).map_err(ce)
+        }
     }
 
     /// The configuration.
@@ -235,8 +275,7 @@ impl Model {
             Some(w) if w < t && cfg.sliding.iter().any(|&s| s) => Some(self.mask(t, Some(w))?),
             _ => None,
         };
-        let eps = cfg.eps as f32;
-        let rms = |x: &Tensor, w: &Tensor| candle_nn::ops::rms_norm(x, w, eps).map_err(ce);
+        let rms = |x: &Tensor, w: &Tensor| self.rms(x, w);
         for b in &self.blocks {
             let names = |parts: &[&str]| {
                 parts
@@ -312,7 +351,7 @@ impl Model {
         let split = |x: Tensor, n: usize, norm: &Option<Tensor>| -> Result<Tensor> {
             let x = x.reshape((1, t, n, hd)).map_err(ce)?;
             let x = match norm {
-                Some(w) => candle_nn::ops::rms_norm(&x, w, cfg.eps as f32).map_err(ce)?,
+                Some(w) => self.rms(&x, w)?,
                 None => x,
             };
             x.transpose(1, 2).map_err(ce)?.contiguous().map_err(ce)
@@ -320,8 +359,14 @@ impl Model {
         let q = split(a.q.forward(h).map_err(ce)?, cfg.heads, &a.q_norm)?;
         let k = split(a.k.forward(h).map_err(ce)?, cfg.kv_heads, &a.k_norm)?;
         let v = split(a.v.forward(h).map_err(ce)?, cfg.kv_heads, &None)?;
-        let q = candle_nn::rotary_emb::rope(&q, cos, sin).map_err(ce)?;
-        let k = candle_nn::rotary_emb::rope(&k, cos, sin).map_err(ce)?;
+        let rope = |x: &Tensor| {
+            if self.grad {
+                candle_nn::rotary_emb::rope_slow(x, cos, sin).map_err(ce)
+            } else {
+                candle_nn::rotary_emb::rope(x, cos, sin).map_err(ce)
+            }
+        };
+        let (q, k) = (rope(&q)?, rope(&k)?);
         let rep = cfg.heads / cfg.kv_heads;
         let expand = |x: Tensor| -> Result<Tensor> {
             if rep == 1 {
@@ -338,7 +383,11 @@ impl Model {
             s = ((s / c).map_err(ce)?.tanh().map_err(ce)? * c).map_err(ce)?;
         }
         let s = s.broadcast_add(mask).map_err(ce)?;
-        let p = candle_nn::ops::softmax_last_dim(&s).map_err(ce)?;
+        let p = if self.grad {
+            candle_nn::ops::softmax(&s, D::Minus1).map_err(ce)?
+        } else {
+            candle_nn::ops::softmax_last_dim(&s).map_err(ce)?
+        };
         let o = p.matmul(&v.contiguous().map_err(ce)?).map_err(ce)?;
         let o = o
             .transpose(1, 2)

@@ -2,6 +2,7 @@
 //! - [`webhook`]: the Hub's webhook deliveries;
 //! - [`studio`]: the Studio API (compress jobs, status, the dead letters and retries,
 //!   artifact ranges);
+//! - [`analysis`]: the Studio's evaluate and optimize jobs and their results;
 //! - [`hub`]: Hub-compatible reads of the companion repos (`/api/models/...`,
 //!   `/{repo}/resolve/{rev}/{path}`), so `HF_ENDPOINT` can point here;
 //! - [`service`]: what the service is, its keys, its metrics.
@@ -9,6 +10,7 @@
 //! Here: the router, [`AppError`] (every error answer), the OpenAPI document and the
 //! helpers the handlers share.
 
+mod analysis;
 mod hub;
 mod service;
 mod studio;
@@ -45,6 +47,13 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/jobs", get(studio::jobs))
         .route("/jobs/{id}/retry", post(studio::retry))
         .route("/artifact/{id}", get(studio::artifact))
+        .route("/evaluate", post(analysis::evaluate))
+        .route("/evaluate/{id}", get(analysis::evaluate_status))
+        .route("/optimize", post(analysis::optimize))
+        .route("/optimize/candidates", get(analysis::candidates))
+        .route("/optimize/{id}", get(analysis::optimize_status))
+        .route("/optimize/{id}/plot", get(analysis::optimize_plot))
+        .route("/texts", get(analysis::texts))
         .route("/api/models/{owner}/{name}", get(hub::model_info))
         .route(
             "/api/models/{owner}/{name}/revision/{rev}",
@@ -59,6 +68,7 @@ pub fn router(ctx: Arc<Ctx>) -> Router {
         .route("/ui/jobs/counts", get(ui::job_counts))
         .route("/ui/jobs/{id}/retry", post(ui::retry_submit))
         .route("/ui/models", get(ui::models_page))
+        .route("/ui/optimize/{id}", get(ui::optimize_page))
         .route("/ui/models/{owner}/{name}", get(ui::model_page))
         .route(
             "/ui/compress",
@@ -230,6 +240,9 @@ pub struct Answer {
     /// Compress: the targets packed.
     #[serde(skip_serializing_if = "Option::is_none")]
     pub targets: Option<Vec<String>>,
+    /// Evaluate and optimize: where the result will be (`/evaluate/{id}`, `/optimize/{id}`).
+    #[serde(skip_serializing_if = "Option::is_none")]
+    pub result_url: Option<String>,
 }
 
 struct Bearer;
@@ -261,12 +274,14 @@ impl utoipa::Modify for Bearer {
     ),
     paths(
         service::root, service::keys, service::key_file, webhook::webhook, studio::compress,
-        studio::status, studio::jobs, studio::retry, studio::artifact, hub::model_info,
+        studio::status, studio::jobs, studio::retry, studio::artifact, analysis::evaluate,
+        analysis::evaluate_status, analysis::optimize, analysis::optimize_status,
+        analysis::optimize_plot, analysis::candidates, analysis::texts, hub::model_info,
         hub::model_info_rev, hub::tree, hub::resolve, service::metrics, openapi
     ),
     modifiers(&Bearer),
     tags(
-        (name = "studio", description = "Compress jobs, their status and artifacts"),
+        (name = "studio", description = "Compress, evaluate and optimize jobs, their status, results and artifacts"),
         (name = "webhooks", description = "The Hub's webhook deliveries"),
         (name = "hub", description = "Hub-compatible reads of the companion repos (HF_ENDPOINT can point here)"),
         (name = "service", description = "Keys, metrics, this document")

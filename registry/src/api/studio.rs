@@ -107,12 +107,6 @@ pub(super) async fn start_compress(
     ctx: &Arc<Ctx>,
     req: CompressRequest,
 ) -> Result<(Enqueued, Answer), Response> {
-    let Some(mref) = tenpak::hub::ModelRef::parse(&req.model_id) else {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("model_id {:?} is not owner/name", req.model_id),
-        ));
-    };
     let targets = match &req.target {
         Some(t) => match parse_targets(std::slice::from_ref(t)) {
             Ok(t) => t,
@@ -120,54 +114,20 @@ pub(super) async fn start_compress(
         },
         None => ctx.settings.targets.clone(),
     };
-    let revision = req
-        .revision
-        .clone()
-        .or(mref.revision.clone())
-        .unwrap_or_else(|| "main".into());
-    if !tenpak_hooks::is_revision(&revision) {
-        return Err(error(
-            StatusCode::BAD_REQUEST,
-            format!("revision {revision:?} is not a branch, tag or commit name"),
-        ));
-    }
     // Who may read the model decides whether it is packed at all: the same rule as for
     // webhooks (a private or gated source only with allow_private, and then its
     // companion is private too).
-    let access = match ctx.hub.access(&mref.repo, &revision).await {
-        Ok(a) => a,
-        Err(e) => {
-            let status = match &e {
-                tenpak::Error::Hub {
-                    status: Some(s), ..
-                } if *s == 404 || *s == 401 || *s == 403 => StatusCode::NOT_FOUND,
-                _ => StatusCode::BAD_GATEWAY,
-            };
-            tracing::warn!("compress {}: {e}", mref.repo);
-            return Err(error(
-                status,
-                format!("{}@{revision} cannot be read on the Hub", mref.repo),
-            ));
-        }
-    };
-    if access.restricted() && !ctx.settings.allow_private {
-        return Err(AppError::Restricted(format!(
-            "{} is {}: its weights are not republished (allow_private is off)",
-            mref.repo,
-            access.describe()
-        ))
-        .into_response());
-    }
-    let commit = access.commit;
+    let (repo, commit) =
+        super::analysis::resolve_model(ctx, &req.model_id, req.revision.as_deref()).await?;
     let names: Vec<&str> = targets.iter().map(|t| target_name(*t)).collect();
     let targets_s = names.join(",");
     let key = if targets == ctx.settings.targets {
-        job_key(&mref.repo, &commit)
+        job_key(&repo, &commit)
     } else {
-        format!("{}:{targets_s}", job_key(&mref.repo, &commit))
+        format!("{}:{targets_s}", job_key(&repo, &commit))
     };
-    let companion = ctx.settings.companion_of(&mref.repo);
-    let (repo2, commit2) = (mref.repo.clone(), commit.clone());
+    let companion = ctx.settings.companion_of(&repo);
+    let (repo2, commit2) = (repo.clone(), commit.clone());
     let en = match db(ctx, move |s| {
         let en = s.enqueue(&NewJob {
             key: &key,
@@ -177,6 +137,7 @@ pub(super) async fn start_compress(
             origin: "api",
             companion: &companion,
             kind: crate::store::KIND_AUTO,
+            params: None,
         })?;
         retry_failed(s, en)
     })
@@ -188,7 +149,7 @@ pub(super) async fn start_compress(
     let answer = Answer {
         created: Some(en.created),
         retried: Some(en.retried),
-        repo: Some(mref.repo),
+        repo: Some(repo),
         revision: Some(commit),
         targets: Some(names.iter().map(|n| n.to_string()).collect()),
         ..Answer::default()

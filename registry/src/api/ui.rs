@@ -48,6 +48,8 @@ struct JobRow {
     message: String,
     failed: bool,
     model_page: Option<String>,
+    /// An analysis job's result: the optimize page, or an evaluation's JSON.
+    result_page: Option<String>,
 }
 
 fn duration_text(secs: f64) -> String {
@@ -78,7 +80,126 @@ fn job_row(j: &Job) -> JobRow {
         failed: j.state == JobState::Failed,
         model_page: (j.state == JobState::Done && j.published_commit.is_some())
             .then(|| format!("/ui/models/{}", j.companion)),
+        result_page: match j.kind.as_str() {
+            crate::store::KIND_OPTIMIZE => Some(format!("/ui/optimize/{}", j.id)),
+            crate::store::KIND_EVALUATE if j.state == JobState::Done => {
+                Some(format!("/evaluate/{}", j.id))
+            }
+            _ => None,
+        },
     }
+}
+
+/// One candidate row of the optimize page.
+struct CandidateRow {
+    name: String,
+    size: String,
+    bits: String,
+    ppl: String,
+    delta: String,
+    best: String,
+    verdict: String,
+    chosen: bool,
+    frontier: bool,
+}
+
+#[derive(Template)]
+#[template(path = "optimize.html")]
+struct OptimizePage {
+    chrome: Chrome,
+    id: i64,
+    model: String,
+    state: String,
+    complete: bool,
+    text: String,
+    tokens: usize,
+    constraints: String,
+    chosen: Option<String>,
+    none_because: Option<String>,
+    estimates_are: String,
+    rows: Vec<CandidateRow>,
+    skipped: Vec<(String, String)>,
+}
+
+/// `GET /ui/optimize/{id}`: an optimize job's report as a page (the table as `tenpak
+/// optimize` prints it, and the Pareto plot).
+pub(super) async fn optimize_page(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Response {
+    let t0 = Instant::now();
+    let Ok(id) = id.parse::<i64>() else {
+        return page_error(&ctx, StatusCode::BAD_REQUEST, "job id is a number");
+    };
+    let found = db(&ctx, move |s| Ok((s.job(id)?, s.result(id)?))).await;
+    let (job, result) = match found {
+        Ok((Some(j), r)) if j.kind == crate::store::KIND_OPTIMIZE => (j, r),
+        Ok(_) => {
+            return page_error(&ctx, StatusCode::NOT_FOUND, &format!("no optimize job {id}"))
+        }
+        Err(e) => return store_error(&ctx, e),
+    };
+    let report = result.and_then(|r| {
+        serde_json::from_str::<tenpak::optimize::study::Report>(&r).ok()
+    });
+    let Some(rep) = report else {
+        let msg = match &job.error {
+            Some(e) => format!("optimize job {id} {}: {e}", job.state),
+            None => format!("optimize job {id} is {} ({}): nothing measured yet", job.state, job.stage),
+        };
+        return page_error(&ctx, StatusCode::NOT_FOUND, &msg);
+    };
+    let c = &rep.constraints;
+    let mut said = vec![];
+    if let Some(v) = c.max_ppl_delta_pct {
+        said.push(format!("PPL Δ ≤ {v}%"));
+    }
+    if let Some(v) = c.max_latency_ms {
+        said.push(format!("latency ≤ {v} ms"));
+    }
+    if let Some(v) = c.min_tokens_per_s {
+        said.push(format!("≥ {v} tokens/s"));
+    }
+    let page = OptimizePage {
+        chrome: chrome(&ctx),
+        id,
+        model: rep.model.clone(),
+        state: job.state.to_string(),
+        complete: rep.complete,
+        text: rep.text.clone(),
+        tokens: rep.rows.first().map_or(0, |r| r.measured.tokens),
+        constraints: if said.is_empty() { "none".into() } else { said.join(", ") },
+        chosen: rep.chosen.as_ref().map(|c| format!("{} on {}", c.candidate, c.hardware)),
+        none_because: rep.none_because.clone(),
+        estimates_are: rep.estimates_are.clone(),
+        rows: rep
+            .rows
+            .iter()
+            .map(|r| {
+                let best = r
+                    .estimates
+                    .iter()
+                    .filter(|e| e.fits)
+                    .min_by(|p, q| p.usd_per_m_tokens.total_cmp(&q.usd_per_m_tokens));
+                CandidateRow {
+                    name: r.measured.candidate.clone(),
+                    size: human_bytes(r.measured.weight_bytes),
+                    bits: format!("{:.3}", r.measured.bits_per_weight),
+                    ppl: format!("{:.4}", r.measured.ppl),
+                    delta: format!("{:+.2}%", r.ppl_delta_pct),
+                    best: best.map_or("fits nowhere".into(), |e| {
+                        format!("{} ({:.0}, ${:.4})", e.hardware, e.tokens_per_s, e.usd_per_m_tokens)
+                    }),
+                    chosen: r.verdict == "chosen",
+                    verdict: r.verdict.clone(),
+                    frontier: r.on_frontier,
+                }
+            })
+            .collect(),
+        skipped: rep
+            .skipped
+            .iter()
+            .map(|k| (k.candidate.clone(), k.reason.clone()))
+            .collect(),
+    };
+    html(page.render(), t0)
 }
 
 #[derive(Template)]
@@ -145,11 +266,13 @@ const JOB_WINDOW: i64 = 500;
 /// Rows shown.
 const JOB_ROWS: usize = 100;
 
-const KINDS: [&str; 4] = [
+const KINDS: [&str; 6] = [
     crate::store::KIND_AUTO,
     crate::store::KIND_FULL,
     crate::store::KIND_DELTA,
     crate::store::KIND_ADAPTER,
+    crate::store::KIND_EVALUATE,
+    crate::store::KIND_OPTIMIZE,
 ];
 
 async fn filtered_jobs(ctx: &Arc<Ctx>, f: &Filter) -> Result<(Vec<JobRow>, i64), Response> {

@@ -85,6 +85,7 @@ pub(super) async fn webhook(
                     origin: "webhook",
                     companion: &companion,
                     kind: crate::store::KIND_AUTO,
+                    params: None,
                 })?;
                 let en = retry_failed(s, en)?;
                 let what = match (en.created, en.retried) {

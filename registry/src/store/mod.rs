@@ -81,6 +81,15 @@ pub const KIND_FULL: &str = "full";
 pub const KIND_DELTA: &str = "delta";
 /// A PEFT adapter packed against its base's artifacts.
 pub const KIND_ADAPTER: &str = "adapter";
+/// `POST /evaluate`: perplexity of a model or artifact on a text (nothing published).
+pub const KIND_EVALUATE: &str = "evaluate";
+/// `POST /optimize`: the cost optimizer's study of a model (nothing published).
+pub const KIND_OPTIMIZE: &str = "optimize";
+
+/// Whether jobs of `kind` analyse (evaluate, optimize) rather than publish.
+pub fn is_analysis(kind: &str) -> bool {
+    kind == KIND_EVALUATE || kind == KIND_OPTIMIZE
+}
 
 /// One job, as the Studio API shows it.
 #[derive(Debug, Clone, Serialize, PartialEq, utoipa::ToSchema)]
@@ -98,8 +107,12 @@ pub struct Job {
     pub origin: String,
     /// Where it is.
     pub state: JobState,
-    /// auto (not decided yet) / full / delta / adapter.
+    /// auto (not decided yet) / full / delta / adapter, or evaluate / optimize.
     pub kind: String,
+    /// The request of an evaluate or optimize job (JSON); its result is at
+    /// `/evaluate/{id}` or `/optimize/{id}`.
+    #[schema(value_type = Option<Object>)]
+    pub params: Option<serde_json::Value>,
     /// The base `owner/name@commit` a delta or adapter job is packed against.
     pub base: Option<String>,
     /// The job this one waits for (the base's).
@@ -271,8 +284,10 @@ pub struct NewJob<'a> {
     pub origin: &'a str,
     /// Companion repository.
     pub companion: &'a str,
-    /// [`KIND_AUTO`], or [`KIND_FULL`] for a job that provides a base.
+    /// [`KIND_AUTO`], [`KIND_FULL`] for a job that provides a base, or an analysis kind.
     pub kind: &'a str,
+    /// An analysis job's request (JSON).
+    pub params: Option<&'a str>,
 }
 
 /// The queue of jobs: states, attempts, leases, progress, webhook deliveries. Every
@@ -354,8 +369,14 @@ pub trait JobStore: Send + Sync {
     /// between the two does not publish again).
     fn set_published(&self, id: i64, commit: &str, upload: &serde_json::Value) -> Result<()>;
 
-    /// Marks a job done.
+    /// Marks a job done (stage `published`, or `done` for an analysis job).
     fn finish(&self, id: i64) -> Result<()>;
+
+    /// Stores an analysis job's result (JSON), before it is marked done.
+    fn set_result(&self, id: i64, result: &str) -> Result<()>;
+
+    /// An analysis job's result, if stored.
+    fn result(&self, id: i64) -> Result<Option<String>>;
 
     /// Records a failed attempt: back to the queue when `retry`, else failed. The error
     /// is stored [redacted](crate::redact) (the public API serves it).

@@ -71,6 +71,9 @@ fn job_of(r: &Row) -> Result<Job> {
         state: JobState::parse(&state)
             .ok_or_else(|| StoreError::Corrupt(format!("job state {state:?}")))?,
         kind: r.try_get("kind")?,
+        params: r
+            .try_get::<_, Option<String>>("params")?
+            .and_then(|u| serde_json::from_str(&u).ok()),
         base: r.try_get("base")?,
         waits_on: r.try_get("waits_on")?,
         note: r.try_get("note")?,
@@ -297,14 +300,15 @@ impl JobStore for PgStore {
         .iter()
         .map(|s| s.to_string())
         .collect();
+        let params = j.params.map(str::to_string);
         self.with(move |c| {
             let t = now();
             let n = c.execute(
                 "INSERT INTO jobs (key, repo, revision, targets, origin, state, stage, companion,
-                                   kind, created_at, updated_at)
-                 VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $9)
+                                   kind, created_at, updated_at, params)
+                 VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $9, $10)
                  ON CONFLICT (key) DO NOTHING",
-                &[&v[0], &v[1], &v[2], &v[3], &v[4], &QUEUED, &v[5], &v[6], &t],
+                &[&v[0], &v[1], &v[2], &v[3], &v[4], &QUEUED, &v[5], &v[6], &t, &params],
             )?;
             let job = job_of(&c.query_one("SELECT * FROM jobs WHERE key = $1", &[&v[0]])?)?;
             Ok(Enqueued {
@@ -502,12 +506,31 @@ impl JobStore for PgStore {
     fn finish(&self, id: i64) -> Result<()> {
         self.with(move |c| {
             c.execute(
-                "UPDATE jobs SET state = $2, stage = 'published', progress = 1, error = NULL,
+                "UPDATE jobs SET state = $2, progress = 1, error = NULL,
+                        stage = CASE WHEN kind IN ($4, $5) THEN 'done' ELSE 'published' END,
                         lease_owner = NULL, lease_until = NULL,
                         updated_at = $3, finished_at = $3 WHERE id = $1",
-                &[&id, &DONE, &now()],
+                &[&id, &DONE, &now(), &super::KIND_EVALUATE, &super::KIND_OPTIMIZE],
             )?;
             Ok(())
+        })
+    }
+
+    fn set_result(&self, id: i64, result: &str) -> Result<()> {
+        let result = result.to_string();
+        self.with(move |c| {
+            c.execute(
+                "UPDATE jobs SET result = $2, updated_at = $3 WHERE id = $1",
+                &[&id, &result, &now()],
+            )?;
+            Ok(())
+        })
+    }
+
+    fn result(&self, id: i64) -> Result<Option<String>> {
+        self.with(move |c| {
+            Ok(c.query_opt("SELECT result FROM jobs WHERE id = $1", &[&id])?
+                .and_then(|r| r.get::<_, Option<String>>(0)))
         })
     }
 

@@ -110,6 +110,9 @@ fn job_of(r: &Row<'_>) -> rusqlite::Result<Job> {
         origin: r.get("origin")?,
         state: r.get("state")?,
         kind: r.get("kind")?,
+        params: r
+            .get::<_, Option<String>>("params")?
+            .and_then(|u| serde_json::from_str(&u).ok()),
         base: r.get("base")?,
         waits_on: r.get("waits_on")?,
         note: r.get("note")?,
@@ -144,6 +147,9 @@ const ADDED_COLUMNS: &[(&str, &str, &str)] = &[
     ("jobs", "pieces_in_use", "TEXT"),
     // What the dashboard shows of an artifact (JSON).
     ("artifacts", "details", "TEXT"),
+    // An evaluate or optimize job's request and result (JSON).
+    ("jobs", "params", "TEXT"),
+    ("jobs", "result", "TEXT"),
 ];
 
 fn migrate(conn: &Connection) -> Result<()> {
@@ -270,8 +276,8 @@ impl JobStore for SqliteStore {
         let t = now();
         let n = c.execute(
             "INSERT INTO jobs (key, repo, revision, targets, origin, state, stage, companion,
-                               kind, created_at, updated_at)
-             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?9)
+                               kind, created_at, updated_at, params)
+             VALUES (?1, ?2, ?3, ?4, ?5, ?6, 'queued', ?7, ?8, ?9, ?9, ?10)
              ON CONFLICT(key) DO NOTHING",
             params![
                 j.key,
@@ -282,7 +288,8 @@ impl JobStore for SqliteStore {
                 QUEUED,
                 j.companion,
                 j.kind,
-                t
+                t,
+                j.params
             ],
         )?;
         let job = c.query_row("SELECT * FROM jobs WHERE key = ?1", [j.key], job_of)?;
@@ -443,12 +450,29 @@ impl JobStore for SqliteStore {
     fn finish(&self, id: i64) -> Result<()> {
         let t = now();
         self.conn().execute(
-            "UPDATE jobs SET state = ?2, stage = 'published', progress = 1, error = NULL,
+            "UPDATE jobs SET state = ?2, progress = 1, error = NULL,
+                    stage = CASE WHEN kind IN (?4, ?5) THEN 'done' ELSE 'published' END,
                     lease_owner = NULL, lease_until = NULL,
                     updated_at = ?3, finished_at = ?3 WHERE id = ?1",
-            params![id, DONE, t],
+            params![id, DONE, t, super::KIND_EVALUATE, super::KIND_OPTIMIZE],
         )?;
         Ok(())
+    }
+
+    fn set_result(&self, id: i64, result: &str) -> Result<()> {
+        self.conn().execute(
+            "UPDATE jobs SET result = ?2, updated_at = ?3 WHERE id = ?1",
+            params![id, result, now()],
+        )?;
+        Ok(())
+    }
+
+    fn result(&self, id: i64) -> Result<Option<String>> {
+        Ok(self
+            .conn()
+            .query_row("SELECT result FROM jobs WHERE id = ?1", [id], |r| r.get(0))
+            .optional()?
+            .flatten())
     }
 
     fn fail(&self, id: i64, error: &str, retry: bool) -> Result<()> {
@@ -689,6 +713,7 @@ mod tests {
                 origin: "webhook",
                 companion: "x/y-tnpk",
                 kind,
+                params: None,
             })
             .expect("enqueue")
             .job

@@ -484,3 +484,42 @@ pub fn content_update(repo: &str, sha: &str) -> String {
     })
     .to_string()
 }
+
+/// Words of the evaluation text and of the tokenizer written for the models (a
+/// WordLevel tokenizer splitting on spaces, so the perplexity column is measured).
+pub const WORDS: &[&str] = &[
+    "the", "of", "and", "to", "a", "in", "that", "it", "was", "her", "she", "not", "be", "had",
+    "his", "as", "with", "for", "he", "but", "you", "all", "have", "so", "at", "by", "i", "which",
+    "no", "they", "on", "my", "very", "said", "is", "could", "would", "been", "from", "mr",
+];
+
+pub fn tokenizer_json() -> String {
+    let mut vocab = serde_json::Map::new();
+    for (i, w) in WORDS.iter().enumerate() {
+        vocab.insert((*w).into(), serde_json::json!(i));
+    }
+    vocab.insert("[UNK]".into(), serde_json::json!(WORDS.len()));
+    serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "Split", "pattern": {"Regex": "\\s+"}, "behavior": "Removed", "invert": false},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    })
+    .to_string()
+}
+
+pub fn eval_text(dir: &Path) -> PathBuf {
+    let mut s = String::new();
+    let mut x: u64 = 7;
+    for _ in 0..4000 {
+        x = x
+            .wrapping_mul(6364136223846793005)
+            .wrapping_add(1442695040888963407);
+        s.push_str(WORDS[((x >> 33) % WORDS.len() as u64) as usize]);
+        s.push(' ');
+    }
+    let p = dir.join("eval.txt");
+    std::fs::write(&p, s).expect("text");
+    p
+}
