@@ -179,10 +179,7 @@ pub fn read_text(data_dir: &Path, t: &TextRef) -> Result<String, JobError> {
 
 /// The job's scratch directory.
 pub fn scratch_dir(ctx: &Ctx, id: i64) -> PathBuf {
-    ctx.settings
-        .data_dir
-        .join("work")
-        .join(format!("job-{id}"))
+    ctx.settings.data_dir.join("work").join(format!("job-{id}"))
 }
 
 /// Downloads a Hub model (checking who may read it and its size first) and opens it.
@@ -308,11 +305,11 @@ pub fn evaluate(
     stage: &(dyn Fn(&str, f64) + Sync),
 ) -> Result<EvaluateResult, JobError> {
     let work = scratch_dir(ctx, id);
-    std::fs::create_dir_all(&work).map_err(|e| JobError::new(format!("{}: {e}", work.display()), true))?;
+    std::fs::create_dir_all(&work)
+        .map_err(|e| JobError::new(format!("{}: {e}", work.display()), true))?;
     let text = read_text(&ctx.settings.data_dir, &p.text)?;
     stage("open", 0.02);
-    let (src, label, source_of): (Box<dyn TensorSource>, String, Option<String>) = match &p
-        .subject
+    let (src, label, source_of): (Box<dyn TensorSource>, String, Option<String>) = match &p.subject
     {
         Subject::Model { repo, commit } => {
             let (dir, label) = open_hub_model(ctx, rt, repo, commit)?;
@@ -408,7 +405,8 @@ pub fn optimize(
     stage: &(dyn Fn(&str, f64) + Sync),
 ) -> Result<study::Report, JobError> {
     let work = scratch_dir(ctx, id);
-    std::fs::create_dir_all(&work).map_err(|e| JobError::new(format!("{}: {e}", work.display()), true))?;
+    std::fs::create_dir_all(&work)
+        .map_err(|e| JobError::new(format!("{}: {e}", work.display()), true))?;
     let text = read_text(&ctx.settings.data_dir, &p.text)?;
     let calib = p
         .calib_text
@@ -465,7 +463,11 @@ pub fn optimize(
         }
         study::Event::Step { what, done, total } => {
             let (name, k, n) = current();
-            let f = if total == 0 { 0.0 } else { done as f64 / total as f64 };
+            let f = if total == 0 {
+                0.0
+            } else {
+                done as f64 / total as f64
+            };
             stage(
                 &format!("{name} {what}"),
                 0.05 + 0.95 * (k as f64 + f.min(1.0)) / n as f64,

@@ -209,7 +209,9 @@ fn texts(
     eval_text: Option<&Path>,
 ) -> anyhow::Result<std::collections::BTreeMap<String, PathBuf>> {
     if let Some(p) = eval_text {
-        named.entry("eval".into()).or_insert_with(|| p.to_path_buf());
+        named
+            .entry("eval".into())
+            .or_insert_with(|| p.to_path_buf());
     }
     for (name, p) in &named {
         if name.is_empty()

@@ -202,7 +202,9 @@ pub async fn worker(ctx: Arc<Ctx>, n: usize) {
                     t0.elapsed(),
                 );
                 match result {
-                    Ok(outcome @ (Outcome::Published | Outcome::Superseded | Outcome::Analysed)) => {
+                    Ok(
+                        outcome @ (Outcome::Published | Outcome::Superseded | Outcome::Analysed),
+                    ) => {
                         if let Err(e) = db(&ctx, move |s| s.finish(id)).await {
                             tracing::warn!("worker {n}: job {id}: {}", e.message);
                         }

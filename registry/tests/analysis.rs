@@ -146,7 +146,10 @@ fn evaluate_gives_tenpak_evals_perplexity_on_models_artifacts_and_urls() {
     assert_eq!(st, 202, "{c}");
     let job = reg.wait_job(c["job_id"].as_i64().expect("id"), LONG);
     assert_eq!(job["state"], "done", "{job}");
-    let art = job["artifacts"][0]["id"].as_str().expect("artifact").to_string();
+    let art = job["artifacts"][0]["id"]
+        .as_str()
+        .expect("artifact")
+        .to_string();
     let art_url = format!("{}/artifact/{art}", reg.url);
     let art_src = tenpak::artifact::ArtifactSource::open(&art_url).expect("artifact by URL");
     let art_ppl = eval_like_cli(&art_src, &text, ctx, samples);
@@ -161,8 +164,14 @@ fn evaluate_gives_tenpak_evals_perplexity_on_models_artifacts_and_urls() {
     let r = wait_result(&reg, v["result_url"].as_str().expect("url"));
     assert_eq!(r["state"], "done", "{r}");
     let res = &r["result"];
-    assert!(close(res["ppl"].as_f64().expect("ppl"), art_ppl), "{res} vs {art_ppl}");
-    assert!(close(res["source"]["ppl"].as_f64().expect("source"), model_ppl), "{res}");
+    assert!(
+        close(res["ppl"].as_f64().expect("ppl"), art_ppl),
+        "{res} vs {art_ppl}"
+    );
+    assert!(
+        close(res["source"]["ppl"].as_f64().expect("source"), model_ppl),
+        "{res}"
+    );
     let d = res["delta_pct"].as_f64().expect("delta");
     assert!(close(d, (art_ppl / model_ppl - 1.0) * 100.0), "{res}");
     assert_eq!(res["text"]["name"], "upload");
@@ -189,7 +198,10 @@ fn evaluate_gives_tenpak_evals_perplexity_on_models_artifacts_and_urls() {
         .iter()
         .filter_map(|j| j["kind"].as_str())
         .collect();
-    assert!(kinds.contains(&"evaluate") && kinds.contains(&"full"), "{kinds:?}");
+    assert!(
+        kinds.contains(&"evaluate") && kinds.contains(&"full"),
+        "{kinds:?}"
+    );
     // An evaluate job is not an optimize job.
     let r = reg.get(&url.replace("evaluate", "optimize"));
     assert_eq!(r.status().as_u16(), 404);
@@ -216,28 +228,63 @@ fn evaluate_and_optimize_refuse_bad_requests_clearly() {
             400,
             "not both",
         ),
-        (json!({"model_id": REPO, "text": "bible"}), 400, "no text named \"bible\" (known: words)"),
-        (json!({"model_id": REPO, "text_content": "  \n"}), 400, "text is empty"),
-        (json!({"model_id": REPO, "text": "words", "samples": 0}), 400, "samples and ctx"),
+        (
+            json!({"model_id": REPO, "text": "bible"}),
+            400,
+            "no text named \"bible\" (known: words)",
+        ),
+        (
+            json!({"model_id": REPO, "text_content": "  \n"}),
+            400,
+            "text is empty",
+        ),
+        (
+            json!({"model_id": REPO, "text": "words", "samples": 0}),
+            400,
+            "samples and ctx",
+        ),
         (
             json!({"model_id": REPO, "text": "words", "compare_source": true}),
             400,
             "compare_source applies",
         ),
-        (json!({"model_id": "acme/none", "text": "words"}), 404, "cannot be read on the Hub"),
-        (json!({"artifact_id": "b".repeat(64), "text": "words"}), 404, "no artifact"),
-        (json!({"artifact_id": "xyz", "text": "words"}), 400, "64 hex digits"),
+        (
+            json!({"model_id": "acme/none", "text": "words"}),
+            404,
+            "cannot be read on the Hub",
+        ),
+        (
+            json!({"artifact_id": "b".repeat(64), "text": "words"}),
+            404,
+            "no artifact",
+        ),
+        (
+            json!({"artifact_id": "xyz", "text": "words"}),
+            400,
+            "64 hex digits",
+        ),
         (
             json!({"url": "http://169.254.169.254/latest/x.tnpk", "text": "words"}),
             403,
             "not one this registry fetches from",
         ),
-        (json!({"url": "file:///etc/passwd", "text": "words"}), 400, "only http and https"),
-        (json!({"model_id": REPO, "text": "words", "bogus": 1}), 400, "unknown field"),
+        (
+            json!({"url": "file:///etc/passwd", "text": "words"}),
+            400,
+            "only http and https",
+        ),
+        (
+            json!({"model_id": REPO, "text": "words", "bogus": 1}),
+            400,
+            "unknown field",
+        ),
     ] {
         let (st, v) = post(&reg, "/evaluate", &body, Some(API_TOKEN));
         assert_eq!(st, status, "{body}: {v}");
-        assert!(v["error"].as_str().unwrap_or("").contains(says), "{body}: {v}");
+        assert!(
+            v["error"].as_str().unwrap_or("").contains(says),
+            "{body}: {v}"
+        );
     }
     for (body, says) in [
         (
@@ -256,11 +303,17 @@ fn evaluate_and_optimize_refuse_bad_requests_clearly() {
             json!({"model_id": REPO, "text": "words", "max_tokens": 10, "ctx": 64}),
             "max_tokens between ctx",
         ),
-        (json!({"model_id": REPO, "calib_text": "words"}), "text (a named text"),
+        (
+            json!({"model_id": REPO, "calib_text": "words"}),
+            "text (a named text",
+        ),
     ] {
         let (st, v) = post(&reg, "/optimize", &body, Some(API_TOKEN));
         assert_eq!(st, 400, "{body}: {v}");
-        assert!(v["error"].as_str().unwrap_or("").contains(says), "{body}: {v}");
+        assert!(
+            v["error"].as_str().unwrap_or("").contains(says),
+            "{body}: {v}"
+        );
     }
     for path in ["/evaluate/x", "/optimize/x", "/optimize/x/plot"] {
         assert_eq!(reg.get(path).status().as_u16(), 400, "{path}");
@@ -305,7 +358,10 @@ fn optimize_returns_the_clis_report_and_plot_and_says_when_nothing_fits() {
     let rep = &r["result"];
     assert_eq!(rep["complete"], true, "{rep}");
     assert_eq!(rep["model"], format!("{REPO}@{SHA}"));
-    assert_eq!(rep["skipped"][0]["candidate"], "awq-g128", "no calibration text");
+    assert_eq!(
+        rep["skipped"][0]["candidate"], "awq-g128",
+        "no calibration text"
+    );
 
     // The same study run by `tenpak optimize`'s code on the same model and text.
     let tok = Tokenizer::from_bytes(tokenizer_json().as_bytes()).expect("tokenizer");
@@ -322,8 +378,12 @@ fn optimize_returns_the_clis_report_and_plot_and_says_when_nothing_fits() {
         },
         calib: None,
         cache: tmp.path().join("cli-cache"),
-        candidates: tenpak::optimize::select(&["int4-g64".into(), "int4-g128".into(), "awq-g128".into()])
-            .expect("candidates"),
+        candidates: tenpak::optimize::select(&[
+            "int4-g64".into(),
+            "int4-g128".into(),
+            "awq-g128".into(),
+        ])
+        .expect("candidates"),
         hardware: tenpak::optimize::pick_hardware(
             &tenpak::optimize::default_hardware(),
             &["t4".into(), "a10g".into()],
@@ -341,21 +401,30 @@ fn optimize_returns_the_clis_report_and_plot_and_says_when_nothing_fits() {
         let m = &want.measured;
         assert_eq!(got["measured"]["candidate"], m.candidate.as_str());
         assert_eq!(got["measured"]["weight_bytes"], m.weight_bytes, "{got}");
-        assert!(close(got["measured"]["ppl"].as_f64().expect("ppl"), m.ppl), "{got} vs {m:?}");
+        assert!(
+            close(got["measured"]["ppl"].as_f64().expect("ppl"), m.ppl),
+            "{got} vs {m:?}"
+        );
         assert_eq!(got["verdict"], want.verdict.as_str());
         assert_eq!(got["on_frontier"], want.on_frontier);
     }
     let chosen = cli.chosen.expect("chosen");
     assert_eq!(rep["chosen"]["candidate"], chosen.candidate.as_str());
     assert_eq!(rep["chosen"]["hardware"], chosen.hardware.as_str());
-    assert!(rep["estimates_are"].as_str().expect("says").contains("estimates"));
+    assert!(rep["estimates_are"]
+        .as_str()
+        .expect("says")
+        .contains("estimates"));
 
     // The plot: an SVG with every measured candidate and the choice marked.
     let p = reg.get(&format!("{path}/plot"));
     assert_eq!(p.status().as_u16(), 200);
     assert_eq!(p.headers()["content-type"], "image/svg+xml");
     let svg = p.text().expect("svg");
-    assert!(svg.starts_with("<svg") || svg.starts_with("<?xml"), "{svg:.80}");
+    assert!(
+        svg.starts_with("<svg") || svg.starts_with("<?xml"),
+        "{svg:.80}"
+    );
     for row in rows {
         let name = row["measured"]["candidate"].as_str().expect("name");
         assert!(svg.contains(name), "{name} not in the plot");
@@ -366,8 +435,14 @@ fn optimize_returns_the_clis_report_and_plot_and_says_when_nothing_fits() {
     let page = reg.get(&format!("/ui/optimize/{id}"));
     assert_eq!(page.status().as_u16(), 200);
     let page = page.text().expect("page");
-    assert!(page.contains(&format!("<img src=\"/optimize/{id}/plot\"")), "{page}");
-    assert!(page.contains(&format!("Chosen: <b>{} on {}</b>", chosen.candidate, chosen.hardware)));
+    assert!(
+        page.contains(&format!("<img src=\"/optimize/{id}/plot\"")),
+        "{page}"
+    );
+    assert!(page.contains(&format!(
+        "Chosen: <b>{} on {}</b>",
+        chosen.candidate, chosen.hardware
+    )));
     assert!(page.contains("skipped: needs calibration"));
     let rows = reg.get("/ui/jobs/rows?kind=optimize").text().expect("rows");
     assert!(rows.contains(&format!("/ui/optimize/{id}")), "{rows}");

@@ -275,7 +275,10 @@ fn contract(s: &dyn Store) {
         .job;
     assert_eq!(ev.params, Some(serde_json::json!({"text": "builtin:emma"})));
     assert_eq!(s.result(ev.id).expect("no result yet"), None);
-    let got = s.claim("w4", lease).expect("claim").expect("the evaluate job");
+    let got = s
+        .claim("w4", lease)
+        .expect("claim")
+        .expect("the evaluate job");
     assert_eq!(got.id, ev.id);
     s.set_result(ev.id, r#"{"ppl":12.5}"#).expect("result");
     s.finish(ev.id).expect("finish");

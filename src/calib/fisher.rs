@@ -26,8 +26,7 @@ fn window_loss(model: &Model, input: &[u32]) -> Result<Tensor> {
     let t = input.len();
     let logits = model.forward(input)?;
     let logp = Model::log_softmax(&logits.narrow(0, 0, t - 1).map_err(ce)?)?;
-    let targets =
-        Tensor::from_vec(input[1..].to_vec(), (t - 1, 1), model.device()).map_err(ce)?;
+    let targets = Tensor::from_vec(input[1..].to_vec(), (t - 1, 1), model.device()).map_err(ce)?;
     logp.gather(&targets, D::Minus1)
         .and_then(|x| x.mean_all())
         .and_then(|x| x.neg())
@@ -62,7 +61,10 @@ pub fn collect(
             let g = grads.get(var.as_tensor()).ok_or_else(|| Error::Compute {
                 message: format!("no gradient reached {name}"),
             })?;
-            let g = g.flatten_all().and_then(|g| g.to_vec1::<f32>()).map_err(ce)?;
+            let g = g
+                .flatten_all()
+                .and_then(|g| g.to_vec1::<f32>())
+                .map_err(ce)?;
             for (s, x) in a.iter_mut().zip(&g) {
                 *s += x * x;
             }
@@ -109,13 +111,18 @@ mod tests {
             let (name, _, fv) = &f[k];
             let (vname, var) = &vars[k];
             assert_eq!(name, vname);
-            let (e, g2) = fv
-                .iter()
-                .copied()
-                .enumerate()
-                .fold((0, 0f32), |b, (i, x)| if x > b.1 { (i, x) } else { b });
+            let (e, g2) =
+                fv.iter()
+                    .copied()
+                    .enumerate()
+                    .fold((0, 0f32), |b, (i, x)| if x > b.1 { (i, x) } else { b });
             let g = (g2 as f64).sqrt();
-            let w0 = var.as_tensor().flatten_all().unwrap().to_vec1::<f32>().unwrap();
+            let w0 = var
+                .as_tensor()
+                .flatten_all()
+                .unwrap()
+                .to_vec1::<f32>()
+                .unwrap();
             let dims = var.as_tensor().dims().to_vec();
             let eps = 1e-2f32;
             let loss_at = |d: f32| {

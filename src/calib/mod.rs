@@ -21,8 +21,8 @@
 //! linear (`<linear>.fisher`, `[out, in]`: mean squared loss gradients, [`fisher`]), what
 //! `--sensitivity fisher` spends a bit budget by.
 
-pub mod fisher;
 mod file;
+pub mod fisher;
 
 pub use file::Calib;
 
@@ -169,7 +169,9 @@ pub fn calibrate_to(
     progress: &dyn Fn(&str, usize, usize),
 ) -> Result<u64> {
     let wins = windows(ids, opts)?;
-    let stats = collect(model, &wins, bos, opts, &|k, n| progress("statistics", k, n))?;
+    let stats = collect(model, &wins, bos, opts, &|k, n| {
+        progress("statistics", k, n)
+    })?;
     let mut more = Vec::new();
     let mut extra = extra.to_vec();
     if fisher_samples > 0 {
@@ -180,7 +182,8 @@ pub fn calibrate_to(
                 ..opts
             },
         )?;
-        for (name, shape, v) in fisher::collect(model, &fw, bos, &|k, n| progress("fisher", k, n))? {
+        for (name, shape, v) in fisher::collect(model, &fw, bos, &|k, n| progress("fisher", k, n))?
+        {
             let linear = name.strip_suffix(".weight").unwrap_or(&name).to_string();
             more.push((format!("{linear}.fisher"), shape, v));
         }

@@ -319,7 +319,8 @@ fn ppl(
 impl Study {
     /// The cache directory of this model.
     pub fn dir(&self) -> PathBuf {
-        self.cache.join(&self.model_digest[..16.min(self.model_digest.len())])
+        self.cache
+            .join(&self.model_digest[..16.min(self.model_digest.len())])
     }
 
     fn eval_key(&self) -> String {
@@ -380,7 +381,12 @@ impl Study {
         let dir = self.dir();
         std::fs::create_dir_all(&dir).map_err(|e| Error::io("creating", &dir, e))?;
         let mut order = vec![CANDIDATES[0]];
-        order.extend(self.candidates.iter().filter(|c| c.name != "source").copied());
+        order.extend(
+            self.candidates
+                .iter()
+                .filter(|c| c.name != "source")
+                .copied(),
+        );
         let (mut measured, mut skipped, mut from_cache) = (vec![], vec![], 0);
         let total = order.len();
         for (index, c) in order.iter().enumerate() {

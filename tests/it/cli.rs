@@ -470,3 +470,128 @@ fn calibrated_codecs_from_statistics() {
         assert!(err.contains(needle), "{extra:?}: {err}");
     }
 }
+
+/// `calibrate --fisher N` adds the empirical Fisher diagonal of every block linear
+/// (finite, non-negative, not all zero) to the statistics; a bit budget spent by it
+/// (`--sensitivity fisher`) meets the budget and allocates differently from the Hessian
+/// one on the same file; without Fisher information `--sensitivity fisher` is refused
+/// with the command that provides it. (The tiny Llama with a word-level tokenizer; the
+/// comparison on real models is `bench/fisher.sh`.)
+#[test]
+fn a_bit_budget_spends_by_fisher_information() {
+    let tmp = tempfile::tempdir().expect("tmp");
+    let model = tmp.path().join("m");
+    crate::util::tiny_llama(&model, tenpak::dtype::DType::BF16);
+    let words: Vec<String> = (0..100).map(|i| format!("w{i}")).collect();
+    let vocab: serde_json::Map<String, serde_json::Value> = words
+        .iter()
+        .enumerate()
+        .map(|(i, w)| (w.clone(), serde_json::json!(i)))
+        .chain([("[UNK]".to_string(), serde_json::json!(100))])
+        .collect();
+    let tok = serde_json::json!({
+        "version": "1.0", "truncation": null, "padding": null, "added_tokens": [],
+        "normalizer": null,
+        "pre_tokenizer": {"type": "WhitespaceSplit"},
+        "post_processor": null, "decoder": null,
+        "model": {"type": "WordLevel", "vocab": vocab, "unk_token": "[UNK]"}
+    });
+    std::fs::write(model.join("tokenizer.json"), tok.to_string()).expect("tokenizer");
+    let mut x: u64 = 3;
+    let text: Vec<&str> = (0..3000)
+        .map(|_| {
+            x = x
+                .wrapping_mul(6364136223846793005)
+                .wrapping_add(1442695040888963407);
+            // Zipf-like: small ids far more often.
+            let u = ((x >> 11) as f64 / (1u64 << 53) as f64).max(1e-9);
+            words[((1.0 / u) as usize).min(100) - 1].as_str()
+        })
+        .collect();
+    let text_path = tmp.path().join("t.txt");
+    std::fs::write(&text_path, text.join(" ")).expect("text");
+    let p = |n: &str| tmp.path().join(n).to_str().expect("p").to_string();
+    let m = model.to_str().expect("p");
+    let calibrate = |out: &str, fisher: &str| {
+        crate::util::tenpak_ok(&[
+            "calibrate",
+            m,
+            "--text",
+            text_path.to_str().expect("p"),
+            "--samples",
+            "4",
+            "--seq",
+            "128",
+            "--fisher",
+            fisher,
+            "-o",
+            &p(out),
+        ])
+    };
+    calibrate("f.safetensors", "4");
+    calibrate("h.safetensors", "0");
+    let c = tenpak::calib::Calib::open(tmp.path().join("f.safetensors").as_path(), 0.01)
+        .expect("stats");
+    assert!(c.has_fisher());
+    for name in [
+        "model.layers.0.self_attn.q_proj.weight",
+        "model.layers.1.mlp.down_proj.weight",
+    ] {
+        let numel = if name.contains("down") {
+            256 * 512
+        } else {
+            256 * 256
+        };
+        let f = c.fisher(name, numel).expect("read").expect("fisher");
+        assert!(f.iter().all(|v| v.is_finite() && *v >= 0.0) && f.iter().any(|v| *v > 0.0));
+    }
+    let no = tenpak::calib::Calib::open(tmp.path().join("h.safetensors").as_path(), 0.01)
+        .expect("stats");
+    assert!(!no.has_fisher());
+    let pack = |out: &str, stats: &str, sens: &str| {
+        crate::util::tenpak(&[
+            "pack",
+            m,
+            "-o",
+            &p(out),
+            "--bits-per-weight",
+            "3.25",
+            "--stats",
+            &p(stats),
+            "--sensitivity",
+            sens,
+            "--json",
+        ])
+    };
+    let report = |o: std::process::Output| -> serde_json::Value {
+        assert!(o.status.success(), "{}", String::from_utf8_lossy(&o.stderr));
+        serde_json::from_slice(&o.stdout).expect("json")
+    };
+    let fisher = report(pack("f.tnpk", "f.safetensors", "fisher"));
+    let hessian = report(pack("h.tnpk", "f.safetensors", "hessian"));
+    let codecs = |r: &serde_json::Value| -> Vec<String> {
+        r["tensors"]
+            .as_array()
+            .expect("tensors")
+            .iter()
+            .map(|t| t["codec"].as_str().unwrap_or("").to_string())
+            .collect()
+    };
+    for r in [&fisher, &hessian] {
+        let b = r["bits_per_weight_quantized"].as_f64().expect("bits");
+        assert!(b <= 3.25 + 1e-9 && b > 2.5, "{b}");
+    }
+    assert_ne!(
+        codecs(&fisher),
+        codecs(&hessian),
+        "the two sensitivities allocate alike"
+    );
+    let refused = pack("x.tnpk", "h.safetensors", "fisher");
+    let err = String::from_utf8_lossy(&refused.stderr);
+    assert!(
+        !refused.status.success()
+            && err.contains("no Fisher information")
+            && err.contains("--fisher"),
+        "{err}"
+    );
+}

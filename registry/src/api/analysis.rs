@@ -334,7 +334,9 @@ pub(super) async fn evaluate(
     let (subject, repo, revision) = match (&req.model_id, &req.artifact_id, &req.url) {
         (Some(m), None, None) => {
             if compare_source {
-                return bad("compare_source applies to an artifact_id or url (a model is its own source)");
+                return bad(
+                    "compare_source applies to an artifact_id or url (a model is its own source)",
+                );
             }
             match resolve_model(&ctx, m, req.revision.as_deref()).await {
                 Ok((repo, commit)) => (
@@ -359,7 +361,11 @@ pub(super) async fn evaluate(
                 Ok(None) => return error(StatusCode::NOT_FOUND, format!("no artifact {a}")),
                 Err(e) => return e.into_response(),
             }
-            (Subject::Artifact { id: a.clone() }, format!("artifact:{a}"), String::new())
+            (
+                Subject::Artifact { id: a.clone() },
+                format!("artifact:{a}"),
+                String::new(),
+            )
         }
         (None, None, Some(u)) => {
             if let Err(r) = allowed_url(&ctx, u) {
@@ -372,7 +378,12 @@ pub(super) async fn evaluate(
     if req.revision.is_some() && req.model_id.is_none() {
         return bad("revision applies to model_id");
     }
-    let text = match text_of(&ctx, req.text.as_deref(), req.text_content.as_deref(), "text") {
+    let text = match text_of(
+        &ctx,
+        req.text.as_deref(),
+        req.text_content.as_deref(),
+        "text",
+    ) {
         Ok(t) => t,
         Err(r) => return r,
     };
@@ -449,12 +460,16 @@ pub(super) async fn optimize(
             "ctx must be at least 2 and max_tokens between ctx and {MAX_EVAL_TOKENS}"
         ));
     }
-    let (repo, commit) = match resolve_model(&ctx, &req.model_id, req.revision.as_deref()).await
-    {
+    let (repo, commit) = match resolve_model(&ctx, &req.model_id, req.revision.as_deref()).await {
         Ok(r) => r,
         Err(r) => return r,
     };
-    let text = match text_of(&ctx, req.text.as_deref(), req.text_content.as_deref(), "text") {
+    let text = match text_of(
+        &ctx,
+        req.text.as_deref(),
+        req.text_content.as_deref(),
+        "text",
+    ) {
         Ok(t) => t,
         Err(r) => return r,
     };
@@ -517,7 +532,10 @@ async fn job_of_kind(
         (status = 200, description = "The job and its result (null until done)", body = AnalysisStatus),
         (status = 400, description = "Not a job id", body = ErrorBody),
         (status = 404, description = "No such evaluate job", body = ErrorBody)))]
-pub(super) async fn evaluate_status(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Response {
+pub(super) async fn evaluate_status(
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+) -> Response {
     match job_of_kind(&ctx, &id, KIND_EVALUATE).await {
         Ok((job, result)) => Json(AnalysisStatus {
             job,
@@ -536,7 +554,10 @@ pub(super) async fn evaluate_status(State(ctx): State<Arc<Ctx>>, Path(id): Path<
         (status = 200, description = "The job and its report (`complete: false` while it runs)", body = AnalysisStatus),
         (status = 400, description = "Not a job id", body = ErrorBody),
         (status = 404, description = "No such optimize job", body = ErrorBody)))]
-pub(super) async fn optimize_status(State(ctx): State<Arc<Ctx>>, Path(id): Path<String>) -> Response {
+pub(super) async fn optimize_status(
+    State(ctx): State<Arc<Ctx>>,
+    Path(id): Path<String>,
+) -> Response {
     match job_of_kind(&ctx, &id, KIND_OPTIMIZE).await {
         Ok((job, result)) => Json(AnalysisStatus {
             plot_url: Some(format!("/optimize/{}/plot", job.id)),
@@ -560,9 +581,9 @@ pub(super) async fn optimize_plot(State(ctx): State<Arc<Ctx>>, Path(id): Path<St
         Ok(r) => r,
         Err(r) => return r,
     };
-    let Some(report) = result.and_then(|v| {
-        serde_json::from_value::<tenpak::optimize::study::Report>(v).ok()
-    }) else {
+    let Some(report) =
+        result.and_then(|v| serde_json::from_value::<tenpak::optimize::study::Report>(v).ok())
+    else {
         return error(
             StatusCode::NOT_FOUND,
             format!("optimize job {} has measured nothing yet", job.id),

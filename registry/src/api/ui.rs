@@ -132,17 +132,23 @@ pub(super) async fn optimize_page(State(ctx): State<Arc<Ctx>>, Path(id): Path<St
     let (job, result) = match found {
         Ok((Some(j), r)) if j.kind == crate::store::KIND_OPTIMIZE => (j, r),
         Ok(_) => {
-            return page_error(&ctx, StatusCode::NOT_FOUND, &format!("no optimize job {id}"))
+            return page_error(
+                &ctx,
+                StatusCode::NOT_FOUND,
+                &format!("no optimize job {id}"),
+            )
         }
         Err(e) => return store_error(&ctx, e),
     };
-    let report = result.and_then(|r| {
-        serde_json::from_str::<tenpak::optimize::study::Report>(&r).ok()
-    });
+    let report =
+        result.and_then(|r| serde_json::from_str::<tenpak::optimize::study::Report>(&r).ok());
     let Some(rep) = report else {
         let msg = match &job.error {
             Some(e) => format!("optimize job {id} {}: {e}", job.state),
-            None => format!("optimize job {id} is {} ({}): nothing measured yet", job.state, job.stage),
+            None => format!(
+                "optimize job {id} is {} ({}): nothing measured yet",
+                job.state, job.stage
+            ),
         };
         return page_error(&ctx, StatusCode::NOT_FOUND, &msg);
     };
@@ -165,8 +171,15 @@ pub(super) async fn optimize_page(State(ctx): State<Arc<Ctx>>, Path(id): Path<St
         complete: rep.complete,
         text: rep.text.clone(),
         tokens: rep.rows.first().map_or(0, |r| r.measured.tokens),
-        constraints: if said.is_empty() { "none".into() } else { said.join(", ") },
-        chosen: rep.chosen.as_ref().map(|c| format!("{} on {}", c.candidate, c.hardware)),
+        constraints: if said.is_empty() {
+            "none".into()
+        } else {
+            said.join(", ")
+        },
+        chosen: rep
+            .chosen
+            .as_ref()
+            .map(|c| format!("{} on {}", c.candidate, c.hardware)),
         none_because: rep.none_because.clone(),
         estimates_are: rep.estimates_are.clone(),
         rows: rep
@@ -185,7 +198,10 @@ pub(super) async fn optimize_page(State(ctx): State<Arc<Ctx>>, Path(id): Path<St
                     ppl: format!("{:.4}", r.measured.ppl),
                     delta: format!("{:+.2}%", r.ppl_delta_pct),
                     best: best.map_or("fits nowhere".into(), |e| {
-                        format!("{} ({:.0}, ${:.4})", e.hardware, e.tokens_per_s, e.usd_per_m_tokens)
+                        format!(
+                            "{} ({:.0}, ${:.4})",
+                            e.hardware, e.tokens_per_s, e.usd_per_m_tokens
+                        )
                     }),
                     chosen: r.verdict == "chosen",
                     verdict: r.verdict.clone(),

@@ -308,7 +308,9 @@ impl JobStore for PgStore {
                                    kind, created_at, updated_at, params)
                  VALUES ($1, $2, $3, $4, $5, $6, 'queued', $7, $8, $9, $9, $10)
                  ON CONFLICT (key) DO NOTHING",
-                &[&v[0], &v[1], &v[2], &v[3], &v[4], &QUEUED, &v[5], &v[6], &t, &params],
+                &[
+                    &v[0], &v[1], &v[2], &v[3], &v[4], &QUEUED, &v[5], &v[6], &t, &params,
+                ],
             )?;
             let job = job_of(&c.query_one("SELECT * FROM jobs WHERE key = $1", &[&v[0]])?)?;
             Ok(Enqueued {
@@ -510,7 +512,13 @@ impl JobStore for PgStore {
                         stage = CASE WHEN kind IN ($4, $5) THEN 'done' ELSE 'published' END,
                         lease_owner = NULL, lease_until = NULL,
                         updated_at = $3, finished_at = $3 WHERE id = $1",
-                &[&id, &DONE, &now(), &super::KIND_EVALUATE, &super::KIND_OPTIMIZE],
+                &[
+                    &id,
+                    &DONE,
+                    &now(),
+                    &super::KIND_EVALUATE,
+                    &super::KIND_OPTIMIZE,
+                ],
             )?;
             Ok(())
         })
@@ -529,8 +537,10 @@ impl JobStore for PgStore {
 
     fn result(&self, id: i64) -> Result<Option<String>> {
         self.with(move |c| {
-            Ok(c.query_opt("SELECT result FROM jobs WHERE id = $1", &[&id])?
-                .and_then(|r| r.get::<_, Option<String>>(0)))
+            Ok(
+                c.query_opt("SELECT result FROM jobs WHERE id = $1", &[&id])?
+                    .and_then(|r| r.get::<_, Option<String>>(0)),
+            )
         })
     }
 
