@@ -120,20 +120,20 @@ mod tests {
             let w0 = var
                 .as_tensor()
                 .flatten_all()
-                .unwrap()
+                .expect("tensor")
                 .to_vec1::<f32>()
-                .unwrap();
+                .expect("tensor");
             let dims = var.as_tensor().dims().to_vec();
             let eps = 1e-2f32;
             let loss_at = |d: f32| {
                 let mut w = w0.clone();
                 w[e] += d;
-                var.set(&Tensor::from_vec(w, dims.as_slice(), model.device()).unwrap())
-                    .unwrap();
+                var.set(&Tensor::from_vec(w, dims.as_slice(), model.device()).expect("tensor"))
+                    .expect("tensor");
                 window_loss(&model, &window)
-                    .unwrap()
+                    .expect("tensor")
                     .to_scalar::<f32>()
-                    .unwrap() as f64
+                    .expect("tensor") as f64
             };
             let fd = (loss_at(eps) - loss_at(-eps)) / (2.0 * eps as f64);
             assert!(

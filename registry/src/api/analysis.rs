@@ -127,22 +127,22 @@ fn text_of(
     name: Option<&str>,
     content: Option<&str>,
     field: &str,
-) -> Result<TextRef, Response> {
+) -> Result<TextRef, AppError> {
     let (label, bytes) = match (name, content) {
         (Some(_), Some(_)) => {
-            return Err(bad(format!(
+            return Err(AppError::BadRequest(format!(
                 "give {field} (a name) or {field}_content, not both"
             )))
         }
         (None, None) => {
-            return Err(bad(format!(
+            return Err(AppError::BadRequest(format!(
                 "{field} (a named text, GET /texts) or {field}_content is needed"
             )))
         }
         (Some(n), None) => {
             let Some(p) = ctx.settings.texts.get(n) else {
                 let known: Vec<&str> = ctx.settings.texts.keys().map(String::as_str).collect();
-                return Err(bad(format!(
+                return Err(AppError::BadRequest(format!(
                     "no text named {n:?} (known: {})",
                     if known.is_empty() {
                         "none configured".to_string()
@@ -151,21 +151,23 @@ fn text_of(
                     }
                 )));
             };
-            let bytes = std::fs::read(p).map_err(internal)?;
+            let bytes = std::fs::read(p)
+                .map_err(|e| AppError::Internal(format!("{}: {e}", p.display())))?;
             (n.to_string(), bytes)
         }
         (None, Some(c)) => ("upload".to_string(), c.as_bytes().to_vec()),
     };
     if bytes.len() > MAX_TEXT_BYTES {
-        return Err(bad(format!(
+        return Err(AppError::BadRequest(format!(
             "{field}: {} bytes, more than the {MAX_TEXT_BYTES} allowed",
             bytes.len()
         )));
     }
     if bytes.iter().all(u8::is_ascii_whitespace) {
-        return Err(bad(format!("{field} is empty")));
+        return Err(AppError::BadRequest(format!("{field} is empty")));
     }
-    analysis::store_text(&ctx.settings.data_dir, &label, &bytes).map_err(internal)
+    analysis::store_text(&ctx.settings.data_dir, &label, &bytes)
+        .map_err(|e| AppError::Internal(format!("storing the text: {e}")))
 }
 
 /// The model of a request resolved on the Hub: `(repo, commit)`; a private or gated
@@ -216,22 +218,24 @@ pub(super) async fn resolve_model(
 
 /// A URL the registry may fetch: http(s), its host (`host` or `host:port`) listed in
 /// `evaluate_url_hosts`.
-fn allowed_url(ctx: &Ctx, url: &str) -> Result<(), Response> {
+fn allowed_url(ctx: &Ctx, url: &str) -> Result<(), AppError> {
     let lower = url.to_ascii_lowercase();
     if !(lower.starts_with("http://") || lower.starts_with("https://")) {
-        return Err(bad("url: only http and https URLs"));
+        return Err(AppError::BadRequest("url: only http and https URLs".into()));
     }
     let uri: axum::http::Uri = url
         .parse()
-        .map_err(|_| bad(format!("url {url:?} is not a URL")))?;
+        .map_err(|_| AppError::BadRequest(format!("url {url:?} is not a URL")))?;
     if !matches!(uri.scheme_str(), Some("http" | "https")) {
-        return Err(bad("url: only http and https URLs"));
+        return Err(AppError::BadRequest("url: only http and https URLs".into()));
     }
     let Some(auth) = uri.authority() else {
-        return Err(bad("url: no host"));
+        return Err(AppError::BadRequest("url: no host".into()));
     };
     if auth.as_str().contains('@') {
-        return Err(bad("url: credentials in URLs are refused"));
+        return Err(AppError::BadRequest(
+            "url: credentials in URLs are refused".into(),
+        ));
     }
     let hosts = &ctx.settings.evaluate_url_hosts;
     if !hosts
@@ -246,8 +250,7 @@ fn allowed_url(ctx: &Ctx, url: &str) -> Result<(), Response> {
             } else {
                 hosts.join(", ")
             }
-        ))
-        .into_response());
+        )));
     }
     Ok(())
 }
@@ -368,8 +371,8 @@ pub(super) async fn evaluate(
             )
         }
         (None, None, Some(u)) => {
-            if let Err(r) = allowed_url(&ctx, u) {
-                return r;
+            if let Err(e) = allowed_url(&ctx, u) {
+                return e.into_response();
             }
             (Subject::Url { url: u.clone() }, u.clone(), String::new())
         }
@@ -385,7 +388,7 @@ pub(super) async fn evaluate(
         "text",
     ) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let params = EvaluateParams {
         subject,
@@ -471,13 +474,13 @@ pub(super) async fn optimize(
         "text",
     ) {
         Ok(t) => t,
-        Err(r) => return r,
+        Err(e) => return e.into_response(),
     };
     let calib_text = match (&req.calib_text, &req.calib_text_content) {
         (None, None) => None,
         (n, c) => match text_of(&ctx, n.as_deref(), c.as_deref(), "calib_text") {
             Ok(t) => Some(t),
-            Err(r) => return r,
+            Err(e) => return e.into_response(),
         },
     };
     let params = OptimizeParams {
