@@ -227,11 +227,6 @@ pub fn run(a: Args) -> anyhow::Result<()> {
         "candidate", "bytes", "bits/w", "PPL", "delta"
     )?;
     for r in &decision.rows {
-        let best = r
-            .estimates
-            .iter()
-            .filter(|e| e.fits)
-            .min_by(|p, q| p.usd_per_m_tokens.total_cmp(&q.usd_per_m_tokens));
         writeln!(
             out,
             "{:<20} {:>10} {:>8.3} {:>10.4} {:>+7.2}%  {} | {}",
@@ -240,10 +235,7 @@ pub fn run(a: Args) -> anyhow::Result<()> {
             r.measured.bits_per_weight,
             r.measured.ppl,
             r.ppl_delta_pct,
-            best.map_or("fits nowhere".into(), |e| format!(
-                "{} ({:.0}, ${:.4})",
-                e.hardware, e.tokens_per_s, e.usd_per_m_tokens
-            )),
+            r.cheapest_text(),
             r.verdict
         )?;
     }

@@ -394,6 +394,44 @@ pub struct Row {
     pub on_frontier: bool,
 }
 
+impl Row {
+    /// The hardware where it costs least per token, among those it fits in.
+    pub fn cheapest(&self) -> Option<&Estimate> {
+        self.estimates
+            .iter()
+            .filter(|e| e.fits)
+            .min_by(|p, q| p.usd_per_m_tokens.total_cmp(&q.usd_per_m_tokens))
+    }
+
+    /// [`Row::cheapest`] for people: `t4 (1234, $0.1126)` (estimated tokens/s, $ per
+    /// million tokens), or `fits nowhere`.
+    pub fn cheapest_text(&self) -> String {
+        self.cheapest().map_or("fits nowhere".into(), |e| {
+            format!(
+                "{} ({:.0}, ${:.4})",
+                e.hardware, e.tokens_per_s, e.usd_per_m_tokens
+            )
+        })
+    }
+}
+
+impl Constraints {
+    /// Each constraint set, for people (`PPL delta <= 2%`, `<= 100 ms/token`, ...).
+    pub fn describe(&self) -> Vec<String> {
+        let mut parts = vec![];
+        if let Some(m) = self.max_ppl_delta_pct {
+            parts.push(format!("PPL delta <= {m}%"));
+        }
+        if let Some(m) = self.max_latency_ms {
+            parts.push(format!("<= {m} ms/token"));
+        }
+        if let Some(m) = self.min_tokens_per_s {
+            parts.push(format!(">= {m} tokens/s"));
+        }
+        parts
+    }
+}
+
 /// The decision.
 #[derive(Debug, Clone, Serialize, Deserialize)]
 pub struct Decision {
@@ -514,16 +552,7 @@ pub fn decide(measured: &[Measured], hw: &[Hardware], c: &Constraints) -> Result
         };
     }
     let none_because = chosen.is_none().then(|| {
-        let mut parts = vec![];
-        if let Some(m) = c.max_ppl_delta_pct {
-            parts.push(format!("PPL delta <= {m}%"));
-        }
-        if let Some(m) = c.max_latency_ms {
-            parts.push(format!("<= {m} ms/token"));
-        }
-        if let Some(m) = c.min_tokens_per_s {
-            parts.push(format!(">= {m} tokens/s"));
-        }
+        let mut parts = c.describe();
         parts.push("fitting in memory".into());
         format!(
             "no candidate meets {} on {}",

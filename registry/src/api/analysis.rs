@@ -319,12 +319,9 @@ pub(super) async fn evaluate(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&ctx, &headers) {
-        return *r;
-    }
-    let req: EvaluateRequest = match serde_json::from_slice(&body) {
+    let req: EvaluateRequest = match authorized_json(&ctx, &headers, &body) {
         Ok(r) => r,
-        Err(e) => return bad(format!("invalid request: {e}")),
+        Err(r) => return *r,
     };
     let samples = req.samples.unwrap_or(DEFAULT_SAMPLES);
     let ctx_len = req.ctx.unwrap_or(DEFAULT_CTX);
@@ -420,12 +417,9 @@ pub(super) async fn optimize(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&ctx, &headers) {
-        return *r;
-    }
-    let req: OptimizeRequest = match serde_json::from_slice(&body) {
+    let req: OptimizeRequest = match authorized_json(&ctx, &headers, &body) {
         Ok(r) => r,
-        Err(e) => return bad(format!("invalid request: {e}")),
+        Err(r) => return *r,
     };
     let candidates = req.candidates.unwrap_or_default();
     if let Err(e) = tenpak::optimize::select(&candidates) {

@@ -336,6 +336,22 @@ fn wake_for(ctx: &Ctx, en: &Enqueued) {
     }
 }
 
+/// A write endpoint's request: the bearer token checked, then the body parsed as `T`
+/// (400 with serde's message when it is not).
+fn authorized_json<T: serde::de::DeserializeOwned>(
+    ctx: &Ctx,
+    headers: &HeaderMap,
+    body: &[u8],
+) -> Result<T, Box<Response>> {
+    authorize(ctx, headers)?;
+    serde_json::from_slice(body).map_err(|e| {
+        Box::new(error(
+            StatusCode::BAD_REQUEST,
+            format!("invalid request: {e}"),
+        ))
+    })
+}
+
 /// Bearer-token check of the write endpoints (401 missing, 403 wrong).
 fn authorize(ctx: &Ctx, headers: &HeaderMap) -> Result<(), Box<Response>> {
     let got = header(headers, "authorization").and_then(|v| {

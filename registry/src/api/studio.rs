@@ -88,12 +88,9 @@ pub(super) async fn compress(
     headers: HeaderMap,
     body: Bytes,
 ) -> Response {
-    if let Err(r) = authorize(&ctx, &headers) {
-        return *r;
-    }
-    let req: CompressRequest = match serde_json::from_slice(&body) {
+    let req: CompressRequest = match authorized_json(&ctx, &headers, &body) {
         Ok(r) => r,
-        Err(e) => return error(StatusCode::BAD_REQUEST, format!("invalid request: {e}")),
+        Err(r) => return *r,
     };
     match start_compress(&ctx, req).await {
         Ok((en, answer)) => enqueued(&ctx, &en, answer),

@@ -152,17 +152,7 @@ pub(super) async fn optimize_page(State(ctx): State<Arc<Ctx>>, Path(id): Path<St
         };
         return page_error(&ctx, StatusCode::NOT_FOUND, &msg);
     };
-    let c = &rep.constraints;
-    let mut said = vec![];
-    if let Some(v) = c.max_ppl_delta_pct {
-        said.push(format!("PPL Δ ≤ {v}%"));
-    }
-    if let Some(v) = c.max_latency_ms {
-        said.push(format!("latency ≤ {v} ms"));
-    }
-    if let Some(v) = c.min_tokens_per_s {
-        said.push(format!("≥ {v} tokens/s"));
-    }
+    let said = rep.constraints.describe();
     let page = OptimizePage {
         chrome: chrome(&ctx),
         id,
@@ -185,28 +175,16 @@ pub(super) async fn optimize_page(State(ctx): State<Arc<Ctx>>, Path(id): Path<St
         rows: rep
             .rows
             .iter()
-            .map(|r| {
-                let best = r
-                    .estimates
-                    .iter()
-                    .filter(|e| e.fits)
-                    .min_by(|p, q| p.usd_per_m_tokens.total_cmp(&q.usd_per_m_tokens));
-                CandidateRow {
-                    name: r.measured.candidate.clone(),
-                    size: human_bytes(r.measured.weight_bytes),
-                    bits: format!("{:.3}", r.measured.bits_per_weight),
-                    ppl: format!("{:.4}", r.measured.ppl),
-                    delta: format!("{:+.2}%", r.ppl_delta_pct),
-                    best: best.map_or("fits nowhere".into(), |e| {
-                        format!(
-                            "{} ({:.0}, ${:.4})",
-                            e.hardware, e.tokens_per_s, e.usd_per_m_tokens
-                        )
-                    }),
-                    chosen: r.verdict == "chosen",
-                    verdict: r.verdict.clone(),
-                    frontier: r.on_frontier,
-                }
+            .map(|r| CandidateRow {
+                name: r.measured.candidate.clone(),
+                size: human_bytes(r.measured.weight_bytes),
+                bits: format!("{:.3}", r.measured.bits_per_weight),
+                ppl: format!("{:.4}", r.measured.ppl),
+                delta: format!("{:+.2}%", r.ppl_delta_pct),
+                best: r.cheapest_text(),
+                chosen: r.verdict == "chosen",
+                verdict: r.verdict.clone(),
+                frontier: r.on_frontier,
             })
             .collect(),
         skipped: rep
