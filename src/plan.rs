@@ -27,7 +27,11 @@
 //! is the layer's relative *output* error on the calibration inputs,
 //! `Σ_rj E[x_j²]·(W − Ŵ)²_rj / Σ_rj E[x_j²]·W²_rj` (the error weighted by the Hessian
 //! diagonal), so weights fed by loud input channels count for more, and `calibrated_vq`
-//! candidates join the list. The calibrated options of [`Tuning`] (AWQ, GPTQ) apply to the
+//! candidates join the list. When the statistics hold the empirical Fisher diagonal
+//! (`tenpak calibrate --fisher`; [`Sensitivity::Auto`], the default, then uses it) the
+//! error is instead the loss increase `Σ_rj F_rj·(W − Ŵ)²_rj`, comparable across
+//! tensors, so the layers the loss is most sensitive to get the bits
+//! (`bench/results/fisher.md`: better at 3.25 bits/weight on SmolLM2). The calibrated options of [`Tuning`] (AWQ, GPTQ) apply to the
 //! picks; candidates are measured without them (their bits include AWQ's multipliers).
 
 use serde::Serialize;
@@ -237,14 +241,28 @@ impl Default for Tuning {
 #[derive(Debug, Clone, Copy, Default, PartialEq, Eq, Serialize, clap::ValueEnum)]
 #[serde(rename_all = "lowercase")]
 pub enum Sensitivity {
+    /// `fisher` when the statistics hold the Fisher diagonal, else `hessian` (the
+    /// default: Fisher allocated better on SmolLM2, `bench/results/fisher.md`).
+    #[default]
+    Auto,
     /// Each tensor's relative output error on the calibration inputs (the Hessian
     /// diagonal `E[x_j²]` weights column j), weighted by its size.
-    #[default]
     Hessian,
     /// The loss increase estimated from the empirical Fisher diagonal, `Σ F_ij·δ_ij²`
     /// (`tenpak calibrate --fisher`): comparable across tensors, so layers the loss
     /// is more sensitive to get more bits.
     Fisher,
+}
+
+impl Sensitivity {
+    /// What `self` means with `calib`: `Auto` resolved.
+    pub fn resolve(self, calib: Option<&crate::calib::Calib>) -> Self {
+        match self {
+            Sensitivity::Auto if calib.is_some_and(|c| c.has_fisher()) => Sensitivity::Fisher,
+            Sensitivity::Auto => Sensitivity::Hessian,
+            s => s,
+        }
+    }
 }
 
 impl Tuning {
@@ -333,8 +351,8 @@ fn measure(
     };
     let sample = rows_of(&src.read_f32(&meta.name)?);
     // The Fisher diagonal of the same rows: errors in loss units.
-    let fisher = match (sensitivity, calib) {
-        (Sensitivity::Hessian, _) => None,
+    let fisher = match (sensitivity.resolve(calib), calib) {
+        (Sensitivity::Hessian | Sensitivity::Auto, _) => None,
         (Sensitivity::Fisher, Some(c)) => match c.fisher(&meta.name, meta.numel())? {
             Some(f) => Some(rows_of(&f)),
             None => {

@@ -89,7 +89,8 @@ pub struct CodecArgs {
     /// What a bit budget (--bits-per-weight) spends by with statistics: `hessian`, each
     /// tensor's relative output error (input E[x²] per column); `fisher`, the loss
     /// increase from the empirical Fisher diagonal (statistics from `tenpak calibrate
-    /// --fisher N`; with --calibrate, computed on the --calib-samples windows).
+    /// --fisher N`; with --calibrate and a budget it is computed on the --calib-samples
+    /// windows, a backward pass each); `auto`, fisher when the statistics have it.
     #[arg(long, value_enum, default_value_t = tenpak::plan::Sensitivity::default())]
     pub sensitivity: tenpak::plan::Sensitivity,
     /// Dtype used when the model is a GGUF file (its weights are imported first).
@@ -189,7 +190,11 @@ impl CodecArgs {
                     self.calib_samples,
                     self.calib_seq,
                     super::calibrate::DEFAULT_XTX_MAX_WIDTH,
-                    if self.sensitivity == tenpak::plan::Sensitivity::Fisher {
+                    // The Fisher diagonal only serves a bit budget (and costs a backward
+                    // pass per window).
+                    if self.sensitivity != tenpak::plan::Sensitivity::Hessian
+                        && matches!(opts.selection, Selection::BitsPerWeight(_))
+                    {
                         self.calib_samples
                     } else {
                         0

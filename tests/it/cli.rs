@@ -569,6 +569,9 @@ fn a_bit_budget_spends_by_fisher_information() {
     };
     let fisher = report(pack("f.tnpk", "f.safetensors", "fisher"));
     let hessian = report(pack("h.tnpk", "f.safetensors", "hessian"));
+    // The default (`auto`) is fisher with Fisher statistics, hessian without.
+    let auto_f = report(pack("af.tnpk", "f.safetensors", "auto"));
+    let auto_h = report(pack("ah.tnpk", "h.safetensors", "auto"));
     let codecs = |r: &serde_json::Value| -> Vec<String> {
         r["tensors"]
             .as_array()
@@ -586,6 +589,8 @@ fn a_bit_budget_spends_by_fisher_information() {
         codecs(&hessian),
         "the two sensitivities allocate alike"
     );
+    assert_eq!(codecs(&auto_f), codecs(&fisher));
+    assert_eq!(codecs(&auto_h), codecs(&hessian));
     let refused = pack("x.tnpk", "h.safetensors", "fisher");
     let err = String::from_utf8_lossy(&refused.stderr);
     assert!(
