@@ -297,6 +297,16 @@ pub fn check_constraints(c: &Constraints) -> Result<()> {
     Ok(())
 }
 
+/// A name part no other writer uses at the same time: this process and a counter.
+fn unique() -> String {
+    static N: std::sync::atomic::AtomicU64 = std::sync::atomic::AtomicU64::new(0);
+    format!(
+        "{}-{}",
+        std::process::id(),
+        N.fetch_add(1, std::sync::atomic::Ordering::Relaxed)
+    )
+}
+
 /// Perplexity of a model source on the windows.
 fn ppl(
     src: &dyn TensorSource,
@@ -487,6 +497,10 @@ impl Study {
             if let (true, Some(t)) = (c.needs_calibration, &self.calib) {
                 let stats = dir.join(format!("calib.{}.stats.safetensors", &t.digest[..12]));
                 if !stats.exists() {
+                    // Written under a name of this process's own, then renamed: two
+                    // studies of the same model (registry workers) never share a
+                    // half-written file.
+                    let tmp = dir.join(format!(".calib.{}.{}", &t.digest[..12], unique()));
                     let src = crate::models::open(&self.model, DType::BF16)?;
                     let mut model = Model::load(src.as_ref())?;
                     drop(src);
@@ -507,7 +521,7 @@ impl Study {
                             ("text_sha256", t.digest.clone()),
                             ("model", self.model_label.clone()),
                         ],
-                        &stats,
+                        &tmp,
                         &|_, k, n| {
                             on(Event::Step {
                                 what: "calibrate",
@@ -515,7 +529,14 @@ impl Study {
                                 total: n,
                             })
                         },
-                    )?;
+                    )
+                    .and_then(|_| {
+                        std::fs::rename(&tmp, &stats)
+                            .map_err(|e| Error::io("renaming to", &stats, e))
+                    })
+                    .inspect_err(|_| {
+                        let _ = std::fs::remove_file(&tmp);
+                    })?;
                 }
                 opts.calib = Some(std::sync::Arc::new(crate::calib::Calib::open(
                     &stats,
@@ -526,7 +547,7 @@ impl Study {
             let n = src.tensors().len();
             let done = std::sync::atomic::AtomicUsize::new(0);
             let t0 = Instant::now();
-            let tmp = dir.join(format!(".{}.{calib_key}.tnpk.partial", c.name));
+            let tmp = dir.join(format!(".{}.{calib_key}.{}.tnpk.partial", c.name, unique()));
             let packed = crate::artifact::pack::pack(
                 src.as_ref(),
                 &tmp,
