@@ -334,7 +334,10 @@ pub fn evaluate(
                 )));
             }
             let source = art.manifest().metadata.get("source").cloned();
-            (open_artifact(url, None)?, url.clone(), source)
+            // The artifact opened above serves the evaluation: its header and
+            // manifest are fetched once.
+            let src = tenpak::artifact::ArtifactSource::from_artifact(art, url)?;
+            (Box::new(src) as Box<dyn TensorSource>, url.clone(), source)
         }
     };
     let max_tokens = p.samples * p.ctx;

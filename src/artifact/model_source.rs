@@ -18,7 +18,11 @@ pub struct ArtifactSource {
 impl ArtifactSource {
     /// Opens a path or URL.
     pub fn open(location: &str) -> Result<Self> {
-        let art = Artifact::open_location(location)?;
+        Self::from_artifact(Artifact::open_location(location)?, location)
+    }
+
+    /// An artifact already opened (from `location`, named in errors).
+    pub fn from_artifact(art: Artifact, location: &str) -> Result<Self> {
         let config = match art
             .manifest()
             .files
